@@ -1,0 +1,748 @@
+"""The command line: options → config objects → library calls. The only module that writes to
+the terminal: generated text (or JSON when asked) on stdout, everything else on stderr.
+
+Exit codes: 0 success, 1 failure, 2 usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import click
+import typer
+from rich.console import Console
+
+from charlstm import __version__
+from charlstm.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CharlstmError
+
+app = typer.Typer(
+    name="charlstm",
+    help="Train character-level LSTM language models on any text, stream samples, measure loss.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+DEFAULT_BUDGET = 600.0  # seconds, when no --budget, --steps or --epochs is given
+
+
+def _err_console(quiet: bool = False) -> Console:
+    # NO_COLOR and non-terminals are honoured by Rich itself.
+    return Console(stderr=True, quiet=quiet, highlight=False)
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    raise CharlstmError(message, code)
+
+
+def _command(func: Callable[..., None]) -> Callable[..., None]:
+    """Register a command whose expected failures end as one stderr line and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            func(*args, **kwargs)
+        except CharlstmError as e:
+            sys.stderr.write(f"charlstm: error: {e}\n")
+            raise typer.Exit(e.code) from None
+
+    return app.command()(wrapper)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"charlstm {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Train character-level LSTM language models on any text, stream samples, measure loss."""
+
+
+def parse_duration(text: str) -> float:
+    """'135s', '10m', '2h', '1h30m' or a plain number of seconds → seconds."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
+        if (
+            not parts
+            or re.sub(r"[\d.\shms]", "", text)
+            or "".join(f"{n}{u}" for n, u in parts) != text.replace(" ", "")
+        ):
+            _fail(f"--budget: cannot read {text!r}; use e.g. 135s, 10m, 2h or 1h30m", EXIT_USAGE)
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if not seconds > 0:
+        _fail("--budget must be positive", EXIT_USAGE)
+    return seconds
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
+
+
+# ----------------------------------------------------------------------------------- train
+
+
+@_command
+def train(
+    corpus: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Text to learn from: file(s), a folder (its text files, recursively), "
+            "- for stdin, or a built-in corpus: [bold]shakespeare[/], [bold]python[/].",
+            show_default=False,
+        ),
+    ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            "--budget",
+            help="Wall-clock limit, e.g. 135s, 10m, 2h. The learning rate decays to its floor "
+            "as the budget runs out. Default: 10m when no --steps or --epochs is given.",
+            show_default=False,
+        ),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    epochs: Annotated[
+        float | None, typer.Option(help="Stop after this many passes over the training split.")
+    ] = None,
+    cell: Annotated[
+        str, typer.Option(help="Recurrent cell: lstm, gru, rnn, peephole, coupled.")
+    ] = "lstm",
+    hidden: Annotated[int, typer.Option(help="Units per recurrent layer.")] = 256,
+    layers: Annotated[int, typer.Option(help="Stacked recurrent layers.")] = 2,
+    embed: Annotated[
+        int, typer.Option(help="Embedding size; 0 = hidden size when tied, else min(hidden, 128).")
+    ] = 0,
+    dropout: Annotated[
+        float, typer.Option(help="Dropout between layers and before the head.")
+    ] = 0.0,
+    tie_weights: Annotated[
+        bool, typer.Option(help="Share the embedding matrix with the output layer.")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", help="Parallel streams per step (B).")
+    ] = 32,
+    window: Annotated[
+        int, typer.Option("--window", "-t", help="Steps per truncated-BPTT window (T).")
+    ] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 3e-3,
+    min_lr_ratio: Annotated[
+        float, typer.Option(help="Final learning rate as a fraction of --lr.")
+    ] = 0.1,
+    warmup: Annotated[int, typer.Option(help="Warm-up steps.")] = 50,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on matrices.")] = 0.0,
+    clip: Annotated[float, typer.Option(help="Clip the gradient norm to this value.")] = 1.0,
+    val_fraction: Annotated[
+        float, typer.Option(help="Tail of the corpus held out for validation.")
+    ] = 0.1,
+    eval_every: Annotated[
+        int, typer.Option(help="Steps between validations; 0 = ten times per run.")
+    ] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Random seed (weights, dropout, batch offsets).")
+    ] = 1337,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Run name: checkpoints go to CHECKPOINTS/NAME. Default: corpus-date-time."
+        ),
+    ] = None,
+    checkpoints: Annotated[Path, typer.Option(help="Folder that holds the run folders.")] = Path(
+        "checkpoints"
+    ),
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run in this folder from its last.pt.", show_default=False),
+    ] = None,
+    encoding: Annotated[str, typer.Option(help="Text encoding of the corpus files.")] = "utf-8",
+    errors: Annotated[
+        str, typer.Option(help="Undecodable bytes: strict (stop), replace or ignore.")
+    ] = "strict",
+    threads: Annotated[int, typer.Option(help="CPU threads; 0 = all cores.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the final summary as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Train a model on CORPUS; checkpoints go to [bold]checkpoints/RUN/[/] (best.pt, last.pt,
+    metrics.jsonl). Stops at --budget, --steps or --epochs, whichever comes first; Ctrl-C saves
+    last.pt and stops (resume with --resume)."""
+    err = _err_console(quiet)
+    stop_kwargs = {
+        "budget": parse_duration(budget) if budget is not None else None,
+        "steps": steps,
+        "epochs": epochs,
+    }
+    if steps is not None and steps < 1:
+        _fail("--steps must be at least 1", EXIT_USAGE)
+    if epochs is not None and not epochs > 0:
+        _fail("--epochs must be positive", EXIT_USAGE)
+    for flag, value in (
+        ("--hidden", hidden),
+        ("--layers", layers),
+        ("--batch-size", batch_size),
+        ("--window", window),
+    ):
+        if value < 1:
+            _fail(f"{flag} must be at least 1, got {value}", EXIT_USAGE)
+    if not lr > 0 or not math.isfinite(lr):
+        _fail(f"--lr must be a positive number, got {lr}", EXIT_USAGE)
+    if not clip > 0:
+        _fail(f"--clip must be positive, got {clip}", EXIT_USAGE)
+
+    t_start = time.perf_counter()
+    import torch
+
+    from charlstm.model import LanguageModel, ModelConfig
+    from charlstm.train import Run, TrainConfig, fit
+
+    _set_threads(threads)
+    if resume is not None:
+        run, resume_state = _load_run_for_resume(resume, corpus, stop_kwargs, err)
+    else:
+        if not corpus:
+            _fail(
+                "train needs a CORPUS: a file, folder, - for stdin, or shakespeare/python",
+                EXIT_USAGE,
+            )
+        if stop_kwargs["budget"] is None and steps is None and epochs is None:
+            stop_kwargs["budget"] = DEFAULT_BUDGET
+        train_cfg = TrainConfig(
+            batch_size=batch_size, window=window, lr=lr, min_lr_ratio=min_lr_ratio,
+            warmup_steps=warmup, weight_decay=weight_decay, clip=clip,
+            val_fraction=val_fraction, eval_every=eval_every, seed=seed, **stop_kwargs,
+        )  # fmt: skip
+        text, corpus_info = _read_corpus(corpus, encoding, errors, err)
+        from charlstm.data import split_ids
+        from charlstm.tokenizer import CharTokenizer
+
+        tokenizer = CharTokenizer.train(text)
+        ids = tokenizer.encode(text)
+        train_ids, val_ids = split_ids(ids, val_fraction)
+        if len(val_ids) < 2 and val_fraction > 0:
+            _fail(
+                f"the corpus is too short for a validation split ({len(ids)} characters); "
+                "give more text or --val-fraction 0",
+            )
+        try:
+            model_cfg = ModelConfig(
+                vocab_size=tokenizer.vocab_size, cell=cell, hidden_size=hidden, num_layers=layers,
+                embed_size=embed, dropout=dropout, tie_weights=tie_weights,
+            )  # fmt: skip
+        except ValueError as e:
+            _fail(str(e), EXIT_USAGE)
+        torch.manual_seed(seed)
+        model = LanguageModel(model_cfg)
+        run_dir = checkpoints / (name or _default_run_name(corpus))
+        if (run_dir / "last.pt").exists():
+            _fail(
+                f"'{run_dir}' already holds a run; continue it with --resume {run_dir} "
+                "or choose another --name"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        import numpy as np
+
+        np.save(run_dir / "tokens.npy", ids)  # so --resume needs no corpus
+        run = Run(
+            model=model, model_cfg=model_cfg, train_cfg=train_cfg,
+            tokenizer=tokenizer.to_dict(), train_ids=train_ids, val_ids=val_ids,
+            corpus=corpus_info, run_dir=run_dir,
+        )  # fmt: skip
+        resume_state = None
+
+    display = _TrainDisplay(err, run.train_cfg, time.perf_counter() - t_start)
+    stop = _StopFlag()
+    previous = signal.signal(signal.SIGINT, stop.handle)
+    try:
+        summary = fit(run, report=display, should_stop=stop.is_set, resume=resume_state)
+    finally:
+        display.close()
+        signal.signal(signal.SIGINT, previous)
+    summary["stop_reason"] = summary["stop_reason"] if not stop.is_set() else "interrupted"
+    _print_summary(err, summary, run)
+    if json_out:
+        _write_stdout(json.dumps(summary) + "\n")
+    if stop.is_set():
+        err.print(
+            f"interrupted: last.pt saved; continue with: charlstm train --resume {run.run_dir}"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to save and stop; a second one stops at once."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self._set = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+def _default_run_name(corpus: list[str]) -> str:
+    first = corpus[0]
+    stem = "stdin" if first == "-" else Path(first.rstrip("/")).stem or "corpus"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem)[:40]
+    return f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _read_corpus(
+    args: list[str], encoding: str, errors: str, err: Console
+) -> tuple[str, dict[str, Any]]:
+    from charlstm.corpus import load_corpus
+
+    if errors not in ("strict", "replace", "ignore"):
+        _fail(f"--errors must be strict, replace or ignore, got {errors!r}", EXIT_USAGE)
+    with err.status("reading corpus…"):
+        corpus = load_corpus(args, cache_dir=Path("corpora"), encoding=encoding, errors=errors)
+    info = {
+        "fingerprint": corpus.fingerprint,
+        "sources": list(corpus.sources)[:20],
+        "n_sources": len(corpus.sources),
+        "chars": len(corpus.text),
+    }
+    return corpus.text, info
+
+
+def _load_run_for_resume(
+    run_dir: Path, corpus: list[str] | None, stop_kwargs: dict[str, Any], err: Console
+) -> tuple[Any, dict[str, Any]]:
+    import numpy as np
+
+    from charlstm.checkpoint import load_checkpoint
+    from charlstm.data import split_ids
+    from charlstm.model import LanguageModel, ModelConfig
+    from charlstm.train import Run, TrainConfig
+
+    if not (run_dir / "last.pt").is_file():
+        _fail(f"cannot resume: no last.pt in '{run_dir}'")
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    if "resume" not in ckpt:
+        _fail(f"cannot resume: '{run_dir / 'last.pt'}' holds no training state")
+    tokens = run_dir / "tokens.npy"
+    if not tokens.is_file():
+        _fail(f"cannot resume: '{tokens}' (the run's token ids) is missing")
+    ids = np.load(tokens, mmap_mode="r")
+    if corpus:
+        text, info = _read_corpus(corpus, "utf-8", "strict", err)
+        if info["fingerprint"] != ckpt["corpus"]["fingerprint"]:
+            _fail("cannot resume: the corpus given differs from the one this run was trained on")
+    train_cfg = TrainConfig(**ckpt["train_config"])
+    # New stop limits replace the old ones (e.g. a longer budget to train on).
+    if any(v is not None for v in stop_kwargs.values()):
+        train_cfg.budget, train_cfg.steps, train_cfg.epochs = (
+            stop_kwargs["budget"],
+            stop_kwargs["steps"],
+            stop_kwargs["epochs"],
+        )
+    model_cfg = ModelConfig(**ckpt["model_config"])
+    model = LanguageModel(model_cfg)
+    model.load_state_dict(ckpt["model"])
+    train_ids, val_ids = split_ids(np.asarray(ids), train_cfg.val_fraction)
+    run = Run(
+        model=model, model_cfg=model_cfg, train_cfg=train_cfg, tokenizer=ckpt["tokenizer"],
+        train_ids=train_ids, val_ids=val_ids, corpus=ckpt["corpus"], run_dir=run_dir,
+        metrics=list(ckpt["metrics"]),
+    )  # fmt: skip
+    return run, ckpt["resume"]
+
+
+class _TrainDisplay:
+    """Receives the trainer's events; a live progress bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, console: Console, cfg: Any, setup_seconds: float) -> None:
+        self.console = console
+        self.cfg = cfg
+        self.setup_seconds = setup_seconds
+        self.progress = None
+        self.task = None
+        self.last_val: float | None = None
+
+    def __call__(self, event: str, data: dict[str, Any]) -> None:
+        getattr(self, f"_on_{event}")(data)
+
+    def _on_note(self, data: dict[str, Any]) -> None:
+        self.console.print(f"[yellow]note:[/] {data['message']}")
+
+    def _on_start(self, d: dict[str, Any]) -> None:
+        limits = []
+        if self.cfg.budget:
+            limits.append(f"budget {_fmt_seconds(self.cfg.budget)}")
+        if self.cfg.steps:
+            limits.append(f"{self.cfg.steps:,} steps")
+        if self.cfg.epochs:
+            limits.append(f"{self.cfg.epochs:g} epochs")
+        resumed = f" · resumed at step {d['resumed_at']:,}" if d["resumed_at"] is not None else ""
+        self.console.print(
+            f"vocabulary {d['vocab_size']:,} · parameters {d['parameters']:,} · "
+            f"{d['streams']} streams × {d['window']} steps = "
+            f"{d['tokens_per_step']:,} tokens/step · "
+            f"{d['train_tokens']:,} train / {d['val_tokens']:,} validation tokens · "
+            f"{' or '.join(limits)}{resumed} · ready in {self.setup_seconds:.1f}s"
+        )
+        if self.console.is_terminal and not self.console.quiet:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"),
+                console=self.console,
+                transient=True,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=1.0, status="")
+
+    def _on_progress(self, d: dict[str, Any]) -> None:
+        if self.progress is None:
+            return
+        val = f" · val {self.last_val:.3f}" if self.last_val is not None else ""
+        status = (
+            f"step {d['step']:,} · loss {d['loss']:.3f}{val} · "
+            f"{d['tokens_per_s']:,.0f} tok/s · epoch {d['epoch']:.2f}"
+        )
+        self.progress.update(self.task, completed=d["progress"], status=status)
+
+    def _on_eval(self, d: dict[str, Any]) -> None:
+        if d["val_loss"] is not None:
+            self.last_val = d["val_loss"]
+            val = f"val {d['val_loss']:.4f} ({d['val_bpc']:.3f} bpc)"
+        else:
+            val = "no validation split"
+        mark = " [green]best[/]" if d["best"] else ""
+        self.console.print(
+            f"step {d['step']:>7,} · {_fmt_seconds(d['elapsed']):>6} · "
+            f"train {d['train_loss']:.4f} · {val}{mark}"
+        )
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _print_summary(err: Console, s: dict[str, Any], run: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="training summary", show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    best = s["best_val_loss"]
+    rows = [
+        ("stopped", s["stop_reason"]),
+        ("parameters", f"{s['parameters']:,}"),
+        ("steps", f"{s['steps']:,} ({s['epochs']:.2f} epochs)"),
+        ("tokens seen", f"{s['tokens_seen']:,}"),
+        ("time", _fmt_seconds(s["elapsed"])),
+        ("speed", f"{s['tokens_seen'] / max(s['elapsed'], 1e-9):,.0f} tokens/s (incl. validation)"),
+        ("best validation", "—" if best is None else
+         f"{best:.4f} nats/char · {s['best_val_bpc']:.3f} bits/char · "
+         f"perplexity {math.exp(best):.2f}"),
+        ("checkpoints", f"{run.run_dir}/best.pt, last.pt, metrics.jsonl"),
+        ("sample", f"charlstm sample -m {run.run_dir}"),
+    ]  # fmt: skip
+    for k, v in rows:
+        table.add_row(k, v)
+    err.print(table)
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+# ----------------------------------------------------------------------------------- sample
+
+
+ModelOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--model", "-m",
+        help="Checkpoint file or run folder. Default: the newest best.pt under ./checkpoints.",
+        show_default=False,
+    ),
+]  # fmt: skip
+
+
+@_command
+def sample(
+    model: ModelOption = None,
+    prime: Annotated[
+        str | None,
+        typer.Option(help="Text that starts the sample and warms the state; - reads stdin."),
+    ] = None,
+    length: Annotated[int, typer.Option("--length", "-n", help="Tokens to generate.")] = 500,
+    temp: Annotated[
+        float,
+        typer.Option("--temp", help="Temperature: 0 = greedy, lower = safer, higher = wilder."),
+    ] = 0.8,
+    top_k: Annotated[
+        int, typer.Option(help="Sample among the k most likely tokens (0 = all).")
+    ] = 0,
+    top_p: Annotated[
+        float, typer.Option(help="Sample among the most likely tokens whose probability sums to p.")
+    ] = 1.0,
+    greedy: Annotated[
+        bool, typer.Option(help="Always take the most likely token (= --temp 0).")
+    ] = False,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed; random when absent and reported on stderr.")
+    ] = None,
+    echo_prime: Annotated[
+        bool, typer.Option(help="Print the prime text before the sample.")
+    ] = True,
+    on_unknown: Annotated[
+        str, typer.Option(help="Prime characters the model never saw: error or skip.")
+    ] = "error",
+    threads: Annotated[int, typer.Option(help="CPU threads; 0 = torch's default.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+) -> None:
+    """Stream generated text to stdout, one token at a time."""
+    err = _err_console(quiet)
+    if math.isnan(temp) or temp < 0:
+        _fail(f"--temp must be 0 or more, got {temp}", EXIT_USAGE)
+    if not 0 < top_p <= 1:
+        _fail(f"--top-p must be in (0, 1], got {top_p}", EXIT_USAGE)
+    if top_k < 0:
+        _fail(f"--top-k must be 0 or more, got {top_k}", EXIT_USAGE)
+    if not 0 <= length <= 100_000_000:
+        _fail(f"--length must be between 0 and 100,000,000, got {length}", EXIT_USAGE)
+    if on_unknown not in ("error", "skip"):
+        _fail(f"--on-unknown must be error or skip, got {on_unknown!r}", EXIT_USAGE)
+    if prime == "-":
+        prime = sys.stdin.read()
+
+    import torch
+
+    from charlstm.sample import SampleConfig, generate
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    net, tokenizer, _ = _load_model(model, err)
+    prime_ids = _encode_prime(tokenizer, prime, on_unknown)
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+    err.print(f"seed {seed}")
+    generator = torch.Generator().manual_seed(seed)
+    cfg = SampleConfig(length=length, temperature=0.0 if greedy else temp, top_k=top_k, top_p=top_p)
+    if prime and echo_prime:
+        _write_stdout(prime)
+    piece = tokenizer.piece
+    for token in generate(net, prime_ids, cfg, generator):
+        _write_stdout(piece(int(token[0])))
+    _write_stdout("\n")
+
+
+def _load_model(model: Path | None, err: Console) -> tuple[Any, Any, dict[str, Any]]:
+    from charlstm.checkpoint import load_checkpoint, resolve_checkpoint
+    from charlstm.model import LanguageModel, ModelConfig
+    from charlstm.tokenizer import tokenizer_from_dict
+
+    path = resolve_checkpoint(model)
+    ckpt = load_checkpoint(path)
+    try:
+        net = LanguageModel(ModelConfig(**ckpt["model_config"]))
+        net.load_state_dict(ckpt["model"])
+        tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        _fail(f"'{path}' is damaged or from an incompatible version: {str(e).splitlines()[0]}")
+    net.eval()
+    err.print(f"model {path}", style="dim")
+    return net, tokenizer, ckpt
+
+
+def _encode_prime(tokenizer: Any, prime: str | None, on_unknown: str) -> Any:
+    import torch
+
+    if prime:
+        unknown = tokenizer.unknown(prime)
+        if unknown and on_unknown == "error":
+            shown = "".join(unknown[:20])
+            _fail(
+                f"the prime text has characters the model never saw: {shown!r}; "
+                "remove them or pass --on-unknown skip"
+            )
+        ids = tokenizer.encode(prime, skip_unknown=True)
+        if len(ids):
+            return torch.from_numpy(ids.astype("int64"))
+    # No prime: start after a newline, as at the start of a line, when the model knows one.
+    start = tokenizer.chars.find("\n") if hasattr(tokenizer, "chars") else -1
+    return torch.tensor([max(start, 0)])
+
+
+def _write_stdout(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+# ----------------------------------------------------------------------------------- evaluate
+
+
+@_command
+def evaluate(
+    text: Annotated[
+        list[str],
+        typer.Argument(help="Held-out text: file(s), a folder, - for stdin, or a built-in corpus."),
+    ],
+    model: ModelOption = None,
+    streams: Annotated[
+        int,
+        typer.Option(help="Parallel streams, each carrying its state; 1 = one sequential pass."),
+    ] = 32,
+    encoding: Annotated[str, typer.Option(help="Text encoding of the files.")] = "utf-8",
+    errors: Annotated[
+        str, typer.Option(help="Undecodable bytes: strict (stop), replace or ignore.")
+    ] = "strict",
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    threads: Annotated[int, typer.Option(help="CPU threads; 0 = all cores.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+) -> None:
+    """Loss (nats per token), perplexity and bits per character of a held-out text."""
+    err = _err_console(quiet)
+    if streams < 1:
+        _fail(f"--streams must be at least 1, got {streams}", EXIT_USAGE)
+    from charlstm.evaluate import evaluate_ids
+
+    _set_threads(threads)
+    net, tokenizer, ckpt = _load_model(model, err)
+    body, _ = _read_corpus(text, encoding, errors, err)
+    unknown = tokenizer.unknown(body)
+    if unknown:
+        n = sum(body.count(ch) for ch in unknown)
+        err.print(
+            f"[yellow]note:[/] skipping {n:,} characters the model never saw: "
+            f"{''.join(unknown[:20])!r}"
+        )
+    ids = tokenizer.encode(body, skip_unknown=True)
+    if len(ids) < 2:
+        _fail("the text is too short to evaluate: it needs at least 2 known characters")
+    t0 = time.perf_counter()
+    with err.status(f"evaluating {len(ids):,} tokens…"):
+        result = evaluate_ids(net, ids, streams=streams)
+    seconds = time.perf_counter() - t0
+    out = {**result.to_dict(), "seconds": round(seconds, 3), "streams": streams}
+    if json_out:
+        _write_stdout(json.dumps(out) + "\n")
+    else:
+        _write_stdout(
+            f"loss        {result.loss:.4f} nats/token\n"
+            f"perplexity  {result.perplexity:.3f}\n"
+            f"bits/char   {result.bits_per_char:.4f}\n"
+            f"tokens      {result.tokens:,}\n"
+        )
+    err.print(f"{result.tokens / seconds:,.0f} tokens/s", style="dim")
+
+
+# ----------------------------------------------------------------------------------- info
+
+
+@_command
+def info(
+    model: Annotated[
+        Path | None,
+        typer.Argument(help="Checkpoint file or run folder. Default: the newest best.pt."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """What a checkpoint holds, read without running any pickled code."""
+    from charlstm.checkpoint import load_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(model)
+    ckpt = load_checkpoint(path)
+    n_params = sum(t.numel() for k, t in ckpt["model"].items() if k != "head.weight"
+                   or not ckpt["model_config"].get("tie_weights"))  # fmt: skip
+    tok = ckpt["tokenizer"]
+    best = ckpt.get("best_val_loss")
+    data = {
+        "path": str(path),
+        "charlstm_version": ckpt.get("charlstm_version"),
+        "format_version": ckpt.get("format_version"),
+        "model": ckpt["model_config"],
+        "parameters": n_params,
+        "tokenizer": {"kind": tok.get("kind"), "vocab_size": ckpt["model_config"]["vocab_size"]},
+        "corpus": ckpt.get("corpus"),
+        "steps": ckpt.get("step"),
+        "tokens_seen": ckpt.get("tokens_seen"),
+        "best_val_loss": best if best is not None and math.isfinite(best) else None,
+        "train_config": ckpt.get("train_config"),
+        "resumable": "resume" in ckpt,
+    }
+    if json_out:
+        _write_stdout(json.dumps(data) + "\n")
+        return
+    m = data["model"]
+    lines = [
+        f"checkpoint   {path} (charlstm {data['charlstm_version']}, "
+        f"format {data['format_version']})",
+        f"model        {m['cell']} {m['num_layers']}×{m['hidden_size']}, embedding "
+        f"{m['embed_size']}, dropout {m['dropout']}, tied {m['tie_weights']}",
+        f"parameters   {n_params:,}",
+        f"tokenizer    {data['tokenizer']['kind']}, vocabulary {data['tokenizer']['vocab_size']:,}",
+        f"corpus       {(data['corpus'] or {}).get('chars', 0):,} chars, fingerprint "
+        f"{(data['corpus'] or {}).get('fingerprint')}",
+        f"trained      {data['steps']:,} steps, {data['tokens_seen']:,} tokens",
+        "best val     " + ("—" if data["best_val_loss"] is None else
+                           f"{data['best_val_loss']:.4f} nats/token"),
+        f"resumable    {'yes (last.pt)' if data['resumable'] else 'no'}",
+    ]  # fmt: skip
+    _write_stdout("\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------------- entry
+
+
+def main() -> None:
+    """Console entry point: expected errors become one stderr line and an exit code."""
+    try:
+        code = app(standalone_mode=False)
+    except click.exceptions.UsageError as e:
+        hint = f" (see charlstm {e.ctx.info_name if e.ctx else ''} --help)".replace("  ", " ")
+        sys.stderr.write(f"charlstm: {e.format_message()}{hint}\n")
+        code = EXIT_USAGE
+    except click.exceptions.Abort:
+        code = EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        sys.stderr.write("charlstm: interrupted\n")
+        code = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, and keep Python from
+        # complaining while it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 0
+    sys.exit(code if isinstance(code, int) else 0)

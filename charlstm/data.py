@@ -1,0 +1,115 @@
+"""Token ids → batches: a contiguous train/validation split, and B parallel streams cut into
+T-step windows for truncated back-propagation through time.
+
+Training layout (B streams, each L tokens long, read left to right one window at a time):
+
+    ids:  | stream 0 ............ | stream 1 ............ | ... | stream B-1 .......... |
+    batch w = (x, y) with x = streams[:, w*T : (w+1)*T], y shifted one token to the right
+
+Row b of every batch continues row b of the previous batch, so the recurrent state (h, c) can
+be carried from one window to the next and only detached (truncated BPTT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from charlstm.errors import CharlstmError
+
+
+class DataError(CharlstmError):
+    """The corpus does not fit the requested layout; the message is one line for the user."""
+
+
+def split_ids(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous split with the validation part at the end (as nanoGPT splits tiny-shakespeare)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    n_train = int(len(ids) * (1.0 - val_fraction)) if val_fraction > 0 else len(ids)
+    return ids[:n_train], ids[n_train:]
+
+
+@dataclass(frozen=True)
+class StreamLayout:
+    """How the training ids are cut: B streams of `stream_len` tokens, windows of T tokens."""
+
+    batch_size: int  # B: parallel streams
+    window: int  # T: steps per truncated-BPTT window
+    stream_len: int  # L: tokens per stream (inputs); targets need one more
+
+    @property
+    def windows_per_epoch(self) -> int:
+        return self.stream_len // self.window
+
+
+def fit_layout(n_tokens: int, batch_size: int, window: int) -> tuple[StreamLayout, list[str]]:
+    """Choose the stream layout, shrinking B (then T) for a corpus too small for the request.
+
+    Returns the layout and the adjustments made, as messages for the user.
+    """
+    notes: list[str] = []
+    if n_tokens < 3:
+        raise DataError(f"the training split has {n_tokens} tokens; at least 3 are needed")
+    usable = n_tokens - 1  # the last token is only ever a target
+    if usable < batch_size * window:
+        new_b = max(1, usable // window)
+        new_t = window if new_b * window <= usable else usable
+        notes.append(
+            f"corpus too small for batch {batch_size} × window {window} "
+            f"({n_tokens:,} training tokens): using batch {new_b} × window {new_t}"
+        )
+        batch_size, window = new_b, new_t
+    # Each stream needs a spare `window` of tokens so a per-epoch random offset stays in range.
+    stream_len = usable // batch_size
+    if stream_len >= 2 * window:
+        stream_len -= window
+    return StreamLayout(batch_size, window, stream_len), notes
+
+
+def epoch_offset(seed: int, epoch: int, layout: StreamLayout, n_tokens: int) -> int:
+    """A per-epoch shift of all streams, so windows are cut at new places every epoch.
+
+    A pure function of (seed, epoch): a resumed run replays exactly the same batches.
+    """
+    slack = n_tokens - 1 - layout.batch_size * layout.stream_len
+    if slack <= 0 or epoch == 0:
+        return 0
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return int(torch.randint(0, min(slack, layout.window) + 1, (1,), generator=g))
+
+
+def stream_matrix(ids: np.ndarray, layout: StreamLayout, offset: int) -> torch.Tensor:
+    """(B, L + 1) int64 tensor: row b is stream b, with one extra token for the last target."""
+    b, length = layout.batch_size, layout.stream_len
+    starts = offset + np.arange(b) * length
+    idx = starts[:, None] + np.arange(length + 1)[None, :]
+    return torch.from_numpy(ids[idx].astype(np.int64))
+
+
+def window_batch(streams: torch.Tensor, layout: StreamLayout, w: int) -> tuple[torch.Tensor, ...]:
+    """Inputs and targets (each (B, T)) of window w."""
+    t = layout.window
+    chunk = streams[:, w * t : (w + 1) * t + 1]
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+def eval_streams(ids: np.ndarray, n_streams: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut a text into S contiguous streams that together predict every token exactly once.
+
+    Returns x and y, each (S, L); positions past the end are padded with y = -100, the
+    cross-entropy ignore index, so padding never counts. Each stream starts from a zero state;
+    S = 1 is the exact single pass.
+    """
+    n_targets = len(ids) - 1
+    if n_targets < 1:
+        raise DataError("the text is too short to evaluate: it needs at least 2 tokens")
+    s = max(1, min(n_streams, n_targets))
+    length = -(-n_targets // s)  # ceil
+    x = np.zeros(s * length, dtype=np.int64)
+    y = np.full(s * length, -100, dtype=np.int64)
+    x[:n_targets] = ids[:-1]
+    y[:n_targets] = ids[1:]
+    return torch.from_numpy(x.reshape(s, length)), torch.from_numpy(y.reshape(s, length))

@@ -1,0 +1,77 @@
+"""The language model: embedding → multi-layer recurrent cells → linear head over the vocabulary.
+
+forward(ids (B, T), state) → (logits (B, T, V), state). The recurrent layers (torch's fused
+LSTM/GRU/RNN, or our own peephole and coupled-gate LSTMs) live in cells.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from charlstm.cells import CELLS, make_recurrent
+
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int  # V: tokens in the tokenizer's vocabulary
+    cell: str = "lstm"  # one of cells.CELLS
+    hidden_size: int = 256  # H: units per recurrent layer
+    num_layers: int = 2  # stacked recurrent layers
+    embed_size: int = 0  # E: 0 = H when tied, else min(H, 128) (small E is cheaper for chars)
+    dropout: float = 0.0  # between layers and before the head (training only)
+    tie_weights: bool = False  # share the embedding matrix with the output head (needs E = H)
+    extra: dict = field(default_factory=dict)  # room for later options without a format change
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        if self.embed_size == 0:
+            self.embed_size = self.hidden_size if self.tie_weights else min(self.hidden_size, 128)
+        if self.tie_weights and self.embed_size != self.hidden_size:
+            raise ValueError("--tie-weights needs the embedding size equal to the hidden size")
+        if self.hidden_size < 1 or self.num_layers < 1 or self.vocab_size < 1:
+            raise ValueError("hidden size, layers and vocabulary size must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size)
+        self.rnn = make_recurrent(
+            cfg.cell, cfg.embed_size, cfg.hidden_size, cfg.num_layers, cfg.dropout
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+        # torch's N(0, 1) embedding init: measured faster to learn than small uniform values.
+        if cfg.tie_weights:
+            self.head.weight = self.embed.weight
+        if cfg.cell == "lstm":
+            # Forget-gate bias 1: remember by default early in training (Jozefowicz et al. 2015).
+            for name, p in self.rnn.named_parameters():
+                if name.startswith("bias_ih"):
+                    h = cfg.hidden_size
+                    with torch.no_grad():
+                        p[h : 2 * h].fill_(1.0)  # torch's block order is i, f, g, o
+
+    def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        x = self.embed(ids)  # (B, T, E)
+        out, state = self.rnn(x, state)  # (B, T, H)
+        return self.head(self.drop(out)), state  # (B, T, V)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph between truncated-BPTT windows while keeping the values."""
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)  # type: ignore[return-value]
+    return state.detach()

@@ -1,0 +1,72 @@
+"""Sampling: a pure next-token choice, and a generator of decoded text pieces.
+
+The prime text warms the state in one full-window pass; then every new token costs one
+recurrent step through the cells' fast single-step path (the prefix is never re-run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from charlstm.cells import make_stepper
+from charlstm.model import LanguageModel
+
+
+@dataclass
+class SampleConfig:
+    length: int = 500  # new tokens per sample
+    temperature: float = 0.8  # 0 = greedy (argmax); <1 sharper, >1 flatter
+    top_k: int = 0  # keep only the k most likely tokens (0 = all)
+    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p
+
+
+def choose_next(
+    logits: torch.Tensor,
+    cfg: SampleConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick the next token of each row of logits (B, V) → ids (B,)."""
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / cfg.temperature
+    if 0 < cfg.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens before it already reach top_p (the first always stays).
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= cfg.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate(
+    model: LanguageModel,
+    prime_ids: torch.Tensor,
+    cfg: SampleConfig,
+    generator: torch.Generator | None = None,
+    batch: int = 1,
+) -> Iterator[torch.Tensor]:
+    """Yield the ids (batch,) of each new token as soon as it is chosen.
+
+    prime_ids (P,) with P >= 1 warms the state; its last token's prediction is the first choice.
+    """
+    model.eval()
+    prime = prime_ids.long().view(1, -1).expand(batch, -1)
+    logits, state = model(prime)  # (B, P, V)
+    last = logits[:, -1]  # (B, V)
+    stepper = make_stepper(model.cfg.cell, model.rnn)
+    embed, head = model.embed.weight, model.head
+    for _ in range(cfg.length):
+        token = choose_next(last, cfg, generator)  # (B,)
+        yield token
+        out, state = stepper.step(embed[token], state)  # (B, H)
+        last = F.linear(out, head.weight, head.bias)

@@ -1,0 +1,192 @@
+"""The command line end to end: in-process through CliRunner, and as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from charlstm.checkpoint import load_checkpoint
+from charlstm.cli import app
+
+runner = CliRunner()
+TINY = ["--hidden", "48", "--layers", "1", "-b", "4", "-t", "16", "--threads", "1", "--lr", "1e-2",
+        "--warmup", "5"]  # fmt: skip
+
+
+def charlstm(*args: str, cwd: Path, stdin: str | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "charlstm", *args],
+        cwd=cwd, input=stdin, capture_output=True, text=True, timeout=120, **kw,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def trained(tmp_path, play_file, monkeypatch) -> Path:
+    """A tiny run trained through the CLI in tmp_path; returns the run folder."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", str(play_file), "--steps", "80", "--name", "r", *TINY])
+    assert result.exit_code == 0, result.stderr
+    return tmp_path / "checkpoints" / "r"
+
+
+def test_train_sample_evaluate_info_through_clirunner(trained, play_file):
+    assert {"best.pt", "last.pt", "metrics.jsonl", "tokens.npy"} <= {
+        p.name for p in trained.iterdir()
+    }
+    first = runner.invoke(app, ["sample", "--seed", "7", "--length", "60", "--prime", "ROMEO:"])
+    second = runner.invoke(app, ["sample", "--seed", "7", "--length", "60", "--prime", "ROMEO:"])
+    assert first.exit_code == 0, first.stderr
+    assert first.stdout == second.stdout  # reproducible with a seed
+    assert first.stdout.startswith("ROMEO:") and len(first.stdout) == len("ROMEO:") + 60 + 1
+    assert "seed 7" in first.stderr and "seed" not in first.stdout
+
+    ev = runner.invoke(app, ["evaluate", str(play_file), "--json"])
+    assert ev.exit_code == 0, ev.stderr
+    data = json.loads(ev.stdout)
+    assert data["tokens"] == len(play_file.read_text()) - 1
+    assert 0 < data["loss"] < 2.5 and data["bits_per_char"] == pytest.approx(
+        data["loss"] / 0.6931, rel=1e-3
+    )
+
+    info = runner.invoke(app, ["info", str(trained), "--json"])
+    assert info.exit_code == 0
+    meta = json.loads(info.stdout)
+    assert meta["steps"] == 80 and meta["tokenizer"]["kind"] == "char" and meta["parameters"] > 0
+
+
+def test_greedy_is_temperature_zero(trained):
+    a = runner.invoke(app, ["sample", "--greedy", "--length", "40", "--seed", "1"])
+    b = runner.invoke(app, ["sample", "--temp", "0", "--length", "40", "--seed", "2"])
+    assert a.stdout == b.stdout
+
+
+def test_subprocess_stdout_holds_only_text(trained, tmp_path):
+    result = charlstm("sample", "--seed", "3", "--length", "30", "--prime", "JULIET:", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("JULIET:") and len(result.stdout) == len("JULIET:") + 31
+    assert "seed 3" in result.stderr
+    piped = charlstm("sample", "--seed", "3", "--length", "30", "--prime", "-", cwd=tmp_path,
+                     stdin="JULIET:")  # fmt: skip
+    assert piped.stdout == result.stdout
+
+
+def test_sample_streams_before_generation_ends(trained, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "charlstm", "sample", "--length", "3000000", "--seed", "1"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        first = proc.stdout.read(20)
+        assert len(first) == 20 and proc.poll() is None  # text arrived while still generating
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_head_closes_the_pipe_quietly(trained, tmp_path):
+    result = subprocess.run(
+        f"{sys.executable} -m charlstm sample --length 1000000 --seed 1 | head -c 50",
+        shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert len(result.stdout) == 50
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+
+
+def test_chinese_text_samples_chinese(tmp_path):
+    text = "床前明月光，疑是地上霜。举头望明月，低头思故乡。\n" * 40
+    (tmp_path / "poem.txt").write_text(text, encoding="utf-8")
+    r = charlstm("train", "poem.txt", "--steps", "60", "--name", "zh", "--lr", "1e-2", *TINY,
+                 cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    s = charlstm("sample", "--length", "40", "--seed", "0", "--temp", "0.5", cwd=tmp_path)
+    chinese = [c for c in s.stdout if "\u4e00" <= c <= "\u9fff"]
+    assert len(chinese) >= 20
+
+
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["train", "nope.txt", "--steps", "1"], 1, "no such file"),
+        (["train", "empty.txt", "--steps", "1"], 1, "empty"),
+        (["train", "play.txt", "--budget", "soon"], 2, "--budget"),
+        (["train", "play.txt", "--hidden", "0"], 2, "--hidden"),
+        (["sample"], 1, "no trained model"),
+        (["sample", "-m", "missing.pt"], 1, "no checkpoint"),
+        (["sample", "-m", "junk.pt"], 1, "junk.pt"),
+        (["evaluate", "play.txt", "-m", "junk.pt"], 1, "junk.pt"),
+        (["info", "junk.pt"], 1, "junk.pt"),
+    ],
+)
+def test_bad_input_gives_one_line_and_an_exit_code(tmp_path, play_file, args, code, message):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "junk.pt").write_bytes(b"\x00not a checkpoint" * 10)
+    r = charlstm(*args, cwd=tmp_path)
+    assert r.returncode == code, r.stderr
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_sampling_options(trained, tmp_path):
+    for args, message in [
+        (["--temp", "-1"], "--temp"),
+        (["--temp", "nan"], "--temp"),
+        (["--top-p", "0"], "--top-p"),
+        (["--top-p", "1.5"], "--top-p"),
+        (["--length", "-5"], "--length"),
+        (["--prime", "ROMEO ✈"], "'✈'"),
+    ]:
+        r = charlstm("sample", *args, cwd=tmp_path)
+        assert r.returncode in (1, 2) and r.stdout == "", args
+        assert message in r.stderr and len(r.stderr.strip().splitlines()) <= 2, r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_kill_9_keeps_checkpoints_loadable_and_resume_continues(tmp_path, play_file):
+    big = tmp_path / "big.txt"
+    big.write_text(play_file.read_text() * 20)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "charlstm", "train", "big.txt", "--steps", "100000", "--name", "k",
+         "--eval-every", "20", *TINY],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    run = tmp_path / "checkpoints" / "k"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (run / "last.pt").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    step = load_checkpoint(run / "last.pt")["step"]
+    assert step >= 20
+    assert load_checkpoint(run / "best.pt")["model"]
+    r = charlstm("train", "--resume", str(run), "--steps", str(step + 20), "--threads", "1",
+                 cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert f"resumed at step {step:,}" in r.stderr
+    assert load_checkpoint(run / "last.pt")["step"] == step + 20
+
+
+def test_ctrl_c_saves_last_and_exits_130(tmp_path, play_file):
+    big = tmp_path / "big.txt"
+    big.write_text(play_file.read_text() * 20)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "charlstm", "train", "big.txt", "--steps", "100000", "--name", "c",
+         "--eval-every", "100000", *TINY],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(6)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and out == ""
+    assert load_checkpoint(tmp_path / "checkpoints" / "c" / "last.pt")["step"] > 0

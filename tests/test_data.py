@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+import torch
+
+from charlstm.data import (
+    DataError,
+    epoch_offset,
+    eval_streams,
+    fit_layout,
+    split_ids,
+    stream_matrix,
+    window_batch,
+)
+
+
+def test_split_is_contiguous_with_validation_at_the_end():
+    ids = np.arange(100)
+    train, val = split_ids(ids, 0.1)
+    assert list(train) == list(range(90)) and list(val) == list(range(90, 100))
+
+
+def test_windows_continue_each_stream():
+    ids = np.arange(1000)
+    layout, notes = fit_layout(len(ids), batch_size=4, window=10)
+    assert not notes
+    streams = stream_matrix(ids, layout, offset=0)
+    x0, y0 = window_batch(streams, layout, 0)
+    x1, _ = window_batch(streams, layout, 1)
+    assert x0.shape == (4, 10)
+    assert torch.equal(y0[:, :-1], x0[:, 1:])  # targets are inputs shifted by one
+    assert torch.equal(x1[:, 0], x0[:, -1] + 1)  # row b of window 1 continues row b of window 0
+    assert torch.equal(x0[1, 0] - x0[0, 0], torch.tensor(layout.stream_len))
+
+
+def test_small_corpus_shrinks_layout_instead_of_failing():
+    layout, notes = fit_layout(50, batch_size=32, window=64)
+    assert layout.batch_size * layout.window <= 49 and layout.windows_per_epoch >= 1
+    assert notes and "too small" in notes[0]
+    with pytest.raises(DataError):
+        fit_layout(2, 4, 4)
+
+
+def test_epoch_offset_is_deterministic_and_in_range():
+    layout, _ = fit_layout(10_000, 8, 16)
+    offsets = [epoch_offset(7, e, layout, 10_000) for e in range(1, 20)]
+    assert offsets == [epoch_offset(7, e, layout, 10_000) for e in range(1, 20)]
+    assert len(set(offsets)) > 1 and all(0 <= o <= 16 for o in offsets)
+    stream_matrix(np.arange(10_000), layout, max(offsets))  # stays in range
+
+
+@pytest.mark.parametrize("n,s", [(2, 1), (10, 3), (101, 7), (64, 64), (5, 100)])
+def test_eval_streams_predict_every_token_once(n, s):
+    ids = np.arange(n)
+    x, y = eval_streams(ids, s)
+    valid = y != -100
+    assert int(valid.sum()) == n - 1
+    assert sorted(y[valid].tolist()) == list(range(1, n))
+    assert torch.equal(y[valid], x[valid] + 1)

@@ -1,0 +1,77 @@
+import math
+
+import pytest
+import torch
+
+from charlstm.checkpoint import load_checkpoint
+from charlstm.model import LanguageModel, ModelConfig
+from charlstm.train import Run, TrainConfig, TrainingDiverged, fit, learning_rate
+
+from .conftest import PLAY
+from .helpers import tiny_run
+
+
+def test_loss_falls_on_a_tiny_corpus(tmp_path):
+    run = tiny_run(PLAY, tmp_path / "run", steps=120, eval_every=40)
+    summary = fit(run)
+    vals = [m["val_loss"] for m in run.metrics]
+    assert len(vals) == 3
+    assert vals[-1] < vals[0] - 0.3
+    assert summary["best_val_loss"] < math.log(run.model_cfg.vocab_size) - 1.0
+    assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "last.pt").is_file()
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_tiny_model_overfits_a_short_string(tmp_path):
+    text = "the quick brown fox jumps over the lazy dog. " * 4
+    run = tiny_run(text, tmp_path / "r", hidden=48, steps=300, val_fraction=0.0, batch_size=2,
+                   window=32, lr=2e-2)  # fmt: skip
+    summary = fit(run)
+    assert summary["last_train_loss"] < 0.1  # memorised: well under 1 nat per character
+
+
+def test_resumed_run_continues_the_same_curve(tmp_path):
+    whole = tiny_run(PLAY, tmp_path / "whole", steps=60, eval_every=10, seed=3)
+    fit(whole)
+
+    stop_after = iter(range(1000))
+    part = tiny_run(PLAY, tmp_path / "part", steps=60, eval_every=10, seed=3)
+    # Interrupt after 25 steps: last.pt holds step 20 (the last validation) ... then step 25.
+    fit(part, should_stop=lambda: next(stop_after) >= 25)
+    ckpt = load_checkpoint(tmp_path / "part" / "last.pt")
+    assert ckpt["step"] == 25
+
+    cfg = TrainConfig(**ckpt["train_config"])
+    model_cfg = ModelConfig(**ckpt["model_config"])
+    torch.manual_seed(999)  # the resumed run must not depend on the global seed at start
+    model = LanguageModel(model_cfg)
+    model.load_state_dict(ckpt["model"])
+    resumed = Run(model=model, model_cfg=model_cfg, train_cfg=cfg, tokenizer=ckpt["tokenizer"],
+                  train_ids=part.train_ids, val_ids=part.val_ids, corpus=ckpt["corpus"],
+                  run_dir=tmp_path / "part", metrics=ckpt["metrics"])  # fmt: skip
+    fit(resumed, resume=ckpt["resume"])
+
+    def curve(run):
+        return [(m["step"], round(m["train_loss"], 5), round(m["val_loss"], 5))
+                for m in run.metrics]  # fmt: skip
+
+    assert [m["step"] for m in whole.metrics] == [10, 20, 30, 40, 50, 60]
+    assert curve(resumed)[-4:] == curve(whole)[-4:]
+    for key, value in whole.model.state_dict().items():
+        assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6), key
+
+
+def test_nan_loss_stops_with_advice(tmp_path):
+    run = tiny_run(PLAY, tmp_path / "nan", steps=20, lr=1e3, warmup_steps=1, clip=1e9)
+    with torch.no_grad():
+        run.model.head.bias.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="lower --lr"):
+        fit(run)
+
+
+def test_schedule_warms_up_then_decays_to_floor():
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert learning_rate(cfg, 0, 0.0) == pytest.approx(0.1)
+    assert learning_rate(cfg, 10, 0.0) == pytest.approx(1.0)
+    assert learning_rate(cfg, 500, 0.5) == pytest.approx(0.55)
+    assert learning_rate(cfg, 900, 1.0) == pytest.approx(0.1)
