@@ -12,9 +12,9 @@ lstm / gru / rnn are torch's fused modules. peephole and coupled are ours
 then a Python loop over time does the recurrent part.
 
 `make_stepper` turns any of them into a `Stepper` that advances one token at a time
-(x (B, I) -> out (B, H)) for sampling, which is ~10x faster at batch 1 than calling the
-layer on one-step windows. The `*_reference_step` functions are the gate equations written
-out line by line; the tests hold torch's modules and ours against them.
+(x (B, I) -> out (B, H)) for sampling, an order of magnitude faster at batch 1 than
+calling the layer on one-step windows. The `*_reference_step` functions are the gate
+equations written out line by line; the tests hold torch's modules and ours against them.
 """
 
 from __future__ import annotations
@@ -348,10 +348,11 @@ def gru_weights_from_torch(gru: nn.GRU, layer: int) -> dict[str, Tensor]:
 # The fast single-step path
 # --------------------------------------------------------------------------------------
 #
-# Calling nn.LSTM on a (B, 1, I) window costs ~2 ms at 2×512 on CPU, mostly fixed
-# overhead. A step here is, per layer, two addmm's into a preallocated gate buffer
-# (B, G·H) and a handful of in-place elementwise kernels on views of it, all under
-# inference_mode. At batch 1 the time then goes to reading the weights from memory.
+# Calling nn.LSTM on a (B, 1, I) window costs milliseconds at 2×512 on CPU, nearly all
+# of it oneDNN setting up a sequence kernel for a single step. A step here is, per layer,
+# two addmm's into a preallocated gate buffer (B, G·H) and a handful of in-place
+# elementwise kernels on views of it, under inference_mode. At batch 1 the time then goes
+# to streaming the weights from memory (16 MB per step at 2×512, fp32).
 #
 # Gate blocks are reordered when the weights are copied so that all sigmoid gates sit
 # side by side and take one kernel:
@@ -370,30 +371,30 @@ def _blocks(w: Tensor, order: tuple[int, ...], n: int) -> Tensor:
 
 
 class _LayerStep:
-    """One layer's weights, copied for the step, and a scratch buffer for its gates."""
+    """One layer's weights, copied for the step, and scratch for its gate pre-activations.
 
-    def __init__(self, w_x: Tensor, w_h: Tensor, bias: Tensor, peep: Tensor | None) -> None:
+    `resize(B)` (re)allocates the scratch and the views of it that `__call__` works on, so
+    a step slices nothing; `__call__` writes the layer's new h (and c) into the given slots.
+    """
+
+    def __init__(self, w_x: Tensor, w_h: Tensor, bias: Tensor, peep: Tensor | None = None) -> None:
+        # Copies, not views: the stepper keeps the weights it was built from.
         self.w_x = w_x.detach().contiguous().clone()  # (I, G·H)
         self.w_h = w_h.detach().contiguous().clone()  # (H, G·H)
         self.bias = bias.detach().contiguous().clone()  # (G·H,)
         self.peep = None if peep is None else peep.detach().clone()  # (3, H)
         self.hidden = self.w_h.shape[0]
-        self.batch = -1
 
     def resize(self, batch: int) -> None:
-        """Allocate the gate buffer for `batch` rows, and the views the step works on."""
-        self.batch = batch
         self.z = self.w_x.new_empty(batch, self.w_x.shape[1])  # (B, G·H)
-        self.bind(self.z, self.hidden)
-
-    def bind(self, z: Tensor, hidden: int) -> None:
-        pass
 
 
 class _LSTMStep(_LayerStep):
-    def bind(self, z: Tensor, hidden: int) -> None:
-        self.sig, self.cand = z[:, : 3 * hidden], z[:, 3 * hidden :]
-        self.i, self.f, self.o, _ = z.split(hidden, dim=1)
+    def resize(self, batch: int) -> None:
+        super().resize(batch)
+        hid, z = self.hidden, self.z  # blocks [ i | f | o | g ]
+        self.sig, self.cand = z[:, : 3 * hid], z[:, 3 * hid :]
+        self.i, self.f, self.o, _ = z.split(hid, dim=1)
 
     def __call__(self, x: Tensor, h: Tensor, c: Tensor, h_out: Tensor, c_out: Tensor) -> None:
         torch.addmm(self.bias, x, self.w_x, out=self.z)
@@ -406,9 +407,11 @@ class _LSTMStep(_LayerStep):
 
 
 class _PeepholeStep(_LayerStep):
-    def bind(self, z: Tensor, hidden: int) -> None:
-        self.i, self.f, self.cand, self.o = z.split(hidden, dim=1)
-        self.sig = z[:, : 2 * hidden]
+    def resize(self, batch: int) -> None:
+        super().resize(batch)
+        hid, z = self.hidden, self.z  # blocks [ i | f | g | o ]
+        self.i, self.f, self.cand, self.o = z.split(hid, dim=1)
+        self.sig = z[:, : 2 * hid]
         self.p_i, self.p_f, self.p_o = self.peep.unbind(0)
 
     def __call__(self, x: Tensor, h: Tensor, c: Tensor, h_out: Tensor, c_out: Tensor) -> None:
@@ -420,14 +423,16 @@ class _PeepholeStep(_LayerStep):
         self.cand.tanh_()
         torch.mul(self.f, c, out=c_out)
         c_out.addcmul_(self.i, self.cand)
-        self.o.addcmul_(c_out, self.p_o).sigmoid_()
+        self.o.addcmul_(c_out, self.p_o).sigmoid_()  # o sees the new cell
         torch.tanh(c_out, out=h_out).mul_(self.o)
 
 
 class _CoupledStep(_LayerStep):
-    def bind(self, z: Tensor, hidden: int) -> None:
-        self.sig, self.cand = z[:, : 2 * hidden], z[:, 2 * hidden :]
-        self.f, self.o, _ = z.split(hidden, dim=1)
+    def resize(self, batch: int) -> None:
+        super().resize(batch)
+        hid, z = self.hidden, self.z  # blocks [ f | o | g ]
+        self.sig, self.cand = z[:, : 2 * hid], z[:, 2 * hid :]
+        self.f, self.o, _ = z.split(hid, dim=1)
 
     def __call__(self, x: Tensor, h: Tensor, c: Tensor, h_out: Tensor, c_out: Tensor) -> None:
         torch.addmm(self.bias, x, self.w_x, out=self.z)
@@ -439,31 +444,33 @@ class _CoupledStep(_LayerStep):
 
 
 class _GRUStep(_LayerStep):
-    """torch's GRU; `bias` holds bias_ih and `bias_h` bias_hh, both (3H,), kept apart for b_hn."""
+    """torch's GRU: `bias` is bias_ih and `bias_h` bias_hh, (3H,) each, apart because of b_hn."""
 
     def __init__(self, w_x: Tensor, w_h: Tensor, bias: Tensor, bias_h: Tensor) -> None:
-        super().__init__(w_x, w_h, bias, None)
+        super().__init__(w_x, w_h, bias)
         self.bias_h = bias_h.detach().contiguous().clone()
 
     def resize(self, batch: int) -> None:
-        super().resize(batch)  # z: input projection (B, 3H)
-        self.zh = self.w_h.new_empty(batch, self.w_h.shape[1])  # hidden projection (B, 3H)
+        super().resize(batch)  # z: the input projection (B, 3H), blocks [ r | z | n ]
+        self.zh = self.w_h.new_empty(batch, self.w_h.shape[1])  # the hidden one (B, 3H)
         hid = self.hidden
         self.rz, self.n = self.z[:, : 2 * hid], self.z[:, 2 * hid :]
         self.rz_h, self.n_h = self.zh[:, : 2 * hid], self.zh[:, 2 * hid :]
-        self.r, self.zgate = self.z[:, :hid], self.z[:, hid : 2 * hid]
+        self.r, self.update = self.z[:, :hid], self.z[:, hid : 2 * hid]
 
     def __call__(self, x: Tensor, h: Tensor, h_out: Tensor) -> None:
         torch.addmm(self.bias, x, self.w_x, out=self.z)
         torch.addmm(self.bias_h, h, self.w_h, out=self.zh)
         self.rz.add_(self.rz_h).sigmoid_()
         self.n.addcmul_(self.r, self.n_h).tanh_()
-        torch.lerp(self.n, h, self.zgate, out=h_out)  # torch's (1 − z') ⊙ n + z' ⊙ h
+        torch.lerp(self.n, h, self.update, out=h_out)  # torch's (1 − z') ⊙ n + z' ⊙ h
 
 
 class _RNNStep(_LayerStep):
+    def resize(self, batch: int) -> None:
+        pass  # no gates to park: the step writes straight into the new state
+
     def __call__(self, x: Tensor, h: Tensor, h_out: Tensor) -> None:
-        # Writes straight into the new state: an RNN has no gates to park.
         torch.addmm(self.bias, x, self.w_x, out=h_out)
         h_out.addmm_(h, self.w_h).tanh_()
 
@@ -492,13 +499,12 @@ def _torch_layer_steps(cell: str, layer: nn.Module) -> list[_LayerStep]:
                     _blocks(w_ih, order, 4).T,
                     _blocks(w_hh, order, 4).T,
                     _blocks(b_ih + b_hh, order, 4),
-                    None,
                 )
             )
         elif cell == "gru":
             steps.append(_GRUStep(w_ih.T, w_hh.T, b_ih, b_hh))
         else:
-            steps.append(_RNNStep(w_ih.T, w_hh.T, b_ih + b_hh, None))
+            steps.append(_RNNStep(w_ih.T, w_hh.T, b_ih + b_hh))
     return steps
 
 
