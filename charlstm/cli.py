@@ -150,7 +150,7 @@ def train(
     window: Annotated[
         int, typer.Option("--window", "-t", help="Steps per truncated-BPTT window (T).")
     ] = 64,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 3e-3,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 8e-3,
     min_lr_ratio: Annotated[
         float, typer.Option(help="Final learning rate as a fraction of --lr.")
     ] = 0.1,

@@ -37,7 +37,7 @@ Report = Callable[[str, dict[str, Any]], None]  # (event, data): "note", "start"
 class TrainConfig:
     batch_size: int = 32  # B: parallel streams per step
     window: int = 64  # T: time steps per truncated-BPTT window
-    lr: float = 3e-3  # peak learning rate (AdamW)
+    lr: float = 8e-3  # peak learning rate (AdamW); see the sweep in BENCHMARKS.md
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * this
     warmup_steps: int = 50  # linear warm-up from ~0 to lr
     weight_decay: float = 0.0  # AdamW decoupled decay, on weight matrices only
