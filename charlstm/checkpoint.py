@@ -44,6 +44,7 @@ def write_atomic(path: Path, content: str | Callable[[BinaryIO], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o644)  # mkstemp's 0600 would make checkpoints unreadable to others
     try:
         with os.fdopen(fd, "wb") as f:
             if isinstance(content, str):
