@@ -42,10 +42,11 @@ def write_atomic(path: Path, content: str | Callable[[BinaryIO], None]) -> None:
     `content` is text (UTF-8) or a function that writes to the binary file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o644)  # mkstemp's 0600 would make checkpoints unreadable to others
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would make checkpoints unreadable to others
         with os.fdopen(fd, "wb") as f:
             if isinstance(content, str):
                 f.write(content.encode("utf-8"))
@@ -54,15 +55,24 @@ def write_atomic(path: Path, content: str | Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # Make the rename itself durable.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        tmp = None
+        # Make the rename itself durable.
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise CheckpointError(f"could not write '{path}': {e.strerror or _first_line(e)}") from e
+    except RuntimeError as e:
+        # torch.save reports a failed write (e.g. a full disk) as a RuntimeError.
+        if "write" not in str(e).lower():
+            raise
+        raise CheckpointError(f"could not write '{path}': {_first_line(e)}") from e
     finally:
-        os.close(dir_fd)
+        # On any failure (Ctrl-C included) the old file stays and no temp file is left.
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

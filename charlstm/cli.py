@@ -19,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import click
 import typer
 from rich.console import Console
 
@@ -57,6 +56,10 @@ def _command(func: Callable[..., None]) -> Callable[..., None]:
         except CharlstmError as e:
             sys.stderr.write(f"charlstm: error: {e}\n")
             raise typer.Exit(e.code) from None
+        except KeyboardInterrupt:
+            # A second Ctrl-C (the first one only asks training to stop): no traceback.
+            sys.stderr.write("charlstm: interrupted\n")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return app.command()(wrapper)
 
@@ -98,6 +101,28 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def _given(ctx: typer.Context, *names: str) -> list[str]:
+    """The parameters among `names` that were set on the command line (not left at default)."""
+    return [n for n in names if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"]
+
+
+def sparkline(values: list[float]) -> str:
+    """A one-line chart of `values`, lowest ▁ to highest █; non-finite values show as a space."""
+    bars = "▁▂▃▄▅▆▇█"
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return ""
+    lo, hi = min(finite), max(finite)
+    span = hi - lo
+    out = []
+    for v in values:
+        if v is None or not math.isfinite(v):
+            out.append(" ")
+        else:
+            out.append(bars[round((v - lo) / span * (len(bars) - 1)) if span > 0 else 0])
+    return "".join(out)
+
+
 def _set_threads(threads: int) -> None:
     import torch
 
@@ -109,6 +134,7 @@ def _set_threads(threads: int) -> None:
 
 @_command
 def train(
+    ctx: typer.Context,
     corpus: Annotated[
         list[str] | None,
         typer.Argument(
@@ -214,6 +240,11 @@ def train(
         _fail(f"--lr must be a positive number, got {lr}", EXIT_USAGE)
     if not clip > 0:
         _fail(f"--clip must be positive, got {clip}", EXIT_USAGE)
+    if resume is not None:
+        shape = _given(ctx, "hidden", "layers", "cell", "embed", "tie_weights")
+        if shape:
+            flags = ", ".join("--" + n.replace("_", "-") for n in shape)
+            _fail(f"--resume continues the checkpoint's model as it is; drop {flags}", EXIT_USAGE)
 
     t_start = time.perf_counter()
     import torch
@@ -469,12 +500,21 @@ def _print_summary(err: Console, s: dict[str, Any], run: Any) -> None:
         ("best validation", "—" if best is None else
          f"{best:.4f} nats/char · {s['best_val_bpc']:.3f} bits/char · "
          f"perplexity {math.exp(best):.2f}"),
+        ("validation curve", _val_curve(run.metrics)),
         ("checkpoints", f"{run.run_dir}/best.pt, last.pt, metrics.jsonl"),
         ("sample", f"charlstm sample -m {run.run_dir}"),
     ]  # fmt: skip
     for k, v in rows:
-        table.add_row(k, v)
+        if v:
+            table.add_row(k, v)
     err.print(table)
+
+
+def _val_curve(metrics: list[dict[str, Any]]) -> str:
+    values = [m["val_loss"] for m in metrics if m.get("val_loss") is not None]
+    if len(values) < 2:
+        return ""
+    return f"{sparkline(values[-60:])}  {values[0]:.3f} → {values[-1]:.3f}"
 
 
 def _fmt_seconds(s: float) -> str:
@@ -501,6 +541,7 @@ ModelOption = Annotated[
 
 @_command
 def sample(
+    ctx: typer.Context,
     model: ModelOption = None,
     prime: Annotated[
         str | None,
@@ -523,6 +564,24 @@ def sample(
     seed: Annotated[
         int | None, typer.Option(help="Random seed; random when absent and reported on stderr.")
     ] = None,
+    num_samples: Annotated[
+        int,
+        typer.Option(
+            "--num-samples",
+            "-N",
+            help="Independent samples, generated together in one batch from the same prime. "
+            "With more than one, each is printed whole under a line [bold]--- sample I ---[/] "
+            "(I from 1), samples separated by a blank line; only a single sample streams.",
+        ),
+    ] = 1,
+    json_out: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help='One JSON object per sample per line: {"sample": I, "seed": SEED, '
+            '"text": prime + generated text}.',
+        ),
+    ] = False,
     echo_prime: Annotated[
         bool, typer.Option(help="Print the prime text before the sample.")
     ] = True,
@@ -537,6 +596,19 @@ def sample(
 ) -> None:
     """Stream generated text to stdout, one token at a time."""
     err = _err_console(quiet)
+    if greedy:
+        given = _given(ctx, "temp", "top_k", "top_p")
+        clash = [
+            flag
+            for flag, name, neutral in (("--temp", "temp", temp == 0), ("--top-k", "top_k",
+                top_k == 0), ("--top-p", "top_p", top_p == 1))
+            if name in given and not neutral
+        ]  # fmt: skip
+        if clash:
+            _fail(f"--greedy always takes the most likely token; drop {', '.join(clash)}",
+                  EXIT_USAGE)  # fmt: skip
+    if not 1 <= num_samples <= 10_000:
+        _fail(f"--num-samples must be between 1 and 10,000, got {num_samples}", EXIT_USAGE)
     if math.isnan(temp) or temp < 0:
         _fail(f"--temp must be 0 or more, got {temp}", EXIT_USAGE)
     if not 0 < top_p <= 1:
@@ -545,6 +617,8 @@ def sample(
         _fail(f"--top-k must be 0 or more, got {top_k}", EXIT_USAGE)
     if not 0 <= length <= 100_000_000:
         _fail(f"--length must be between 0 and 100,000,000, got {length}", EXIT_USAGE)
+    if num_samples > 1 and length * num_samples > 100_000_000:
+        _fail("--length × --num-samples must be at most 100,000,000 tokens", EXIT_USAGE)
     if on_unknown not in ("error", "skip"):
         _fail(f"--on-unknown must be error or skip, got {on_unknown!r}", EXIT_USAGE)
     if prime == "-":
@@ -562,12 +636,27 @@ def sample(
     err.print(f"seed {seed}")
     generator = torch.Generator().manual_seed(seed)
     cfg = SampleConfig(length=length, temperature=0.0 if greedy else temp, top_k=top_k, top_p=top_p)
-    if prime and echo_prime:
-        _write_stdout(prime)
     piece = tokenizer.piece
-    for token in generate(net, prime_ids, cfg, generator):
-        _write_stdout(piece(int(token[0])))
-    _write_stdout("\n")
+    if num_samples == 1 and not json_out:
+        if prime and echo_prime:
+            _write_stdout(prime)
+        for token in generate(net, prime_ids, cfg, generator):
+            _write_stdout(piece(int(token[0])))
+        _write_stdout("\n")
+        return
+    rows: list[list[int]] = [[] for _ in range(num_samples)]
+    for tokens in generate(net, prime_ids, cfg, generator, batch=num_samples):  # (N,)
+        for row, token in zip(rows, tokens.tolist(), strict=True):
+            row.append(token)
+    for i, row in enumerate(rows, start=1):
+        text = "".join(piece(t) for t in row)
+        if json_out:
+            _write_stdout(
+                json.dumps({"sample": i, "seed": seed, "text": (prime or "") + text}) + "\n"
+            )
+        else:
+            head = (prime or "") if echo_prime else ""
+            _write_stdout(("\n" if i > 1 else "") + f"--- sample {i} ---\n{head}{text}\n")
 
 
 def _load_model(model: Path | None, err: Console) -> tuple[Any, Any, dict[str, Any]]:
@@ -631,6 +720,16 @@ def evaluate(
         str, typer.Option(help="Undecodable bytes: strict (stop), replace or ignore.")
     ] = "strict",
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    per_line: Annotated[
+        bool,
+        typer.Option(
+            "--per-line",
+            help='One JSON object per input line: {"line": TEXT, "tokens": N, "nats": TOTAL, '
+            '"bits_per_char": BPC}. One sequential pass carries the state through the whole '
+            "text; a line's newline counts in that line; the text's first character is not "
+            "predicted.",
+        ),
+    ] = False,
     threads: Annotated[int, typer.Option(help="CPU threads; 0 = all cores.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
@@ -654,6 +753,24 @@ def evaluate(
     if len(ids) < 2:
         _fail("the text is too short to evaluate: it needs at least 2 known characters")
     t0 = time.perf_counter()
+    if per_line:
+        from charlstm.evaluate import score_lines, token_losses
+
+        with err.status(f"evaluating {len(ids):,} tokens…"):
+            losses = token_losses(net, ids)
+        pieces = [tokenizer.piece(int(t)) for t in ids]
+        scores = score_lines(pieces, losses)
+        # Show each line as written, skipped unknown characters included, when lines match up.
+        written = body.split("\n")
+        if written and written[-1] == "":
+            written.pop()
+        same = len(written) == len(scores)
+        for i, line in enumerate(scores):
+            row = {**line.to_dict(), **({"line": written[i]} if same else {})}
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        err.print(f"{len(ids) / (time.perf_counter() - t0):,.0f} tokens/s", style="dim")
+        return
     with err.status(f"evaluating {len(ids):,} tokens…"):
         result = evaluate_ids(net, ids, streams=streams)
     seconds = time.perf_counter() - t0
@@ -680,12 +797,24 @@ def info(
         typer.Argument(help="Checkpoint file or run folder. Default: the newest best.pt."),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also draw the training and validation loss against step into this image "
+            "(PNG, SVG, PDF; needs matplotlib: pip install 'charlstm[plot]').",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
     """What a checkpoint holds, read without running any pickled code."""
     from charlstm.checkpoint import load_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(model)
     ckpt = load_checkpoint(path)
+    if plot is not None:
+        _plot_metrics(ckpt.get("metrics") or [], plot, title=str(path))
+        _err_console(quiet).print(f"wrote {plot}", style="dim")
     n_params = sum(t.numel() for k, t in ckpt["model"].items() if k != "head.weight"
                    or not ckpt["model_config"].get("tie_weights"))  # fmt: skip
     tok = ckpt["tokenizer"]
@@ -725,6 +854,169 @@ def info(
     _write_stdout("\n".join(lines) + "\n")
 
 
+def _plot_metrics(metrics: list[dict[str, Any]], out: Path, title: str) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        _fail("--plot needs matplotlib: pip install 'charlstm[plot]'")
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    if not metrics:
+        _fail("the checkpoint holds no metrics to plot")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+        pts = [(m["step"], m[key]) for m in metrics
+               if m.get(key) is not None and math.isfinite(m[key])]  # fmt: skip
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="." if len(pts) < 50 else None, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    try:
+        fig.savefig(out)
+    except (OSError, ValueError) as e:
+        _fail(f"could not write '{out}': {getattr(e, 'strerror', None) or e}")
+    finally:
+        plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------- visualize
+
+
+@_command
+def visualize(
+    text: Annotated[
+        list[str],
+        typer.Argument(
+            help="Text to look at: file(s), a folder, - for stdin, or a built-in corpus."
+        ),
+    ],
+    model: ModelOption = None,
+    layer: Annotated[
+        int | None,
+        typer.Option(
+            help="Layer to trace, counting from 0. Default: the last.", show_default=False
+        ),
+    ] = None,
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="What to colour by: hidden, cell, forget, input or output (gru: update, reset)."
+        ),
+    ] = "cell",
+    unit: Annotated[
+        int | None,
+        typer.Option(
+            help="Unit to show. Default: the best 5 with --find, else 0.", show_default=False
+        ),
+    ] = None,
+    find: Annotated[
+        bool,
+        typer.Option(
+            "--find",
+            help="Rank every unit and gate by correlation with simple properties of the text "
+            "(in quotes, in brackets, line position, word starts) and show the best 5.",
+        ),
+    ] = False,
+    html_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Also write the shown units as one self-contained HTML page (hover for values).",
+            show_default=False,
+        ),
+    ] = None,
+    max_chars: Annotated[
+        int,
+        typer.Option(help="Trace only the first N characters (one step each: slow on long text)."),
+    ] = 2000,
+    encoding: Annotated[str, typer.Option(help="Text encoding of the files.")] = "utf-8",
+    errors: Annotated[
+        str, typer.Option(help="Undecodable bytes: strict (stop), replace or ignore.")
+    ] = "strict",
+    threads: Annotated[int, typer.Option(help="CPU threads; 0 = all cores.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+) -> None:
+    """Colour a text by what a unit of the model holds at each character."""
+    err = _err_console(quiet)
+    kinds = ("hidden", "cell", "forget", "input", "output", "update", "reset")
+    if kind not in kinds:
+        _fail(f"--kind must be one of {', '.join(kinds)}, got {kind!r}", EXIT_USAGE)
+    if max_chars < 1:
+        _fail(f"--max-chars must be at least 1, got {max_chars}", EXIT_USAGE)
+    import torch
+    from rich.table import Table
+
+    from charlstm.visualize import find_units, properties, render_html, render_terminal, trace
+
+    _set_threads(threads)
+    net, tokenizer, _ = _load_model(model, err)
+    n_layers = net.cfg.num_layers
+    layer = n_layers - 1 if layer is None else layer
+    if not 0 <= layer < n_layers:
+        _fail(f"--layer must be between 0 and {n_layers - 1}, got {layer}", EXIT_USAGE)
+    body, _ = _read_corpus(text, encoding, errors, err)
+    unknown = set(tokenizer.unknown(body))
+    if unknown:
+        n = sum(body.count(ch) for ch in unknown)
+        err.print(
+            f"[yellow]note:[/] skipping {n:,} characters the model never saw: "
+            f"{''.join(sorted(unknown)[:20])!r}"
+        )
+        body = "".join(ch for ch in body if ch not in unknown)
+    body = body[:max_chars]
+    if not body:
+        _fail("nothing to visualize: the text has no characters the model knows")
+    ids = tokenizer.encode(body)
+    if len(ids) != len(body):
+        _fail("visualize needs a character-level model (one token per character)")
+    with err.status(f"tracing {len(body):,} characters…"):
+        acts = trace(net, torch.from_numpy(ids.astype("int64")), layer=layer)
+    if kind not in acts:
+        _fail(
+            f"{net.cfg.cell} layers have no {kind!r}; choose one of {', '.join(acts)}", EXIT_USAGE
+        )
+    hidden = acts[kind].shape[1]
+    if unit is not None and not 0 <= unit < hidden:
+        _fail(f"--unit must be between 0 and {hidden - 1}, got {unit}", EXIT_USAGE)
+
+    shown = [{"kind": kind, "unit": unit or 0}]
+    if find:
+        best = find_units(acts, properties(body), top=5)
+        table = Table(title=f"layer {layer}: units that track the text", title_style="bold")
+        for col in ("kind", "unit", "property", "r"):
+            table.add_column(col, justify="right" if col in ("unit", "r") else "left")
+        for b in best:
+            table.add_row(b["kind"], str(b["unit"]), b["property"], f"{b['correlation']:+.3f}")
+        err.print(table if best else "no unit varies with any property of this text")
+        if unit is None and best:
+            shown = best
+
+    rows = []
+    for s in shown:
+        label = f"layer {layer} · {s['kind']} · unit {s['unit']}"
+        if "correlation" in s:
+            label += f" · r={s['correlation']:+.2f} with {s['property']}"
+        rows.append((label, acts[s["kind"]][:, s["unit"]], s["kind"]))
+    out = Console(file=sys.stdout, highlight=False)  # Rich drops the colour when piped
+    for label, values, k in rows:
+        out.print(label, style="bold", markup=False)
+        end = "" if body.endswith("\n") else "\n"  # the text's own last newline ends it
+        out.print(render_terminal(body, values, kind=k), soft_wrap=True, end=end)
+    if html_out is not None:
+        title = f"charlstm · {net.cfg.cell} · layer {layer}"
+        page = render_html(body, [r[:2] for r in rows], title, kinds=[r[2] for r in rows])
+        try:
+            html_out.write_text(page, encoding="utf-8")
+        except OSError as e:
+            _fail(f"cannot write {html_out}: {e.strerror or e}")
+        err.print(f"wrote {html_out}", style="dim")
+
+
 # ----------------------------------------------------------------------------------- entry
 
 
@@ -732,12 +1024,21 @@ def main() -> None:
     """Console entry point: expected errors become one stderr line and an exit code."""
     try:
         code = app(standalone_mode=False)
-    except click.exceptions.UsageError as e:
-        hint = f" (see charlstm {e.ctx.info_name if e.ctx else ''} --help)".replace("  ", " ")
-        sys.stderr.write(f"charlstm: {e.format_message()}{hint}\n")
-        code = EXIT_USAGE
-    except click.exceptions.Abort:
-        code = EXIT_INTERRUPTED
+    except Exception as e:
+        # Typer vendors its own click, so its exceptions are matched by class name.
+        kinds = {cls.__name__ for cls in type(e).__mro__}
+        if "NoArgsIsHelpError" in kinds:  # the help is already on screen
+            code = EXIT_USAGE
+        elif "UsageError" in kinds:
+            ctx = getattr(e, "ctx", None)
+            where = f"charlstm {ctx.info_name} --help" if ctx and ctx.parent else "charlstm --help"
+            sys.stderr.write(f"charlstm: {e.format_message()} (see {where})\n")
+            code = EXIT_USAGE
+        elif "Abort" in kinds:
+            sys.stderr.write("charlstm: interrupted\n")
+            code = EXIT_INTERRUPTED
+        else:
+            raise
     except KeyboardInterrupt:
         sys.stderr.write("charlstm: interrupted\n")
         code = EXIT_INTERRUPTED
@@ -747,4 +1048,8 @@ def main() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         code = 0
+    if code == EXIT_INTERRUPTED:
+        # Already on the way out: a further Ctrl-C must not kill the process mid-exit (which
+        # would end it by the signal instead of with status 130).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code if isinstance(code, int) else 0)

@@ -65,3 +65,64 @@ def evaluate_ids(
     model.train(was_training)
     n = len(ids) - 1
     return EvalResult(loss=float(total) / n, tokens=n, chars=n if chars is None else chars)
+
+
+@torch.no_grad()
+def token_losses(model: LanguageModel, ids: np.ndarray, *, window: int = 256) -> np.ndarray:
+    """The loss (nats) of every next-token prediction of `ids` (len(ids) - 1 values), in one
+    sequential pass (one stream) that carries the state through the whole text."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x, y = eval_streams(ids, 1)  # each (1, L)
+    x, y = x.to(device), y.to(device)
+    out = []
+    state = None
+    for start in range(0, x.shape[1], window):
+        logits, state = model(x[:, start : start + window], state)  # (1, T, V)
+        target = y[:, start : start + window]
+        out.append(
+            F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="none"
+            ).double()
+        )
+    model.train(was_training)
+    return torch.cat(out).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class LineScore:
+    line: str  # the line's text, without its newline
+    tokens: int  # predictions that fell in this line (its newline included)
+    chars: int  # characters those tokens spell
+    nats: float  # their total loss
+
+    @property
+    def bits_per_char(self) -> float | None:
+        return self.nats / self.chars / math.log(2) if self.chars else None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "line": self.line,
+            "tokens": self.tokens,
+            "nats": self.nats,
+            "bits_per_char": self.bits_per_char,
+        }
+
+
+def score_lines(pieces: list[str], losses: np.ndarray) -> list[LineScore]:
+    """Sum per-token losses per line. pieces[i] is the text of token i; losses[i] is the loss of
+    predicting token i + 1. A token belongs to the line it starts in, so the newline belongs to
+    the line it ends; the first token is never predicted and counts for nothing."""
+    lines: list[LineScore] = []
+    text, tokens, chars, nats = [], 0, 0, 0.0
+    for i, piece in enumerate(pieces):
+        text.append(piece)
+        if i > 0:
+            tokens, chars, nats = tokens + 1, chars + len(piece), nats + float(losses[i - 1])
+        if "\n" in piece:
+            lines.append(LineScore("".join(text).rstrip("\n"), tokens, chars, nats))
+            text, tokens, chars, nats = [], 0, 0, 0.0
+    if text:
+        lines.append(LineScore("".join(text), tokens, chars, nats))
+    return lines
