@@ -190,3 +190,17 @@ def test_ctrl_c_saves_last_and_exits_130(tmp_path, play_file):
     assert proc.returncode == 130, err
     assert "--resume" in err and out == ""
     assert load_checkpoint(tmp_path / "checkpoints" / "c" / "last.pt")["step"] > 0
+
+
+def test_train_from_stdin_and_plain_stderr_in_a_pipe(tmp_path, play_file):
+    """`cat … | charlstm train -` trains; stderr that is not a terminal gets no colour codes or
+    progress animation, only plain lines (NO_COLOR set as well)."""
+    env = {**os.environ, "NO_COLOR": "1"}
+    r = charlstm("train", "-", "--steps", "30", "--name", "pipe", *TINY, cwd=tmp_path,
+                 stdin=play_file.read_text(), env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""
+    assert "\x1b[" not in r.stderr and "\r" not in r.stderr  # no ANSI codes, no redrawn bar
+    assert "step" in r.stderr and "training summary" in r.stderr
+    meta = json.loads(charlstm("info", "checkpoints/pipe", "--json", cwd=tmp_path).stdout)
+    assert meta["corpus"]["sources"] == ["<stdin>"] and meta["steps"] == 30
