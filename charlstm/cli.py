@@ -697,8 +697,15 @@ def _encode_prime(tokenizer: Any, prime: str | None, on_unknown: str) -> Any:
 
 
 def _write_stdout(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly with success, as `yes | head` does.
+        # (Left alone, click would turn the broken pipe into exit status 1.)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(0) from None
 
 
 # ----------------------------------------------------------------------------------- evaluate

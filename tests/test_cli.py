@@ -93,9 +93,12 @@ def test_sample_streams_before_generation_ends(trained, tmp_path):
 
 def test_head_closes_the_pipe_quietly(trained, tmp_path):
     result = subprocess.run(
-        f"{sys.executable} -m charlstm sample --length 1000000 --seed 1 | head -c 50",
-        shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        f"set -o pipefail; {sys.executable} -m charlstm sample --length 1000000 --seed 1 "
+        "| head -c 50",
+        shell=True, executable="/bin/bash", cwd=tmp_path, capture_output=True, text=True,
+        timeout=60,
     )  # fmt: skip
+    assert result.returncode == 0  # charlstm's own status too (pipefail), not only head's
     assert len(result.stdout) == 50
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
 
