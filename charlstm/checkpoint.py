@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -82,15 +81,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"no checkpoint at '{path}'")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (zipfile.BadZipFile, EOFError, RuntimeError) as e:
-        raise CheckpointError(
-            f"'{path}' is truncated or not a checkpoint ({_first_line(e)})"
-        ) from e
-    except Exception as e:  # the weights-only unpickler refuses anything else it finds
-        raise CheckpointError(
-            f"refusing to load '{path}': it holds objects other than tensors and plain data, "
-            f"so it is not a charlstm checkpoint and may run code ({_first_line(e)})"
-        ) from e
+    except Exception as e:
+        # The weights-only unpickler refuses a class or function ("GLOBAL"): that is a pickle
+        # that would build objects, maybe run code. Anything else is a damaged or foreign file.
+        if "unsupported GLOBAL" in str(e):
+            raise CheckpointError(
+                f"refusing to load '{path}': it holds objects other than tensors and plain "
+                f"data, so it is not a charlstm checkpoint and may run code"
+            ) from e
+        raise CheckpointError(f"'{path}' is truncated or not a checkpoint") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"'{path}' is not a charlstm checkpoint")
     version = ckpt.get("format_version")

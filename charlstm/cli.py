@@ -84,18 +84,17 @@ def _root(
 
 def parse_duration(text: str) -> float:
     """'135s', '10m', '2h', '1h30m' or a plain number of seconds → seconds."""
-    text = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        seconds = float(text)
+    text = text.strip().lower().replace(" ", "")
+    number = r"(\d+(?:\.\d+)?)"
+    match = re.fullmatch(number, text) or re.fullmatch(
+        f"(?:{number}h)?(?:{number}m)?(?:{number}s)?", text
+    )
+    if not text or not match:
+        _fail(f"--budget: cannot read {text!r}; use e.g. 135s, 10m, 2h or 1h30m", EXIT_USAGE)
+    if match.re.groups == 1:
+        seconds = float(match[1])
     else:
-        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
-        if (
-            not parts
-            or re.sub(r"[\d.\shms]", "", text)
-            or "".join(f"{n}{u}" for n, u in parts) != text.replace(" ", "")
-        ):
-            _fail(f"--budget: cannot read {text!r}; use e.g. 135s, 10m, 2h or 1h30m", EXIT_USAGE)
-        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+        seconds = sum(float(v or 0) * k for v, k in zip(match.groups(), (3600, 60, 1), strict=True))
     if not seconds > 0:
         _fail("--budget must be positive", EXIT_USAGE)
     return seconds
@@ -254,7 +253,9 @@ def train(
 
     _set_threads(threads)
     if resume is not None:
-        run, resume_state = _load_run_for_resume(resume, corpus, stop_kwargs, err)
+        run, resume_state = _load_run_for_resume(
+            resume, corpus, stop_kwargs, (encoding, errors), err
+        )
     else:
         if not corpus:
             _fail(
@@ -365,13 +366,17 @@ def _read_corpus(
 
 
 def _load_run_for_resume(
-    run_dir: Path, corpus: list[str] | None, stop_kwargs: dict[str, Any], err: Console
+    run_dir: Path,
+    corpus: list[str] | None,
+    stop_kwargs: dict[str, Any],
+    decoding: tuple[str, str],
+    err: Console,
 ) -> tuple[Any, dict[str, Any]]:
     import numpy as np
 
     from charlstm.checkpoint import load_checkpoint
     from charlstm.data import split_ids
-    from charlstm.model import LanguageModel, ModelConfig
+    from charlstm.model import model_from_checkpoint
     from charlstm.train import Run, TrainConfig
 
     if not (run_dir / "last.pt").is_file():
@@ -384,7 +389,7 @@ def _load_run_for_resume(
         _fail(f"cannot resume: '{tokens}' (the run's token ids) is missing")
     ids = np.load(tokens, mmap_mode="r")
     if corpus:
-        text, info = _read_corpus(corpus, "utf-8", "strict", err)
+        _, info = _read_corpus(corpus, *decoding, err)
         if info["fingerprint"] != ckpt["corpus"]["fingerprint"]:
             _fail("cannot resume: the corpus given differs from the one this run was trained on")
     train_cfg = TrainConfig(**ckpt["train_config"])
@@ -395,12 +400,10 @@ def _load_run_for_resume(
             stop_kwargs["steps"],
             stop_kwargs["epochs"],
         )
-    model_cfg = ModelConfig(**ckpt["model_config"])
-    model = LanguageModel(model_cfg)
-    model.load_state_dict(ckpt["model"])
+    model = model_from_checkpoint(ckpt)
     train_ids, val_ids = split_ids(np.asarray(ids), train_cfg.val_fraction)
     run = Run(
-        model=model, model_cfg=model_cfg, train_cfg=train_cfg, tokenizer=ckpt["tokenizer"],
+        model=model, model_cfg=model.cfg, train_cfg=train_cfg, tokenizer=ckpt["tokenizer"],
         train_ids=train_ids, val_ids=val_ids, corpus=ckpt["corpus"], run_dir=run_dir,
         metrics=list(ckpt["metrics"]),
     )  # fmt: skip
@@ -661,20 +664,31 @@ def sample(
 
 def _load_model(model: Path | None, err: Console) -> tuple[Any, Any, dict[str, Any]]:
     from charlstm.checkpoint import load_checkpoint, resolve_checkpoint
-    from charlstm.model import LanguageModel, ModelConfig
+    from charlstm.model import model_from_checkpoint
     from charlstm.tokenizer import tokenizer_from_dict
 
     path = resolve_checkpoint(model)
     ckpt = load_checkpoint(path)
     try:
-        net = LanguageModel(ModelConfig(**ckpt["model_config"]))
-        net.load_state_dict(ckpt["model"])
+        net = model_from_checkpoint(ckpt)
         tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         _fail(f"'{path}' is damaged or from an incompatible version: {str(e).splitlines()[0]}")
     net.eval()
     err.print(f"model {path}", style="dim")
     return net, tokenizer, ckpt
+
+
+def _note_unknown(tokenizer: Any, body: str, err: Console) -> set[str]:
+    """Say on stderr which characters of `body` the model never saw (they will be skipped)."""
+    unknown = tokenizer.unknown(body)
+    if unknown:
+        n = sum(body.count(ch) for ch in unknown)
+        err.print(
+            f"[yellow]note:[/] skipping {n:,} characters the model never saw: "
+            f"{''.join(unknown[:20])!r}"
+        )
+    return set(unknown)
 
 
 def _encode_prime(tokenizer: Any, prime: str | None, on_unknown: str) -> Any:
@@ -749,13 +763,7 @@ def evaluate(
     _set_threads(threads)
     net, tokenizer, ckpt = _load_model(model, err)
     body, _ = _read_corpus(text, encoding, errors, err)
-    unknown = tokenizer.unknown(body)
-    if unknown:
-        n = sum(body.count(ch) for ch in unknown)
-        err.print(
-            f"[yellow]note:[/] skipping {n:,} characters the model never saw: "
-            f"{''.join(unknown[:20])!r}"
-        )
+    _note_unknown(tokenizer, body, err)
     ids = tokenizer.encode(body, skip_unknown=True)
     if len(ids) < 2:
         _fail("the text is too short to evaluate: it needs at least 2 known characters")
@@ -772,10 +780,9 @@ def evaluate(
         if written and written[-1] == "":
             written.pop()
         same = len(written) == len(scores)
-        for i, line in enumerate(scores):
-            row = {**line.to_dict(), **({"line": written[i]} if same else {})}
-            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+        rows = [{**line.to_dict(), **({"line": written[i]} if same else {})}
+                for i, line in enumerate(scores)]  # fmt: skip
+        _write_stdout("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         err.print(f"{len(ids) / (time.perf_counter() - t0):,.0f} tokens/s", style="dim")
         return
     with err.status(f"evaluating {len(ids):,} tokens…"):
@@ -967,13 +974,8 @@ def visualize(
     if not 0 <= layer < n_layers:
         _fail(f"--layer must be between 0 and {n_layers - 1}, got {layer}", EXIT_USAGE)
     body, _ = _read_corpus(text, encoding, errors, err)
-    unknown = set(tokenizer.unknown(body))
+    unknown = _note_unknown(tokenizer, body, err)
     if unknown:
-        n = sum(body.count(ch) for ch in unknown)
-        err.print(
-            f"[yellow]note:[/] skipping {n:,} characters the model never saw: "
-            f"{''.join(sorted(unknown)[:20])!r}"
-        )
         body = "".join(ch for ch in body if ch not in unknown)
     body = body[:max_chars]
     if not body:

@@ -8,6 +8,7 @@ stream starts from a zero state, so S only changes the first few predictions of 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -36,7 +37,30 @@ class EvalResult:
         return {**asdict(self), "perplexity": self.perplexity, "bits_per_char": self.bits_per_char}
 
 
-@torch.no_grad()
+def _window_losses(
+    model: LanguageModel, ids: np.ndarray, streams: int, window: int
+) -> Iterator[torch.Tensor]:
+    """The loss (nats) of every prediction, window by window over S streams carrying state:
+    yields (S, T) float64 tensors, 0 at padded positions. The model is in eval mode meanwhile."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x, y = eval_streams(ids, streams)  # each (S, L)
+    x, y = x.to(device), y.to(device)
+    state = None
+    try:
+        with torch.no_grad():
+            for start in range(0, x.shape[1], window):
+                logits, state = model(x[:, start : start + window], state)  # (S, T, V)
+                target = y[:, start : start + window]  # (S, T)
+                loss = F.cross_entropy(
+                    logits.transpose(1, 2).float(), target, ignore_index=-100, reduction="none"
+                )
+                yield loss.double()
+    finally:
+        model.train(was_training)
+
+
 def evaluate_ids(
     model: LanguageModel,
     ids: np.ndarray,
@@ -46,48 +70,16 @@ def evaluate_ids(
     chars: int | None = None,
 ) -> EvalResult:
     """Exact mean cross-entropy over all next-token predictions of `ids`."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    x, y = eval_streams(ids, streams)  # each (S, L)
-    x, y = x.to(device), y.to(device)
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    state = None
-    for start in range(0, x.shape[1], window):
-        logits, state = model(x[:, start : start + window], state)  # (S, T, V)
-        target = y[:, start : start + window]
-        total += F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            target.reshape(-1),
-            ignore_index=-100,
-            reduction="sum",
-        ).double()
-    model.train(was_training)
+    total = sum(float(loss.sum()) for loss in _window_losses(model, ids, streams, window))
     n = len(ids) - 1
-    return EvalResult(loss=float(total) / n, tokens=n, chars=n if chars is None else chars)
+    return EvalResult(loss=total / n, tokens=n, chars=n if chars is None else chars)
 
 
-@torch.no_grad()
 def token_losses(model: LanguageModel, ids: np.ndarray, *, window: int = 256) -> np.ndarray:
     """The loss (nats) of every next-token prediction of `ids` (len(ids) - 1 values), in one
     sequential pass (one stream) that carries the state through the whole text."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    x, y = eval_streams(ids, 1)  # each (1, L)
-    x, y = x.to(device), y.to(device)
-    out = []
-    state = None
-    for start in range(0, x.shape[1], window):
-        logits, state = model(x[:, start : start + window], state)  # (1, T, V)
-        target = y[:, start : start + window]
-        out.append(
-            F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="none"
-            ).double()
-        )
-    model.train(was_training)
-    return torch.cat(out).cpu().numpy()
+    losses = torch.cat([loss[0] for loss in _window_losses(model, ids, 1, window)])
+    return losses.cpu().numpy()[: len(ids) - 1]
 
 
 @dataclass(frozen=True)

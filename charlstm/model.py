@@ -6,7 +6,7 @@ LSTM/GRU/RNN, or our own peephole and coupled-gate LSTMs) live in cells.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,7 +25,6 @@ class ModelConfig:
     embed_size: int = 0  # E: 0 = H when tied, else min(H, 128) (small E is cheaper for chars)
     dropout: float = 0.0  # between layers and before the head (training only)
     tie_weights: bool = False  # share the embedding matrix with the output head (needs E = H)
-    extra: dict = field(default_factory=dict)  # room for later options without a format change
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -68,6 +67,13 @@ class LanguageModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def model_from_checkpoint(ckpt: dict) -> LanguageModel:
+    """Rebuild the model a checkpoint describes, with its weights."""
+    model = LanguageModel(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model
 
 
 def detach_state(state: State) -> State:

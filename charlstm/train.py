@@ -49,7 +49,6 @@ class TrainConfig:
     eval_every: int = 0  # steps between validations; 0 = ten times per run
     eval_streams: int = 64  # parallel streams for validation (each carries its state)
     seed: int = 1337
-    extra: dict = field(default_factory=dict)  # room for later options without a format change
 
 
 class TrainingDiverged(CharlstmError):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
+from subprocess import Popen
+from typing import Any
 
 import torch
 
@@ -25,3 +30,30 @@ def tiny_run(text: str, run_dir: Path, *, hidden: int = 64, seed: int = 0, **tra
         tokenizer=tok.to_dict(), train_ids=train_ids, val_ids=val_ids,
         corpus={"fingerprint": "test", "chars": len(text)}, run_dir=run_dir,
     )  # fmt: skip
+
+
+def start_training(cwd: Path, name: str, *args: str, **popen: Any) -> tuple[Popen, Path]:
+    """`charlstm train big.txt --steps 100000 --name NAME ARGS…` running in a subprocess (for
+    interrupting it); returns the process and its run folder. Output is discarded unless piped."""
+    popen.setdefault("stdout", subprocess.DEVNULL)
+    popen.setdefault("stderr", subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "charlstm",
+        "train",
+        "big.txt",
+        "--steps",
+        "100000",
+        "--name",
+        name,
+    ]
+    proc = subprocess.Popen([*cmd, *args], cwd=cwd, **popen)
+    return proc, cwd / "checkpoints" / name
+
+
+def wait_for(path: Path, proc: Popen, timeout: float = 60.0) -> None:
+    """Wait until `path` exists (or the process ends, or time runs out)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not path.exists() and proc.poll() is None:
+        time.sleep(0.01)

@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from charlstm.checkpoint import load_checkpoint
 from charlstm.cli import app
 
+from .helpers import start_training, wait_for
+
 runner = CliRunner()
 TINY = ["--hidden", "48", "--layers", "1", "-b", "4", "-t", "16", "--threads", "1", "--lr", "1e-2",
         "--warmup", "5"]  # fmt: skip
@@ -157,15 +159,8 @@ def test_bad_sampling_options(trained, tmp_path):
 def test_kill_9_keeps_checkpoints_loadable_and_resume_continues(tmp_path, play_file):
     big = tmp_path / "big.txt"
     big.write_text(play_file.read_text() * 20)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "charlstm", "train", "big.txt", "--steps", "100000", "--name", "k",
-         "--eval-every", "20", *TINY],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    run = tmp_path / "checkpoints" / "k"
-    deadline = time.time() + 60
-    while time.time() < deadline and not (run / "last.pt").exists():
-        time.sleep(0.2)
+    proc, run = start_training(tmp_path, "k", "--eval-every", "20", *TINY)
+    wait_for(run / "last.pt", proc)
     time.sleep(1.0)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -182,17 +177,23 @@ def test_kill_9_keeps_checkpoints_loadable_and_resume_continues(tmp_path, play_f
 def test_ctrl_c_saves_last_and_exits_130(tmp_path, play_file):
     big = tmp_path / "big.txt"
     big.write_text(play_file.read_text() * 20)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "charlstm", "train", "big.txt", "--steps", "100000", "--name", "c",
-         "--eval-every", "100000", *TINY],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    time.sleep(6)
+    proc, run = start_training(
+        tmp_path,
+        "c",
+        "--eval-every",
+        "100000",
+        *TINY,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(run / "tokens.npy", proc)  # written just before the first step
+    time.sleep(1.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "--resume" in err and out == ""
-    assert load_checkpoint(tmp_path / "checkpoints" / "c" / "last.pt")["step"] > 0
+    assert load_checkpoint(run / "last.pt")["step"] > 0
 
 
 def test_train_from_stdin_and_plain_stderr_in_a_pipe(tmp_path, play_file):
@@ -207,3 +208,17 @@ def test_train_from_stdin_and_plain_stderr_in_a_pipe(tmp_path, play_file):
     assert "step" in r.stderr and "training summary" in r.stderr
     meta = json.loads(charlstm("info", "checkpoints/pipe", "--json", cwd=tmp_path).stdout)
     assert meta["corpus"]["sources"] == ["<stdin>"] and meta["steps"] == 30
+
+
+def test_per_line_into_head_exits_zero(trained, tmp_path, play_file):
+    """More JSON lines than a pipe buffer holds, read by `head -n 1`: status 0, no noise."""
+    many = tmp_path / "many.txt"
+    many.write_text(play_file.read_text() * 40)  # ~3,800 lines, ~400 KB of JSON
+    result = subprocess.run(
+        f"set -o pipefail; {sys.executable} -m charlstm evaluate many.txt --per-line | head -n 1",
+        shell=True, executable="/bin/bash", cwd=tmp_path, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["line"] == "ROMEO:"
+    assert "Traceback" not in result.stderr

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from charlstm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from charlstm.cli import app, sparkline
 from tests.conftest import PLAY
+from tests.helpers import start_training, wait_for
 
 runner = CliRunner()
 TINY = ["--hidden", "48", "--layers", "1", "-b", "4", "-t", "16", "--threads", "1", "--lr", "1e-2",
@@ -225,15 +226,17 @@ def _big_corpus(folder: Path, copies: int) -> Path:
 
 def test_second_ctrl_c_exits_130_without_traceback(tmp_path):
     _big_corpus(tmp_path, 20)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "charlstm", "train", "big.txt", "--steps", "100000", "--name", "c",
-         "--eval-every", "1", *SMALL],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    run = tmp_path / "checkpoints" / "c"
-    deadline = time.time() + 60
-    while time.time() < deadline and not (run / "last.pt").exists():
-        time.sleep(0.02)
+    proc, run = start_training(
+        tmp_path,
+        "c",
+        "--eval-every",
+        "1",
+        *SMALL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(run / "last.pt", proc)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
@@ -256,16 +259,9 @@ def test_kill_9_at_any_moment_leaves_loadable_checkpoints(tmp_path):
     delays = [rng.uniform(0.0, 0.5) for _ in range(20)]
 
     def trial(i: int) -> list[Path]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "charlstm", "train", "big.txt", "--steps", "100000",
-             "--name", f"k{i}", "--eval-every", "2", *SMALL],
-            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        run = tmp_path / "checkpoints" / f"k{i}"
-        deadline = time.time() + 30
+        proc, run = start_training(tmp_path, f"k{i}", "--eval-every", "2", *SMALL)
         # From the first checkpoint on, a write is under way most of the time.
-        while time.time() < deadline and not (run / "best.pt").exists() and proc.poll() is None:
-            time.sleep(0.01)
+        wait_for(run / "best.pt", proc, timeout=30)
         time.sleep(delays[i])
         proc.send_signal(signal.SIGKILL)
         proc.wait()
