@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-CELLS = ("lstm", "gru", "rnn", "peephole", "coupled")
+from charlstm.config import CELLS
+
 # The cells whose state is a pair (h, c); the others carry h alone.
 CELLS_WITH_MEMORY = ("lstm", "peephole", "coupled")
 

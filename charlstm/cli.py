@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 
 from charlstm import __version__
+from charlstm.config import CELLS, ModelConfig, SampleConfig, TrainConfig
 from charlstm.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CharlstmError
 
 app = typer.Typer(
@@ -156,41 +157,47 @@ def train(
         float | None, typer.Option(help="Stop after this many passes over the training split.")
     ] = None,
     cell: Annotated[
-        str, typer.Option(help="Recurrent cell: lstm, gru, rnn, peephole, coupled.")
-    ] = "lstm",
-    hidden: Annotated[int, typer.Option(help="Units per recurrent layer.")] = 256,
-    layers: Annotated[int, typer.Option(help="Stacked recurrent layers.")] = 2,
+        str, typer.Option(help=f"Recurrent cell: {', '.join(CELLS)}.")
+    ] = ModelConfig.cell,
+    hidden: Annotated[
+        int, typer.Option(help="Units per recurrent layer.")
+    ] = ModelConfig.hidden_size,
+    layers: Annotated[int, typer.Option(help="Stacked recurrent layers.")] = ModelConfig.num_layers,
     embed: Annotated[
         int, typer.Option(help="Embedding size; 0 = hidden size when tied, else min(hidden, 128).")
-    ] = 0,
+    ] = ModelConfig.embed_size,
     dropout: Annotated[
         float, typer.Option(help="Dropout between layers and before the head.")
-    ] = 0.0,
+    ] = ModelConfig.dropout,
     tie_weights: Annotated[
         bool, typer.Option(help="Share the embedding matrix with the output layer.")
-    ] = False,
+    ] = ModelConfig.tie_weights,
     batch_size: Annotated[
         int, typer.Option("--batch-size", "-b", help="Parallel streams per step (B).")
-    ] = 32,
+    ] = TrainConfig.batch_size,
     window: Annotated[
         int, typer.Option("--window", "-t", help="Steps per truncated-BPTT window (T).")
-    ] = 64,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 8e-3,
+    ] = TrainConfig.window,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = TrainConfig.lr,
     min_lr_ratio: Annotated[
         float, typer.Option(help="Final learning rate as a fraction of --lr.")
-    ] = 0.1,
-    warmup: Annotated[int, typer.Option(help="Warm-up steps.")] = 50,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on matrices.")] = 0.0,
-    clip: Annotated[float, typer.Option(help="Clip the gradient norm to this value.")] = 1.0,
+    ] = TrainConfig.min_lr_ratio,
+    warmup: Annotated[int, typer.Option(help="Warm-up steps.")] = TrainConfig.warmup_steps,
+    weight_decay: Annotated[
+        float, typer.Option(help="AdamW weight decay on matrices.")
+    ] = TrainConfig.weight_decay,
+    clip: Annotated[
+        float, typer.Option(help="Clip the gradient norm to this value.")
+    ] = TrainConfig.clip,
     val_fraction: Annotated[
         float, typer.Option(help="Tail of the corpus held out for validation.")
-    ] = 0.1,
+    ] = TrainConfig.val_fraction,
     eval_every: Annotated[
         int, typer.Option(help="Steps between validations; 0 = ten times per run.")
-    ] = 0,
+    ] = TrainConfig.eval_every,
     seed: Annotated[
         int, typer.Option(help="Random seed (weights, dropout, batch offsets).")
-    ] = 1337,
+    ] = TrainConfig.seed,
     name: Annotated[
         str | None,
         typer.Option(
@@ -550,17 +557,19 @@ def sample(
         str | None,
         typer.Option(help="Text that starts the sample and warms the state; - reads stdin."),
     ] = None,
-    length: Annotated[int, typer.Option("--length", "-n", help="Tokens to generate.")] = 500,
+    length: Annotated[
+        int, typer.Option("--length", "-n", help="Tokens to generate.")
+    ] = SampleConfig.length,
     temp: Annotated[
         float,
         typer.Option("--temp", help="Temperature: 0 = greedy, lower = safer, higher = wilder."),
-    ] = 0.8,
+    ] = SampleConfig.temperature,
     top_k: Annotated[
         int, typer.Option(help="Sample among the k most likely tokens (0 = all).")
-    ] = 0,
+    ] = SampleConfig.top_k,
     top_p: Annotated[
         float, typer.Option(help="Sample among the most likely tokens whose probability sums to p.")
-    ] = 1.0,
+    ] = SampleConfig.top_p,
     greedy: Annotated[
         bool, typer.Option(help="Always take the most likely token (= --temp 0).")
     ] = False,

@@ -6,37 +6,13 @@ LSTM/GRU/RNN, or our own peephole and coupled-gate LSTMs) live in cells.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from charlstm.cells import CELLS, make_recurrent
+from charlstm.cells import make_recurrent
+from charlstm.config import ModelConfig
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int  # V: tokens in the tokenizer's vocabulary
-    cell: str = "lstm"  # one of cells.CELLS
-    hidden_size: int = 256  # H: units per recurrent layer
-    num_layers: int = 2  # stacked recurrent layers
-    embed_size: int = 0  # E: 0 = H when tied, else min(H, 128) (small E is cheaper for chars)
-    dropout: float = 0.0  # between layers and before the head (training only)
-    tie_weights: bool = False  # share the embedding matrix with the output head (needs E = H)
-
-    def __post_init__(self) -> None:
-        if self.cell not in CELLS:
-            raise ValueError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
-        if self.embed_size == 0:
-            self.embed_size = self.hidden_size if self.tie_weights else min(self.hidden_size, 128)
-        if self.tie_weights and self.embed_size != self.hidden_size:
-            raise ValueError("--tie-weights needs the embedding size equal to the hidden size")
-        if self.hidden_size < 1 or self.num_layers < 1 or self.vocab_size < 1:
-            raise ValueError("hidden size, layers and vocabulary size must be positive")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 class LanguageModel(nn.Module):

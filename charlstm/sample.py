@@ -7,21 +7,13 @@ recurrent step through the cells' fast single-step path (the prefix is never re-
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from charlstm.cells import make_stepper
+from charlstm.config import SampleConfig
 from charlstm.model import LanguageModel
-
-
-@dataclass
-class SampleConfig:
-    length: int = 500  # new tokens per sample
-    temperature: float = 0.8  # 0 = greedy (argmax); <1 sharper, >1 flatter
-    top_k: int = 0  # keep only the k most likely tokens (0 = all)
-    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p
 
 
 def choose_next(

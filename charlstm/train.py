@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from charlstm.checkpoint import save_checkpoint, write_atomic
+from charlstm.config import TrainConfig
 from charlstm.data import (
     StreamLayout,
     epoch_offset,
@@ -31,24 +32,6 @@ from charlstm.evaluate import evaluate_ids
 from charlstm.model import LanguageModel, ModelConfig, State, detach_state
 
 Report = Callable[[str, dict[str, Any]], None]  # (event, data): "note", "start", "progress", "eval"
-
-
-@dataclass
-class TrainConfig:
-    batch_size: int = 32  # B: parallel streams per step
-    window: int = 64  # T: time steps per truncated-BPTT window
-    lr: float = 8e-3  # peak learning rate (AdamW); see the sweep in BENCHMARKS.md
-    min_lr_ratio: float = 0.1  # cosine decay ends at lr * this
-    warmup_steps: int = 50  # linear warm-up from ~0 to lr
-    weight_decay: float = 0.0  # AdamW decoupled decay, on weight matrices only
-    clip: float = 1.0  # max global gradient norm
-    budget: float | None = None  # seconds of wall clock (training + periodic validation)
-    steps: int | None = None  # optimizer steps
-    epochs: float | None = None  # passes over the training split
-    val_fraction: float = 0.1  # the validation split is this tail of the corpus
-    eval_every: int = 0  # steps between validations; 0 = ten times per run
-    eval_streams: int = 64  # parallel streams for validation (each carries its state)
-    seed: int = 1337
 
 
 class TrainingDiverged(CharlstmError):

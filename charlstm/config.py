@@ -1,0 +1,58 @@
+"""The settings of a run: one dataclass per concern, saved into checkpoints with asdict() and
+rebuilt with Cls(**d). No torch import, so the CLI takes its defaults from here at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CELLS = ("lstm", "gru", "rnn", "peephole", "coupled")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int  # V: tokens in the tokenizer's vocabulary
+    cell: str = "lstm"  # one of CELLS
+    hidden_size: int = 256  # H: units per recurrent layer
+    num_layers: int = 2  # stacked recurrent layers
+    embed_size: int = 0  # E: 0 = H when tied, else min(H, 128) (small E is cheaper for chars)
+    dropout: float = 0.0  # between layers and before the head (training only)
+    tie_weights: bool = False  # share the embedding matrix with the output head (needs E = H)
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        if self.embed_size == 0:
+            self.embed_size = self.hidden_size if self.tie_weights else min(self.hidden_size, 128)
+        if self.tie_weights and self.embed_size != self.hidden_size:
+            raise ValueError("--tie-weights needs the embedding size equal to the hidden size")
+        if self.hidden_size < 1 or self.num_layers < 1 or self.vocab_size < 1:
+            raise ValueError("hidden size, layers and vocabulary size must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32  # B: parallel streams per step
+    window: int = 64  # T: time steps per truncated-BPTT window
+    lr: float = 8e-3  # peak learning rate (AdamW); see the sweep in BENCHMARKS.md
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * this
+    warmup_steps: int = 50  # linear warm-up from ~0 to lr
+    weight_decay: float = 0.0  # AdamW decoupled decay, on weight matrices only
+    clip: float = 1.0  # max global gradient norm
+    budget: float | None = None  # seconds of wall clock (training + periodic validation)
+    steps: int | None = None  # optimizer steps
+    epochs: float | None = None  # passes over the training split
+    val_fraction: float = 0.1  # the validation split is this tail of the corpus
+    eval_every: int = 0  # steps between validations; 0 = ten times per run
+    eval_streams: int = 64  # parallel streams for validation (each carries its state)
+    seed: int = 1337
+
+
+@dataclass
+class SampleConfig:
+    length: int = 500  # new tokens per sample
+    temperature: float = 0.8  # 0 = greedy (argmax); <1 sharper, >1 flatter
+    top_k: int = 0  # keep only the k most likely tokens (0 = all)
+    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p
