@@ -8,7 +8,7 @@ stream starts from a zero state, so S only changes the first few predictions of 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -37,16 +37,28 @@ class EvalResult:
         return {**asdict(self), "perplexity": self.perplexity, "bits_per_char": self.bits_per_char}
 
 
+_LOGITS_PER_WINDOW = 1 << 22
+
+Rows = Callable[[int], slice]  # which of the S streams to run (a rank's share), given S
+
+
 def _window_losses(
-    model: LanguageModel, ids: np.ndarray, streams: int, window: int
+    model: LanguageModel, ids: np.ndarray, streams: int, window: int, part: Rows | None = None
 ) -> Iterator[torch.Tensor]:
     """The loss (nats) of every prediction, window by window over S streams carrying state:
     yields (S, T) float64 tensors, 0 at padded positions. The model is in eval mode meanwhile."""
+    x, y = eval_streams(ids, streams)  # each (S, L)
+    if part is not None:
+        rows = part(x.shape[0])
+        x, y = x[rows], y[rows]
+        if x.shape[0] == 0:  # fewer streams than ranks: nothing for this one
+            return
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    x, y = eval_streams(ids, streams)  # each (S, L)
     x, y = x.to(device), y.to(device)
+    # Keep each window's logits (S, T, V) near 4M numbers: a word vocabulary is 10^4–10^5 wide.
+    window = max(1, min(window, _LOGITS_PER_WINDOW // (x.shape[0] * model.cfg.vocab_size)))
     state = None
     try:
         with torch.no_grad():
@@ -70,9 +82,21 @@ def evaluate_ids(
     chars: int | None = None,
 ) -> EvalResult:
     """Exact mean cross-entropy over all next-token predictions of `ids`."""
-    total = sum(float(loss.sum()) for loss in _window_losses(model, ids, streams, window))
+    total = loss_total(model, ids, streams=streams, window=window)
     n = len(ids) - 1
     return EvalResult(loss=total / n, tokens=n, chars=n if chars is None else chars)
+
+
+def loss_total(
+    model: LanguageModel,
+    ids: np.ndarray,
+    *,
+    streams: int = 32,
+    window: int = 256,
+    part: Rows | None = None,
+) -> float:
+    """The summed loss (nats) of the predictions in the streams `part` selects (all: None)."""
+    return sum(float(loss.sum()) for loss in _window_losses(model, ids, streams, window, part))
 
 
 def token_losses(model: LanguageModel, ids: np.ndarray, *, window: int = 256) -> np.ndarray:

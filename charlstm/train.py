@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from charlstm import distributed
 from charlstm.checkpoint import save_checkpoint, write_atomic
 from charlstm.config import TrainConfig
 from charlstm.data import (
@@ -27,8 +28,10 @@ from charlstm.data import (
     stream_matrix,
     window_batch,
 )
+from charlstm.device import autocast, grad_scaler
+from charlstm.distributed import World
 from charlstm.errors import CharlstmError
-from charlstm.evaluate import evaluate_ids
+from charlstm.evaluate import EvalResult, loss_total
 from charlstm.model import LanguageModel, ModelConfig, State, detach_state
 
 Report = Callable[[str, dict[str, Any]], None]  # (event, data): "note", "start", "progress", "eval"
@@ -79,7 +82,9 @@ def make_optimizer(model: LanguageModel, cfg: TrainConfig) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99))
+    # The fused kernel: one launch for all parameters on a GPU (not available everywhere).
+    fused = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), fused=fused or None)
 
 
 @dataclass
@@ -97,14 +102,20 @@ class Run:
     pos: Position = field(default_factory=Position)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     optimizer: torch.optim.Optimizer | None = None
-    rnn_state: State | None = None
+    rnn_state: State | None = None  # this rank's streams only
+    world: World = field(default_factory=World)  # the processes and the device
+    precision: str = "fp32"
 
-    def checkpoint(self, *, with_resume: bool) -> dict[str, Any]:
+    def checkpoint(
+        self, *, with_resume: bool, full_state: list[torch.Tensor] | None = None
+    ) -> dict[str, Any]:
+        """The checkpoint's dict, tensors on the CPU so it loads anywhere. `full_state` is the
+        carried state of all B streams (gathered from every rank)."""
         ckpt: dict[str, Any] = {
             "model_config": asdict(self.model_cfg),
             "train_config": asdict(self.train_cfg),
             "tokenizer": self.tokenizer,
-            "model": self.model.state_dict(),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "metrics": list(self.metrics),
             "corpus": self.corpus,
             "step": self.pos.step,
@@ -113,12 +124,15 @@ class Run:
         }
         if with_resume:
             assert self.optimizer is not None
+            state = _state_list(self.rnn_state) if full_state is None else full_state
             ckpt["resume"] = {
                 "position": asdict(self.pos),
                 "optimizer": self.optimizer.state_dict(),
                 "torch_rng": torch.get_rng_state(),
-                "rnn_state": _state_list(self.rnn_state),
+                "rnn_state": [s.detach().cpu() for s in state],
             }
+            if self.world.device.type == "cuda":
+                ckpt["resume"]["cuda_rng"] = torch.cuda.get_rng_state(self.world.device)
         return ckpt
 
 
@@ -133,17 +147,38 @@ def fit(
 
     Saves last.pt at every validation and at the end, best.pt whenever validation improves.
     Returns the summary. Raises TrainingDiverged when the loss goes NaN or explodes.
+
+    With several processes (run.world), each trains its share of the B streams under DDP;
+    all ranks take the same steps and stop together, and only rank 0 writes files.
     """
-    cfg, model = run.train_cfg, run.model
+    cfg, model, world = run.train_cfg, run.model, run.world
+    device = world.device
     layout, notes = fit_layout(len(run.train_ids), cfg.batch_size, cfg.window)
     for note in notes:
         report("note", {"message": note})
+    if layout.batch_size % world.size:
+        raise distributed.DistributedError(
+            f"{layout.batch_size} streams do not divide among {world.size} processes; "
+            f"use a --batch-size that is a multiple of {world.size}"
+        )
+    rows = world.rows(layout.batch_size)  # this rank's streams
+    model.to(device)
+    net: torch.nn.Module = model
+    if world.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     run.optimizer = make_optimizer(model, cfg)
+    scaler = grad_scaler(device, run.precision)
     if resume is not None:
         run.pos = Position(**resume["position"])
         run.optimizer.load_state_dict(resume["optimizer"])
         torch.set_rng_state(resume["torch_rng"])
-        run.rnn_state = _state_from_list(resume["rnn_state"])
+        if device.type == "cuda" and "cuda_rng" in resume:
+            torch.cuda.set_rng_state(resume["cuda_rng"], device)
+        # The file holds all B streams' state; take this rank's rows.
+        saved = [s[:, rows].to(device) for s in resume["rnn_state"]]
+        run.rnn_state = _state_from_list(saved)
     pos = run.pos
     eval_every = cfg.eval_every
     explode_at = max(10.0, 3.0 * math.log(run.model_cfg.vocab_size))
@@ -159,6 +194,9 @@ def fit(
             "train_tokens": len(run.train_ids),
             "val_tokens": len(run.val_ids),
             "resumed_at": pos.step if resume is not None else None,
+            "where": f"{device}"
+            + (f" × {world.size} processes" if world.active else "")
+            + (f" · {run.precision}" if run.precision != "fp32" else ""),
         },
     )
 
@@ -172,12 +210,9 @@ def fit(
     loss_value = math.nan
 
     while progress_of(cfg, pos, layout) < 1.0:
-        if should_stop():
-            stop_reason = "interrupted"
-            break
         if streams is None or pos.window == 0:
             offset = epoch_offset(cfg.seed, pos.epoch, layout, len(run.train_ids))
-            streams = stream_matrix(run.train_ids, layout, offset)
+            streams = stream_matrix(run.train_ids, layout, offset)[rows].to(device)
             if pos.window == 0:
                 run.rnn_state = None  # streams jumped back to their starts: forget
         x, y = window_batch(streams, layout, pos.window)
@@ -185,12 +220,29 @@ def fit(
         for group in run.optimizer.param_groups:
             group["lr"] = lr
 
-        logits, state = model(x, run.rnn_state)  # (B, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        with autocast(device, run.precision):
+            logits, state = net(x, run.rnn_state)  # (B / ranks, T, V)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(run.optimizer)
+        else:
+            loss.backward()  # under DDP this also averages the gradients over the ranks
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        loss_value = loss.item()
+        # One small all-reduce: the mean loss, rank 0's clock, and whether any rank was asked
+        # to stop, so every rank takes the same decisions.
+        loss_value, elapsed, stop_votes = distributed.sum_across(
+            world,
+            [
+                loss.item() / world.size,
+                time.perf_counter() - session_start if world.is_main else 0.0,
+                float(should_stop()),
+            ],
+        )
+        if stop_votes:  # drop this window: the run stops exactly after the last full step
+            stop_reason = "interrupted"
+            break
         if not math.isfinite(loss_value) or loss_value > explode_at:
             what = "NaN" if math.isnan(loss_value) else f"{loss_value:.3g} (exploded)"
             raise TrainingDiverged(
@@ -198,16 +250,20 @@ def fit(
                 f"checkpoint is kept. Try a lower --lr (now {cfg.lr:g}) "
                 f"or --clip (now {cfg.clip:g})"
             )
-        run.optimizer.step()
+        if scaler is not None:
+            scaler.step(run.optimizer)  # skips the step if fp16 gradients overflowed
+            scaler.update()
+        else:
+            run.optimizer.step()
         run.rnn_state = detach_state(state)
 
         pos.step += 1
         pos.window += 1
         if pos.window >= layout.windows_per_epoch:
             pos.epoch, pos.window = pos.epoch + 1, 0
-        pos.tokens_seen += x.numel()
-        window_tokens += x.numel()
-        pos.elapsed = time.perf_counter() - session_start
+        pos.tokens_seen += x.numel() * world.size
+        window_tokens += x.numel() * world.size
+        pos.elapsed = elapsed
         progress = progress_of(cfg, pos, layout)
 
         now = time.perf_counter()
@@ -239,7 +295,9 @@ def fit(
 
     if pos.step > last_eval_step or not run.metrics:
         _validate(run, loss_value, report)
-    best = min((m["val_loss"] for m in run.metrics if m.get("val_loss") is not None), default=None)
+    scored = [m for m in run.metrics if m.get("val_loss") is not None]
+    best_record = min(scored, key=lambda m: m["val_loss"], default=None)
+    best = best_record["val_loss"] if best_record else None
     return {
         "stop_reason": stop_reason,
         "steps": pos.step,
@@ -248,15 +306,24 @@ def fit(
         "elapsed": pos.elapsed,
         "parameters": model.num_parameters(),
         "best_val_loss": best,
-        "best_val_bpc": best / math.log(2) if best is not None else None,
+        "best_val_bpc": best_record["val_bpc"] if best_record else None,
         "last_train_loss": loss_value,
         "run_dir": str(run.run_dir),
+        "device": str(device),
+        "processes": world.size,
+        "precision": run.precision,
+        "peak_gpu_memory_mb": (
+            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        ),
     }
 
 
 def _validate(run: Run, train_loss: float, report: Report) -> None:
-    """Evaluate the whole validation split, log a metrics line, write last.pt and maybe best.pt."""
-    pos, cfg = run.pos, run.train_cfg
+    """Evaluate the whole validation split, log a metrics line, write last.pt and maybe best.pt.
+
+    Under DDP each rank scores its share of the validation streams and the sums are added, so
+    the figure equals a single process's; rank 0 writes the files."""
+    pos, cfg, world = run.pos, run.train_cfg, run.world
     t0 = time.perf_counter()
     record: dict[str, Any] = {
         "step": pos.step,
@@ -266,7 +333,11 @@ def _validate(run: Run, train_loss: float, report: Report) -> None:
         "val_loss": None,
     }
     if len(run.val_ids) >= 2:
-        result = evaluate_ids(run.model, run.val_ids, streams=cfg.eval_streams)
+        part = loss_total(run.model, run.val_ids, streams=cfg.eval_streams, part=world.rows)
+        (total,) = distributed.sum_across(world, [part])
+        n = len(run.val_ids) - 1
+        # Bits per character count the characters of the text, whatever the tokens are.
+        result = EvalResult(loss=total / n, tokens=n, chars=run.corpus.get("val_chars", n))
         record.update(val_loss=result.loss, val_bpc=result.bits_per_char)
     record["eval_seconds"] = round(time.perf_counter() - t0, 3)
     run.metrics.append(record)
@@ -277,11 +348,18 @@ def _validate(run: Run, train_loss: float, report: Report) -> None:
         # No validation split: "best" follows the training loss.
         improved = train_loss < pos.best_val_loss
         pos.best_val_loss = min(pos.best_val_loss, train_loss)
-    if improved:
-        save_checkpoint(run.checkpoint(with_resume=False), run.run_dir / "best.pt")
-    save_checkpoint(run.checkpoint(with_resume=True), run.run_dir / "last.pt")
-    # Rewritten whole from the metrics that last.pt holds, so the two always agree.
-    write_atomic(run.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in run.metrics))
+    # A collective: every rank sends its streams' state, rank 0 saves all of them.
+    full_state = [distributed.gather_rows(world, s, dim=1) for s in _state_list(run.rnn_state)]
+    if world.is_main:
+        if improved:
+            save_checkpoint(run.checkpoint(with_resume=False), run.run_dir / "best.pt")
+        save_checkpoint(
+            run.checkpoint(with_resume=True, full_state=full_state), run.run_dir / "last.pt"
+        )
+        # Rewritten whole from the metrics that last.pt holds, so the two always agree.
+        write_atomic(
+            run.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in run.metrics)
+        )
     report("eval", {**record, "best": improved})
 
 

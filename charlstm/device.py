@@ -1,0 +1,90 @@
+"""Where the arithmetic runs: device choice (--device), numeric precision (--precision) and the
+backend switches that go with them (TF32 on CUDA, autocast, the fp16 gradient scaler)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from charlstm.errors import EXIT_USAGE, CharlstmError
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class DeviceError(CharlstmError):
+    """The requested device or precision is not available here."""
+
+
+def resolve_device(spec: str) -> torch.device:
+    """auto → the first CUDA GPU, else Apple's MPS, else the CPU; otherwise the device named."""
+    spec = spec.strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", 0)
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise DeviceError(
+            f"unknown --device {spec!r}; choose {', '.join(DEVICES)}", EXIT_USAGE
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError("--device cuda: no CUDA GPU is visible to this torch build")
+        count = torch.cuda.device_count()
+        index = device.index or 0
+        if index >= count:
+            raise DeviceError(f"--device {spec}: there are only {count} CUDA device(s)")
+        return torch.device("cuda", index)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError("--device mps: Apple's Metal backend is not available here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"unsupported --device {spec!r}; choose {', '.join(DEVICES)}")
+    return device
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision not in PRECISIONS:
+        raise DeviceError(
+            f"unknown --precision {precision!r}; choose {', '.join(PRECISIONS)}", EXIT_USAGE
+        )
+    if precision == "fp16" and device.type == "cpu":
+        raise DeviceError("--precision fp16 needs a GPU; use fp32 (or bf16) on the CPU", EXIT_USAGE)
+
+
+def configure(device: torch.device) -> None:
+    """Allow TF32 tensor cores for fp32 matrix products and cuDNN RNNs (Ampere and later):
+    the usual trade of ~10 mantissa bits in products for several times the speed."""
+    if device.type != "cuda":
+        return
+    torch.cuda.set_device(device)
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch ≥ 2.9; the allow_tf32 flags are deprecated
+        matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.rnn.fp32_precision = "tf32"
+    else:  # pragma: no cover - older torch
+        matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """Mixed precision for the forward pass; fp32 is a no-op."""
+    if precision == "fp32":
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=_DTYPES[precision]):
+        yield
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none."""
+    if precision != "fp16":
+        return None
+    return torch.amp.GradScaler(device.type)

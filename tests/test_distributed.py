@@ -1,0 +1,119 @@
+"""Data-parallel training on the CPU (gloo): two processes must train exactly like one process
+with the same total batch, and their checkpoints must work with the ordinary commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from charlstm.checkpoint import load_checkpoint
+from charlstm.distributed import World, init_world, shutdown
+from charlstm.train import fit
+from tests.conftest import PLAY
+from tests.helpers import tiny_run
+
+RUN = {"steps": 3, "eval_every": 1, "batch_size": 8, "seed": 5, "clip": 1e9}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, size: int, port: int, out: Path) -> None:
+    """One rank of a 2-process fit(); saves its gradients, loss curve and weights."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
+        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(size),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    world = init_world(torch.device("cpu"))
+    try:
+        run = tiny_run(PLAY, out / "run", **RUN)
+        run.world = world
+        fit(run)
+        torch.save(
+            {
+                "grads": {n: p.grad for n, p in run.model.named_parameters()},
+                "weights": run.model.state_dict(),
+                "metrics": run.metrics,
+            },
+            out / f"rank{rank}.pt",
+        )
+    finally:
+        shutdown(world)
+
+
+def test_two_processes_equal_one_with_the_same_total_batch(tmp_path):
+    single = tiny_run(PLAY, tmp_path / "single", **RUN)
+    fit(single)
+    grads = {n: p.grad for n, p in single.model.named_parameters()}
+
+    mp.spawn(_rank_main, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        # The last step's gradients: DDP's average over the ranks' halves of the batch equals
+        # the gradient of the whole batch (the mean loss over equal halves).
+        for name, g in grads.items():
+            assert torch.allclose(got["grads"][name], g, atol=1e-6, rtol=1e-4), name
+        for name, w in single.model.state_dict().items():
+            assert torch.allclose(got["weights"][name], w, atol=1e-5), name
+        for mine, theirs in zip(got["metrics"], single.metrics, strict=True):
+            assert mine["step"] == theirs["step"]
+            assert mine["train_loss"] == pytest.approx(theirs["train_loss"], abs=1e-5)
+            assert mine["val_loss"] == pytest.approx(theirs["val_loss"], abs=1e-6)
+    # Rank 0 wrote the files, with every stream's carried state for resuming.
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    h, c = ckpt["resume"]["rnn_state"]
+    assert h.shape[1] == RUN["batch_size"]
+    single_h, _ = load_checkpoint(tmp_path / "single" / "last.pt")["resume"]["rnn_state"]
+    assert torch.allclose(h, single_h, atol=1e-5)
+
+
+def test_world_rows_split_streams_evenly():
+    shares = [World(rank=r, size=3).rows(10) for r in range(3)]
+    assert [(s.start, s.stop) for s in shares] == [(0, 3), (3, 6), (6, 10)]
+    assert World().rows(7) == slice(0, 7)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
+    "torchrun").exists(), reason="torchrun not installed")  # fmt: skip
+def test_torchrun_trains_resumes_and_samples(tmp_path, play_file):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def launch(*args: str) -> subprocess.CompletedProcess:
+        cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "charlstm",
+               "train", *args, "--json"]  # fmt: skip
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=180)  # fmt: skip
+
+    first = launch(str(play_file), "--steps", "40", "--name", "ddp", "--hidden", "32", "-b", "8",
+                   "-t", "16", "--eval-every", "20", "--lr", "2e-2")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)  # only rank 0 prints: one JSON object
+    metrics = [json.loads(line) for line in (tmp_path / "checkpoints/ddp/metrics.jsonl").open()]
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] < 3.5  # it learns
+    assert summary["steps"] == 40 and first.stderr.count("training summary") == 1
+
+    again = launch("--resume", "checkpoints/ddp", "--steps", "60")
+    assert again.returncode == 0, again.stderr
+    assert "resumed at step 40" in again.stderr
+    assert json.loads(again.stdout)["steps"] == 60
+
+    sample = subprocess.run(
+        [sys.executable, "-m", "charlstm", "sample", "-m", "checkpoints/ddp", "--length", "40",
+         "--seed", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert sample.returncode == 0, sample.stderr
+    assert len(sample.stdout) >= 40
