@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 
 from charlstm import __version__
-from charlstm.config import CELLS, ModelConfig, SampleConfig, TrainConfig
+from charlstm.config import CELLS, TOKENIZERS, ModelConfig, SampleConfig, TrainConfig
 from charlstm.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CharlstmError
 
 app = typer.Typer(
@@ -36,6 +36,13 @@ app = typer.Typer(
 )
 
 DEFAULT_BUDGET = 600.0  # seconds, when no --budget, --steps or --epochs is given
+
+DeviceOption = Annotated[
+    str,
+    typer.Option(
+        help="auto (a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps."
+    ),
+]
 
 
 def _err_console(quiet: bool = False) -> Console:
@@ -126,7 +133,10 @@ def sparkline(values: list[float]) -> str:
 def _set_threads(threads: int) -> None:
     import torch
 
-    torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
+    from charlstm.distributed import local_size
+
+    # All cores by default, shared among the processes torchrun started on this machine.
+    torch.set_num_threads(threads if threads > 0 else max(1, (os.cpu_count() or 1) // local_size()))
 
 
 # ----------------------------------------------------------------------------------- train
@@ -155,6 +165,29 @@ def train(
     steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
     epochs: Annotated[
         float | None, typer.Option(help="Stop after this many passes over the training split.")
+    ] = None,
+    tokenizer: Annotated[
+        str,
+        typer.Option(
+            help="Tokens: char (one per character), word (whitespace-separated words with "
+            "their spacing, via Hugging Face tokenizers) or bpe (byte-level subwords learnt "
+            "from the corpus)."
+        ),
+    ] = "char",
+    vocab_size: Annotated[
+        int | None,
+        typer.Option(
+            help="word/bpe: the vocabulary's size (the most frequent words or merges of the "
+            "training split). Default: 50000 for word, 4096 for bpe.",
+            show_default=False,
+        ),
+    ] = None,
+    min_frequency: Annotated[
+        int | None,
+        typer.Option(
+            help="word/bpe: leave out words (merges) seen fewer times. Default: 1 word, 2 bpe.",
+            show_default=False,
+        ),
     ] = None,
     cell: Annotated[
         str, typer.Option(help=f"Recurrent cell: {', '.join(CELLS)}.")
@@ -216,6 +249,14 @@ def train(
         str, typer.Option(help="Undecodable bytes: strict (stop), replace or ignore.")
     ] = "strict",
     threads: Annotated[int, typer.Option(help="CPU threads; 0 = all cores.")] = 0,
+    device: DeviceOption = "auto",
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="fp32, or mixed precision on a GPU: bf16, or fp16 (with loss scaling). "
+            "fp32 on CUDA uses TF32 tensor cores."
+        ),
+    ] = "fp32",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the final summary as JSON on stdout.")
@@ -223,7 +264,10 @@ def train(
 ) -> None:
     """Train a model on CORPUS; checkpoints go to [bold]checkpoints/RUN/[/] (best.pt, last.pt,
     metrics.jsonl). Stops at --budget, --steps or --epochs, whichever comes first; Ctrl-C saves
-    last.pt and stops (resume with --resume)."""
+    last.pt and stops (resume with --resume).
+
+    Several processes: [bold]torchrun --nproc-per-node N -m charlstm train ...[/] trains with
+    DistributedDataParallel (the B streams split among the ranks; rank 0 prints and saves)."""
     err = _err_console(quiet)
     stop_kwargs = {
         "budget": parse_duration(budget) if budget is not None else None,
@@ -246,8 +290,13 @@ def train(
         _fail(f"--lr must be a positive number, got {lr}", EXIT_USAGE)
     if not clip > 0:
         _fail(f"--clip must be positive, got {clip}", EXIT_USAGE)
+    if tokenizer not in TOKENIZERS:
+        _fail(f"--tokenizer must be {', '.join(TOKENIZERS)}; got {tokenizer!r}", EXIT_USAGE)
+    if tokenizer == "char" and _given(ctx, "vocab_size", "min_frequency"):
+        _fail("--vocab-size and --min-frequency are for --tokenizer word or bpe", EXIT_USAGE)
     if resume is not None:
-        shape = _given(ctx, "hidden", "layers", "cell", "embed", "tie_weights")
+        shape = _given(ctx, "hidden", "layers", "cell", "embed", "tie_weights", "tokenizer",
+                       "vocab_size", "min_frequency")  # fmt: skip
         if shape:
             flags = ", ".join("--" + n.replace("_", "-") for n in shape)
             _fail(f"--resume continues the checkpoint's model as it is; drop {flags}", EXIT_USAGE)
@@ -255,10 +304,18 @@ def train(
     t_start = time.perf_counter()
     import torch
 
+    from charlstm import distributed
+    from charlstm.device import check_precision, configure, resolve_device
     from charlstm.model import LanguageModel, ModelConfig
     from charlstm.train import Run, TrainConfig, fit
 
     _set_threads(threads)
+    target = resolve_device(device)
+    check_precision(precision, target)
+    world = distributed.init_world(target)
+    configure(world.device)
+    if not world.is_main:
+        err = _err_console(quiet=True)  # rank 0 speaks for all
     if resume is not None:
         run, resume_state = _load_run_for_resume(
             resume, corpus, stop_kwargs, (encoding, errors), err
@@ -277,43 +334,62 @@ def train(
             val_fraction=val_fraction, eval_every=eval_every, seed=seed, **stop_kwargs,
         )  # fmt: skip
         text, corpus_info = _read_corpus(corpus, encoding, errors, err)
-        from charlstm.data import split_ids
-        from charlstm.tokenizer import CharTokenizer
+        from charlstm.tokens import tokenize_corpus
 
-        tokenizer = CharTokenizer.train(text)
-        ids = tokenizer.encode(text)
-        train_ids, val_ids = split_ids(ids, val_fraction)
+        t_tok = time.perf_counter()
+        with err.status(f"tokenizing ({tokenizer})…"):
+            tokenized = tokenize_corpus(
+                text, corpus_info["fingerprint"], kind=tokenizer, vocab_size=vocab_size,
+                min_frequency=min_frequency, val_fraction=val_fraction,
+                cache_dir=Path("corpora") / "cache",
+            )  # fmt: skip
+        del text  # the ids are all training needs from here on
+        ids, train_ids, val_ids = tokenized.ids, tokenized.train_ids, tokenized.val_ids
+        how = "read from the cache" if tokenized.cached else f"{time.perf_counter() - t_tok:.1f}s"
+        if tokenizer != "char":
+            err.print(
+                f"{tokenizer} tokenizer: vocabulary {tokenized.tokenizer.vocab_size:,} · "
+                f"{len(ids):,} tokens ({corpus_info['chars'] / max(len(ids), 1):.2f} chars "
+                f"per token) · {how}"
+            )
         if len(val_ids) < 2 and val_fraction > 0:
             _fail(
-                f"the corpus is too short for a validation split ({len(ids)} characters); "
+                f"the corpus is too short for a validation split ({len(ids)} tokens); "
                 "give more text or --val-fraction 0",
             )
+        corpus_info.update(
+            tokenizer=tokenizer, n_train=tokenized.n_train, val_chars=tokenized.val_chars
+        )
         try:
             model_cfg = ModelConfig(
-                vocab_size=tokenizer.vocab_size, cell=cell, hidden_size=hidden, num_layers=layers,
+                vocab_size=tokenized.tokenizer.vocab_size, cell=cell, hidden_size=hidden,
+                num_layers=layers,
                 embed_size=embed, dropout=dropout, tie_weights=tie_weights,
             )  # fmt: skip
         except ValueError as e:
             _fail(str(e), EXIT_USAGE)
         torch.manual_seed(seed)
         model = LanguageModel(model_cfg)
-        run_dir = checkpoints / (name or _default_run_name(corpus))
+        # The default name has a time in it: every rank takes rank 0's.
+        run_dir = distributed.broadcast(world, checkpoints / (name or _default_run_name(corpus)))
         if (run_dir / "last.pt").exists():
             _fail(
                 f"'{run_dir}' already holds a run; continue it with --resume {run_dir} "
                 "or choose another --name"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        import numpy as np
+        if world.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            import numpy as np
 
-        np.save(run_dir / "tokens.npy", ids)  # so --resume needs no corpus
+            np.save(run_dir / "tokens.npy", ids)  # so --resume needs no corpus
         run = Run(
             model=model, model_cfg=model_cfg, train_cfg=train_cfg,
-            tokenizer=tokenizer.to_dict(), train_ids=train_ids, val_ids=val_ids,
+            tokenizer=tokenized.tokenizer.to_dict(), train_ids=train_ids, val_ids=val_ids,
             corpus=corpus_info, run_dir=run_dir,
         )  # fmt: skip
         resume_state = None
 
+    run.world, run.precision = world, precision
     display = _TrainDisplay(err, run.train_cfg, time.perf_counter() - t_start)
     stop = _StopFlag()
     previous = signal.signal(signal.SIGINT, stop.handle)
@@ -322,6 +398,9 @@ def train(
     finally:
         display.close()
         signal.signal(signal.SIGINT, previous)
+        distributed.shutdown(world)
+    if not world.is_main:
+        return
     summary["stop_reason"] = summary["stop_reason"] if not stop.is_set() else "interrupted"
     _print_summary(err, summary, run)
     if json_out:
@@ -408,7 +487,11 @@ def _load_run_for_resume(
             stop_kwargs["epochs"],
         )
     model = model_from_checkpoint(ckpt)
-    train_ids, val_ids = split_ids(np.asarray(ids), train_cfg.val_fraction)
+    if "n_train" in ckpt["corpus"]:  # where the text was cut before tokenizing
+        n_train = ckpt["corpus"]["n_train"]
+        train_ids, val_ids = ids[:n_train], ids[n_train:]
+    else:
+        train_ids, val_ids = split_ids(np.asarray(ids), train_cfg.val_fraction)
     run = Run(
         model=model, model_cfg=model.cfg, train_cfg=train_cfg, tokenizer=ckpt["tokenizer"],
         train_ids=train_ids, val_ids=val_ids, corpus=ckpt["corpus"], run_dir=run_dir,
@@ -448,7 +531,7 @@ class _TrainDisplay:
             f"{d['streams']} streams × {d['window']} steps = "
             f"{d['tokens_per_step']:,} tokens/step · "
             f"{d['train_tokens']:,} train / {d['val_tokens']:,} validation tokens · "
-            f"{' or '.join(limits)}{resumed} · ready in {self.setup_seconds:.1f}s"
+            f"{' or '.join(limits)}{resumed} · {d['where']} · ready in {self.setup_seconds:.1f}s"
         )
         if self.console.is_terminal and not self.console.quiet:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -500,6 +583,8 @@ def _print_summary(err: Console, s: dict[str, Any], run: Any) -> None:
     table.add_column(style="bold")
     table.add_column()
     best = s["best_val_loss"]
+    kind = run.tokenizer.get("kind", "char")
+    unit = {"char": "char", "word": "word"}.get(kind, "token")
     rows = [
         ("stopped", s["stop_reason"]),
         ("parameters", f"{s['parameters']:,}"),
@@ -507,8 +592,11 @@ def _print_summary(err: Console, s: dict[str, Any], run: Any) -> None:
         ("tokens seen", f"{s['tokens_seen']:,}"),
         ("time", _fmt_seconds(s["elapsed"])),
         ("speed", f"{s['tokens_seen'] / max(s['elapsed'], 1e-9):,.0f} tokens/s (incl. validation)"),
+        ("device", f"{s['device']}" + (f" × {s['processes']} processes" if s["processes"] > 1
+         else "") + f" · {s['precision']}" + (f" · peak memory {s['peak_gpu_memory_mb']:,.0f} MiB"
+         if s["peak_gpu_memory_mb"] is not None else "")),
         ("best validation", "—" if best is None else
-         f"{best:.4f} nats/char · {s['best_val_bpc']:.3f} bits/char · "
+         f"{best:.4f} nats/{unit} · {s['best_val_bpc']:.3f} bits/char · "
          f"perplexity {math.exp(best):.2f}"),
         ("validation curve", _val_curve(run.metrics)),
         ("checkpoints", f"{run.run_dir}/best.pt, last.pt, metrics.jsonl"),
@@ -558,7 +646,13 @@ def sample(
         typer.Option(help="Text that starts the sample and warms the state; - reads stdin."),
     ] = None,
     length: Annotated[
-        int, typer.Option("--length", "-n", help="Tokens to generate.")
+        int,
+        typer.Option(
+            "--length",
+            "-n",
+            help="Tokens to generate: characters for a char model, words or "
+            "runs of spacing for word, subwords for bpe.",
+        ),
     ] = SampleConfig.length,
     temp: Annotated[
         float,
@@ -648,20 +742,20 @@ def sample(
     err.print(f"seed {seed}")
     generator = torch.Generator().manual_seed(seed)
     cfg = SampleConfig(length=length, temperature=0.0 if greedy else temp, top_k=top_k, top_p=top_p)
-    piece = tokenizer.piece
     if num_samples == 1 and not json_out:
         if prime and echo_prime:
             _write_stdout(prime)
+        stream = tokenizer.stream_decoder()  # holds back a character split across tokens
         for token in generate(net, prime_ids, cfg, generator):
-            _write_stdout(piece(int(token[0])))
-        _write_stdout("\n")
+            _write_stdout(stream.push(int(token[0])))
+        _write_stdout(stream.flush() + "\n")
         return
     rows: list[list[int]] = [[] for _ in range(num_samples)]
     for tokens in generate(net, prime_ids, cfg, generator, batch=num_samples):  # (N,)
         for row, token in zip(rows, tokens.tolist(), strict=True):
             row.append(token)
     for i, row in enumerate(rows, start=1):
-        text = "".join(piece(t) for t in row)
+        text = tokenizer.decode(row)
         if json_out:
             _write_stdout(
                 json.dumps({"sample": i, "seed": seed, "text": (prime or "") + text}) + "\n"
@@ -706,17 +800,18 @@ def _encode_prime(tokenizer: Any, prime: str | None, on_unknown: str) -> Any:
     if prime:
         unknown = tokenizer.unknown(prime)
         if unknown and on_unknown == "error":
-            shown = "".join(unknown[:20])
+            what = "words" if tokenizer.kind == "word" else "characters"
+            shown = " ".join(unknown[:10]) if tokenizer.kind == "word" else "".join(unknown[:20])
             _fail(
-                f"the prime text has characters the model never saw: {shown!r}; "
+                f"the prime text has {what} the model never saw: {shown!r}; "
                 "remove them or pass --on-unknown skip"
             )
         ids = tokenizer.encode(prime, skip_unknown=True)
         if len(ids):
             return torch.from_numpy(ids.astype("int64"))
     # No prime: start after a newline, as at the start of a line, when the model knows one.
-    start = tokenizer.chars.find("\n") if hasattr(tokenizer, "chars") else -1
-    return torch.tensor([max(start, 0)])
+    newline = tokenizer.encode("\n", skip_unknown=True)
+    return torch.tensor([int(newline[-1]) if len(newline) else 0])
 
 
 def _write_stdout(text: str) -> None:
@@ -761,21 +856,36 @@ def evaluate(
         ),
     ] = False,
     threads: Annotated[int, typer.Option(help="CPU threads; 0 = all cores.")] = 0,
+    device: DeviceOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
     """Loss (nats per token), perplexity and bits per character of a held-out text."""
     err = _err_console(quiet)
     if streams < 1:
         _fail(f"--streams must be at least 1, got {streams}", EXIT_USAGE)
+    import numpy as np
+
+    from charlstm.device import resolve_device
     from charlstm.evaluate import evaluate_ids
+    from charlstm.tokens import spelled_chars
 
     _set_threads(threads)
+    target = resolve_device(device)  # full fp32 (no TF32): evaluation figures are exact
     net, tokenizer, ckpt = _load_model(model, err)
+    net.to(target)
     body, _ = _read_corpus(text, encoding, errors, err)
-    _note_unknown(tokenizer, body, err)
-    ids = tokenizer.encode(body, skip_unknown=True)
+    if tokenizer.kind == "word":
+        # An unknown word is the unknown token, and is scored as such (as word-level models
+        # are usually evaluated); a char model skips characters it never saw.
+        ids = tokenizer.encode(body, on_unknown="token")
+        oov = int(np.isin(ids, tokenizer.unknown_ids).sum())
+        if oov:
+            err.print(f"[yellow]note:[/] {oov:,} words outside the vocabulary count as unknown")
+    else:
+        _note_unknown(tokenizer, body, err)
+        ids = tokenizer.encode(body, skip_unknown=True)
     if len(ids) < 2:
-        _fail("the text is too short to evaluate: it needs at least 2 known characters")
+        _fail("the text is too short to evaluate: it needs at least 2 known tokens")
     t0 = time.perf_counter()
     if per_line:
         from charlstm.evaluate import score_lines, token_losses
@@ -795,7 +905,7 @@ def evaluate(
         err.print(f"{len(ids) / (time.perf_counter() - t0):,.0f} tokens/s", style="dim")
         return
     with err.status(f"evaluating {len(ids):,} tokens…"):
-        result = evaluate_ids(net, ids, streams=streams)
+        result = evaluate_ids(net, ids, streams=streams, chars=spelled_chars(tokenizer, body, ids))
     seconds = time.perf_counter() - t0
     out = {**result.to_dict(), "seconds": round(seconds, 3), "streams": streams}
     if json_out:
@@ -978,6 +1088,8 @@ def visualize(
 
     _set_threads(threads)
     net, tokenizer, _ = _load_model(model, err)
+    if tokenizer.kind != "char":
+        _fail(f"visualize colours characters: it needs a char model, not {tokenizer.kind}")
     n_layers = net.cfg.num_layers
     layer = n_layers - 1 if layer is None else layer
     if not 0 <= layer < n_layers:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CELLS = ("lstm", "gru", "rnn", "peephole", "coupled")
+TOKENIZERS = ("char", "word", "bpe")
 
 
 @dataclass

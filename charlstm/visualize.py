@@ -195,7 +195,8 @@ def properties(text: str) -> dict[str, np.ndarray]:
 def find_units(
     activations: dict[str, np.ndarray], props: dict[str, np.ndarray], top: int = 5
 ) -> list[dict]:
-    """The `top` (kind, unit) pairs most correlated with a property, best first.
+    """The `top` (kind, unit) pairs most correlated with a property: the best unit of each
+    property first (strongest first), then the others by strength.
 
     Each is {"kind", "unit", "property", "correlation"} with the signed Pearson r; they
     are ranked by |r|. A unit or property that is constant over the text has no
@@ -228,7 +229,13 @@ def find_units(
                     }
                 )
     found.sort(key=lambda d: -abs(d["correlation"]))
-    return found[:top]
+    # Each property's best unit first, so one strong property (word starts, say) cannot hide
+    # the others; then the rest by strength.
+    champions: dict[str, dict] = {}
+    for d in found:
+        champions.setdefault(d["property"], d)
+    firsts = list(champions.values())
+    return (firsts + [d for d in found if not any(d is f for f in firsts)])[:top]
 
 
 # --------------------------------------------------------------------------------- rendering

@@ -1,0 +1,143 @@
+"""Word and BPE models end to end: corpus → tokens (split, train, encode, cache) → train →
+sample and evaluate from the checkpoint alone, with bits per character comparable across kinds."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from charlstm.cli import app
+from charlstm.data import split_ids
+from charlstm.tokens import MIN_CACHED_CHARS, split_text, tokenize_corpus
+
+from .conftest import PLAY
+
+runner = CliRunner()
+TINY = ["--hidden", "48", "--layers", "1", "-b", "4", "-t", "16", "--threads", "1", "--lr", "1e-2",
+        "--warmup", "5"]  # fmt: skip
+
+
+def test_char_split_is_the_old_split_and_word_split_is_at_a_line():
+    for fraction in (0.1, 0.25):
+        head, tail = split_text(PLAY, fraction, at_line=False)
+        ids = np.arange(len(PLAY))
+        train, val = split_ids(ids, fraction)
+        assert (len(head), len(tail)) == (len(train), len(val))
+        head, tail = split_text(PLAY, fraction, at_line=True)
+        assert head + tail == PLAY and head.endswith("\n")
+    assert split_text(PLAY, 0.0, at_line=True) == (PLAY, "")
+
+
+@pytest.mark.parametrize("kind", ["char", "word", "bpe"])
+def test_tokenized_corpus_counts_validation_characters_exactly(kind):
+    t = tokenize_corpus(PLAY, "fp", kind=kind, vocab_size=None if kind == "char" else 300,
+                        min_frequency=None, val_fraction=0.2, cache_dir=None)  # fmt: skip
+    _, tail = split_text(PLAY, 0.2, at_line=kind != "char")
+    decoded = t.tokenizer.decode(t.val_ids)
+    if kind != "word":  # word: out-of-vocabulary words decode to the placeholder
+        assert decoded == tail
+    first = t.tokenizer.decode(t.val_ids[:1])
+    assert t.val_chars == len(tail) - len(first)
+    assert t.n_train + len(t.val_ids) == len(t.ids)
+
+
+def test_second_run_reads_the_cache_and_a_damaged_cache_is_rebuilt(tmp_path):
+    text = (PLAY * (MIN_CACHED_CHARS // len(PLAY) + 1))[: MIN_CACHED_CHARS + 10]
+    kw = {"kind": "word", "vocab_size": None, "min_frequency": None, "val_fraction": 0.1,
+          "cache_dir": tmp_path}  # fmt: skip
+    first = tokenize_corpus(text, "abc", **kw)
+    again = tokenize_corpus(text, "abc", **kw)
+    assert not first.cached and again.cached
+    assert np.array_equal(first.ids, again.ids) and first.n_train == again.n_train
+    assert first.tokenizer.fingerprint() == again.tokenizer.fingerprint()
+    other = tokenize_corpus(text, "abc", **{**kw, "kind": "bpe"})
+    assert not other.cached  # the key holds the tokenizer settings, not just the corpus
+    for npy in tmp_path.glob("*.npy"):
+        npy.write_bytes(npy.read_bytes()[:100])  # damaged
+    rebuilt = tokenize_corpus(text, "abc", **kw)
+    assert not rebuilt.cached and np.array_equal(rebuilt.ids, first.ids)
+
+
+@pytest.fixture
+def word_run(tmp_path, play_file, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", str(play_file), "--tokenizer", "word", "--steps", "60",
+                                 "--name", "w", *TINY])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "word tokenizer: vocabulary" in result.stderr and "nats/word" in result.stderr
+    return tmp_path / "checkpoints" / "w"
+
+
+def test_word_model_samples_natural_text(word_run):
+    out = runner.invoke(app, ["sample", "--seed", "3", "--length", "80", "--prime", "ROMEO:"])
+    assert out.exit_code == 0, out.stderr
+    text = out.stdout
+    assert text.startswith("ROMEO:")
+    corpus_words = set(PLAY.split())
+    assert set(text.split()) <= corpus_words  # whole words of the corpus, punctuation attached
+    assert "  " not in text and " \n" not in text  # single spaces, as in the corpus
+    assert "\n" in text.rstrip("\n")  # line breaks kept
+    many = runner.invoke(app, ["sample", "--seed", "3", "-N", "2", "--length", "20", "--json"])
+    rows = [json.loads(line) for line in many.stdout.splitlines()]
+    assert len(rows) == 2 and all("  " not in r["text"] for r in rows)
+
+
+def test_word_prime_with_an_unknown_word_is_named(word_run):
+    bad = runner.invoke(app, ["sample", "--prime", "ROMEO: zebra", "--length", "5"])
+    assert bad.exit_code == 1 and "'zebra'" in bad.stderr and "--on-unknown skip" in bad.stderr
+    ok = runner.invoke(app, ["sample", "--prime", "ROMEO: zebra", "--length", "5",
+                             "--on-unknown", "skip"])  # fmt: skip
+    assert ok.exit_code == 0, ok.stderr
+
+
+def test_word_evaluation_scores_unknown_words_as_the_unknown_token(word_run, tmp_path):
+    held = tmp_path / "held.txt"
+    held.write_text("ROMEO:\nBut soft, what zebra through yonder window breaks?\n")
+    ev = runner.invoke(app, ["evaluate", str(held), "--json"])
+    assert ev.exit_code == 0, ev.stderr
+    data = json.loads(ev.stdout)
+    assert "1 words outside the vocabulary" in ev.stderr
+    # ROMEO: \n But soft, what ⁇ through yonder window breaks? \n  → 11 tokens, 10 predicted
+    assert data["tokens"] == 10
+    assert data["chars"] == len(held.read_text()) - len("ROMEO:")
+    assert data["bits_per_char"] == pytest.approx(
+        data["loss"] * data["tokens"] / data["chars"] / math.log(2)
+    )
+
+
+def test_word_run_resumes_on_its_own_split(word_run):
+    again = runner.invoke(app, ["train", "--resume", str(word_run), "--steps", "70"])
+    assert again.exit_code == 0, again.stderr
+    assert "resumed at step 60" in again.stderr
+
+
+def test_bpe_model_trains_samples_and_evaluates(tmp_path, play_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", str(play_file), "--tokenizer", "bpe", "--vocab-size",
+                                 "300", "--steps", "40", "--name", "b", *TINY])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    out = runner.invoke(app, ["sample", "--seed", "1", "--length", "30", "--prime", "JULIET:"])
+    assert out.exit_code == 0 and out.stdout.startswith("JULIET:")
+    ev = runner.invoke(app, ["evaluate", str(play_file), "--json"])
+    data = json.loads(ev.stdout)
+    assert data["chars"] > data["tokens"]  # subwords: several characters per token
+    info = runner.invoke(app, ["info", "--json"])
+    assert json.loads(info.stdout)["tokenizer"] == {"kind": "bpe", "vocab_size": 300}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tokenizer", "sentencepiece"], "--tokenizer must be char, word, bpe"),
+        (["--vocab-size", "100"], "--vocab-size and --min-frequency are for --tokenizer word"),
+    ],
+)
+def test_bad_tokenizer_options(tmp_path, play_file, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", str(play_file), "--steps", "1", *args])
+    assert result.exit_code == 2 and message in result.stderr
