@@ -228,8 +228,15 @@ def train(
     eval_every: Annotated[
         int, typer.Option(help="Steps between validations; 0 = ten times per run.")
     ] = TrainConfig.eval_every,
+    state_reset: Annotated[
+        float,
+        typer.Option(
+            help="Chance per window that a stream starts again from a zero state, so the model "
+            "also learns to start from nothing (as a sample or evaluation does)."
+        ),
+    ] = TrainConfig.state_reset,
     seed: Annotated[
-        int, typer.Option(help="Random seed (weights, dropout, batch offsets).")
+        int, typer.Option(help="Random seed (weights, dropout, batch offsets, resets).")
     ] = TrainConfig.seed,
     name: Annotated[
         str | None,
@@ -290,6 +297,8 @@ def train(
         _fail(f"--lr must be a positive number, got {lr}", EXIT_USAGE)
     if not clip > 0:
         _fail(f"--clip must be positive, got {clip}", EXIT_USAGE)
+    if not 0 <= state_reset <= 1:
+        _fail(f"--state-reset must be a probability in [0, 1], got {state_reset}", EXIT_USAGE)
     if tokenizer not in TOKENIZERS:
         _fail(f"--tokenizer must be {', '.join(TOKENIZERS)}; got {tokenizer!r}", EXIT_USAGE)
     if tokenizer == "char" and _given(ctx, "vocab_size", "min_frequency"):
@@ -331,7 +340,8 @@ def train(
         train_cfg = TrainConfig(
             batch_size=batch_size, window=window, lr=lr, min_lr_ratio=min_lr_ratio,
             warmup_steps=warmup, weight_decay=weight_decay, clip=clip,
-            val_fraction=val_fraction, eval_every=eval_every, seed=seed, **stop_kwargs,
+            val_fraction=val_fraction, eval_every=eval_every, state_reset=state_reset,
+            seed=seed, **stop_kwargs,
         )  # fmt: skip
         text, corpus_info = _read_corpus(corpus, encoding, errors, err)
         from charlstm.tokens import tokenize_corpus

@@ -48,6 +48,9 @@ class TrainConfig:
     val_fraction: float = 0.1  # the validation split is this tail of the corpus
     eval_every: int = 0  # steps between validations; 0 = ten times per run
     eval_streams: int = 64  # parallel streams for validation (each carries its state)
+    # Chance per window that a stream forgets its state: a model that only ever continues a
+    # carried state is lost for its first characters from a zero state (a prime, a new stream).
+    state_reset: float = 1 / 32
     seed: int = 1337
 
 

@@ -216,6 +216,8 @@ def fit(
             if pos.window == 0:
                 run.rnn_state = None  # streams jumped back to their starts: forget
         x, y = window_batch(streams, layout, pos.window)
+        if run.rnn_state is not None and cfg.state_reset > 0:
+            run.rnn_state = _reset_some(run.rnn_state, cfg, pos.step, layout.batch_size, rows)
         lr = learning_rate(cfg, pos.step, progress_of(cfg, pos, layout))
         for group in run.optimizer.param_groups:
             group["lr"] = lr
@@ -361,6 +363,19 @@ def _validate(run: Run, train_loss: float, report: Report) -> None:
             run.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in run.metrics)
         )
     report("eval", {**record, "best": improved})
+
+
+def _reset_some(state: State, cfg: TrainConfig, step: int, streams: int, rows: slice) -> State:
+    """Zero the state of a random few streams. The choice is a pure function of (seed, step)
+    over all B streams, so resumed and multi-process runs reset the same ones."""
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    keep = (torch.rand(streams, generator=g) >= cfg.state_reset)[rows]  # (B / ranks,)
+    if bool(keep.all()):
+        return state
+    keep = keep.to(_state_list(state)[0].device).view(1, -1, 1).float()  # (1, B, 1)
+    if isinstance(state, tuple):
+        return tuple(s * keep for s in state)  # type: ignore[return-value]
+    return state * keep
 
 
 def _state_list(state: State | None) -> list[torch.Tensor]:

@@ -75,3 +75,20 @@ def test_schedule_warms_up_then_decays_to_floor():
     assert learning_rate(cfg, 10, 0.0) == pytest.approx(1.0)
     assert learning_rate(cfg, 500, 0.5) == pytest.approx(0.55)
     assert learning_rate(cfg, 900, 1.0) == pytest.approx(0.1)
+
+
+def test_state_resets_are_a_function_of_seed_and_step_and_split_by_rank():
+    from charlstm.train import _reset_some
+
+    cfg = TrainConfig(seed=4, state_reset=0.25)
+    h = torch.ones(2, 64, 3)
+    full = _reset_some((h, h.clone()), cfg, step=7, streams=64, rows=slice(0, 64))[0]
+    again = _reset_some((h, h.clone()), cfg, step=7, streams=64, rows=slice(0, 64))[0]
+    assert torch.equal(full, again)
+    zeroed = (full[0, :, 0] == 0).float().mean().item()
+    assert 0.05 < zeroed < 0.5  # about a quarter of the streams forget
+    halves = [_reset_some(h[:, r], cfg, step=7, streams=64, rows=r)
+              for r in (slice(0, 32), slice(32, 64))]  # fmt: skip
+    assert torch.equal(torch.cat(halves, dim=1), full)  # two ranks reset the same streams
+    other = _reset_some((h, h.clone()), cfg, step=8, streams=64, rows=slice(0, 64))[0]
+    assert not torch.equal(other, full)
