@@ -8,6 +8,12 @@ from dataclasses import dataclass
 
 CELLS = ("lstm", "gru", "rnn", "peephole", "coupled")
 TOKENIZERS = ("char", "word", "bpe")
+# Settings word and subword models need that a char model does not (a wide softmax costs several
+# LSTM layers, and a few hundred thousand tokens overfit in a few epochs); each applies unless
+# its flag is given. The best of a sweep at 130 s on wikitext-2; bpe: 2.08 bits/char with them,
+# 2.71 with the char defaults (BENCHMARKS.md).
+_SUBWORD = {"batch_size": 8, "lr": 3e-3, "dropout": 0.3, "tie_weights": True}
+TOKENIZER_PRESETS: dict[str, dict[str, object]] = {"word": _SUBWORD, "bpe": _SUBWORD}
 
 
 @dataclass
@@ -19,6 +25,9 @@ class ModelConfig:
     embed_size: int = 0  # E: 0 = H when tied, else min(H, 128) (small E is cheaper for chars)
     dropout: float = 0.0  # between layers and before the head (training only)
     tie_weights: bool = False  # share the embedding matrix with the output head (needs E = H)
+    # Adaptive softmax (Grave et al. 2017): the most frequent ids below the first cutoff get the
+    # full head, rarer ones smaller clusters. None: one full softmax over the vocabulary.
+    softmax_cutoffs: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -31,6 +40,20 @@ class ModelConfig:
             raise ValueError("hidden size, layers and vocabulary size must be positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.softmax_cutoffs is not None:
+            cuts = self.softmax_cutoffs
+            if not cuts or cuts != sorted(set(cuts)) or cuts[0] < 1 or cuts[-1] >= self.vocab_size:
+                raise ValueError("softmax cutoffs must rise strictly within the vocabulary")
+            if self.tie_weights:
+                raise ValueError("--tie-weights needs the full softmax, not an adaptive one")
+
+
+def adaptive_cutoffs(vocab_size: int) -> list[int] | None:
+    """Cutoffs for an adaptive softmax over a large vocabulary whose ids are numbered by falling
+    frequency (as the word tokenizer numbers them); None below 8,192 tokens."""
+    if vocab_size <= 8192:
+        return None
+    return [c for c in (2_000, 10_000, 50_000) if c < vocab_size - 1000] or None
 
 
 @dataclass

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from charlstm.data import eval_streams
 from charlstm.model import LanguageModel
@@ -63,11 +62,8 @@ def _window_losses(
     try:
         with torch.no_grad():
             for start in range(0, x.shape[1], window):
-                logits, state = model(x[:, start : start + window], state)  # (S, T, V)
                 target = y[:, start : start + window]  # (S, T)
-                loss = F.cross_entropy(
-                    logits.transpose(1, 2).float(), target, ignore_index=-100, reduction="none"
-                )
+                loss, state = model(x[:, start : start + window], state, target)  # (S, T)
                 yield loss.double()
     finally:
         model.train(was_training)

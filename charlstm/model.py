@@ -7,6 +7,7 @@ LSTM/GRU/RNN, or our own peephole and coupled-gate LSTMs) live in cells.py.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from charlstm.cells import make_recurrent
@@ -24,7 +25,13 @@ class LanguageModel(nn.Module):
             cfg.cell, cfg.embed_size, cfg.hidden_size, cfg.num_layers, cfg.dropout
         )
         self.drop = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+        self.head: nn.Module
+        if cfg.softmax_cutoffs:
+            self.head = nn.AdaptiveLogSoftmaxWithLoss(
+                cfg.hidden_size, cfg.vocab_size, cfg.softmax_cutoffs, div_value=4.0
+            )
+        else:
+            self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
         # torch's N(0, 1) embedding init: measured faster to learn than small uniform values.
         if cfg.tie_weights:
             self.head.weight = self.embed.weight
@@ -36,10 +43,39 @@ class LanguageModel(nn.Module):
                     with torch.no_grad():
                         p[h : 2 * h].fill_(1.0)  # torch's block order is i, f, g, o
 
-    def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        x = self.embed(ids)  # (B, T, E)
+    def forward(
+        self, ids: torch.Tensor, state: State | None = None, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """(logits (B, T, V), state); with `targets` (B, T), the loss in nats of each target
+        instead, (B, T), 0 where the target is -100 (padding). The loss path never builds the
+        full distribution when the softmax is adaptive."""
+        x = self.drop(self.embed(ids))  # (B, T, E); dropout on the inputs too (Zaremba et al.)
         out, state = self.rnn(x, state)  # (B, T, H)
-        return self.head(self.drop(out)), state  # (B, T, V)
+        out = self.drop(out)
+        if targets is None:
+            return self.logits(out), state
+        return self.nll(out, targets), state
+
+    def logits(self, out: torch.Tensor) -> torch.Tensor:
+        """Unnormalised scores (…, V) from the top layer's output (…, H). For an adaptive head
+        these are log-probabilities, which softmax and cross-entropy treat alike."""
+        if isinstance(self.head, nn.AdaptiveLogSoftmaxWithLoss):
+            flat = self.head.log_prob(out.reshape(-1, out.shape[-1]).float())
+            return flat.view(*out.shape[:-1], -1)
+        return self.head(out)
+
+    def nll(self, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Loss (nats) of each target (…), 0 where the target is -100."""
+        if isinstance(self.head, nn.AdaptiveLogSoftmaxWithLoss):
+            flat_t = targets.reshape(-1)
+            keep = flat_t != -100
+            losses = out.new_zeros(flat_t.shape, dtype=torch.float32)
+            if bool(keep.any()):
+                picked = out.reshape(-1, out.shape[-1])[keep].float()
+                losses[keep] = -self.head(picked, flat_t[keep]).output
+            return losses.view(targets.shape)
+        logits = self.head(out)
+        return F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from charlstm.cells import make_stepper
 from charlstm.config import SampleConfig
@@ -56,9 +55,9 @@ def generate(
     logits, state = model(prime)  # (B, P, V)
     last = logits[:, -1]  # (B, V)
     stepper = make_stepper(model.cfg.cell, model.rnn)
-    embed, head = model.embed.weight, model.head
+    embed = model.embed.weight
     for _ in range(cfg.length):
         token = choose_next(last, cfg, generator)  # (B,)
         yield token
         out, state = stepper.step(embed[token], state)  # (B, H)
-        last = F.linear(out, head.weight, head.bias)
+        last = model.logits(out)

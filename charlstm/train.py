@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from charlstm import distributed
 from charlstm.checkpoint import save_checkpoint, write_atomic
@@ -204,6 +203,7 @@ def fit(
     streams = None
     last_eval_step = pos.step
     last_eval_decile = int(progress_of(cfg, pos, layout) * 10)
+    last_eval_at, last_eval_cost = pos.elapsed, 0.0
     session_start = time.perf_counter() - pos.elapsed
     window_start, window_tokens = time.perf_counter(), 0
     stop_reason = "limit reached"
@@ -223,8 +223,8 @@ def fit(
             group["lr"] = lr
 
         with autocast(device, run.precision):
-            logits, state = net(x, run.rnn_state)  # (B / ranks, T, V)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+            losses, state = net(x, run.rnn_state, y)  # (B / ranks, T) nats
+        loss = losses.float().mean()
         run.optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -288,10 +288,16 @@ def fit(
         decile = int(progress * 10)
         # On multiples of eval_every (not "since the last"), so a resumed run validates at the
         # same steps as an uninterrupted one.
-        due = pos.step % eval_every == 0 if eval_every else decile > last_eval_decile
+        # Ten validations a run by default, but never more than ~5% of the time in them: a big
+        # validation split or a word vocabulary makes each one costly.
+        due = (
+            pos.step % eval_every == 0
+            if eval_every
+            else decile > last_eval_decile and pos.elapsed - last_eval_at >= 19 * last_eval_cost
+        )
         if due and progress < 1.0:
-            _validate(run, loss_value, report)
-            last_eval_step, last_eval_decile = pos.step, decile
+            last_eval_cost = _validate(run, loss_value, report)
+            last_eval_step, last_eval_decile, last_eval_at = pos.step, decile, pos.elapsed
             # Validation time counts against the budget but not against tokens/s.
             window_start, window_tokens = time.perf_counter(), 0
 
@@ -320,7 +326,7 @@ def fit(
     }
 
 
-def _validate(run: Run, train_loss: float, report: Report) -> None:
+def _validate(run: Run, train_loss: float, report: Report) -> float:
     """Evaluate the whole validation split, log a metrics line, write last.pt and maybe best.pt.
 
     Under DDP each rank scores its share of the validation streams and the sums are added, so
@@ -336,12 +342,15 @@ def _validate(run: Run, train_loss: float, report: Report) -> None:
     }
     if len(run.val_ids) >= 2:
         part = loss_total(run.model, run.val_ids, streams=cfg.eval_streams, part=world.rows)
-        (total,) = distributed.sum_across(world, [part])
+        seconds = time.perf_counter() - t0 if world.is_main else 0.0
+        # Rank 0's duration rides along, so every rank schedules validations alike.
+        total, record["eval_seconds"] = distributed.sum_across(world, [part, seconds])
         n = len(run.val_ids) - 1
         # Bits per character count the characters of the text, whatever the tokens are.
         result = EvalResult(loss=total / n, tokens=n, chars=run.corpus.get("val_chars", n))
         record.update(val_loss=result.loss, val_bpc=result.bits_per_char)
-    record["eval_seconds"] = round(time.perf_counter() - t0, 3)
+    record.setdefault("eval_seconds", time.perf_counter() - t0)
+    record["eval_seconds"] = round(record["eval_seconds"], 3)
     run.metrics.append(record)
     improved = record["val_loss"] is not None and record["val_loss"] < pos.best_val_loss
     if improved:
@@ -363,6 +372,7 @@ def _validate(run: Run, train_loss: float, report: Report) -> None:
             run.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in run.metrics)
         )
     report("eval", {**record, "best": improved})
+    return record["eval_seconds"]
 
 
 def _reset_some(state: State, cfg: TrainConfig, step: int, streams: int, rows: slice) -> State:

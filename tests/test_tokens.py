@@ -141,3 +141,28 @@ def test_bad_tokenizer_options(tmp_path, play_file, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["train", str(play_file), "--steps", "1", *args])
     assert result.exit_code == 2 and message in result.stderr
+
+
+def test_adaptive_softmax_loss_path_matches_its_full_distribution():
+    import torch
+    import torch.nn.functional as F
+
+    from charlstm.config import ModelConfig, SampleConfig
+    from charlstm.model import LanguageModel
+    from charlstm.sample import generate
+
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=300, hidden_size=32, softmax_cutoffs=[50, 150]))
+    ids = torch.randint(0, 300, (3, 12))
+    targets = torch.randint(0, 300, (3, 12))
+    targets[0, :4] = -100  # padding scores 0
+    logits, _ = model(ids)
+    assert torch.allclose(logits.exp().sum(-1), torch.ones(3, 12), atol=1e-5)  # log-probabilities
+    losses, _ = model(ids, None, targets)
+    full = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    assert torch.allclose(losses, full, atol=1e-5) and bool((losses[0, :4] == 0).all())
+    rng = torch.Generator().manual_seed(1)
+    out = list(generate(model, ids[0, :3], SampleConfig(length=5), rng))
+    assert len(out) == 5 and all(0 <= int(t[0]) < 300 for t in out)
+    with pytest.raises(ValueError, match="tie-weights"):
+        ModelConfig(vocab_size=300, softmax_cutoffs=[50], tie_weights=True)
