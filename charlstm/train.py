@@ -73,7 +73,7 @@ def progress_of(cfg: TrainConfig, pos: Position, layout: StreamLayout) -> float:
     return max(parts)
 
 
-def make_optimizer(model: LanguageModel, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: LanguageModel, cfg: TrainConfig) -> torch.optim.Optimizer:
     # Decay weight matrices only; biases and gains keep their scale.
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -81,6 +81,8 @@ def make_optimizer(model: LanguageModel, cfg: TrainConfig) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr)
     # The fused kernel: one launch for all parameters on a GPU (not available everywhere).
     fused = next(model.parameters()).device.type == "cuda"
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), fused=fused or None)

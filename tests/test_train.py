@@ -92,3 +92,12 @@ def test_state_resets_are_a_function_of_seed_and_step_and_split_by_rank():
     assert torch.equal(torch.cat(halves, dim=1), full)  # two ranks reset the same streams
     other = _reset_some((h, h.clone()), cfg, step=8, streams=64, rows=slice(0, 64))[0]
     assert not torch.equal(other, full)
+
+
+def test_sgd_optimizer_trains(tmp_path):
+    run = tiny_run(PLAY, tmp_path / "sgd", steps=120, eval_every=60, optimizer="sgd", lr=2.0,
+                   warmup_steps=0, clip=0.25)  # fmt: skip
+    fit(run)
+    assert isinstance(run.optimizer, torch.optim.SGD)
+    first, last = run.metrics[0]["val_loss"], run.metrics[-1]["val_loss"]
+    assert last < first < math.log(run.model_cfg.vocab_size)
