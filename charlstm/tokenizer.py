@@ -1,8 +1,8 @@
 """Turn text into token ids and back; a tokenizer saves itself as a plain dict (JSON-able).
 
-Three kinds share one interface (`kind`, `vocab_size`, `id_dtype`, `unknown`, `encode`,
-`encode_chunks`, `decode`, `piece`, `stream_decoder`, `fingerprint`, `to_dict`), so the rest of
-the program does not care which one it holds:
+Three kinds share one interface (`kind`, `vocab_size`, `id_dtype`, `unknown_ids`, `unknown`,
+`encode`, `encode_chunks`, `decode`, `piece`, `stream_decoder`, `fingerprint`, `to_dict`), so the
+rest of the program does not care which one it holds:
 
     char  one token per Unicode code point of the corpus (not bytes): Chinese, accents and emoji
           are single tokens; characters outside the corpus are unknown.
@@ -169,8 +169,7 @@ class CharTokenizer:
     """One token per Unicode code point seen in the corpus."""
 
     kind = "char"
-    unk_id: int | None = None  # no unknown token: unknown characters are an error or skipped
-    unknown_ids: tuple[int, ...] = ()
+    unknown_ids: tuple[int, ...] = ()  # none: unknown characters are an error or skipped
 
     def __init__(self, chars: str) -> None:
         if len(set(chars)) != len(chars):
@@ -256,7 +255,6 @@ class _HFBase:
     """What word and BPE tokenizers share: a `tokenizers.Tokenizer` and batch encoding."""
 
     kind = ""
-    unk_id: int | None = None
     unknown_ids: tuple[int, ...] = ()
 
     def __init__(self, hf: HFTokenizer) -> None:
@@ -358,8 +356,8 @@ class WordTokenizer(_HFBase):
     """
 
     kind = "word"
-    unk_id = 0  # ids 0 and 1 are both unknown tokens: 0 without, 1 with a leading space
-    unknown_ids = (0, 1)
+    # Both unknown tokens (_UNK_KEYS): 0 without, 1 with a leading space.
+    unknown_ids = tuple(range(len(_UNK_KEYS)))
 
     def __init__(self, hf: HFTokenizer) -> None:
         super().__init__(hf)
