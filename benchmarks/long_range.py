@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from charlstm.config import CELLS, TrainConfig
-from charlstm.data import fit_layout, stream_matrix, window_batch
+from charlstm.data import fit_layout, window_batch
 from charlstm.model import LanguageModel, ModelConfig, detach_state
 from charlstm.train import learning_rate, make_optimizer
 
@@ -124,7 +124,6 @@ def train_one(cell: str, distances: list[int], args: argparse.Namespace) -> list
     assert len(train_ids) == need
     layout, _ = fit_layout(len(train_ids), cfg.batch_size, cfg.window)
     assert layout.windows_per_epoch >= cfg.steps, layout
-    streams = stream_matrix(train_ids, layout, 0)  # (B, L + 1)
 
     label = "+".join(map(str, distances))
     torch.manual_seed(args.seed)
@@ -138,7 +137,7 @@ def train_one(cell: str, distances: list[int], args: argparse.Namespace) -> list
     t0 = time.perf_counter()
     recent: list[float] = []
     for step in range(cfg.steps):
-        x, y = window_batch(streams, layout, step)  # (B, T) each
+        x, y = window_batch(train_ids, layout, 0, step)  # (B, T) each
         lr = learning_rate(cfg, step, step / cfg.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr

@@ -76,6 +76,9 @@ class TrainConfig:
     epochs: float | None = None  # passes over the training split
     val_fraction: float = 0.1  # the validation split is this tail of the corpus
     eval_every: int = 0  # steps between validations; 0 = ten times per run
+    # Validate on at most this many tokens from the start of the split (0 = all): the 10% tail
+    # of a 2 GB corpus would take hours to score on a CPU, every time.
+    val_tokens: int = 1_000_000
     eval_streams: int = 64  # parallel streams for validation (each carries its state)
     # Chance per window that a stream forgets its state: a model that only ever continues a
     # carried state is lost for its first characters from a zero state (a prime, a new stream).

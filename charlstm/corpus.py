@@ -18,7 +18,7 @@ import re
 import sys
 import sysconfig
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TextIO
@@ -27,8 +27,10 @@ from charlstm.errors import CharlstmError
 
 __all__ = [
     "BUILTIN_CORPORA",
+    "CHUNK_BYTES",
     "Corpus",
     "CorpusError",
+    "CorpusStream",
     "build_builtin",
     "load_corpus",
     "shakespeare_markdown_to_text",
@@ -56,6 +58,10 @@ BUILTIN_CORPORA: dict[str, str] = {
 _STDIN_NAME = "<stdin>"
 _SNIFF_BYTES = 8192  # a NUL byte this early means binary, as git and grep decide
 _ERROR_MODES = ("strict", "replace", "ignore")
+CHUNK_BYTES = 16 << 20  # bytes read at a time: a big corpus never sits in memory whole
+# A folder's files up to this size are read whole, so one that turns out not to be text is
+# skipped before any of it is used; a bigger one is streamed and must decode.
+_WHOLE_FOLDER_FILE = 64 << 20
 
 
 # --- decoding: the one path every source goes through ---------------------------------------
@@ -85,6 +91,13 @@ def _normalise(text: str) -> str:
     return text.removeprefix("\ufeff").replace("\r\n", "\n")
 
 
+def _not_valid(name: str, encoding: str, at: int) -> CorpusError:
+    return CorpusError(
+        f"{name!r} is not valid {encoding} at byte {at}; "
+        "pass --encoding latin-1 (or the file's encoding) or --errors replace"
+    )
+
+
 def _decode(data: bytes, name: str, encoding: str, errors: str) -> str:
     """Decode one explicitly named source, or say in one line why it cannot be."""
     nul = _nul_offset(data, encoding)
@@ -93,10 +106,43 @@ def _decode(data: bytes, name: str, encoding: str, errors: str) -> str:
     try:
         return _normalise(data.decode(encoding, errors))
     except UnicodeDecodeError as e:
-        raise CorpusError(
-            f"{name!r} is not valid {encoding} at byte {e.start}; "
-            "pass --encoding latin-1 (or the file's encoding) or --errors replace"
-        ) from None
+        raise _not_valid(name, encoding, e.start) from None
+
+
+def _decode_chunks(
+    f: BinaryIO, first: bytes, name: str, encoding: str, errors: str, chunk_bytes: int
+) -> Iterator[str]:
+    """Decode a file read `chunk_bytes` at a time (`first` already read) into normalised text:
+    the same text `_normalise(data.decode(...))` gives for the whole, a piece at a time."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors)
+    fed = 0  # bytes given to the decoder so far
+    held = ""  # a trailing "\r": the next piece may begin with its "\n"
+    at_start = True
+    data = first
+    while True:
+        final = not data
+        try:
+            text = held + decoder.decode(data, final=final)
+        except UnicodeDecodeError as e:
+            # e.start counts from the bytes the decoder held back from the previous piece.
+            raise _not_valid(name, encoding, fed - len(decoder.getstate()[0]) + e.start) from None
+        fed += len(data)
+        if at_start and text:
+            text, at_start = text.removeprefix("\ufeff"), False
+        held = "\r" if text.endswith("\r") and not final else ""
+        text = (text[:-1] if held else text).replace("\r\n", "\n")
+        if text:
+            yield text
+        if final:
+            return
+        data = _read(f, name, chunk_bytes)
+
+
+def _read(f: BinaryIO, name: str, size: int = -1) -> bytes:
+    try:
+        return f.read(size)
+    except OSError as e:
+        raise CorpusError(f"cannot read {name!r}: {e.strerror or e}") from None
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -104,26 +150,6 @@ def _read_bytes(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as e:
         raise CorpusError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
-
-
-def _join(texts: Iterable[str]) -> str:
-    """Concatenate, adding "\\n" only where the text so far does not already end in one."""
-    out: list[str] = []
-    for text in texts:
-        if out and out[-1] and not out[-1].endswith("\n"):
-            out.append("\n")
-        out.append(text)
-    return "".join(out)
-
-
-def _assemble(parts: Sequence[tuple[str, str]]) -> Corpus:
-    """Join (source, text) pairs; refuse a corpus with nothing but whitespace in it."""
-    sources = tuple(source for source, _ in parts)
-    text = _join(text for _, text in parts)
-    if not text.strip():
-        raise CorpusError(f"the corpus is empty: {_summarise(sources)}")
-    fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-    return Corpus(text=text, sources=sources, fingerprint=fingerprint)
 
 
 def _summarise(sources: Sequence[str], shown: int = 3) -> str:
@@ -146,26 +172,175 @@ def _walk_visible(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(folder).parts)
 
 
-def _read_folder(folder: Path, encoding: str, errors: str) -> list[tuple[str, str]]:
-    """The folder's text files; binary or (under strict) undecodable ones are skipped."""
-    parts: list[tuple[str, str]] = []
-    for path in _walk_visible(folder):
-        if not path.is_file():  # a broken symlink, a socket, a fifo
-            continue
-        data = _read_bytes(path)
-        if _nul_offset(data, encoding) is not None:
-            continue
+# --- the corpus as a stream of text ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Source:
+    name: str  # as `sources` reports it
+    path: Path | None  # None: stdin, read once and kept
+    kind: str  # "file" (named: must be text), "folder" (skipped unless text), "builtin"
+
+
+class CorpusStream:
+    """The corpus as pieces of normalised text, read from disk again on every iteration, so a
+    corpus larger than memory can be tokenized a piece at a time:
+
+        stream = CorpusStream(["notes/", "extra.txt"], cache_dir=Path("corpora"))
+        for text in stream: ...          # "".join(stream) is the corpus text
+
+    Arguments are resolved (and built-ins built) at once; each is, in this order: `-` (stdin, at
+    most once, read whole now), an existing file or folder, or a built-in name. Sources are
+    joined with "\\n" where one does not end in one. `sources` lists what the last full
+    iteration used (a folder's files that are not text are left out).
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        cache_dir: Path,
+        stdin: TextIO | BinaryIO | None = None,
+        encoding: str = "utf-8",
+        errors: str = "strict",
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
+        if isinstance(args, str):  # a bare string would be read one character at a time
+            args = [args]
+        if not args:
+            raise CorpusError(
+                "no corpus given: pass a file, a folder, '-' for stdin, "
+                f"or a built-in name ({', '.join(BUILTIN_CORPORA)})"
+            )
+        _check_codec(encoding, errors)
+        self.encoding, self.errors, self.chunk_bytes = encoding, errors, chunk_bytes
+        self._stdin_text = ""
+        # Groups of sources: a folder's files form one group, which must yield some text.
+        self._groups: list[tuple[str | None, list[_Source]]] = []
+        for arg in args:
+            path = Path(arg)
+            # `-` comes first, as in cat and grep: a stray file named "-" must not hijack stdin.
+            if arg == "-":
+                if any(s.path is None for _, group in self._groups for s in group):
+                    raise CorpusError("'-' (stdin) can be given only once")
+                self._stdin_text = _read_stream(
+                    stdin if stdin is not None else sys.stdin.buffer, encoding, errors
+                )
+                self._groups.append((None, [_Source(_STDIN_NAME, None, "stdin")]))
+            elif arg and path.is_dir():  # Path("") is ".": an empty argument must not read cwd
+                files = [_Source(str(p), p, "folder") for p in _walk_visible(path) if p.is_file()]
+                self._groups.append((str(path), files))
+            elif arg and path.exists():
+                self._groups.append((None, [_Source(arg, path, "file")]))
+            elif arg in BUILTIN_CORPORA:
+                built = build_builtin(arg, cache_dir)
+                self._groups.append((None, [_Source(f"builtin:{arg}", built, "builtin")]))
+            else:
+                raise CorpusError(
+                    f"no such file, folder or built-in corpus: {arg!r} "
+                    f"(built-ins: {', '.join(BUILTIN_CORPORA)})"
+                )
+        self.sources: tuple[str, ...] = tuple(s.name for _, group in self._groups for s in group)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes to read (stdin counted as its text): how big the corpus is before reading it."""
+        total = len(self._stdin_text)
+        for _, group in self._groups:
+            for s in group:
+                if s.path is not None:
+                    try:
+                        total += s.path.stat().st_size
+                    except OSError:
+                        pass  # reading it will say what is wrong
+        return total
+
+    def signature(self) -> list[object] | None:
+        """Every file's absolute path, size and modification time (None when stdin is read):
+        equal signatures mean, in practice, equal text, as make and rsync assume."""
+        found: list[object] = [self.encoding, self.errors]
+        for _, group in self._groups:
+            for s in group:
+                if s.path is None:
+                    return None
+                try:
+                    st = s.path.stat()
+                except OSError:
+                    return None
+                found.append([str(s.path.resolve()), st.st_size, st.st_mtime_ns])
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        used: list[str] = []
+        newline_due = False  # the text so far is not empty and does not end in "\n"
+        for folder, group in self._groups:
+            found = 0
+            for source in group:
+                pieces = self._open(source)
+                if pieces is None:
+                    continue  # a folder's file that is not text
+                found += 1
+                used.append(source.name)
+                if newline_due:
+                    yield "\n"
+                    newline_due = False
+                for text in pieces:
+                    yield text
+                    newline_due = not text.endswith("\n")
+            if folder is not None and not found:
+                raise CorpusError(f"folder {folder!r} holds no text files")
+        self.sources = tuple(used)
+
+    def _open(self, source: _Source) -> Iterator[str] | None:
+        """The source's text pieces, or None for a folder's file that is not text. The first
+        piece is read (and checked) before this returns."""
+        if source.path is None:
+            return iter([self._stdin_text])
+        encoding, errors, name = self.encoding, self.errors, source.name
+        if source.kind == "builtin":
+            # We wrote it as UTF-8, whatever --encoding says about the user's files; and no
+            # binary sniffing: the python corpus may legitimately quote a NUL byte.
+            encoding, errors = "utf-8", "strict"
         try:
-            text = data.decode(encoding, errors)
-        except UnicodeDecodeError:
-            continue  # a folder may hold stray non-text files; an explicit file may not
-        parts.append((str(path), _normalise(text)))
-    if not parts:
-        raise CorpusError(f"folder {str(folder)!r} holds no text files")
-    return parts
+            f = open(source.path, "rb")  # noqa: SIM115 (closed by _pieces)
+        except OSError as e:
+            if source.kind == "folder":
+                return None
+            raise CorpusError(f"cannot read {name!r}: {e.strerror or e}") from None
+        try:
+            if source.kind == "folder" and _size(f) <= _WHOLE_FOLDER_FILE:
+                data = _read(f, name)
+                f.close()
+                if _nul_offset(data, encoding) is not None:
+                    return None
+                try:
+                    return iter([_normalise(data.decode(encoding, errors))])
+                except UnicodeDecodeError:
+                    return None  # a folder may hold stray non-text files; a named file may not
+            first = _read(f, name, self.chunk_bytes)
+            nul = _nul_offset(first, encoding) if source.kind != "builtin" else None
+            if nul is not None:
+                f.close()
+                if source.kind == "folder":
+                    return None
+                raise CorpusError(
+                    f"{name!r} looks like a binary file (NUL byte at offset {nul}), not text"
+                )
+        except BaseException:
+            f.close()
+            raise
+        return _pieces(f, first, name, encoding, errors, self.chunk_bytes)
 
 
-# --- load_corpus -----------------------------------------------------------------------------
+def _size(f: BinaryIO) -> int:
+    return os.fstat(f.fileno()).st_size
+
+
+def _pieces(
+    f: BinaryIO, first: bytes, name: str, encoding: str, errors: str, chunk_bytes: int
+) -> Iterator[str]:
+    with f:
+        yield from _decode_chunks(f, first, name, encoding, errors, chunk_bytes)
 
 
 def _read_stream(stream: TextIO | BinaryIO, encoding: str, errors: str) -> str:
@@ -186,45 +361,13 @@ def load_corpus(
     encoding: str = "utf-8",
     errors: str = "strict",
 ) -> Corpus:
-    """Read every argument and join them into one `Corpus`.
-
-    Each argument is, in this order: `-` (stdin, at most once); an existing file or folder;
-    a built-in name from BUILTIN_CORPORA (built into `cache_dir` on first use).
-    """
-    if isinstance(args, str):  # a bare string would be read one character at a time
-        args = [args]
-    if not args:
-        raise CorpusError(
-            "no corpus given: pass a file, a folder, '-' for stdin, "
-            f"or a built-in name ({', '.join(BUILTIN_CORPORA)})"
-        )
-    _check_codec(encoding, errors)
-    parts: list[tuple[str, str]] = []
-    stdin_read = False
-    for arg in args:
-        path = Path(arg)
-        # `-` comes first, as in cat and grep: a stray file named "-" must not hijack stdin.
-        if arg == "-":
-            if stdin_read:
-                raise CorpusError("'-' (stdin) can be given only once")
-            stdin_read = True
-            stream = stdin if stdin is not None else sys.stdin.buffer
-            parts.append((_STDIN_NAME, _read_stream(stream, encoding, errors)))
-        elif arg and path.is_dir():  # Path("") is ".": an empty argument must not read cwd
-            parts.extend(_read_folder(path, encoding, errors))
-        elif arg and path.exists():
-            parts.append((arg, _decode(_read_bytes(path), arg, encoding, errors)))
-        elif arg in BUILTIN_CORPORA:
-            built = build_builtin(arg, cache_dir)
-            # We wrote it as UTF-8, whatever --encoding says about the user's files; and no
-            # binary sniffing: the python corpus may legitimately quote a NUL byte.
-            parts.append((f"builtin:{arg}", _normalise(_read_bytes(built).decode("utf-8"))))
-        else:
-            raise CorpusError(
-                f"no such file, folder or built-in corpus: {arg!r} "
-                f"(built-ins: {', '.join(BUILTIN_CORPORA)})"
-            )
-    return _assemble(parts)
+    """Read every argument (see `CorpusStream`) and join them into one `Corpus` in memory."""
+    stream = CorpusStream(args, cache_dir=cache_dir, stdin=stdin, encoding=encoding, errors=errors)
+    text = "".join(stream)
+    if not text.strip():
+        raise CorpusError(f"the corpus is empty: {_summarise(stream.sources)}")
+    fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return Corpus(text=text, sources=stream.sources, fingerprint=fingerprint)
 
 
 # --- built-in: shakespeare -------------------------------------------------------------------

@@ -4,7 +4,7 @@ T-step windows for truncated back-propagation through time.
 Training layout (B streams, each L tokens long, read left to right one window at a time):
 
     ids:  | stream 0 ............ | stream 1 ............ | ... | stream B-1 .......... |
-    batch w = (x, y) with x = streams[:, w*T : (w+1)*T], y shifted one token to the right
+    batch w = (x, y): x[b] = ids[offset + b*L + w*T : ... + T], y shifted one token right
 
 Row b of every batch continues row b of the previous batch, so the recurrent state (h, c) can
 be carried from one window to the next and only detached (truncated BPTT).
@@ -81,35 +81,51 @@ def epoch_offset(seed: int, epoch: int, layout: StreamLayout, n_tokens: int) -> 
     return int(torch.randint(0, min(slack, layout.window) + 1, (1,), generator=g))
 
 
-def stream_matrix(ids: np.ndarray, layout: StreamLayout, offset: int) -> torch.Tensor:
-    """(B, L + 1) int64 tensor: row b is stream b, with one extra token for the last target."""
-    b, length = layout.batch_size, layout.stream_len
-    starts = offset + np.arange(b) * length
-    idx = starts[:, None] + np.arange(length + 1)[None, :]
-    return torch.from_numpy(ids[idx].astype(np.int64))
-
-
-def window_batch(streams: torch.Tensor, layout: StreamLayout, w: int) -> tuple[torch.Tensor, ...]:
-    """Inputs and targets (each (B, T)) of window w."""
+def window_batch(
+    ids: np.ndarray, layout: StreamLayout, offset: int, w: int, rows: slice = slice(None)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets (each (B, T), int64) of window w of the streams that start at
+    `offset` (`rows`: only those streams), read straight from `ids`, which may be a memory map:
+    a step touches B short runs of the corpus, never the whole of it."""
     t = layout.window
-    chunk = streams[:, w * t : (w + 1) * t + 1]
+    starts = offset + np.arange(layout.batch_size)[rows] * layout.stream_len + w * t
+    chunk = torch.from_numpy(ids[starts[:, None] + np.arange(t + 1)].astype(np.int64))
     return chunk[:, :-1], chunk[:, 1:]
 
 
-def eval_streams(ids: np.ndarray, n_streams: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut a text into S contiguous streams that together predict every token exactly once.
-
-    Returns x and y, each (S, L); positions past the end are padded with y = -100, the
-    cross-entropy ignore index, so padding never counts. Each stream starts from a zero state;
-    S = 1 is the exact single pass.
-    """
-    n_targets = len(ids) - 1
+def eval_layout(n_tokens: int, n_streams: int) -> tuple[int, int]:
+    """Cut a text of n_tokens into S contiguous streams that together predict every token
+    exactly once: returns (S, L), L predictions per stream (the last stream may run short).
+    Each stream starts from a zero state; S = 1 is the exact single pass."""
+    n_targets = n_tokens - 1
     if n_targets < 1:
         raise DataError("the text is too short to evaluate: it needs at least 2 tokens")
     s = max(1, min(n_streams, n_targets))
-    length = -(-n_targets // s)  # ceil
-    x = np.zeros(s * length, dtype=np.int64)
-    y = np.full(s * length, -100, dtype=np.int64)
-    x[:n_targets] = ids[:-1]
-    y[:n_targets] = ids[1:]
-    return torch.from_numpy(x.reshape(s, length)), torch.from_numpy(y.reshape(s, length))
+    return s, -(-n_targets // s)  # ceil
+
+
+def eval_window(
+    ids: np.ndarray,
+    layout: tuple[int, int],
+    start: int,
+    window: int,
+    rows: slice = slice(None),
+    warmup: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets (each (S, T), int64) of positions [start, start + T) of every stream of
+    `eval_layout`, read straight from `ids` (a memory map is fine). Positions past the end are
+    padded with y = -100, the cross-entropy ignore index, so padding never counts.
+
+    A negative `start` (down to -warmup) reads the tokens just before each stream, with y = -100:
+    a warm-up that gives the stream's state its context before it is scored (stream 0 has none:
+    its inputs there are padding, and the caller zeroes its state afterwards)."""
+    s, length = layout
+    t = min(window, length - start)
+    idx = (np.arange(s)[rows] * length + start)[:, None] + np.arange(t)  # (S, T) input positions
+    n_targets = len(ids) - 1
+    inside = (idx < n_targets) & (np.arange(t) + start >= 0)  # scored positions
+    idx = np.maximum(idx, 0)
+    x = ids[np.minimum(idx, n_targets - 1)].astype(np.int64)
+    y = ids[np.minimum(idx + 1, n_targets)].astype(np.int64)
+    x = np.where(idx < n_targets, x, 0)
+    return torch.from_numpy(x), torch.from_numpy(np.where(inside, y, -100))

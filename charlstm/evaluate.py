@@ -1,8 +1,10 @@
 """Loss, perplexity and bits per character of a text, computed exactly: every token predicted
 once, with the recurrent state carried through the text.
 
-The text is cut into S contiguous streams run side by side (S = 1 is one sequential pass); each
-stream starts from a zero state, so S only changes the first few predictions of each stream.
+The text is cut into S contiguous streams run side by side (S = 1 is one sequential pass). The
+first starts from a zero state, as a single pass does; each other one first reads, unscored, the
+text just before its start, so S changes the result only by what the state remembers from
+further back than that (BENCHMARKS.md: under 1e-4 nats for a character model).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from charlstm.data import eval_streams
+from charlstm.data import eval_layout, eval_window
 from charlstm.model import LanguageModel
 
 
@@ -37,33 +39,51 @@ class EvalResult:
 
 
 _LOGITS_PER_WINDOW = 1 << 22
+# Unscored tokens each parallel stream reads before its own start; a trained character LSTM's
+# state forgets its start within a few hundred characters (see test_evaluate).
+WARMUP = 256
 
 Rows = Callable[[int], slice]  # which of the S streams to run (a rank's share), given S
 
 
 def _window_losses(
-    model: LanguageModel, ids: np.ndarray, streams: int, window: int, part: Rows | None = None
+    model: LanguageModel,
+    ids: np.ndarray,
+    streams: int,
+    window: int,
+    part: Rows | None = None,
+    warmup: int = WARMUP,
 ) -> Iterator[torch.Tensor]:
     """The loss (nats) of every prediction, window by window over S streams carrying state:
-    yields (S, T) float64 tensors, 0 at padded positions. The model is in eval mode meanwhile."""
-    x, y = eval_streams(ids, streams)  # each (S, L)
-    if part is not None:
-        rows = part(x.shape[0])
-        x, y = x[rows], y[rows]
-        if x.shape[0] == 0:  # fewer streams than ranks: nothing for this one
-            return
+    yields (S, T) float64 tensors, 0 at padded positions. The model is in eval mode meanwhile.
+
+    Streams after the first read the `warmup` tokens before their start unscored, so that their
+    state, like a single pass's, already holds context when scoring begins."""
+    layout = eval_layout(len(ids), streams)  # (S, L)
+    rows = part(layout[0]) if part is not None else slice(None)
+    mine = range(layout[0])[rows]
+    if len(mine) == 0:  # fewer streams than ranks: nothing for this one
+        return
+    n_rows = len(mine)
+    warm = min(warmup, layout[1]) if layout[0] > 1 else 0
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    x, y = x.to(device), y.to(device)
     # Keep each window's logits (S, T, V) near 4M numbers: a word vocabulary is 10^4–10^5 wide.
-    window = max(1, min(window, _LOGITS_PER_WINDOW // (x.shape[0] * model.cfg.vocab_size)))
+    window = max(1, min(window, _LOGITS_PER_WINDOW // (n_rows * model.cfg.vocab_size)))
     state = None
     try:
         with torch.no_grad():
-            for start in range(0, x.shape[1], window):
-                target = y[:, start : start + window]  # (S, T)
-                loss, state = model(x[:, start : start + window], state, target)  # (S, T)
+            for start in range(-warm, 0, window):
+                x, y = eval_window(ids, layout, start, min(window, -start), rows)
+                _, state = model(x.to(device), state, y.to(device))
+            if warm and mine[0] == 0:  # stream 0 begins the text: from a zero state, exactly
+                for s in state if isinstance(state, tuple) else (state,):
+                    s[:, 0].zero_()
+            for start in range(0, layout[1], window):
+                # Windows are read from ids as they are needed: a big split never sits in memory.
+                x, y = eval_window(ids, layout, start, window, rows)  # (S, T) each
+                loss, state = model(x.to(device), state, y.to(device))  # (S, T)
                 yield loss.double()
     finally:
         model.train(was_training)
@@ -90,9 +110,11 @@ def loss_total(
     streams: int = 32,
     window: int = 256,
     part: Rows | None = None,
+    warmup: int = WARMUP,
 ) -> float:
     """The summed loss (nats) of the predictions in the streams `part` selects (all: None)."""
-    return sum(float(loss.sum()) for loss in _window_losses(model, ids, streams, window, part))
+    losses = _window_losses(model, ids, streams, window, part, warmup)
+    return sum(float(loss.sum()) for loss in losses)
 
 
 def token_losses(model: LanguageModel, ids: np.ndarray, *, window: int = 256) -> np.ndarray:

@@ -121,6 +121,14 @@ def _dtype_for(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
+def code_points(text: str) -> np.ndarray:
+    """The Unicode code point of each character, (len(text),): bytes for ASCII text (the common
+    case, 4x less memory), else uint32."""
+    if text.isascii():
+        return np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
 def _hash(payload: str) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
@@ -144,6 +152,15 @@ def split_for_encoding(text: str, approx_size: int = 1 << 20) -> list[str]:
         start = cut.start()
     pieces.append(text[start:])
     return pieces
+
+
+def safe_cut(text: str, tail: int = 1 << 16) -> int:
+    """The last place in the final `tail` characters of `text` where `split_for_encoding` may
+    cut (a space between two non-space characters), or -1 when there is none."""
+    last = -1
+    for m in _SAFE_CUT_RE.finditer(text, max(0, len(text) - tail)):
+        last = m.start()
+    return last
 
 
 def _batches(chunks: Iterable[str], batch_chars: int) -> Iterator[list[str]]:
@@ -175,10 +192,11 @@ class CharTokenizer:
         if len(set(chars)) != len(chars):
             raise ValueError("duplicate characters in vocabulary")
         self.chars = chars
-        # Sorted code points allow a vectorised encode with searchsorted (no Python loop per char).
-        order = np.argsort(np.frombuffer(chars.encode("utf-32-le"), dtype=np.uint32), kind="stable")
-        self._sorted_points = np.frombuffer(chars.encode("utf-32-le"), dtype=np.uint32)[order]
-        self._sorted_ids = order.astype(np.int64)
+        # A table from code point to id (-1: unknown; its last entry stands for every point past
+        # the largest known one) makes encoding one vectorised lookup, no Python loop per char.
+        points = code_points(chars)
+        self._table = np.full(int(points.max(initial=0)) + 2, -1, dtype=np.int32)
+        self._table[points] = np.arange(len(points), dtype=np.int32)
         self._pieces = list(chars)
 
     @classmethod
@@ -209,22 +227,18 @@ class CharTokenizer:
         when there are any, since characters have no unknown token.
         """
         mode = _resolve_mode(skip_unknown, on_unknown)
-        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        if len(self._sorted_points) == 0:
-            found = np.zeros(len(points), dtype=bool)
-            pos = np.zeros(len(points), dtype=np.int64)
-        else:
-            pos = np.searchsorted(self._sorted_points, points)
-            pos = np.minimum(pos, len(self._sorted_points) - 1)
-            found = self._sorted_points[pos] == points
-        if not found.all():
+        points = code_points(text)
+        last = len(self._table) - 1
+        # ASCII points are bytes: past the table's end they must be clipped without overflow.
+        ids = self._table[np.minimum(points, last) if last <= points.max(initial=0) else points]
+        if ids.min(initial=0) < 0:
             if mode == "skip":
-                pos = pos[found]
+                ids = ids[ids >= 0]
             else:
                 missing = "".join(self.unknown(text)[:20])
                 hint = " (a char tokenizer has no unknown token)" if mode == "token" else ""
                 raise TokenizerError(f"characters the model never saw: {missing!r}{hint}")
-        return self._sorted_ids[pos].astype(self.id_dtype)
+        return ids.astype(self.id_dtype)
 
     def encode_chunks(
         self, chunks: Iterable[str], *, on_unknown: OnUnknown = "error", batch_chars: int = 0

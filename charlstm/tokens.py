@@ -2,6 +2,12 @@
 tokenizer on the training part, encode both parts, and cache the result on disk keyed by the
 corpus content and the tokenizer settings, so a second run on the same corpus skips all of it.
 
+The corpus comes as pieces of text (a `CorpusStream`, or one string) and is read a piece at a
+time: characters in one pass (hash, number each new character, encode); words and BPE in three
+(hash and measure, learn the vocabulary, encode). Ids go straight into the cache's .npy file,
+which training then maps, so a corpus larger than memory never sits in memory whole. A second
+run on unchanged files finds its entry by their paths, sizes and times, without reading them.
+
 Bits per character must compare across tokenizers, so the characters the validation tokens
 spell are counted here, from the text, where they are known exactly.
 """
@@ -9,27 +15,47 @@ spell are counted here, from the text, where they are known exactly.
 from __future__ import annotations
 
 import hashlib
+import io
+import itertools
 import json
 import os
+import re
+import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
+from charlstm.corpus import CorpusError
 from charlstm.data import DataError
-from charlstm.tokenizer import AnyTokenizer, tokenizer_from_dict, train_tokenizer
+from charlstm.tokenizer import (
+    AnyTokenizer,
+    CharTokenizer,
+    code_points,
+    safe_cut,
+    split_for_encoding,
+    tokenizer_from_dict,
+    train_tokenizer,
+)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 MIN_CACHED_CHARS = 1 << 20  # below ~1 MB tokenizing takes well under a second: not worth a file
+_LINE_SEARCH = 10_000  # how far past the cut a word split looks for the end of the line
+_HEADER = 128  # bytes kept for the .npy header of an id file written before its length is known
 
 
 @dataclass(frozen=True)
 class TokenizedCorpus:
     tokenizer: AnyTokenizer
-    ids: np.ndarray  # the training tokens, then the validation tokens
+    ids: np.ndarray  # the training tokens, then the validation tokens (memory-mapped if cached)
     n_train: int  # ids[:n_train] train, ids[n_train:] validate
     val_chars: int  # characters spelled by the validation tokens after the first
     cached: bool  # read from the cache instead of computed
+    fingerprint: str = ""  # of the corpus text (sha256, 16 hex digits)
+    chars: int = 0  # characters in the corpus
+    path: Path | None = None  # the cache file holding `ids`, when there is one
 
     @property
     def train_ids(self) -> np.ndarray:
@@ -44,72 +70,345 @@ def split_text(text: str, val_fraction: float, *, at_line: bool) -> tuple[str, s
     """The training head and validation tail of `text`, cut at a fraction of the characters (as
     nanoGPT splits tiny-shakespeare). With `at_line` the cut moves to just after the next
     newline, when one is near, so that no word is cut in two."""
+    parts = list(_split_pieces([text], val_fraction, len(text), at_line=at_line))
+    return "".join(t for p, t in parts if p == 0), "".join(t for p, t in parts if p == 1)
+
+
+def _split_pieces(
+    pieces: Iterable[str], val_fraction: float, n_chars: int, *, at_line: bool
+) -> Iterator[tuple[int, str]]:
+    """(0, text) for the training head, then (1, text) for the validation tail, piece by piece:
+    split_text for text that comes in pieces."""
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     if val_fraction == 0:
-        return text, ""
-    cut = int(len(text) * (1.0 - val_fraction))
-    newline = text.find("\n", cut, cut + 10_000) if at_line else -1
-    if newline >= 0:
-        cut = newline + 1
-    return text[:cut], text[cut:]
+        yield from ((0, p) for p in pieces)
+        return
+    cut = int(n_chars * (1.0 - val_fraction))
+    pos = 0
+    state, held = "head", ""  # head → (search: holding the text from the cut on) → tail
+    for piece in pieces:
+        if state == "tail":
+            yield 1, piece
+            continue
+        if state == "head":
+            if pos + len(piece) <= cut:
+                yield 0, piece
+                pos += len(piece)
+                continue
+            yield 0, piece[: cut - pos]
+            state, piece = "search", piece[cut - pos :]
+        held += piece
+        newline = held.find("\n", 0, _LINE_SEARCH) if at_line else -1
+        if newline >= 0:
+            yield 0, held[: newline + 1]
+            yield 1, held[newline + 1 :]
+            state = "tail"
+        elif not at_line or len(held) >= _LINE_SEARCH:
+            yield 1, held
+            state = "tail"
+    if state == "search" and held:
+        yield 1, held  # the text ended before a newline: the cut stays where it was
 
 
-def spelled_chars(tokenizer: AnyTokenizer, text: str, ids: np.ndarray) -> int:
-    """Characters of `text` covered by the predicted tokens: all but the first token's."""
-    if len(ids) < 2:
-        return 0
-    if tokenizer.kind == "char":
-        return len(ids) - 1  # one character per token (skipped unknown characters excluded)
-    return len(text) - len(tokenizer.decode(ids[:1]))
+def _safe_pieces(pieces: Iterable[str], kind: str) -> Iterator[str]:
+    """Re-cut pieces so every cut falls where the word and BPE pre-tokenizers split anyway
+    (the encodings of the pieces then join into the encoding of the whole); chars cut
+    anywhere."""
+    if kind == "char":
+        yield from pieces
+        return
+    carry = ""
+    for piece in pieces:
+        text = carry + piece
+        cut = safe_cut(text)
+        if cut <= 0:
+            carry = text
+            continue
+        yield from split_for_encoding(text[:cut])  # ~1 MB pieces let Rust use every core
+        carry = text[cut:]
+    if carry:
+        yield from split_for_encoding(carry)
+
+
+def _survey(pieces: Iterable[str]) -> tuple[str, int]:
+    """One pass: the content hash and the length in characters."""
+    h = hashlib.sha256()
+    n = 0
+    anything = False
+    for piece in pieces:
+        h.update(piece.encode("utf-8"))
+        n += len(piece)
+        anything = anything or not piece.isspace()
+    if not anything:
+        raise CorpusError("the corpus is empty (nothing but whitespace)")
+    return h.hexdigest()[:16], n
+
+
+def fingerprint_of(pieces: Iterable[str]) -> str:
+    """The corpus fingerprint (as `Corpus.fingerprint`) of text that comes in pieces."""
+    return _survey(pieces)[0]
+
+
+def _key(settings: dict[str, object], fingerprint: str) -> str:
+    payload = json.dumps({**settings, "corpus": fingerprint}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
 def tokenize_corpus(
-    text: str,
-    fingerprint: str,
+    corpus: str | Iterable[str],
+    fingerprint: str | None = None,
     *,
     kind: str,
     vocab_size: int | None,
     min_frequency: int | None,
     val_fraction: float,
     cache_dir: Path | None,
+    signature: list[object] | None = None,
 ) -> TokenizedCorpus:
-    """Tokenize a corpus for training, through the cache when `cache_dir` is given."""
-    settings = {"format": CACHE_FORMAT, "corpus": fingerprint, "kind": kind,
-                "vocab_size": vocab_size, "min_frequency": min_frequency,
-                "val_fraction": val_fraction}  # fmt: skip
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
-    use_cache = cache_dir is not None and len(text) >= MIN_CACHED_CHARS
+    """Tokenize a corpus for training, through the cache when `cache_dir` is given.
+
+    `corpus` is the text, or an iterable of its pieces that can be iterated more than once (a
+    `CorpusStream`). `fingerprint` None: computed from the text. `signature` (the sources'
+    paths, sizes and modification times, as `CorpusStream.signature`) lets a second run find
+    its cache entry without reading the corpus at all, as make trusts file times.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    pieces: Iterable[str] = [corpus] if isinstance(corpus, str) else corpus
+    settings = {"format": CACHE_FORMAT, "kind": kind, "vocab_size": vocab_size,
+                "min_frequency": min_frequency, "val_fraction": val_fraction}  # fmt: skip
+    if cache_dir is not None and signature is not None:
+        found = _read_by_signature(cache_dir, settings, signature)
+        if found is not None:
+            return found
+    if kind == "char":
+        result = _tokenize_chars(pieces, fingerprint, settings, cache_dir)
+    else:
+        result = _tokenize_learnt(pieces, fingerprint, settings, cache_dir)
+    if cache_dir is not None and signature is not None and result.path is not None:
+        _write_signature(cache_dir, settings, signature, result.path.stem)
+    return result
+
+
+def _tokenize_chars(
+    pieces: Iterable[str], fingerprint: str | None, settings: dict, cache_dir: Path | None
+) -> TokenizedCorpus:
+    """Characters in one pass: hash, number each new character as it first appears, and write
+    the ids as they come. Characters of the validation tail that never occur in training still
+    get an id; only a word vocabulary is learnt from the training part alone."""
+    numbering = _CharNumbering()
+    h = hashlib.sha256()
+    n, anything = 0, False
+    sink = _Sink(cache_dir, np.dtype(np.uint16))
+    try:
+        for piece in pieces:
+            h.update(piece.encode("utf-8"))
+            n += len(piece)
+            anything = anything or not piece.isspace()
+            sink.write(numbering.encode(piece))
+        if not anything:
+            raise CorpusError("the corpus is empty (nothing but whitespace)")
+        fingerprint = fingerprint or h.hexdigest()[:16]
+        key = _key(settings, fingerprint)
+        if sink.on_disk:
+            found = _read_cache(cache_dir, key)
+            if found is not None:  # made by an earlier run: keep that one
+                sink.abandon()
+                return found
+        ids, path = sink.finish(key)
+    except BaseException:
+        sink.abandon()
+        raise
+    fraction = float(settings["val_fraction"])
+    n_train = int(n * (1.0 - fraction)) if fraction > 0 else n  # the cut split_text makes
+    n_val = n - n_train
+    result = TokenizedCorpus(
+        CharTokenizer("".join(numbering.chars)), ids, n_train,
+        n_val - 1 if n_val >= 2 else 0,  # one character per token
+        False, fingerprint, n, path,
+    )  # fmt: skip
+    if path is not None:
+        _write_meta(path.parent, key, result)
+    return result
+
+
+class _CharNumbering:
+    """Numbers characters in the order they first appear; encode() gives a piece's ids."""
+
+    def __init__(self) -> None:
+        self.table = np.full(256, -1, dtype=np.int32)  # code point -> id
+        self.chars: list[str] = []
+
+    def encode(self, piece: str) -> np.ndarray:
+        points = code_points(piece)
+        if not len(points):
+            return np.zeros(0, dtype=np.uint16)
+        top = int(points.max())
+        if top >= len(self.table):
+            self.table = np.pad(self.table, (0, top + 1 - len(self.table)), constant_values=-1)
+        ids = self.table[points]
+        unseen = ids < 0
+        if unseen.any():
+            new, first = np.unique(points[unseen], return_index=True)
+            for point in new[np.argsort(first)]:  # in order of appearance
+                self.table[point] = len(self.chars)
+                self.chars.append(chr(point))
+            if len(self.chars) > 1 << 16:
+                raise DataError(
+                    f"the corpus holds more than {1 << 16:,} distinct characters; "
+                    "use --tokenizer bpe"
+                )
+            ids = self.table[points]
+        return ids.astype(np.uint16)
+
+
+def _tokenize_learnt(
+    pieces: Iterable[str], fingerprint: str | None, settings: dict, cache_dir: Path | None
+) -> TokenizedCorpus:
+    """Word and BPE: hash and measure, learn the vocabulary from the training part, encode."""
+    found_print, n_chars = _survey(pieces)
+    fingerprint = fingerprint or found_print
+    key = _key(settings, fingerprint)
+    use_cache = cache_dir is not None and n_chars >= MIN_CACHED_CHARS
     if use_cache:
         found = _read_cache(cache_dir, key)
         if found is not None:
             return found
-    train_text, val_text = split_text(text, val_fraction, at_line=kind != "char")
-    if kind == "char":
-        # Characters of the validation tail that never occur in training still get an id; only
-        # a word vocabulary is learnt from the training part alone.
-        tokenizer = train_tokenizer("char", text)
-    else:
-        tokenizer = train_tokenizer(
-            kind, train_text, vocab_size=vocab_size, min_frequency=min_frequency
-        )
-    mode = "token" if kind == "word" else "error"
-    train_ids = tokenizer.encode(train_text, on_unknown=mode) if train_text else _empty(tokenizer)
-    val_ids = tokenizer.encode(val_text, on_unknown=mode) if val_text else _empty(tokenizer)
-    result = TokenizedCorpus(
-        tokenizer=tokenizer,
-        ids=np.concatenate([train_ids, val_ids]),
-        n_train=len(train_ids),
-        val_chars=spelled_chars(tokenizer, val_text, val_ids),
-        cached=False,
+    kind = str(settings["kind"])
+    fraction = float(settings["val_fraction"])
+
+    def parts() -> Iterator[tuple[int, str]]:
+        return _split_pieces(pieces, fraction, n_chars, at_line=True)
+
+    train_part = (text for _, text in itertools.takewhile(lambda pair: pair[0] == 0, parts()))
+    tokenizer = train_tokenizer(
+        kind,
+        _safe_pieces(train_part, kind),
+        vocab_size=settings["vocab_size"],  # type: ignore[arg-type]
+        min_frequency=settings["min_frequency"],  # type: ignore[arg-type]
     )
-    if use_cache:
-        _write_cache(cache_dir, key, result)
+    mode = "token" if kind == "word" else "error"
+    sink = _Sink(cache_dir if use_cache else None, tokenizer.id_dtype, spill_at=0)
+    n_train = val_len = 0
+    first_val: np.ndarray | None = None
+    try:
+        for part, group in itertools.groupby(parts(), key=lambda pair: pair[0]):
+            for text in _safe_pieces((text for _, text in group), kind):
+                ids = tokenizer.encode(text, on_unknown=mode)
+                sink.write(ids)
+                if part == 0:
+                    n_train += len(ids)
+                else:
+                    val_len += len(text)
+                    if first_val is None and len(ids):
+                        first_val = ids[:1]
+        ids_all, path = sink.finish(key)
+    except BaseException:
+        sink.abandon()
+        raise
+    n_val = len(ids_all) - n_train
+    val_chars = 0
+    if n_val >= 2:
+        assert first_val is not None
+        val_chars = val_len - len(tokenizer.decode(first_val))
+    result = TokenizedCorpus(tokenizer, ids_all, n_train, val_chars, False, fingerprint, n_chars,
+                             path)  # fmt: skip
+    if path is not None:
+        _write_meta(path.parent, key, result)
     return result
 
 
-def _empty(tokenizer: AnyTokenizer) -> np.ndarray:
-    return np.zeros(0, dtype=tokenizer.id_dtype)
+class _Sink:
+    """Where ids go as they are made: memory, until there are `spill_at` of them and a cache
+    folder is given; from then on a temporary .npy file (header written last, when the length
+    is known), which finish() moves into the cache and maps back."""
+
+    def __init__(self, cache_dir: Path | None, dtype: np.dtype, spill_at: int | None = None):
+        self.cache_dir, self.dtype = cache_dir, np.dtype(dtype)
+        self.spill_at = MIN_CACHED_CHARS if spill_at is None else spill_at
+        self.parts: list[np.ndarray] = []
+        self.count = 0
+        self.file: BinaryIO | None = None
+        self.tmp: Path | None = None
+
+    @property
+    def on_disk(self) -> bool:
+        return self.file is not None
+
+    def write(self, ids: np.ndarray) -> None:
+        self.parts.append(ids)
+        self.count += len(ids)
+        if self.file is None and self.cache_dir is not None and self.count >= self.spill_at:
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                self.tmp = self.cache_dir / f".{uuid.uuid4().hex}.npy"
+                self.file = open(self.tmp, "wb")  # noqa: SIM115 (closed in finish or abandon)
+                self.file.write(b"\0" * _HEADER)
+            except OSError:
+                self.cache_dir = None  # a cache that cannot be written only costs time next run
+        if self.file is not None:
+            try:
+                for part in self.parts:
+                    self.file.write(np.ascontiguousarray(part, dtype=self.dtype).tobytes())
+            except OSError as e:  # a full disk: say so in one line, leave no half file
+                where = str(self.tmp)
+                raise DataError(
+                    f"cannot write the token cache {where!r}: {e.strerror or e}"
+                ) from None
+            self.parts.clear()
+
+    def finish(self, key: str) -> tuple[np.ndarray, Path | None]:
+        if self.file is None:
+            joined = np.concatenate(self.parts) if self.parts else np.zeros(0, self.dtype)
+            return joined.astype(self.dtype, copy=False), None
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header,
+            {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+             "shape": (self.count,)},
+        )  # fmt: skip
+        if len(header.getvalue()) != _HEADER:
+            raise RuntimeError("unexpected .npy header size")  # numpy pads 1-D headers to 128
+        self.file.seek(0)
+        self.file.write(header.getvalue())
+        self.file.close()
+        assert self.tmp is not None and self.cache_dir is not None
+        path = self.cache_dir / f"{key}.npy"
+        os.replace(self.tmp, path)
+        return np.load(path, mmap_mode="r"), path
+
+    def abandon(self) -> None:
+        self.parts.clear()
+        if self.file is not None:
+            self.file.close()
+            if self.tmp is not None:
+                self.tmp.unlink(missing_ok=True)
+
+
+def _signature_path(cache_dir: Path, settings: dict, signature: list[object]) -> Path:
+    payload = json.dumps({"settings": settings, "sources": signature}, sort_keys=True)
+    return cache_dir / f"by-source-{hashlib.sha256(payload.encode()).hexdigest()[:20]}.txt"
+
+
+def _read_by_signature(
+    cache_dir: Path, settings: dict, signature: list[object]
+) -> TokenizedCorpus | None:
+    try:
+        key = _signature_path(cache_dir, settings, signature).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return _read_cache(cache_dir, key) if re.fullmatch(r"[0-9a-f]{20}", key) else None
+
+
+def _write_signature(cache_dir: Path, settings: dict, signature: list[object], key: str) -> None:
+    try:
+        path = _signature_path(cache_dir, settings, signature)
+        tmp = path.with_name(f".{uuid.uuid4().hex}.txt")
+        tmp.write_text(key, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def _read_cache(cache_dir: Path, key: str) -> TokenizedCorpus | None:
@@ -120,22 +419,31 @@ def _read_cache(cache_dir: Path, key: str) -> TokenizedCorpus | None:
         tokenizer = tokenizer_from_dict(meta["tokenizer"])
         if len(ids) != meta["tokens"]:
             return None
+        return TokenizedCorpus(
+            tokenizer, ids, meta["n_train"], meta["val_chars"], True,
+            meta["fingerprint"], meta["chars"], ids_path,
+        )  # fmt: skip
     except (OSError, ValueError, KeyError):
         return None  # missing or damaged: tokenize again
-    return TokenizedCorpus(tokenizer, ids, meta["n_train"], meta["val_chars"], cached=True)
 
 
-def _write_cache(cache_dir: Path, key: str, t: TokenizedCorpus) -> None:
-    """Ids first, then the metadata that vouches for them; each written whole or not at all."""
+def _write_meta(cache_dir: Path, key: str, t: TokenizedCorpus) -> None:
+    """The metadata that vouches for the ids file (written first), whole or not at all."""
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / f".{key}.{os.getpid()}.npy"
-        np.save(tmp, t.ids)
-        os.replace(tmp, cache_dir / f"{key}.npy")
         meta = {"tokenizer": t.tokenizer.to_dict(), "n_train": t.n_train,
-                "val_chars": t.val_chars, "tokens": len(t.ids)}  # fmt: skip
-        tmp_meta = cache_dir / f".{key}.{os.getpid()}.json"
+                "val_chars": t.val_chars, "tokens": len(t.ids),
+                "fingerprint": t.fingerprint, "chars": t.chars}  # fmt: skip
+        tmp_meta = cache_dir / f".{uuid.uuid4().hex}.json"
         tmp_meta.write_text(json.dumps(meta), encoding="utf-8")
         os.replace(tmp_meta, cache_dir / f"{key}.json")
     except OSError:
         pass  # a cache that cannot be written only costs time next run
+
+
+def spelled_chars(tokenizer: AnyTokenizer, text: str, ids: np.ndarray) -> int:
+    """Characters of `text` covered by the predicted tokens: all but the first token's."""
+    if len(ids) < 2:
+        return 0
+    if tokenizer.kind == "char":
+        return len(ids) - 1  # one character per token (skipped unknown characters excluded)
+    return len(text) - len(tokenizer.decode(ids[:1]))

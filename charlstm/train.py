@@ -24,7 +24,6 @@ from charlstm.data import (
     StreamLayout,
     epoch_offset,
     fit_layout,
-    stream_matrix,
     window_batch,
 )
 from charlstm.device import autocast, grad_scaler
@@ -49,6 +48,7 @@ class Position:
     window: int = 0  # next window of the current epoch
     tokens_seen: int = 0
     elapsed: float = 0.0  # seconds of training so far, over all sessions
+    train_seconds: float = 0.0  # of which in training steps (not validating): for tokens/s
     best_val_loss: float = math.inf
 
 
@@ -202,7 +202,7 @@ def fit(
     )
 
     model.train()
-    streams = None
+    offset: int | None = None
     last_eval_step = pos.step
     last_eval_decile = int(progress_of(cfg, pos, layout) * 10)
     last_eval_at, last_eval_cost = pos.elapsed, 0.0
@@ -212,12 +212,13 @@ def fit(
     loss_value = math.nan
 
     while progress_of(cfg, pos, layout) < 1.0:
-        if streams is None or pos.window == 0:
+        step_start = time.perf_counter()
+        if offset is None or pos.window == 0:
             offset = epoch_offset(cfg.seed, pos.epoch, layout, len(run.train_ids))
-            streams = stream_matrix(run.train_ids, layout, offset)[rows].to(device)
             if pos.window == 0:
                 run.rnn_state = None  # streams jumped back to their starts: forget
-        x, y = window_batch(streams, layout, pos.window)
+        x, y = window_batch(run.train_ids, layout, offset, pos.window, rows)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if run.rnn_state is not None and cfg.state_reset > 0:
             run.rnn_state = _reset_some(run.rnn_state, cfg, pos.step, layout.batch_size, rows)
         lr = learning_rate(cfg, pos.step, progress_of(cfg, pos, layout))
@@ -287,6 +288,7 @@ def fit(
             )
             window_start, window_tokens = now, 0
 
+        pos.train_seconds += time.perf_counter() - step_start
         decile = int(progress * 10)
         # On multiples of eval_every (not "since the last"), so a resumed run validates at the
         # same steps as an uninterrupted one.
@@ -314,6 +316,8 @@ def fit(
         "epochs": pos.epoch + pos.window / layout.windows_per_epoch,
         "tokens_seen": pos.tokens_seen,
         "elapsed": pos.elapsed,
+        # Over training steps alone: validations count against the budget, not here.
+        "tokens_per_s": pos.tokens_seen / pos.train_seconds if pos.train_seconds > 0 else None,
         "parameters": model.num_parameters(),
         "best_val_loss": best,
         "best_val_bpc": best_record["val_bpc"] if best_record else None,

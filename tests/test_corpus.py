@@ -357,3 +357,37 @@ def test_builtin_python_real(tmp_path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert len(text) > 1_000_000
     assert "def dumps(" in text and "class Path(" in text
+
+
+# --- reading a piece at a time -------------------------------------------------------------------
+
+
+def test_stream_in_tiny_pieces_equals_the_whole_text(tmp_path: Path) -> None:
+    # BOMs, "\r\n" and multi-byte characters all fall across piece boundaries at 1-5 bytes.
+    write(tmp_path / "d" / "a.txt", "\ufeffline one\r\nline two\r\r\n日本語 café 🙂\r")
+    write(tmp_path / "d" / "b.txt", "no newline at the end")
+    write(tmp_path / "d" / "c.bin", b"\x00binary")
+    write(tmp_path / "e.txt", "\r\n\r\nlast\r\n")
+    args = [str(tmp_path / "d"), str(tmp_path / "e.txt")]
+    whole = load_corpus(args, cache_dir=tmp_path / "cache")
+    for size in (1, 2, 3, 5, 1 << 20):
+        stream = corpus.CorpusStream(args, cache_dir=tmp_path / "cache", chunk_bytes=size)
+        pieces = list(stream)
+        assert "".join(pieces) == whole.text
+        assert stream.sources == whole.sources
+        assert list(stream) == pieces  # read again from disk, the same
+    assert whole.text == "line one\nline two\r\n日本語 café 🙂\r\nno newline at the end\n\n\nlast\n"
+
+
+def test_stream_names_the_byte_of_a_decoding_error_in_a_later_piece(tmp_path: Path) -> None:
+    f = write(tmp_path / "a.txt", b"abcdefgh\xc3\xa9ij\xffk")  # \xff is byte 12
+    for size in (1, 3, 4, 100):
+        with pytest.raises(CorpusError) as e:
+            list(corpus.CorpusStream([str(f)], cache_dir=tmp_path, chunk_bytes=size))
+        assert str(e.value).startswith(f"'{f}' is not valid utf-8 at byte 12;")
+
+
+def test_stream_size_is_known_before_reading(tmp_path: Path) -> None:
+    a = write(tmp_path / "a.txt", "12345")
+    stream = corpus.CorpusStream([str(a), "-"], cache_dir=tmp_path, stdin=io.BytesIO(b"xyz"))
+    assert stream.size_bytes == 8

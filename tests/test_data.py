@@ -5,10 +5,10 @@ import torch
 from charlstm.data import (
     DataError,
     epoch_offset,
-    eval_streams,
+    eval_layout,
+    eval_window,
     fit_layout,
     split_ids,
-    stream_matrix,
     window_batch,
 )
 
@@ -23,9 +23,8 @@ def test_windows_continue_each_stream():
     ids = np.arange(1000)
     layout, notes = fit_layout(len(ids), batch_size=4, window=10)
     assert not notes
-    streams = stream_matrix(ids, layout, offset=0)
-    x0, y0 = window_batch(streams, layout, 0)
-    x1, _ = window_batch(streams, layout, 1)
+    x0, y0 = window_batch(ids, layout, 0, 0)
+    x1, _ = window_batch(ids, layout, 0, 1)
     assert x0.shape == (4, 10)
     assert torch.equal(y0[:, :-1], x0[:, 1:])  # targets are inputs shifted by one
     assert torch.equal(x1[:, 0], x0[:, -1] + 1)  # row b of window 1 continues row b of window 0
@@ -45,13 +44,24 @@ def test_epoch_offset_is_deterministic_and_in_range():
     offsets = [epoch_offset(7, e, layout, 10_000) for e in range(1, 20)]
     assert offsets == [epoch_offset(7, e, layout, 10_000) for e in range(1, 20)]
     assert len(set(offsets)) > 1 and all(0 <= o <= 16 for o in offsets)
-    stream_matrix(np.arange(10_000), layout, max(offsets))  # stays in range
+    ids = np.arange(10_000)
+    last = layout.windows_per_epoch - 1
+    x, y = window_batch(ids, layout, max(offsets), last)  # stays in range
+    assert int(y.max()) < len(ids)
+    x_rows, _ = window_batch(ids, layout, max(offsets), last, slice(2, 4))  # one rank's rows
+    assert torch.equal(x_rows, x[2:4])
 
 
 @pytest.mark.parametrize("n,s", [(2, 1), (10, 3), (101, 7), (64, 64), (5, 100)])
 def test_eval_streams_predict_every_token_once(n, s):
     ids = np.arange(n)
-    x, y = eval_streams(ids, s)
+    layout = eval_layout(n, s)
+    windows = [eval_window(ids, layout, start, 3) for start in range(0, layout[1], 3)]
+    x = torch.cat([w[0] for w in windows], dim=1)
+    y = torch.cat([w[1] for w in windows], dim=1)
+    assert x.shape == y.shape == layout
+    half = slice(0, (layout[0] + 1) // 2)  # one rank's streams
+    assert torch.equal(eval_window(ids, layout, 0, 3, half)[1], windows[0][1][half])
     valid = y != -100
     assert int(valid.sum()) == n - 1
     assert sorted(y[valid].tolist()) == list(range(1, n))

@@ -19,6 +19,26 @@ def test_evaluation_equals_one_full_forward_pass():
     assert exact.tokens == 699
     assert exact.loss == pytest.approx(float(direct.mean()), abs=1e-6)
     assert np.allclose(token_losses(model, ids, window=50), direct.numpy(), atol=1e-5)
-    # Parallel streams restart from zero state only at their starts: nearly the same figure.
-    assert evaluate_ids(model, ids, streams=8).loss == pytest.approx(exact.loss, abs=0.05)
+    # Parallel streams warm their state on the text before their starts: the same figure.
+    assert evaluate_ids(model, ids, streams=8, window=16).loss == pytest.approx(
+        exact.loss, abs=1e-4
+    )
     assert model.training is False
+
+
+def test_warm_up_makes_parallel_streams_match_one_pass():
+    from charlstm.evaluate import loss_total
+
+    torch.manual_seed(1)
+    model = LanguageModel(ModelConfig(vocab_size=9, hidden_size=32, num_layers=2)).eval()
+    ids = np.random.default_rng(1).integers(0, 9, size=3000).astype(np.uint16)
+    exact = loss_total(model, ids, streams=1)
+    cold = loss_total(model, ids, streams=32, warmup=0)
+    warm = loss_total(model, ids, streams=32, window=20, warmup=64)
+    assert abs(warm - exact) < abs(cold - exact) / 10
+    assert warm == pytest.approx(exact, rel=1e-5)
+    # Split among ranks, the streams add up to the same total (stream 0 is in the first part).
+    halves = [loss_total(model, ids, streams=32, window=20, warmup=64,
+                         part=lambda s, k=k: slice(k * s // 2, (k + 1) * s // 2))
+              for k in (0, 1)]  # fmt: skip
+    assert sum(halves) == pytest.approx(warm, rel=1e-9)

@@ -57,10 +57,11 @@ def test_second_run_reads_the_cache_and_a_damaged_cache_is_rebuilt(tmp_path):
     assert first.tokenizer.fingerprint() == again.tokenizer.fingerprint()
     other = tokenize_corpus(text, "abc", **{**kw, "kind": "bpe"})
     assert not other.cached  # the key holds the tokenizer settings, not just the corpus
+    expected = np.array(first.ids)  # a copy: the ids are mapped from the file damaged below
     for npy in tmp_path.glob("*.npy"):
         npy.write_bytes(npy.read_bytes()[:100])  # damaged
     rebuilt = tokenize_corpus(text, "abc", **kw)
-    assert not rebuilt.cached and np.array_equal(rebuilt.ids, first.ids)
+    assert not rebuilt.cached and np.array_equal(rebuilt.ids, expected)
 
 
 @pytest.fixture
@@ -169,3 +170,74 @@ def test_adaptive_softmax_loss_path_matches_its_full_distribution():
     assert len(out) == 5 and all(0 <= int(t[0]) < 300 for t in out)
     with pytest.raises(ValueError, match="tie-weights"):
         ModelConfig(vocab_size=300, softmax_cutoffs=[50], tie_weights=True)
+
+
+@pytest.mark.parametrize("kind", ["char", "word", "bpe"])
+@pytest.mark.parametrize("cached", [False, True])
+def test_tokenizing_in_pieces_equals_tokenizing_the_whole(kind, cached, tmp_path, monkeypatch):
+    import charlstm.tokens as tokens
+
+    # Pieces cut anywhere, even inside words and at the validation cut; the cache path writes
+    # the ids straight to its .npy file as they come.
+    monkeypatch.setattr(tokens, "MIN_CACHED_CHARS", 1 if cached else 10**9)
+    text = PLAY * 3
+    cuts = [0, 1, 7, 500, 501, len(text) // 2, int(len(text) * 0.8) + 3, len(text) - 5, len(text)]
+    pieces = [text[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+    kw = {"kind": kind, "vocab_size": None if kind == "char" else 300, "min_frequency": None,
+          "val_fraction": 0.2}  # fmt: skip
+    whole = tokenize_corpus(text, cache_dir=None, **kw)
+    parts = tokenize_corpus(pieces, cache_dir=tmp_path / "c" if cached else None, **kw)
+    assert parts.tokenizer.fingerprint() == whole.tokenizer.fingerprint()
+    assert np.array_equal(np.asarray(parts.ids), whole.ids)
+    assert (parts.n_train, parts.val_chars, parts.chars) == (whole.n_train, whole.val_chars,
+                                                              len(text))  # fmt: skip
+    assert parts.fingerprint == whole.fingerprint  # of the content, however it was cut
+    assert (parts.path is not None) == cached
+    if cached:
+        assert isinstance(parts.ids, np.memmap)
+        again = tokenize_corpus(pieces, cache_dir=tmp_path / "c", **kw)
+        assert again.cached and np.array_equal(np.asarray(again.ids), whole.ids)
+
+
+def test_split_in_pieces_looks_for_the_line_end_across_pieces():
+    from charlstm.tokens import _split_pieces
+
+    text = "a" * 100 + "b" * 30 + "\n" + "tail\n"
+    for step in (1, 3, 17, 1000):
+        pieces = [text[i : i + step] for i in range(0, len(text), step)]
+        parts = list(_split_pieces(pieces, 0.5, len(text), at_line=True))
+        head = "".join(t for p, t in parts if p == 0)
+        assert (head, "".join(t for p, t in parts if p == 1)) == split_text(text, 0.5, at_line=True)
+        assert head.endswith("\n") and [p for p, _ in parts] == sorted(p for p, _ in parts)
+
+
+def test_unchanged_files_are_found_in_the_cache_without_reading_them(tmp_path, monkeypatch):
+    import os
+
+    import charlstm.tokens as tokens
+    from charlstm.corpus import CorpusStream
+
+    monkeypatch.setattr(tokens, "MIN_CACHED_CHARS", 1)
+    f = tmp_path / "a.txt"
+    f.write_text(PLAY)
+    kw = {"kind": "char", "vocab_size": None, "min_frequency": None, "val_fraction": 0.1,
+          "cache_dir": tmp_path / "cache"}  # fmt: skip
+
+    def run(pieces) -> tokens.TokenizedCorpus:
+        stream = CorpusStream([str(f)], cache_dir=tmp_path)
+        return tokenize_corpus(pieces or stream, signature=stream.signature(), **kw)
+
+    first = run(None)
+    assert not first.cached and first.path is not None
+
+    class Unread(list):
+        def __iter__(self):
+            raise AssertionError("the corpus was read")
+
+    again = run(Unread())
+    assert again.cached and np.array_equal(np.asarray(again.ids), np.asarray(first.ids))
+    assert again.fingerprint == first.fingerprint
+    f.write_text(PLAY.replace("ROMEO", "romeo"))
+    os.utime(f, ns=(1, 1))  # a new time: the signature no longer matches
+    changed = run(None)
+    assert not changed.cached and changed.fingerprint != first.fingerprint
