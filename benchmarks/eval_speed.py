@@ -4,9 +4,10 @@
     python benchmarks/eval_speed.py --model checkpoints/RUN --repeats 3
 
 Runs `charlstm evaluate` in fresh processes on the first 1,000,000 characters of
-tiny-shakespeare, alternating `--streams 1` and `--streams S`, and reports the median seconds,
-the ratio, and how far apart the two losses are (the parallel streams warm their state on the
-text before their starts, so the figure should match the single pass). The model should be
+tiny-shakespeare, alternating `--streams 1`, `--streams S` and (on a CPU with bf16 instructions)
+`--streams S --precision bf16`, and reports the median seconds, the speed-ups, and how far each
+loss is from the single pass's (the parallel streams warm their state on the text before their
+starts, so the figure should match). The model should be
 trained: an untrained one forgets its context at once, which would flatter the agreement.
 Use an otherwise idle machine.
 """
@@ -22,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from charlstm.device import cpu_has_bf16
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CORPUS = HERE.parent.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -60,21 +63,26 @@ def main() -> None:
         text.write_text(args.corpus.read_text(encoding="utf-8")[: args.chars], encoding="utf-8")
         print(f"{platform.machine()}, {os.cpu_count()} cores; `charlstm evaluate` on "
               f"{args.chars:,} characters; median of {args.repeats}")  # fmt: skip
-        seconds: dict[int, list[float]] = {1: [], args.streams: []}
-        losses: dict[int, float] = {}
+        runs = [(1, "fp32"), (args.streams, "fp32")]
+        if cpu_has_bf16():  # bf16 only where the CPU has the instructions for it
+            runs.append((args.streams, "bf16"))
+        seconds: dict[tuple[int, str], list[float]] = {run: [] for run in runs}
+        losses: dict[tuple[int, str], float] = {}
         for _ in range(args.repeats):
-            for streams in seconds:
+            for streams, precision in runs:
                 r = charlstm("evaluate", str(text), "-m", str(model), "--streams", str(streams),
-                             cwd=work)  # fmt: skip
-                seconds[streams].append(r["seconds"])
-                losses[streams] = r["loss"]
-        one, many = statistics.median(seconds[1]), statistics.median(seconds[args.streams])
-        print("| streams | seconds | chars/s | loss (nats/char) |")
-        print("|---|---|---|---|")
-        for streams, t in ((1, one), (args.streams, many)):
-            print(f"| {streams} | {t:.2f} | {args.chars / t:,.0f} | {losses[streams]:.6f} |")
-        diff = abs(losses[args.streams] - losses[1])
-        print(f"speed-up {one / many:.1f}×; losses differ by {diff:.1e} nats/char")
+                             "--precision", precision, cwd=work)  # fmt: skip
+                seconds[streams, precision].append(r["seconds"])
+                losses[streams, precision] = r["loss"]
+        base = statistics.median(seconds[runs[0]])
+        print("| streams | precision | seconds | chars/s | speed-up | loss (nats/char) | "
+              "difference |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
+        for run in runs:
+            t = statistics.median(seconds[run])
+            diff = losses[run] - losses[runs[0]]
+            print(f"| {run[0]} | {run[1]} | {t:.2f} | {args.chars / t:,.0f} | {base / t:.1f}× | "
+                  f"{losses[run]:.6f} | {diff:+.1e} |")  # fmt: skip
 
 
 if __name__ == "__main__":

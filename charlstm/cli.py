@@ -259,6 +259,13 @@ def train(
             "(0 = all of it), so a big corpus does not spend hours validating."
         ),
     ] = TrainConfig.val_tokens,
+    patience: Annotated[
+        int,
+        typer.Option(
+            help="Stop early after this many validations in a row without a new best "
+            "(0 = never); best.pt keeps the best model."
+        ),
+    ] = TrainConfig.patience,
     state_reset: Annotated[
         float,
         typer.Option(
@@ -330,6 +337,9 @@ def train(
         _fail(f"--clip must be positive, got {clip}", EXIT_USAGE)
     if not 0 <= state_reset <= 1:
         _fail(f"--state-reset must be a probability in [0, 1], got {state_reset}", EXIT_USAGE)
+    for flag, value in (("--patience", patience), ("--val-tokens", val_tokens)):
+        if value < 0:
+            _fail(f"{flag} must be 0 (off) or more, got {value}", EXIT_USAGE)
     if optimizer not in ("adamw", "sgd"):
         _fail(f"--optimizer must be adamw or sgd; got {optimizer!r}", EXIT_USAGE)
     if softmax not in ("full", "adaptive"):
@@ -393,6 +403,7 @@ def train(
             batch_size=batch_size, window=window, lr=lr, min_lr_ratio=min_lr_ratio,
             warmup_steps=warmup, weight_decay=weight_decay, clip=clip, optimizer=optimizer,
             val_fraction=val_fraction, eval_every=eval_every, val_tokens=val_tokens,
+            patience=patience,
             state_reset=state_reset,
             seed=seed, **stop_kwargs,
         )  # fmt: skip
@@ -515,8 +526,6 @@ def _validation_part(
 ) -> tuple[Any, int]:
     """The validation ids training scores (at most `limit` from the start; 0 = all), and the
     characters their predicted tokens spell."""
-    if limit < 0:
-        _fail(f"--val-tokens must be 0 (all) or more, got {limit}", EXIT_USAGE)
     if not limit or len(val_ids) <= limit:
         return val_ids, val_chars
     err.print(f"validating on the first {limit:,} of {len(val_ids):,} validation tokens "
@@ -815,8 +824,8 @@ def sample(
     ] = "error",
     threads: Annotated[
         int,
-        typer.Option(help="CPU threads; one step at batch 1 is memory-bound, so 1 is fastest."),
-    ] = 1,
+        typer.Option(help="CPU threads; 0 = all cores (fastest here even for one sample)."),
+    ] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
     """Stream generated text to stdout, one token at a time."""
@@ -978,6 +987,21 @@ def evaluate(
             "predicted.",
         ),
     ] = False,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="fp32 (exact), or bf16: about twice as fast on a GPU or a CPU with bf16 "
+            "instructions, the loss within ~1e-4 of fp32's (BENCHMARKS.md)."
+        ),
+    ] = "fp32",
+    reset_every: Annotated[
+        int,
+        typer.Option(
+            help="Score the text in blocks of this many tokens, each from a zero state, so a "
+            "prediction sees at most that much context (64: what nanoGPT's CPU recipe sees). "
+            "0 = carry the state through the text.",
+        ),
+    ] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads; 0 = all cores.")] = 0,
     device: DeviceOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
@@ -986,14 +1010,21 @@ def evaluate(
     err = _err_console(quiet)
     if streams < 1:
         _fail(f"--streams must be at least 1, got {streams}", EXIT_USAGE)
+    if reset_every < 0:
+        _fail(f"--reset-every must be 0 (never) or more, got {reset_every}", EXIT_USAGE)
+    if reset_every and per_line:
+        _fail("--per-line scores one pass carrying the state; drop --reset-every", EXIT_USAGE)
     import numpy as np
 
-    from charlstm.device import resolve_device
+    from charlstm.device import autocast, check_precision, resolve_device
     from charlstm.evaluate import evaluate_ids
     from charlstm.tokens import spelled_chars
 
     _set_threads(threads)
-    target = resolve_device(device)  # full fp32 (no TF32): evaluation figures are exact
+    target = resolve_device(device)  # full fp32 (no TF32) unless asked: figures are exact
+    check_precision(precision, target)
+    if precision == "fp16":
+        _fail("evaluate takes --precision fp32 or bf16", EXIT_USAGE)
     net, tokenizer, ckpt = _load_model(model, err)
     net.to(target)
     body, _ = _read_corpus(text, encoding, errors, err)
@@ -1027,10 +1058,12 @@ def evaluate(
         _write_stdout("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         err.print(f"{len(ids) / (time.perf_counter() - t0):,.0f} tokens/s", style="dim")
         return
-    with err.status(f"evaluating {len(ids):,} tokens…"):
-        result = evaluate_ids(net, ids, streams=streams, chars=spelled_chars(tokenizer, body, ids))
+    chars = spelled_chars(tokenizer, body, ids)
+    with err.status(f"evaluating {len(ids):,} tokens…"), autocast(target, precision):
+        result = evaluate_ids(net, ids, streams=streams, chars=chars, block=reset_every)
     seconds = time.perf_counter() - t0
-    out = {**result.to_dict(), "seconds": round(seconds, 3), "streams": streams}
+    out = {**result.to_dict(), "seconds": round(seconds, 3), "streams": streams,
+           "reset_every": reset_every, "precision": precision}  # fmt: skip
     if json_out:
         _write_stdout(json.dumps(out) + "\n")
     else:

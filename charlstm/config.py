@@ -79,6 +79,7 @@ class TrainConfig:
     # Validate on at most this many tokens from the start of the split (0 = all): the 10% tail
     # of a 2 GB corpus would take hours to score on a CPU, every time.
     val_tokens: int = 1_000_000
+    patience: int = 0  # stop after this many validations without a new best (0 = never)
     eval_streams: int = 64  # parallel streams for validation (each carries its state)
     # Chance per window that a stream forgets its state: a model that only ever continues a
     # carried state is lost for its first characters from a zero state (a prime, a new stream).

@@ -93,13 +93,16 @@ def window_batch(
     return chunk[:, :-1], chunk[:, 1:]
 
 
-def eval_layout(n_tokens: int, n_streams: int) -> tuple[int, int]:
+def eval_layout(n_tokens: int, n_streams: int, length: int = 0) -> tuple[int, int]:
     """Cut a text of n_tokens into S contiguous streams that together predict every token
     exactly once: returns (S, L), L predictions per stream (the last stream may run short).
-    Each stream starts from a zero state; S = 1 is the exact single pass."""
+    Each stream starts from a zero state; S = 1 is the exact single pass. With `length`, the
+    streams are blocks of that many predictions, as many as it takes."""
     n_targets = n_tokens - 1
     if n_targets < 1:
         raise DataError("the text is too short to evaluate: it needs at least 2 tokens")
+    if length:
+        return -(-n_targets // length), length
     s = max(1, min(n_streams, n_targets))
     return s, -(-n_targets // s)  # ceil
 

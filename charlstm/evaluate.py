@@ -53,19 +53,21 @@ def _window_losses(
     window: int,
     part: Rows | None = None,
     warmup: int = WARMUP,
+    block: int = 0,
 ) -> Iterator[torch.Tensor]:
     """The loss (nats) of every prediction, window by window over S streams carrying state:
     yields (S, T) float64 tensors, 0 at padded positions. The model is in eval mode meanwhile.
 
     Streams after the first read the `warmup` tokens before their start unscored, so that their
-    state, like a single pass's, already holds context when scoring begins."""
-    layout = eval_layout(len(ids), streams)  # (S, L)
+    state, like a single pass's, already holds context when scoring begins. With `block`, the
+    streams are blocks of that many predictions, each from a zero state (no warm-up)."""
+    layout = eval_layout(len(ids), streams, block)  # (S, L)
     rows = part(layout[0]) if part is not None else slice(None)
     mine = range(layout[0])[rows]
     if len(mine) == 0:  # fewer streams than ranks: nothing for this one
         return
     n_rows = len(mine)
-    warm = min(warmup, layout[1]) if layout[0] > 1 else 0
+    warm = min(warmup, layout[1]) if layout[0] > 1 and not block else 0
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -96,9 +98,11 @@ def evaluate_ids(
     streams: int = 32,
     window: int = 256,
     chars: int | None = None,
+    block: int = 0,
 ) -> EvalResult:
-    """Exact mean cross-entropy over all next-token predictions of `ids`."""
-    total = loss_total(model, ids, streams=streams, window=window)
+    """Exact mean cross-entropy over all next-token predictions of `ids`; with `block`, each
+    block of that many predictions starts from a zero state (a context of at most `block`)."""
+    total = loss_total(model, ids, streams=streams, window=window, block=block)
     n = len(ids) - 1
     return EvalResult(loss=total / n, tokens=n, chars=n if chars is None else chars)
 
@@ -111,9 +115,10 @@ def loss_total(
     window: int = 256,
     part: Rows | None = None,
     warmup: int = WARMUP,
+    block: int = 0,
 ) -> float:
     """The summed loss (nats) of the predictions in the streams `part` selects (all: None)."""
-    losses = _window_losses(model, ids, streams, window, part, warmup)
+    losses = _window_losses(model, ids, streams, window, part, warmup, block)
     return sum(float(loss.sum()) for loss in losses)
 
 

@@ -304,6 +304,10 @@ def fit(
             last_eval_step, last_eval_decile, last_eval_at = pos.step, decile, pos.elapsed
             # Validation time counts against the budget but not against tokens/s.
             window_start, window_tokens = time.perf_counter(), 0
+            # Every rank holds the same summed figures, so all stop together.
+            if cfg.patience and stale_validations(run.metrics) >= cfg.patience:
+                stop_reason = f"no better validation in the last {cfg.patience} (--patience)"
+                break
 
     if pos.step > last_eval_step or not run.metrics:
         _validate(run, loss_value, report)
@@ -330,6 +334,14 @@ def fit(
             torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         ),
     }
+
+
+def stale_validations(metrics: list[dict[str, Any]]) -> int:
+    """How many validations have come since the best one (0: the last was the best)."""
+    scored = [m["val_loss"] for m in metrics if m.get("val_loss") is not None]
+    if not scored:
+        return 0
+    return len(scored) - 1 - scored.index(min(scored))
 
 
 def _validate(run: Run, train_loss: float, report: Report) -> float:

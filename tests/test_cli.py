@@ -39,6 +39,24 @@ def trained(tmp_path, play_file, monkeypatch) -> Path:
     return tmp_path / "checkpoints" / "r"
 
 
+def test_evaluate_with_short_context_and_in_bf16(trained, play_file):
+    from charlstm.device import cpu_has_bf16
+
+    full = json.loads(runner.invoke(app, ["evaluate", str(play_file), "--json"]).stdout)
+    short = runner.invoke(app, ["evaluate", str(play_file), "--json", "--reset-every", "8"])
+    assert short.exit_code == 0, short.stderr
+    data = json.loads(short.stdout)
+    assert data["tokens"] == full["tokens"] and data["reset_every"] == 8
+    assert data["loss"] > full["loss"]  # eight characters of context are worse than all of them
+    bf16 = runner.invoke(app, ["evaluate", str(play_file), "--json", "--precision", "bf16"])
+    if cpu_has_bf16():
+        assert json.loads(bf16.stdout)["loss"] == pytest.approx(full["loss"], abs=2e-3)
+    else:
+        assert bf16.exit_code == 1 and "bf16 instructions" in bf16.stderr
+    bad = runner.invoke(app, ["evaluate", str(play_file), "--reset-every", "-1"])
+    assert bad.exit_code == 2 and "--reset-every must be" in bad.stderr
+
+
 def test_train_sample_evaluate_info_through_clirunner(trained, play_file):
     assert {"best.pt", "last.pt", "metrics.jsonl", "tokens.npy"} <= {
         p.name for p in trained.iterdir()

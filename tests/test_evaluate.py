@@ -42,3 +42,18 @@ def test_warm_up_makes_parallel_streams_match_one_pass():
                          part=lambda s, k=k: slice(k * s // 2, (k + 1) * s // 2))
               for k in (0, 1)]  # fmt: skip
     assert sum(halves) == pytest.approx(warm, rel=1e-9)
+
+
+def test_blocks_each_start_from_nothing():
+    torch.manual_seed(2)
+    model = LanguageModel(ModelConfig(vocab_size=9, hidden_size=16, num_layers=1)).eval()
+    ids = np.random.default_rng(2).integers(0, 9, size=200).astype(np.uint16)
+    blocks = evaluate_ids(model, ids, block=64)
+    seq = torch.from_numpy(ids.astype(np.int64))
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, 199, 64):  # each block alone, from a zero state
+            x, y = seq[start : start + 64], seq[start + 1 : start + 65]
+            logits, _ = model(x[None, : len(y)])
+            total += float(F.cross_entropy(logits[0], y, reduction="sum"))
+    assert blocks.tokens == 199 and blocks.loss == pytest.approx(total / 199, rel=1e-6)

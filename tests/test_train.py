@@ -101,3 +101,21 @@ def test_sgd_optimizer_trains(tmp_path):
     assert isinstance(run.optimizer, torch.optim.SGD)
     first, last = run.metrics[0]["val_loss"], run.metrics[-1]["val_loss"]
     assert last < first < math.log(run.model_cfg.vocab_size)
+
+
+def test_patience_stops_when_validation_stops_improving(tmp_path):
+    from charlstm.train import stale_validations
+
+    assert stale_validations([]) == 0
+    assert stale_validations([{"val_loss": v} for v in (3.0, 2.0, 2.5, 2.1)]) == 2
+    assert stale_validations([{"val_loss": 3.0}, {"val_loss": None}, {"val_loss": 1.0}]) == 0
+    # Memorise one sentence, validate on another: validation soon gets worse and stays worse.
+    text = "the quick brown fox jumps over the lazy dog. " * 20 + "pack my box with five dozen jugs"
+    run = tiny_run(text, tmp_path / "p", hidden=48, steps=2000, eval_every=25, patience=3,
+                   val_fraction=0.04, batch_size=2, window=32, lr=2e-2)  # fmt: skip
+    summary = fit(run)
+    assert "--patience" in summary["stop_reason"] and summary["steps"] < 2000
+    vals = [m["val_loss"] for m in run.metrics]
+    assert stale_validations(run.metrics) == 3 and min(vals) == summary["best_val_loss"]
+    best = load_checkpoint(tmp_path / "p" / "best.pt")
+    assert best["best_val_loss"] == pytest.approx(min(vals))
