@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="a run folder or .pt file")
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--train-budget", default="120s")
-    parser.add_argument("--streams", type=int, default=32)
+    parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--chars", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
