@@ -5,7 +5,10 @@
 
 Runs the real CLI in a subprocess (default settings plus whatever follows `--`), on the corpus
 beside the project (../shared/corpora/tinyshakespeare.txt), and prints one Markdown table row per
-run and the median. Use an otherwise idle machine: two jobs on two cores distort every figure.
+run and the median. Each run's best.pt is then scored on the validation tail (the last 10% of
+the characters, as training cuts it) a second way: `charlstm evaluate --reset-every 64`, every
+64 characters from a zero state, the context nanoGPT's CPU recipe sees. Use an otherwise idle
+machine: two jobs on two cores distort every figure.
 """
 
 from __future__ import annotations
@@ -39,9 +42,13 @@ def main() -> None:
         file=sys.stderr,
     )
     losses = []
-    print("| run | options | steps | tokens/s | best val nats/char | bits/char |")
-    print("|---|---|---|---|---|---|")
+    print("| run | options | chosen | steps (epochs) | tokens/s | best val nats/char | bits/char "
+          "| reset every 64 |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
+        text = args.corpus.read_text(encoding="utf-8")
+        tail = Path(tmp) / "validation.txt"
+        tail.write_text(text[int(len(text) * 0.9) :], encoding="utf-8")
         for i in range(args.repeats):
             cmd = [sys.executable, "-m", "charlstm", "train", str(args.corpus), "--budget",
                    args.budget, "--json", "--quiet", "--checkpoints", tmp, "--name", f"run{i}",
@@ -49,10 +56,17 @@ def main() -> None:
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             s = json.loads(out)
             losses.append(s["best_val_loss"])
-            speed = s["tokens_seen"] / s["elapsed"]
+            ev = subprocess.run(
+                [sys.executable, "-m", "charlstm", "evaluate", str(tail), "-m",
+                 f"{tmp}/run{i}/best.pt", "--reset-every", "64", "--json", "-q"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            short = json.loads(ev)["loss"]
+            chosen = s.get("chosen", "")
             print(
-                f"| {i + 1} | `--budget {args.budget} {' '.join(args.extra)}` | {s['steps']:,} | "
-                f"{speed:,.0f} | {s['best_val_loss']:.4f} | {s['best_val_bpc']:.3f} |",
+                f"| {i + 1} | `--budget {args.budget} {' '.join(args.extra)}` | {chosen} | "
+                f"{s['steps']:,} ({s['epochs']:.1f}) | {s['tokens_per_s']:,.0f} | "
+                f"{s['best_val_loss']:.4f} | {s['best_val_bpc']:.3f} | {short:.4f} |",
                 flush=True,
             )
     print(

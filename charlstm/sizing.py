@@ -1,0 +1,141 @@
+"""Budget-aware defaults: the model size, learning rate and dropout that reach the lowest
+validation loss in the time given, on the machine the run is on.
+
+The rule (its sweep is in BENCHMARKS.md, "Budget-aware defaults"):
+  1. Measure this machine's training speed for each rung of LADDER in turn, smallest first
+     (a few steps on random ids, at the run's batch, window and precision: ~0.2 s a rung).
+  2. Take the largest rung that still sees the training split at least MIN_EPOCHS times in the
+     budget, and whose parameters do not outnumber the training tokens by more than
+     MAX_PARAMS_PER_TOKEN (a bigger model only memorises a small corpus).
+  3. Dropout grows with the passes the chosen model will make (DROPOUT_BY_EPOCHS).
+Every choice yields to its flag; the measuring time counts against the budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from charlstm.config import ModelConfig, TrainConfig
+from charlstm.device import autocast
+from charlstm.model import LanguageModel
+
+
+@dataclass(frozen=True)
+class Rung:
+    hidden: int
+    layers: int
+    lr: float  # the peak AdamW learning rate that suits this size
+
+    def __str__(self) -> str:
+        return f"{self.layers}×{self.hidden}"
+
+
+# Sizes in the order the rule tries them, each with its learning rate (the 135 s sweep: 2×256
+# best at 8e-3, 2×320 at 7e-3; larger ones scaled down as usual for wider layers).
+LADDER = (
+    Rung(256, 2, 8e-3),
+    Rung(320, 2, 7e-3),
+    Rung(384, 2, 6e-3),
+    Rung(512, 2, 4e-3),
+    Rung(768, 2, 3e-3),
+    Rung(1024, 2, 2e-3),
+)
+# At 135 s, 2×320 making 5.4 passes beat 2×256 making 6.3 (1.503 against 1.515), and 2×384
+# making 3.1 lost to both (1.535): fewer than ~4 passes, a larger model has not learnt enough.
+MIN_EPOCHS = 4.0
+# char-rnn's rule of thumb: parameters and training characters of the same order, else the
+# model memorises the corpus.
+MAX_PARAMS_PER_TOKEN = 4.0
+# More passes over the same text need more regularisation.
+DROPOUT_BY_EPOCHS = ((8.0, 0.0), (16.0, 0.1), (32.0, 0.2), (float("inf"), 0.3))
+
+
+@dataclass(frozen=True)
+class Choice:
+    rung: Rung
+    dropout: float
+    epochs: float  # passes over the training split the run should make
+    rates: dict[str, float]  # measured tokens/s by rung name
+    why: str  # one line for the user
+
+
+def dropout_for(epochs: float) -> float:
+    return next(p for limit, p in DROPOUT_BY_EPOCHS if epochs < limit)
+
+
+def lr_for(hidden: int) -> float:
+    """The learning rate of the rung nearest in size (for a --hidden given by the user)."""
+    return min(LADDER, key=lambda r: abs(r.hidden - hidden)).lr
+
+
+def choose(
+    budget: float,
+    train_tokens: int,
+    rate: Callable[[Rung], float],
+    params: Callable[[Rung], int],
+    rungs: tuple[Rung, ...] = LADDER,
+) -> Choice:
+    """Apply the rule. `rate(rung)` measures tokens/s (called smallest first, and no further
+    than needed); `params(rung)` counts its parameters. Pure given those two."""
+    rates: dict[str, float] = {}
+    chosen, epochs, stop = rungs[0], 0.0, ""
+    for i, rung in enumerate(rungs):
+        if params(rung) > MAX_PARAMS_PER_TOKEN * train_tokens and i:
+            stop = f"{rung} has more than {MAX_PARAMS_PER_TOKEN:g} parameters per training token"
+            break
+        rates[str(rung)] = rate(rung)
+        e = budget * rates[str(rung)] / max(train_tokens, 1)
+        if e < MIN_EPOCHS and i:
+            stop = f"{rung} would make {e:.1f} passes (< {MIN_EPOCHS:g})"
+            break
+        chosen, epochs = rung, e
+    speeds = ", ".join(f"{k} {v:,.0f} tok/s" for k, v in rates.items())
+    why = f"measured {speeds}; {stop or 'the largest size'}"
+    return Choice(chosen, dropout_for(epochs), epochs, rates, why)
+
+
+def measure_rate(
+    rung: Rung,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    device: torch.device,
+    precision: str,
+    steps: int = 3,
+) -> float:
+    """Training tokens/s of `rung` here: one warm-up step, then `steps` timed ones, on random
+    ids, with the run's batch, window, precision and optimizer kind."""
+    from charlstm.train import make_optimizer
+
+    cfg = _sized(model_cfg, rung)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model = LanguageModel(cfg).to(device).train()
+        optimizer = make_optimizer(model, train_cfg)
+        b, t = train_cfg.batch_size, train_cfg.window
+        x = torch.randint(0, cfg.vocab_size, (b, t + 1), device=device)
+        elapsed = 0.0
+        for step in range(steps + 1):
+            start = time.perf_counter()
+            with autocast(device, precision):
+                losses, _ = model(x[:, :-1], None, x[:, 1:])
+            optimizer.zero_grad(set_to_none=True)
+            losses.float().mean().backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step:  # the first step builds kernels and caches
+                elapsed += time.perf_counter() - start
+    return steps * b * t / elapsed
+
+
+def count_parameters(rung: Rung, model_cfg: ModelConfig) -> int:
+    return LanguageModel(_sized(model_cfg, rung)).num_parameters()
+
+
+def _sized(model_cfg: ModelConfig, rung: Rung) -> ModelConfig:
+    """The run's model settings at this rung's size (the embedding follows the size)."""
+    return ModelConfig(**{**model_cfg.__dict__, "hidden_size": rung.hidden,
+                          "num_layers": rung.layers, "embed_size": 0})  # fmt: skip
