@@ -3,7 +3,7 @@ validation loss in the time given, on the machine the run is on.
 
 The rule (its sweep is in BENCHMARKS.md, "Budget-aware defaults"):
   1. Measure this machine's training speed for each rung of LADDER in turn, smallest first
-     (a few steps on random ids, at the run's batch, window and precision: ~0.2 s a rung).
+     (seven steps on random ids, at the run's batch, window and precision: 0.3-1 s a rung).
   2. Take the largest rung that still sees the training split at least MIN_EPOCHS times in the
      budget, and whose parameters do not outnumber the training tokens by more than
      MAX_PARAMS_PER_TOKEN (a bigger model only memorises a small corpus).
@@ -13,6 +13,7 @@ Every choice yields to its flag; the measuring time counts against the budget.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,31 +105,35 @@ def measure_rate(
     train_cfg: TrainConfig,
     device: torch.device,
     precision: str,
-    steps: int = 3,
+    steps: int = 5,
+    warmup: int = 2,
 ) -> float:
-    """Training tokens/s of `rung` here: one warm-up step, then `steps` timed ones, on random
-    ids, with the run's batch, window, precision and optimizer kind."""
+    """Training tokens/s of `rung` here, as the run will train it (random ids, the run's batch,
+    window, precision and optimizer, the state carried between windows): `warmup` steps to
+    build kernels and caches, then the median of `steps` timed ones."""
     from charlstm.train import make_optimizer
 
     cfg = _sized(model_cfg, rung)
+    b, t = train_cfg.batch_size, train_cfg.window
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = LanguageModel(cfg).to(device).train()
         optimizer = make_optimizer(model, train_cfg)
-        b, t = train_cfg.batch_size, train_cfg.window
-        x = torch.randint(0, cfg.vocab_size, (b, t + 1), device=device)
-        elapsed = 0.0
-        for step in range(steps + 1):
+        ids = torch.randint(0, cfg.vocab_size, (b, (warmup + steps) * t + 1), device=device)
+        state, times = None, []
+        for step in range(warmup + steps):
+            x, y = ids[:, step * t : (step + 1) * t], ids[:, step * t + 1 : (step + 1) * t + 1]
             start = time.perf_counter()
             with autocast(device, precision):
-                losses, _ = model(x[:, :-1], None, x[:, 1:])
+                losses, state = model(x, state, y)
             optimizer.zero_grad(set_to_none=True)
             losses.float().mean().backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip)
             optimizer.step()
+            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            if step:  # the first step builds kernels and caches
-                elapsed += time.perf_counter() - start
-    return steps * b * t / elapsed
+            times.append(time.perf_counter() - start)
+    return b * t / statistics.median(times[warmup:])
 
 
 def count_parameters(rung: Rung, model_cfg: ModelConfig) -> int:
