@@ -112,7 +112,7 @@ class FusedLSTM:
             torch.cat([weights(k, "weight_ih").T, weights(k, "weight_hh").T]).contiguous()
             for k in range(1, layers)
         ]  # (2H, 4H) each
-        self.b = [bias0] + [weights(k, "bias_ih") + weights(k, "bias_hh") for k in range(1, layers)]
+        self.b = [None] + [weights(k, "bias_ih") + weights(k, "bias_hh") for k in range(1, layers)]
         # xh[k] = [ layer k-1's new h | layer k's own h ], the input of one multiply.
         self.xh = [None] + [torch.cat([h[k - 1], h[k]], dim=1) for k in range(1, layers)]
         self.own = [self.h0] + [xh[:, hid:] for xh in self.xh[1:]]  # each layer's h
