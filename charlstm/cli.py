@@ -250,7 +250,11 @@ def train(
         float, typer.Option(help="Tail of the corpus held out for validation.")
     ] = TrainConfig.val_fraction,
     eval_every: Annotated[
-        int, typer.Option(help="Steps between validations; 0 = ten times per run.")
+        int,
+        typer.Option(
+            help="Steps between validations; 0 = up to ten times per run, in at most ~2% of "
+            "its time."
+        ),
     ] = TrainConfig.eval_every,
     val_tokens: Annotated[
         int,
@@ -393,12 +397,15 @@ def train(
         if preset:
             opts = {"batch_size": batch_size, "window": window, "lr": lr, "clip": clip,
                     "warmup": warmup, "optimizer": optimizer, "hidden": hidden, "embed": embed,
-                    "dropout": dropout, "tie_weights": tie_weights, **preset}  # fmt: skip
+                    "dropout": dropout, "tie_weights": tie_weights,
+                    "weight_decay": weight_decay, "min_lr_ratio": min_lr_ratio,
+                    **preset}  # fmt: skip
             batch_size, window, lr, clip = (opts["batch_size"], opts["window"], opts["lr"],
                                             opts["clip"])  # fmt: skip
             warmup, optimizer, hidden, embed = (opts["warmup"], opts["optimizer"],
                                                 opts["hidden"], opts["embed"])  # fmt: skip
             dropout, tie_weights = opts["dropout"], opts["tie_weights"]
+            weight_decay, min_lr_ratio = opts["weight_decay"], opts["min_lr_ratio"]
             chosen = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in preset.items())
             err.print(f"{tokenizer} model defaults: {chosen} (override with their flags)")
         train_cfg = TrainConfig(
@@ -559,7 +566,10 @@ def _size_to_budget(
     with err.status("measuring this machine's speed to size the model to the budget…"):
         choice = sizing.choose(
             train_cfg.budget, train_tokens,
-            rate=lambda r: sizing.measure_rate(r, model_cfg, train_cfg, device, precision),
+            rate=lambda r: sizing.measure_rate(
+                r, model_cfg, train_cfg, device, precision,
+                warmup_seconds=0.25 if r == rungs[0] else 0.0,  # the process's first steps
+            ),
             params=lambda r: sizing.count_parameters(r, model_cfg), rungs=rungs,
         )  # fmt: skip
     spent = time.perf_counter() - t0

@@ -3,7 +3,8 @@ validation loss in the time given, on the machine the run is on.
 
 The rule (its sweep is in BENCHMARKS.md, "Budget-aware defaults"):
   1. Measure this machine's training speed for each rung of LADDER in turn, smallest first
-     (seven steps on random ids, at the run's batch, window and precision: 0.3-1 s a rung).
+     (warm-up, then the median of nine steps on random ids, at the run's batch, window and
+     precision: 0.3-1.5 s a rung).
   2. Take the largest rung that still sees the training split at least MIN_EPOCHS times in the
      budget, and whose parameters do not outnumber the training tokens by more than
      MAX_PARAMS_PER_TOKEN (a bigger model only memorises a small corpus).
@@ -45,14 +46,16 @@ LADDER = (
     Rung(768, 2, 3e-3),
     Rung(1024, 2, 2e-3),
 )
-# At 135 s, 2×320 making 5.4 passes beat 2×256 making 6.3 (1.503 against 1.515), and 2×384
-# making 3.1 lost to both (1.535): fewer than ~4 passes, a larger model has not learnt enough.
-MIN_EPOCHS = 4.0
+# Without weight decay, at 135 s, 2×320 making 5.4 passes beat 2×256 making 6.3 (1.503 against
+# 1.515), and 2×384 making 3.1 lost to both (1.535). Weight decay 0.1 lets a model use more
+# passes: 2×256 making 8.9 then beat 2×320 making 4.8 (1.4745 against 1.4892).
+MIN_EPOCHS = 6.0
 # char-rnn's rule of thumb: parameters and training characters of the same order, else the
 # model memorises the corpus.
 MAX_PARAMS_PER_TOKEN = 4.0
-# More passes over the same text need more regularisation.
-DROPOUT_BY_EPOCHS = ((8.0, 0.0), (16.0, 0.1), (32.0, 0.2), (float("inf"), 0.3))
+# More passes over the same text need more regularisation. With weight decay 0.1 (the default),
+# dropout 0.1 added nothing at 10 passes (1.4751 against 1.4759), so it starts later.
+DROPOUT_BY_EPOCHS = ((16.0, 0.0), (32.0, 0.1), (float("inf"), 0.2))
 
 
 @dataclass(frozen=True)
@@ -105,12 +108,16 @@ def measure_rate(
     train_cfg: TrainConfig,
     device: torch.device,
     precision: str,
-    steps: int = 5,
-    warmup: int = 2,
+    steps: int = 9,
+    warmup_seconds: float = 0.0,
 ) -> float:
     """Training tokens/s of `rung` here, as the run will train it (random ids, the run's batch,
-    window, precision and optimizer, the state carried between windows): `warmup` steps to
-    build kernels and caches, then the median of `steps` timed ones."""
+    window, precision and optimizer, the state carried between windows): two warm-up steps (or
+    more, for at least `warmup_seconds`), then the median of `steps` timed ones.
+
+    Give the first size measured in a process a quarter second of warm-up: a process's first
+    steps run at a third to a half of its steady speed (thread pools spinning up), which made
+    two warm-up steps measure 2×256 at 44k tok/s where it then trained at 83k."""
     from charlstm.train import make_optimizer
 
     cfg = _sized(model_cfg, rung)
@@ -118,10 +125,12 @@ def measure_rate(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = LanguageModel(cfg).to(device).train()
         optimizer = make_optimizer(model, train_cfg)
-        ids = torch.randint(0, cfg.vocab_size, (b, (warmup + steps) * t + 1), device=device)
-        state, times = None, []
-        for step in range(warmup + steps):
-            x, y = ids[:, step * t : (step + 1) * t], ids[:, step * t + 1 : (step + 1) * t + 1]
+        ids = torch.randint(0, cfg.vocab_size, (b, t + 1), device=device)
+        x, y = ids[:, :t], ids[:, 1:]
+        state = None
+
+        def step() -> float:
+            nonlocal state
             start = time.perf_counter()
             with autocast(device, precision):
                 losses, state = model(x, state, y)
@@ -132,8 +141,14 @@ def measure_rate(
             state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
-    return b * t / statistics.median(times[warmup:])
+            return time.perf_counter() - start
+
+        warm_from, warm_steps = time.perf_counter(), 0
+        while warm_steps < 2 or time.perf_counter() - warm_from < warmup_seconds:
+            step()
+            warm_steps += 1
+        times = [step() for _ in range(steps)]
+    return b * t / statistics.median(times)
 
 
 def count_parameters(rung: Rung, model_cfg: ModelConfig) -> int:

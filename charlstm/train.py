@@ -292,12 +292,14 @@ def fit(
         decile = int(progress * 10)
         # On multiples of eval_every (not "since the last"), so a resumed run validates at the
         # same steps as an uninterrupted one.
-        # Ten validations a run by default, but never more than ~5% of the time in them: a big
-        # validation split or a word vocabulary makes each one costly.
+        # Up to ten validations a run by default, but never more than ~2% of the time in them:
+        # each costs training time the budget could have spent (the best model is almost always
+        # the last, as the learning rate reaches its floor), and a big validation split or a
+        # word vocabulary makes each one costly.
         due = (
             pos.step % eval_every == 0
             if eval_every
-            else decile > last_eval_decile and pos.elapsed - last_eval_at >= 19 * last_eval_cost
+            else decile > last_eval_decile and pos.elapsed - last_eval_at >= 49 * last_eval_cost
         )
         if due and progress < 1.0:
             last_eval_cost = _validate(run, loss_value, report)

@@ -26,13 +26,16 @@ def choose(budget: float, tokens: int, rates: dict[int, float], params=lambda r:
 
 def test_largest_size_that_still_sees_the_data_often_enough():
     rates = {64: 40_000.0, 96: 20_000.0, 128: 10_000.0}
-    # 100 s over 1M tokens: 64 → 4 passes, 96 → 2 (too few): 64, and 128 is never measured.
-    choice, measured = choose(100, 1_000_000, rates)
-    assert choice.rung.hidden == 64 and choice.epochs == pytest.approx(4.0)
+    least = sizing.MIN_EPOCHS
+    # 25 × least seconds over 1M tokens: 64 makes exactly `least` passes, 96 half as many (too
+    # few): 64, and 128 is never measured.
+    choice, measured = choose(25 * least, 1_000_000, rates)
+    assert choice.rung.hidden == 64 and choice.epochs == pytest.approx(least)
     assert measured == [64, 96] and "96" in choice.why
-    choice, _ = choose(1000, 1_000_000, rates)  # ten times the budget: the largest
-    assert choice.rung.hidden == 128 and choice.epochs == pytest.approx(10.0)
-    assert choice.dropout == sizing.dropout_for(10.0) > 0
+    choice, _ = choose(250 * least, 1_000_000, rates)  # ten times the budget: the largest
+    assert choice.rung.hidden == 128 and choice.epochs == pytest.approx(2.5 * least)
+    choice, _ = choose(10_000 * least, 1_000_000, rates)  # passes enough to need dropout
+    assert choice.dropout == sizing.dropout_for(choice.epochs) > 0
     choice, _ = choose(10, 1_000_000, rates)  # too short for any: the smallest
     assert choice.rung.hidden == 64 and choice.dropout == 0
 
