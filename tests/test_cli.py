@@ -242,3 +242,32 @@ def test_per_line_into_head_exits_zero(trained, tmp_path, play_file):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["line"] == "ROMEO:"
     assert "Traceback" not in result.stderr
+
+
+def test_plain_progress_lines_fill_only_the_gaps_between_validations():
+    """Off a terminal, a progress line appears only where validations leave over 15% of the run
+    unreported, so a log shows life during a long run without doubling every validation line."""
+    import io
+
+    from rich.console import Console
+
+    from charlstm.cli import _TrainDisplay
+
+    def lines(eval_at: set[int]) -> list[str]:
+        out = io.StringIO()
+        display = _TrainDisplay(Console(file=out, width=200), cfg=None, setup_seconds=0.0)
+        for step in range(1, 101):  # one progress event per 1% of the run
+            p = step / 100
+            display("progress", {"step": step, "loss": 2.0, "tokens_per_s": 1e4, "progress": p,
+                                 "elapsed": float(step)})  # fmt: skip
+            if step in eval_at:
+                display("eval", {"step": step, "elapsed": float(step), "train_loss": 2.0,
+                                 "val_loss": 2.1, "val_bpc": 3.0, "best": True})  # fmt: skip
+        return out.getvalue().splitlines()
+
+    every_decile = lines({10, 20, 30, 40, 50, 60, 70, 80, 90, 100})
+    assert len(every_decile) == 10 and all("val 2.1000" in line for line in every_decile)
+    sparse = lines({10, 100})  # validation is costly: the first decile and the end only
+    progress = [line for line in sparse if "tok/s" in line]
+    assert [int(line.split()[1]) for line in progress] == [25, 40, 55, 70, 85]
+    assert len(sparse) == 7 and "val" in sparse[-1]
