@@ -211,6 +211,13 @@ def train(
     dropout: Annotated[
         float, typer.Option(help="Dropout between layers and before the head.")
     ] = ModelConfig.dropout,
+    weight_drop: Annotated[
+        float,
+        typer.Option(
+            help="Drop this fraction of the recurrent (hidden-to-hidden) weights, a new mask "
+            "each window (AWD-LSTM's weight-drop)."
+        ),
+    ] = ModelConfig.weight_drop,
     tie_weights: Annotated[
         bool, typer.Option(help="Share the embedding matrix with the output layer.")
     ] = ModelConfig.tie_weights,
@@ -460,8 +467,8 @@ def train(
                 cutoffs = adaptive_cutoffs(vocab) or [max(1, vocab // 4)]
             model_cfg = ModelConfig(
                 vocab_size=vocab, cell=cell, hidden_size=hidden, num_layers=layers,
-                embed_size=embed, dropout=dropout, tie_weights=tie_weights,
-                softmax_cutoffs=cutoffs,
+                embed_size=embed, dropout=dropout, weight_drop=weight_drop,
+                tie_weights=tie_weights, softmax_cutoffs=cutoffs,
             )  # fmt: skip
         except ValueError as e:
             _fail(str(e), EXIT_USAGE)
@@ -1217,7 +1224,8 @@ def info(
         f"checkpoint   {path} (charlstm {data['charlstm_version']}, "
         f"format {data['format_version']})",
         f"model        {m['cell']} {m['num_layers']}×{m['hidden_size']}, embedding "
-        f"{m['embed_size']}, dropout {m['dropout']}, tied {m['tie_weights']}",
+        f"{m['embed_size']}, dropout {m['dropout']}, weight-drop {m.get('weight_drop', 0.0)}, "
+        f"tied {m['tie_weights']}",
         f"parameters   {n_params:,}",
         f"tokenizer    {data['tokenizer']['kind']}, vocabulary {data['tokenizer']['vocab_size']:,}",
         f"corpus       {(data['corpus'] or {}).get('chars', 0):,} chars, fingerprint "

@@ -33,6 +33,9 @@ class ModelConfig:
     num_layers: int = 2  # stacked recurrent layers
     embed_size: int = 0  # E: 0 = H when tied, else min(H, 128) (small E is cheaper for chars)
     dropout: float = 0.0  # between layers and before the head (training only)
+    # DropConnect on the hidden-to-hidden weights, one mask per window (AWD-LSTM's weight-drop;
+    # Merity et al. 2017): regularises the recurrence without breaking the fused kernels.
+    weight_drop: float = 0.0
     tie_weights: bool = False  # share the embedding matrix with the output head (needs E = H)
     # Adaptive softmax (Grave et al. 2017): the most frequent ids below the first cutoff get the
     # full head, rarer ones smaller clusters. None: one full softmax over the vocabulary.
@@ -49,6 +52,8 @@ class ModelConfig:
             raise ValueError("hidden size, layers and vocabulary size must be positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.weight_drop < 1.0:
+            raise ValueError(f"--weight-drop must be in [0, 1), got {self.weight_drop}")
         if self.softmax_cutoffs is not None:
             cuts = self.softmax_cutoffs
             if not cuts or cuts != sorted(set(cuts)) or cuts[0] < 1 or cuts[-1] >= self.vocab_size:

@@ -50,11 +50,24 @@ class LanguageModel(nn.Module):
         instead, (B, T), 0 where the target is -100 (padding). The loss path never builds the
         full distribution when the softmax is adaptive."""
         x = self.drop(self.embed(ids))  # (B, T, E); dropout on the inputs too (Zaremba et al.)
-        out, state = self.rnn(x, state)  # (B, T, H)
+        out, state = self._recur(x, state)  # (B, T, H)
         out = self.drop(out)
         if targets is None:
             return self.logits(out), state
         return self.nll(out, targets), state
+
+    def _recur(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        p = self.cfg.weight_drop
+        if not (self.training and p > 0):
+            return self.rnn(x, state)
+        # The recurrent matrices (torch's weight_hh_l*, our cells' weight_h_l*) with entries
+        # dropped for this window; gradients reach the kept entries of the real parameters.
+        dropped = {
+            name: F.dropout(w, p)
+            for name, w in self.rnn.named_parameters()
+            if name.startswith(("weight_hh_l", "weight_h_l"))
+        }
+        return torch.func.functional_call(self.rnn, dropped, (x, state))
 
     def logits(self, out: torch.Tensor) -> torch.Tensor:
         """Unnormalised scores (…, V) from the top layer's output (…, H). For an adaptive head

@@ -141,6 +141,7 @@ def test_chinese_text_samples_chinese(tmp_path):
         (["train", "empty.txt", "--steps", "1"], 1, "empty"),
         (["train", "play.txt", "--budget", "soon"], 2, "--budget"),
         (["train", "play.txt", "--hidden", "0"], 2, "--hidden"),
+        (["train", "play.txt", "--weight-drop", "1"], 2, "--weight-drop"),
         (["sample"], 1, "no trained model"),
         (["sample", "-m", "missing.pt"], 1, "no checkpoint"),
         (["sample", "-m", "junk.pt"], 1, "junk.pt"),

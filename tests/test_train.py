@@ -119,3 +119,42 @@ def test_patience_stops_when_validation_stops_improving(tmp_path):
     assert stale_validations(run.metrics) == 3 and min(vals) == summary["best_val_loss"]
     best = load_checkpoint(tmp_path / "p" / "best.pt")
     assert best["best_val_loss"] == pytest.approx(min(vals))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "peephole"])
+def test_weight_drop_masks_the_recurrent_weights_in_training_only(cell):
+    """AWD-LSTM's weight-drop: in training each window drops entries of the hidden-to-hidden
+    matrices (so two calls differ and the dropped entries get no gradient); in evaluation the
+    model is exactly the one without it, and the real parameters are never overwritten."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=11, cell=cell, hidden_size=16, num_layers=2, weight_drop=0.5)
+    model = LanguageModel(cfg)
+    plain = LanguageModel(ModelConfig(vocab_size=11, cell=cell, hidden_size=16, num_layers=2))
+    plain.load_state_dict(model.state_dict())
+    ids = torch.randint(0, 11, (3, 7))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    model.eval()
+    plain.eval()
+    torch.testing.assert_close(model(ids)[0], plain(ids)[0])
+
+    model.train()
+    first, second = model(ids)[0], model(ids)[0]
+    assert not torch.allclose(first, second)
+    first.sum().backward()
+    recurrent = [(n, p) for n, p in model.rnn.named_parameters() if "_h" in n and "weight" in n]
+    assert recurrent
+    for name, p in recurrent:
+        zero = (p.grad == 0).float().mean().item()
+        assert 0.3 < zero < 0.7, (name, zero)  # about half the entries were dropped
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]), name
+
+
+def test_weight_drop_trains(tmp_path):
+    run = tiny_run(PLAY, tmp_path / "run", steps=120, eval_every=40)
+    run.model_cfg.weight_drop = 0.3  # the same object the model reads
+    fit(run)
+    vals = [m["val_loss"] for m in run.metrics]
+    assert vals[-1] < vals[0] - 0.3
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["model_config"]["weight_drop"] == 0.3
