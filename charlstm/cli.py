@@ -582,7 +582,7 @@ def _size_to_budget(
     spent = time.perf_counter() - t0
     train_cfg.budget = max(1.0, train_cfg.budget - spent)
     if "lr" not in given:
-        train_cfg.lr = choice.rung.lr
+        train_cfg.lr = sizing.cell_lr(choice.rung, model_cfg.cell)
     dropout = model_cfg.dropout if "dropout" in given else choice.dropout
     sized = ModelConfig(**{**asdict(model_cfg), "hidden_size": choice.rung.hidden,
                            "num_layers": choice.rung.layers, "embed_size": embed,
