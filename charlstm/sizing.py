@@ -1,7 +1,7 @@
 """Budget-aware defaults: the model size, learning rate and dropout that reach the lowest
 validation loss in the time given, on the machine the run is on.
 
-The rule (its sweep is in BENCHMARKS.md, "Budget-aware defaults"):
+The rule (its sweeps are in BENCHMARKS.md, "Lower loss in less time"):
   1. Measure this machine's training speed for each rung of LADDER in turn, smallest first
      (warm-up, then the median of nine steps on random ids, at the run's batch, window and
      precision: 0.3-1.5 s a rung).
