@@ -361,8 +361,8 @@ def train(
     if tokenizer == "char" and _given(ctx, "vocab_size", "min_frequency"):
         _fail("--vocab-size and --min-frequency are for --tokenizer word or bpe", EXIT_USAGE)
     if resume is not None:
-        shape = _given(ctx, "hidden", "layers", "cell", "embed", "tie_weights", "softmax",
-                       "tokenizer", "vocab_size", "min_frequency")  # fmt: skip
+        shape = _given(ctx, "hidden", "layers", "cell", "embed", "weight_drop", "tie_weights",
+                       "softmax", "tokenizer", "vocab_size", "min_frequency")  # fmt: skip
         if shape:
             flags = ", ".join("--" + n.replace("_", "-") for n in shape)
             _fail(f"--resume continues the checkpoint's model as it is; drop {flags}", EXIT_USAGE)
@@ -702,6 +702,11 @@ def _load_run_for_resume(
     return run, ckpt["resume"]
 
 
+def _step_line(step: int, elapsed: float, loss: float) -> str:
+    """The start of every plain log line of a run: where it is and its latest training loss."""
+    return f"step {step:>7,} · {_fmt_seconds(elapsed):>6} · train {loss:.4f}"
+
+
 class _TrainDisplay:
     """Receives the trainer's events; a live progress bar on a terminal, plain lines otherwise."""
 
@@ -759,8 +764,8 @@ class _TrainDisplay:
         if self.progress is None:
             if 1.0 > d["progress"] >= self.progress_at_last_line + 0.15 - 1e-9:
                 self.console.print(
-                    f"step {d['step']:>7,} · {_fmt_seconds(d['elapsed']):>6} · "
-                    f"train {d['loss']:.4f} · {d['tokens_per_s']:,.0f} tok/s"
+                    f"{_step_line(d['step'], d['elapsed'], d['loss'])} · "
+                    f"{d['tokens_per_s']:,.0f} tok/s"
                 )
                 self.progress_at_last_line = d["progress"]
             return
@@ -779,10 +784,7 @@ class _TrainDisplay:
         else:
             val = "no validation split"
         mark = " [green]best[/]" if d["best"] else ""
-        self.console.print(
-            f"step {d['step']:>7,} · {_fmt_seconds(d['elapsed']):>6} · "
-            f"train {d['train_loss']:.4f} · {val}{mark}"
-        )
+        self.console.print(f"{_step_line(d['step'], d['elapsed'], d['train_loss'])} · {val}{mark}")
 
     def close(self) -> None:
         if self.progress is not None:

@@ -159,6 +159,7 @@ def test_quiet_leaves_stderr_empty(run_dir, tmp_path):
         (["sample", "--greedy", "--top-p", "0.5"], "--top-p"),
         (["train", "--resume", "RUN", "--hidden", "16"], "--hidden"),
         (["train", "--resume", "RUN", "--cell", "gru", "--tie-weights"], "--cell, --tie-weights"),
+        (["train", "--resume", "RUN", "--weight-drop", "0.2"], "--weight-drop"),
     ],
 )
 def test_contradictory_options_are_usage_errors(run_dir, args, flags):
