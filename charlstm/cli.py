@@ -506,12 +506,14 @@ def train(
     display = _TrainDisplay(err, run.train_cfg, time.perf_counter() - t_start)
     stop = _StopFlag()
     previous = signal.signal(signal.SIGINT, stop.handle)
+    finished = False
     try:
         summary = fit(run, report=display, should_stop=stop.is_set, resume=resume_state)
+        finished = True
     finally:
         display.close()
         signal.signal(signal.SIGINT, previous)
-        distributed.shutdown(world)
+        distributed.shutdown(world, clean=finished)
     if not world.is_main:
         return
     summary["stop_reason"] = summary["stop_reason"] if not stop.is_set() else "interrupted"

@@ -80,11 +80,17 @@ def init_world(device: torch.device) -> World:
     return World(rank, size, local_rank, local_size(), device)
 
 
-def shutdown(world: World) -> None:
+def shutdown(world: World, clean: bool) -> None:
+    """Leave the process group. After a clean end every rank first waits for the others: a rank
+    tearing gloo down while a peer's last messages are in flight can abort the process
+    ("terminate called without an active exception"). After an error it leaves at once, as a
+    peer may be gone and a barrier would hang."""
     if world.active:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if clean:
+                dist.barrier()
             dist.destroy_process_group()
 
 

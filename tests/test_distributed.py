@@ -51,7 +51,7 @@ def _rank_main(rank: int, size: int, port: int, out: Path) -> None:
             out / f"rank{rank}.pt",
         )
     finally:
-        shutdown(world)
+        shutdown(world, clean=True)
 
 
 def test_two_processes_equal_one_with_the_same_total_batch(tmp_path):
