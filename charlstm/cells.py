@@ -1,20 +1,21 @@
-"""The recurrent layers of the LSTM family, and the fast one-token step that sampling runs on.
+"""The recurrent layers of the LSTM family, and their equations written out line by line.
 
 Every layer here is batch_first and is called like torch's own:
 
-    out, state = layer(x, state)    # x (B, T, I) -> out (B, T, H)
+    out, layer_state = layer(x, layer_state)    # x (B, T, I) -> out (B, T, H)
 
-where `state` is `(h, c)`, each (L, B, H), for the cells with a memory cell
-(lstm, peephole, coupled), a single h (L, B, H) for gru and rnn, and `None` means zeros.
+where torch's convention for the state is `(h, c)`, each (L, B, H), for the cells with a
+memory cell (lstm, peephole, coupled), a single h (L, B, H) for gru and rnn, and `None` means
+zeros. Above this module the state is always a `State`, a tuple with h first: (h,) or (h, c);
+`run_layer` translates.
 
-lstm / gru / rnn are torch's fused modules. peephole and coupled are ours
-(`PeepholeLSTM`, `CoupledLSTM`): one matrix multiply projects a whole window's input,
-then a Python loop over time does the recurrent part.
+lstm / gru / rnn are torch's fused modules. peephole and coupled are ours (`PeepholeLSTM`,
+`CoupledLSTM`): one matrix multiply projects a whole window's input, then a Python loop over
+time does the recurrent part.
 
-`make_stepper` turns any of them into a `Stepper` that advances one token at a time
-(x (B, I) -> out (B, H)) for sampling, an order of magnitude faster at batch 1 than
-calling the layer on one-step windows. The `*_reference_step` functions are the gate
-equations written out line by line; the tests hold torch's modules and ours against them.
+The `*_reference_step` functions are the gate equations, one line each; the tests hold torch's
+modules and ours against them, and `visualize` runs them to record the gates. The fast
+one-token step that sampling runs on is in step.py.
 """
 
 from __future__ import annotations
@@ -25,50 +26,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from charlstm.config import CELLS
-
 # The cells whose state is a pair (h, c); the others carry h alone.
 CELLS_WITH_MEMORY = ("lstm", "peephole", "coupled")
 
-State = Tensor | tuple[Tensor, Tensor]
-
-
-def _check_cell(cell: str) -> None:
-    if cell not in CELLS:
-        raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
+# The recurrent state of a model: a tuple, h first, each part (L, B, H).
+State = tuple[Tensor, ...]
 
 
 def make_recurrent(
     cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float
 ) -> nn.Module:
-    """A `num_layers`-deep batch_first recurrent layer of kind `cell` (one of CELLS).
+    """A `num_layers`-deep batch_first recurrent layer of kind `cell` (one of config.CELLS).
 
     `dropout` applies to the outputs of every layer but the last, only in training mode.
     """
-    _check_cell(cell)
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     # torch warns when dropout is set on a single layer, where it has nothing to act on.
     dropout = dropout if num_layers > 1 else 0.0
-    if cell == "lstm":
-        return nn.LSTM(input_size, hidden_size, num_layers, batch_first=True, dropout=dropout)
-    if cell == "gru":
-        return nn.GRU(input_size, hidden_size, num_layers, batch_first=True, dropout=dropout)
-    if cell == "rnn":
-        return nn.RNN(
-            input_size,
-            hidden_size,
-            num_layers,
-            nonlinearity="tanh",
-            batch_first=True,
-            dropout=dropout,
-        )
-    if cell == "peephole":
-        return PeepholeLSTM(input_size, hidden_size, num_layers, dropout)
-    return CoupledLSTM(input_size, hidden_size, num_layers, dropout)
+    kinds: dict[str, type[nn.Module]] = {
+        "lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN,
+        "peephole": PeepholeLSTM, "coupled": CoupledLSTM,
+    }  # fmt: skip
+    if cell not in kinds:
+        raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(kinds)}")
+    if cell in ("lstm", "gru", "rnn"):
+        return kinds[cell](input_size, hidden_size, num_layers, batch_first=True, dropout=dropout)
+    return kinds[cell](input_size, hidden_size, num_layers, dropout)
 
 
-def init_state(
+def zero_state(
     cell: str,
     num_layers: int,
     batch: int,
@@ -76,10 +61,20 @@ def init_state(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> State:
-    """The zero state: `(h, c)` for cells with a memory cell, else `h`; each (L, B, H)."""
-    _check_cell(cell)
+    """The zero state: (h, c) for cells with a memory cell, else (h,); each (L, B, H)."""
     h = torch.zeros(num_layers, batch, hidden, device=device, dtype=dtype)
-    return (h, torch.zeros_like(h)) if cell in CELLS_WITH_MEMORY else h
+    return (h, torch.zeros_like(h)) if cell in CELLS_WITH_MEMORY else (h,)
+
+
+def run_layer(cell: str, layer: nn.Module, x: Tensor, state: State | None) -> tuple[Tensor, State]:
+    """Call a layer from `make_recurrent` with a `State`, translating torch's convention."""
+    out, new = layer(x, state if state is None or cell in CELLS_WITH_MEMORY else state[0])
+    return out, (new if isinstance(new, tuple) else (new,))
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph between truncated-BPTT windows while keeping the values."""
+    return tuple(s.detach() for s in state)
 
 
 # --------------------------------------------------------------------------------------
@@ -111,8 +106,6 @@ class _OwnLSTM(nn.Module):
         self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0
     ) -> None:
         super().__init__()
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -250,15 +243,19 @@ class CoupledLSTM(_OwnLSTM):
 
 
 # --------------------------------------------------------------------------------------
-# Reference cells: the equations, line by line, for tests
+# Reference cells: the equations, line by line
 # --------------------------------------------------------------------------------------
 #
 # Weights follow the equations' convention: W_* (H, I) and U_* (H, H) multiply a column
-# vector from the left, so on a batch of rows x (B, I) the term W x is x @ W.T.
+# vector from the left, so on a batch of rows x (B, I) the term W x is x @ W.T. Each step
+# takes and returns one layer's state as a tuple, h first, and writes its gates into
+# `record` when one is given (visualize shows them).
+
+Record = dict[str, Tensor] | None
 
 
 def lstm_reference_step(
-    x: Tensor, h: Tensor, c: Tensor, W: dict[str, Tensor]
+    x: Tensor, h: Tensor, c: Tensor, W: dict[str, Tensor], record: Record = None
 ) -> tuple[Tensor, Tensor]:
     """One LSTM step, x (B, I), h and c (B, H) -> (h, c); W has W_f, U_f, b_f, ... for f i c o."""
     f = torch.sigmoid(x @ W["W_f"].T + h @ W["U_f"].T + W["b_f"])  # forget
@@ -267,7 +264,60 @@ def lstm_reference_step(
     o = torch.sigmoid(x @ W["W_o"].T + h @ W["U_o"].T + W["b_o"])  # output
     c = f * c + i * c_tilde
     h = o * torch.tanh(c)
+    if record is not None:
+        record.update(forget=f, input=i, output=o)
     return h, c
+
+
+def peephole_reference_step(
+    x: Tensor, h: Tensor, c: Tensor, W: dict[str, Tensor], record: Record = None
+) -> tuple[Tensor, Tensor]:
+    """One peephole LSTM step (Gers & Schmidhuber, 2000): the gates also see the cell, through
+    diagonal weights p_i, p_f (the old cell) and p_o (the new one)."""
+    i = torch.sigmoid(x @ W["W_i"].T + h @ W["U_i"].T + W["p_i"] * c + W["b_i"])
+    f = torch.sigmoid(x @ W["W_f"].T + h @ W["U_f"].T + W["p_f"] * c + W["b_f"])
+    c = f * c + i * torch.tanh(x @ W["W_c"].T + h @ W["U_c"].T + W["b_c"])
+    o = torch.sigmoid(x @ W["W_o"].T + h @ W["U_o"].T + W["p_o"] * c + W["b_o"])
+    h = o * torch.tanh(c)
+    if record is not None:
+        record.update(forget=f, input=i, output=o)
+    return h, c
+
+
+def coupled_reference_step(
+    x: Tensor, h: Tensor, c: Tensor, W: dict[str, Tensor], record: Record = None
+) -> tuple[Tensor, Tensor]:
+    """One coupled-gate LSTM step (Greff et al., 2017): the input gate is i = 1 − f."""
+    f = torch.sigmoid(x @ W["W_f"].T + h @ W["U_f"].T + W["b_f"])
+    i = 1 - f
+    c = f * c + i * torch.tanh(x @ W["W_c"].T + h @ W["U_c"].T + W["b_c"])
+    o = torch.sigmoid(x @ W["W_o"].T + h @ W["U_o"].T + W["b_o"])
+    h = o * torch.tanh(c)
+    if record is not None:
+        record.update(forget=f, input=i, output=o)
+    return h, c
+
+
+def gru_reference_step(x: Tensor, h: Tensor, W: dict[str, Tensor], record: Record = None) -> Tensor:
+    """One GRU step, x (B, I), h (B, H) -> h, in the textbook form:
+
+    z_t = σ(W_z x_t + U_z h_{t−1} + b_z)                      update
+    r_t = σ(W_r x_t + U_r h_{t−1} + b_r)                      reset
+    n_t = tanh(W_n x_t + b_in + r_t ⊙ (U_n h_{t−1} + b_hn))   candidate h̃_t (torch's variant:
+                                                              the reset gate also scales b_hn)
+    h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ n_t
+    """
+    z = torch.sigmoid(x @ W["W_z"].T + h @ W["U_z"].T + W["b_z"])
+    r = torch.sigmoid(x @ W["W_r"].T + h @ W["U_r"].T + W["b_r"])
+    n = torch.tanh(x @ W["W_n"].T + W["b_in"] + r * (h @ W["U_n"].T + W["b_hn"]))
+    if record is not None:
+        record.update(update=z, reset=r)
+    return (1 - z) * h + z * n
+
+
+def rnn_reference_step(x: Tensor, h: Tensor, W: dict[str, Tensor], record: Record = None) -> Tensor:
+    """One plain (Elman) RNN step: h_t = tanh(W x_t + U h_{t−1} + b)."""
+    return torch.tanh(x @ W["W"].T + h @ W["U"].T + W["b"])
 
 
 def lstm_weights_from_torch(lstm: nn.LSTM, layer: int) -> dict[str, Tensor]:
@@ -285,31 +335,11 @@ def lstm_weights_from_torch(lstm: nn.LSTM, layer: int) -> dict[str, Tensor]:
     """
     if lstm.proj_size:
         raise ValueError("LSTMs with proj_size are not covered")
-    w_ih = getattr(lstm, f"weight_ih_l{layer}")
-    w_hh = getattr(lstm, f"weight_hh_l{layer}")
-    if lstm.bias:
-        b = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
-    else:
-        b = w_ih.new_zeros(w_ih.shape[0])
+    w_ih, w_hh, b = _torch_layer(lstm, layer)
     W: dict[str, Tensor] = {}
     for gate, wi, wh, bg in zip("ifco", w_ih.chunk(4), w_hh.chunk(4), b.chunk(4), strict=True):
         W[f"W_{gate}"], W[f"U_{gate}"], W[f"b_{gate}"] = wi, wh, bg
     return W
-
-
-def gru_reference_step(x: Tensor, h: Tensor, W: dict[str, Tensor]) -> Tensor:
-    """One GRU step, x (B, I), h (B, H) -> h, in the textbook form:
-
-    z_t = σ(W_z x_t + U_z h_{t−1} + b_z)                      update
-    r_t = σ(W_r x_t + U_r h_{t−1} + b_r)                      reset
-    n_t = tanh(W_n x_t + b_in + r_t ⊙ (U_n h_{t−1} + b_hn))   candidate h̃_t (torch's variant:
-                                                              the reset gate also scales b_hn)
-    h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ n_t
-    """
-    z = torch.sigmoid(x @ W["W_z"].T + h @ W["U_z"].T + W["b_z"])
-    r = torch.sigmoid(x @ W["W_r"].T + h @ W["U_r"].T + W["b_r"])
-    n = torch.tanh(x @ W["W_n"].T + W["b_in"] + r * (h @ W["U_n"].T + W["b_hn"]))
-    return (1 - z) * h + z * n
 
 
 def gru_weights_from_torch(gru: nn.GRU, layer: int) -> dict[str, Tensor]:
@@ -345,238 +375,53 @@ def gru_weights_from_torch(gru: nn.GRU, layer: int) -> dict[str, Tensor]:
     }
 
 
-# --------------------------------------------------------------------------------------
-# The fast single-step path
-# --------------------------------------------------------------------------------------
-#
-# Calling nn.LSTM on a (B, 1, I) window costs milliseconds at 2×512 on CPU, nearly all
-# of it oneDNN setting up a sequence kernel for a single step. A step here is, per layer,
-# two addmm's into a preallocated gate buffer (B, G·H) and a handful of in-place
-# elementwise kernels on views of it, under inference_mode. At batch 1 the time then goes
-# to streaming the weights from memory (16 MB per step at 2×512, fp32).
-#
-# Gate blocks are reordered when the weights are copied so that all sigmoid gates sit
-# side by side and take one kernel:
-#
-#   lstm      torch's [ i | f | g | o ]  ->  [ i | f | o | g ]   sigmoid on 3H, tanh on H
-#   coupled   [ f | o | g ]   (already)                           sigmoid on 2H, tanh on H
-#   peephole  [ i | f | g | o ]  (kept: o needs c_t first)        sigmoid on 2H, tanh on H, then o
-#   gru       torch's [ r | z | n ], input and hidden projections apart (r multiplies only U_n h)
-#   rnn       one block
+def rnn_weights_from_torch(rnn: nn.RNN, layer: int) -> dict[str, Tensor]:
+    """Layer `layer` of a tanh nn.RNN: W (H, I), U (H, H), and its two biases summed."""
+    w_ih, w_hh, b = _torch_layer(rnn, layer)
+    return {"W": w_ih, "U": w_hh, "b": b}
 
 
-def _blocks(w: Tensor, order: tuple[int, ...], n: int) -> Tensor:
-    """Reorder the n equal gate blocks along dim 0 of w (torch's (G·H, ...) layout)."""
-    blocks = w.chunk(n)
-    return torch.cat([blocks[k] for k in order])
+def own_weights(layer: _OwnLSTM, k: int) -> dict[str, Tensor]:
+    """Layer k of a PeepholeLSTM or CoupledLSTM under the equations' names: the stored
+    (I, G·H) blocks, transposed to W_* (H, I)."""
+    w_x, w_h, bias, peep = layer.layer_weights(k)
+    h = layer.hidden_size
+    names = "ifco" if isinstance(layer, PeepholeLSTM) else "foc"  # the documented block orders
+    W: dict[str, Tensor] = {}
+    for gate, wx, wh, b in zip(names, w_x.split(h, 1), w_h.split(h, 1), bias.split(h), strict=True):
+        W[f"W_{gate}"], W[f"U_{gate}"], W[f"b_{gate}"] = wx.T, wh.T, b
+    if peep is not None:
+        W["p_i"], W["p_f"], W["p_o"] = peep.unbind(0)
+    return W
 
 
-class _LayerStep:
-    """One layer's weights, copied for the step, and scratch for its gate pre-activations.
-
-    `resize(B)` (re)allocates the scratch and the views of it that `__call__` works on, so
-    a step slices nothing; `__call__` writes the layer's new h (and c) into the given slots.
-    """
-
-    def __init__(self, w_x: Tensor, w_h: Tensor, bias: Tensor, peep: Tensor | None = None) -> None:
-        # Copies, not views: the stepper keeps the weights it was built from.
-        self.w_x = w_x.detach().contiguous().clone()  # (I, G·H)
-        self.w_h = w_h.detach().contiguous().clone()  # (H, G·H)
-        self.bias = bias.detach().contiguous().clone()  # (G·H,)
-        self.peep = None if peep is None else peep.detach().clone()  # (3, H)
-        self.hidden = self.w_h.shape[0]
-
-    def resize(self, batch: int) -> None:
-        self.z = self.w_x.new_empty(batch, self.w_x.shape[1])  # (B, G·H)
+def reference_weights(cell: str, layer: nn.Module, k: int) -> dict[str, Tensor]:
+    """Layer k of a layer from `make_recurrent(cell, ...)`, under its equations' names."""
+    if cell == "lstm":
+        return lstm_weights_from_torch(layer, k)
+    if cell == "gru":
+        return gru_weights_from_torch(layer, k)
+    if cell == "rnn":
+        return rnn_weights_from_torch(layer, k)
+    return own_weights(layer, k)
 
 
-class _LSTMStep(_LayerStep):
-    def resize(self, batch: int) -> None:
-        super().resize(batch)
-        hid, z = self.hidden, self.z  # blocks [ i | f | o | g ]
-        self.sig, self.cand = z[:, : 3 * hid], z[:, 3 * hid :]
-        self.i, self.f, self.o, _ = z.split(hid, dim=1)
-
-    def __call__(self, x: Tensor, h: Tensor, c: Tensor, h_out: Tensor, c_out: Tensor) -> None:
-        torch.addmm(self.bias, x, self.w_x, out=self.z)
-        self.z.addmm_(h, self.w_h)
-        self.sig.sigmoid_()
-        self.cand.tanh_()
-        torch.mul(self.f, c, out=c_out)
-        c_out.addcmul_(self.i, self.cand)
-        torch.tanh(c_out, out=h_out).mul_(self.o)
+def reference_step(
+    cell: str, x: Tensor, state: tuple[Tensor, ...], W: dict[str, Tensor], record: Record = None
+) -> tuple[Tensor, ...]:
+    """One step of one layer of `cell` by its equations: x (B, I), state (h,) or (h, c) of
+    (B, H) each -> the new state."""
+    if cell in CELLS_WITH_MEMORY:
+        step = {"lstm": lstm_reference_step, "peephole": peephole_reference_step,
+                "coupled": coupled_reference_step}[cell]  # fmt: skip
+        return step(x, *state, W, record)
+    step = gru_reference_step if cell == "gru" else rnn_reference_step
+    return (step(x, state[0], W, record),)
 
 
-class _PeepholeStep(_LayerStep):
-    def resize(self, batch: int) -> None:
-        super().resize(batch)
-        hid, z = self.hidden, self.z  # blocks [ i | f | g | o ]
-        self.i, self.f, self.cand, self.o = z.split(hid, dim=1)
-        self.sig = z[:, : 2 * hid]
-        self.p_i, self.p_f, self.p_o = self.peep.unbind(0)
-
-    def __call__(self, x: Tensor, h: Tensor, c: Tensor, h_out: Tensor, c_out: Tensor) -> None:
-        torch.addmm(self.bias, x, self.w_x, out=self.z)
-        self.z.addmm_(h, self.w_h)
-        self.i.addcmul_(c, self.p_i)
-        self.f.addcmul_(c, self.p_f)
-        self.sig.sigmoid_()
-        self.cand.tanh_()
-        torch.mul(self.f, c, out=c_out)
-        c_out.addcmul_(self.i, self.cand)
-        self.o.addcmul_(c_out, self.p_o).sigmoid_()  # o sees the new cell
-        torch.tanh(c_out, out=h_out).mul_(self.o)
-
-
-class _CoupledStep(_LayerStep):
-    def resize(self, batch: int) -> None:
-        super().resize(batch)
-        hid, z = self.hidden, self.z  # blocks [ f | o | g ]
-        self.sig, self.cand = z[:, : 2 * hid], z[:, 2 * hid :]
-        self.f, self.o, _ = z.split(hid, dim=1)
-
-    def __call__(self, x: Tensor, h: Tensor, c: Tensor, h_out: Tensor, c_out: Tensor) -> None:
-        torch.addmm(self.bias, x, self.w_x, out=self.z)
-        self.z.addmm_(h, self.w_h)
-        self.sig.sigmoid_()
-        self.cand.tanh_()
-        torch.lerp(self.cand, c, self.f, out=c_out)  # f ⊙ c + (1 − f) ⊙ g
-        torch.tanh(c_out, out=h_out).mul_(self.o)
-
-
-class _GRUStep(_LayerStep):
-    """torch's GRU: `bias` is bias_ih and `bias_h` bias_hh, (3H,) each, apart because of b_hn."""
-
-    def __init__(self, w_x: Tensor, w_h: Tensor, bias: Tensor, bias_h: Tensor) -> None:
-        super().__init__(w_x, w_h, bias)
-        self.bias_h = bias_h.detach().contiguous().clone()
-
-    def resize(self, batch: int) -> None:
-        super().resize(batch)  # z: the input projection (B, 3H), blocks [ r | z | n ]
-        self.zh = self.w_h.new_empty(batch, self.w_h.shape[1])  # the hidden one (B, 3H)
-        hid = self.hidden
-        self.rz, self.n = self.z[:, : 2 * hid], self.z[:, 2 * hid :]
-        self.rz_h, self.n_h = self.zh[:, : 2 * hid], self.zh[:, 2 * hid :]
-        self.r, self.update = self.z[:, :hid], self.z[:, hid : 2 * hid]
-
-    def __call__(self, x: Tensor, h: Tensor, h_out: Tensor) -> None:
-        torch.addmm(self.bias, x, self.w_x, out=self.z)
-        torch.addmm(self.bias_h, h, self.w_h, out=self.zh)
-        self.rz.add_(self.rz_h).sigmoid_()
-        self.n.addcmul_(self.r, self.n_h).tanh_()
-        torch.lerp(self.n, h, self.update, out=h_out)  # torch's (1 − z') ⊙ n + z' ⊙ h
-
-
-class _RNNStep(_LayerStep):
-    def resize(self, batch: int) -> None:
-        pass  # no gates to park: the step writes straight into the new state
-
-    def __call__(self, x: Tensor, h: Tensor, h_out: Tensor) -> None:
-        torch.addmm(self.bias, x, self.w_x, out=h_out)
-        h_out.addmm_(h, self.w_h).tanh_()
-
-
-def _torch_layer_steps(cell: str, layer: nn.Module) -> list[_LayerStep]:
-    """Per-layer step weights from torch's nn.LSTM / nn.GRU / nn.RNN."""
-    expected = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell]
-    if type(layer) is not expected:
-        raise TypeError(f"cell {cell!r} needs an {expected.__name__}, got {type(layer).__name__}")
-    if layer.bidirectional or getattr(layer, "proj_size", 0):
-        raise ValueError("bidirectional layers and proj_size are not supported")
-    if cell == "rnn" and layer.nonlinearity != "tanh":
-        raise ValueError("only tanh RNNs are supported")
-    steps: list[_LayerStep] = []
-    for k in range(layer.num_layers):
-        w_ih = getattr(layer, f"weight_ih_l{k}")  # (G·H, I)
-        w_hh = getattr(layer, f"weight_hh_l{k}")  # (G·H, H)
-        if layer.bias:
-            b_ih, b_hh = getattr(layer, f"bias_ih_l{k}"), getattr(layer, f"bias_hh_l{k}")
-        else:
-            b_ih = b_hh = w_ih.new_zeros(w_ih.shape[0])
-        if cell == "lstm":
-            order = (0, 1, 3, 2)  # (i, f, g, o) -> (i, f, o, g)
-            steps.append(
-                _LSTMStep(
-                    _blocks(w_ih, order, 4).T,
-                    _blocks(w_hh, order, 4).T,
-                    _blocks(b_ih + b_hh, order, 4),
-                )
-            )
-        elif cell == "gru":
-            steps.append(_GRUStep(w_ih.T, w_hh.T, b_ih, b_hh))
-        else:
-            steps.append(_RNNStep(w_ih.T, w_hh.T, b_ih + b_hh))
-    return steps
-
-
-class Stepper:
-    """Advances a recurrent layer one token at a time, for sampling.
-
-        stepper = make_stepper("lstm", layer)
-        out, state = stepper.step(x, state)    # x (B, I) -> out (B, H); state as the layer's
-
-    Always in eval mode (no dropout) and under inference_mode. The weights are copied when
-    the stepper is built: build it after loading or training, and again if they change.
-    Each call returns a fresh state and never writes to the one passed in, so a state can
-    be kept and stepped from twice (e.g. a primed state reused for several samples); `out`
-    is a view of the new h. Returned tensors are inference tensors: fine to sample from,
-    not to backpropagate through. One stepper must not be used from two threads at once
-    (its gate buffers are shared between calls).
-    """
-
-    def __init__(self, cell: str, layer: nn.Module) -> None:
-        _check_cell(cell)
-        self.cell = cell
-        self.has_memory = cell in CELLS_WITH_MEMORY
-        with torch.no_grad():
-            if cell in ("peephole", "coupled"):
-                expected = PeepholeLSTM if cell == "peephole" else CoupledLSTM
-                if not isinstance(layer, expected):
-                    raise TypeError(
-                        f"cell {cell!r} needs a {expected.__name__}, got {type(layer).__name__}"
-                    )
-                kind = _PeepholeStep if cell == "peephole" else _CoupledStep
-                self.layers = [kind(*layer.layer_weights(k)) for k in range(layer.num_layers)]
-            else:
-                self.layers = _torch_layer_steps(cell, layer)
-        self.num_layers = len(self.layers)
-        self.hidden_size = self.layers[0].hidden
-        self.input_size = self.layers[0].w_x.shape[0]
-        self.batch = -1
-
-    def init_state(self, batch: int) -> State:
-        """The zero state for `batch` rows, on the weights' device and dtype."""
-        w = self.layers[0].w_x
-        return init_state(self.cell, self.num_layers, batch, self.hidden_size, w.device, w.dtype)
-
-    def step(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """One token through every layer: x (B, I) -> (out (B, H), new state)."""
-        with torch.inference_mode():
-            batch = x.shape[0]
-            if batch != self.batch:  # gate buffers are sized by batch; resize rarely
-                for layer in self.layers:
-                    layer.resize(batch)
-                self.batch = batch
-            if state is None:
-                state = self.init_state(batch)
-            if self.has_memory:
-                h, c = state  # (L, B, H) each
-                h_new, c_new = torch.empty_like(h), torch.empty_like(c)
-                hs, cs = h.unbind(0), c.unbind(0)
-                h_outs, c_outs = h_new.unbind(0), c_new.unbind(0)
-                for k, layer in enumerate(self.layers):
-                    layer(x, hs[k], cs[k], h_outs[k], c_outs[k])
-                    x = h_outs[k]  # the next layer's input; no dropout when sampling
-                return x, (h_new, c_new)
-            h = state  # (L, B, H)
-            h_new = torch.empty_like(h)
-            hs, h_outs = h.unbind(0), h_new.unbind(0)
-            for k, layer in enumerate(self.layers):
-                layer(x, hs[k], h_outs[k])
-                x = h_outs[k]
-            return x, h_new
-
-
-def make_stepper(cell: str, layer: nn.Module) -> Stepper:
-    """A `Stepper` over a layer from `make_recurrent(cell, ...)`, built from its current weights."""
-    return Stepper(cell, layer)
+def _torch_layer(module: nn.Module, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Layer k of torch's LSTM/GRU/RNN: weight_ih (G·H, I), weight_hh (G·H, H), summed bias."""
+    w_ih, w_hh = getattr(module, f"weight_ih_l{k}"), getattr(module, f"weight_hh_l{k}")
+    if not module.bias:
+        return w_ih, w_hh, w_ih.new_zeros(w_ih.shape[0])
+    return w_ih, w_hh, getattr(module, f"bias_ih_l{k}") + getattr(module, f"bias_hh_l{k}")

@@ -8,16 +8,15 @@ and, in last.pt only, "resume": optimizer state, RNG state, data position, carri
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
+import math
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
 from charlstm import __version__
 from charlstm.errors import CharlstmError
+from charlstm.files import FileWriteError, write_atomic
 
 FORMAT = "charlstm"
 FORMAT_VERSION = 1
@@ -28,50 +27,14 @@ class CheckpointError(CharlstmError):
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
-    """Write a checkpoint atomically (see write_atomic)."""
+    """Write a checkpoint atomically: a crash or kill at any moment leaves the old file or the
+    new one, never a torn file (files.write_atomic)."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "charlstm_version": __version__}
     payload.update(ckpt)
-    write_atomic(path, lambda f: torch.save(payload, f))
-
-
-def write_atomic(path: Path, content: str | Callable[[BinaryIO], None]) -> None:
-    """Temp file in the same folder, flush, fsync, rename over the target.
-
-    A crash or kill at any moment leaves either the old file or the new one, never a torn file.
-    `content` is text (UTF-8) or a function that writes to the binary file.
-    """
-    path = Path(path)
-    tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would make checkpoints unreadable to others
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(content, str):
-                f.write(content.encode("utf-8"))
-            else:
-                content(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        # Make the rename itself durable.
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as e:
-        raise CheckpointError(f"could not write '{path}': {e.strerror or _first_line(e)}") from e
-    except RuntimeError as e:
-        # torch.save reports a failed write (e.g. a full disk) as a RuntimeError.
-        if "write" not in str(e).lower():
-            raise
-        raise CheckpointError(f"could not write '{path}': {_first_line(e)}") from e
-    finally:
-        # On any failure (Ctrl-C included) the old file stays and no temp file is left.
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        write_atomic(path, lambda f: torch.save(payload, f))
+    except FileWriteError as e:
+        raise CheckpointError(str(e)) from e
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -122,6 +85,25 @@ def resolve_checkpoint(model: Path | None, root: Path = Path("checkpoints")) -> 
     return model
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:160] if text else type(e).__name__
+def describe(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
+    """What a checkpoint holds, as plain data (`charlstm info --json`)."""
+    config = ckpt["model_config"]
+    tied = config.get("tie_weights")
+    # A tied head shares the embedding matrix: count it once.
+    n_params = sum(t.numel() for k, t in ckpt["model"].items() if k != "head.weight" or not tied)
+    best = ckpt.get("best_val_loss")
+    return {
+        "path": str(path),
+        "charlstm_version": ckpt.get("charlstm_version"),
+        "format_version": ckpt.get("format_version"),
+        "model": config,
+        "parameters": n_params,
+        "tokenizer": {"kind": ckpt["tokenizer"].get("kind"), "vocab_size": config["vocab_size"]},
+        "corpus": ckpt.get("corpus"),
+        "steps": ckpt.get("step"),
+        "tokens_seen": ckpt.get("tokens_seen"),
+        "best_val_loss": best if best is not None and math.isfinite(best) else None,
+        "train_config": ckpt.get("train_config"),
+        "metrics": ckpt.get("metrics") or [],
+        "resumable": "resume" in ckpt,
+    }

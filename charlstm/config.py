@@ -1,21 +1,40 @@
-"""The settings of a run: one dataclass per concern, saved into checkpoints with asdict() and
-rebuilt with Cls(**d). No torch import, so the CLI takes its defaults from here at start-up.
+"""The settings of a run: one dataclass per concern, each checking its own values once (in
+__post_init__), saved into checkpoints with asdict() and rebuilt with Cls(**d). No torch import,
+so the CLI takes its defaults and help from here at start-up.
+
+    TrainOptions            what a user asks of `charlstm train`; None: not given, charlstm chooses
+        │  apply_preset (word/bpe recipes), then the budget sizing (runs.py), then the defaults
+        ▼
+    ModelConfig, TrainConfig   what the run uses; saved in every checkpoint
+    SampleConfig               how a sample is drawn
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from charlstm.errors import UsageError
 
 CELLS = ("lstm", "gru", "rnn", "peephole", "coupled")
 TOKENIZERS = ("char", "word", "bpe")
-# Settings word and subword models need that a char model does not (a wide softmax costs several
-# LSTM layers, and a few hundred thousand tokens overfit in a few epochs); each applies unless
-# its flag is given. The best of a sweep at 130 s on wikitext-2; bpe: 2.08 bits/char with them,
-# 2.71 with the char defaults (BENCHMARKS.md).
-# word: PyTorch word_language_model's recipe (plain SGD at lr 20, clip 0.25, 20 × 35, 2×200,
-# dropout 0.2), which beat every AdamW setting tried (test perplexity 362 against 466 at best).
-# Both keep the weight decay and learning-rate floor they were measured with (the char
-# defaults of 0.1 and 0.01 came later, from the char sweep).
+OPTIMIZERS = ("adamw", "sgd")
+SOFTMAXES = ("full", "adaptive")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DECODE_ERRORS = ("strict", "replace", "ignore")
+CORPORA = Path("corpora")  # built-in corpora and the token cache (corpora/cache), beside the runs
+CHECKPOINTS = Path("checkpoints")  # the run folders, unless --checkpoints says otherwise
+DEFAULT_BUDGET = 600.0  # seconds, when no --budget, --steps or --epochs is given
+
+# What word and subword models need that a char model does not: a wide softmax costs several
+# LSTM layers, and a few hundred thousand tokens overfit in a few epochs. Each applies unless
+# its option is given. Measured on wikitext-2 at 130 s (BENCHMARKS.md): word is PyTorch's
+# word_language_model recipe (plain SGD at lr 20, clip 0.25, 20 × 35, 2×200, dropout 0.2), which
+# beat every AdamW setting tried (test perplexity 362 against 466 at best); bpe reached 2.08
+# bits/char with its settings and 2.71 with the char defaults. Both keep the weight decay and
+# learning-rate floor they were measured with.
 TOKENIZER_PRESETS: dict[str, dict[str, object]] = {
     "word": {"optimizer": "sgd", "lr": 20.0, "clip": 0.25, "batch_size": 20, "window": 35,
              "warmup": 0, "hidden": 200, "embed": 200, "dropout": 0.2, "tie_weights": False,
@@ -23,6 +42,19 @@ TOKENIZER_PRESETS: dict[str, dict[str, object]] = {
     "bpe": {"batch_size": 8, "lr": 3e-3, "dropout": 0.3, "tie_weights": True,
             "weight_decay": 0.0, "min_lr_ratio": 0.1},
 }  # fmt: skip
+
+
+class ConfigError(UsageError, ValueError):
+    """A setting out of range or a contradiction between settings (exit status 2)."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _at_least(flag: str, value: int, low: int) -> None:
+    _check(value >= low, f"{flag} must be at least {low}, got {value}")
 
 
 @dataclass
@@ -42,45 +74,52 @@ class ModelConfig:
     softmax_cutoffs: list[int] | None = None
 
     def __post_init__(self) -> None:
-        if self.cell not in CELLS:
-            raise ValueError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        _check(self.cell in CELLS, f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        _at_least("--hidden", self.hidden_size, 1)
+        _at_least("--layers", self.num_layers, 1)
+        _at_least("the vocabulary size", self.vocab_size, 1)
+        _at_least("--embed", self.embed_size, 0)
         if self.embed_size == 0:
             self.embed_size = self.hidden_size if self.tie_weights else min(self.hidden_size, 128)
-        if self.tie_weights and self.embed_size != self.hidden_size:
-            raise ValueError("--tie-weights needs the embedding size equal to the hidden size")
-        if self.hidden_size < 1 or self.num_layers < 1 or self.vocab_size < 1:
-            raise ValueError("hidden size, layers and vocabulary size must be positive")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 <= self.weight_drop < 1.0:
-            raise ValueError(f"--weight-drop must be in [0, 1), got {self.weight_drop}")
+        _check(
+            not self.tie_weights or self.embed_size == self.hidden_size,
+            "--tie-weights needs the embedding size equal to the hidden size",
+        )
+        _check(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
+        _check(
+            0.0 <= self.weight_drop < 1.0,
+            f"--weight-drop must be in [0, 1), got {self.weight_drop}",
+        )
         if self.softmax_cutoffs is not None:
             cuts = self.softmax_cutoffs
-            if not cuts or cuts != sorted(set(cuts)) or cuts[0] < 1 or cuts[-1] >= self.vocab_size:
-                raise ValueError("softmax cutoffs must rise strictly within the vocabulary")
-            if self.tie_weights:
-                raise ValueError("--tie-weights needs the full softmax, not an adaptive one")
+            _check(
+                bool(cuts) and cuts == sorted(set(cuts)) and cuts[0] >= 1
+                and cuts[-1] < self.vocab_size,
+                "softmax cutoffs must rise strictly within the vocabulary",
+            )  # fmt: skip
+            _check(
+                not self.tie_weights, "--tie-weights needs the full softmax, not an adaptive one"
+            )
 
 
-def adaptive_cutoffs(vocab_size: int) -> list[int] | None:
-    """Cutoffs for an adaptive softmax over a large vocabulary whose ids are numbered by falling
-    frequency (as the word tokenizer numbers them); None below 8,192 tokens."""
-    if vocab_size <= 8192:
-        return None
-    return [c for c in (2_000, 10_000, 50_000) if c < vocab_size - 1000] or None
+def adaptive_cutoffs(vocab_size: int) -> list[int]:
+    """Cutoffs for an adaptive softmax over a vocabulary whose ids are numbered by falling
+    frequency (as the word tokenizer numbers them)."""
+    cuts = [c for c in (2_000, 10_000, 50_000) if c < vocab_size - 1000]
+    return cuts or [max(1, vocab_size // 4)]
 
 
 @dataclass
 class TrainConfig:
     batch_size: int = 32  # B: parallel streams per step
     window: int = 64  # T: time steps per truncated-BPTT window
-    lr: float = 8e-3  # peak learning rate (AdamW); see the sweep in BENCHMARKS.md
+    lr: float = 8e-3  # peak learning rate; the budget sizing sets its size's own (sizing.py)
     min_lr_ratio: float = 0.01  # cosine decay ends at lr * this (0.01 beat 0.1 by 0.010 nats)
     warmup_steps: int = 50  # linear warm-up from ~0 to lr
     # AdamW decoupled decay, on weight matrices only: 0.1 took 5,000 steps of 2×256 on
     # tiny-shakespeare from 1.5105 to 1.4759 (BENCHMARKS.md); 0.3 was worse than none.
     weight_decay: float = 0.1
-    optimizer: str = "adamw"  # or "sgd": plain SGD (no momentum)
+    optimizer: str = "adamw"  # one of OPTIMIZERS; sgd is plain SGD (no momentum)
     clip: float = 1.0  # max global gradient norm
     budget: float | None = None  # seconds of wall clock (training + periodic validation)
     steps: int | None = None  # optimizer steps
@@ -97,6 +136,42 @@ class TrainConfig:
     state_reset: float = 1 / 32
     seed: int = 1337
 
+    def __post_init__(self) -> None:
+        _at_least("--batch-size", self.batch_size, 1)
+        _at_least("--window", self.window, 1)
+        _check(
+            math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}"
+        )
+        _check(
+            0 <= self.min_lr_ratio <= 1,
+            f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}",
+        )
+        _at_least("--warmup", self.warmup_steps, 0)
+        _check(self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}")
+        _check(
+            self.optimizer in OPTIMIZERS,
+            f"--optimizer must be {' or '.join(OPTIMIZERS)}; got {self.optimizer!r}",
+        )
+        _check(self.clip > 0, f"--clip must be positive, got {self.clip}")
+        _check(self.budget is None or self.budget > 0, "--budget must be positive")
+        _check(self.steps is None or self.steps >= 1, "--steps must be at least 1")
+        _check(self.epochs is None or self.epochs > 0, "--epochs must be positive")
+        _check(
+            0.0 <= self.val_fraction < 1.0,
+            f"--val-fraction must be in [0, 1), got {self.val_fraction}",
+        )
+        for flag, value in (
+            ("--eval-every", self.eval_every),
+            ("--val-tokens", self.val_tokens),
+            ("--patience", self.patience),
+        ):
+            _check(value >= 0, f"{flag} must be 0 (off) or more, got {value}")
+        _at_least("--eval-streams", self.eval_streams, 1)
+        _check(
+            0 <= self.state_reset <= 1,
+            f"--state-reset must be a probability in [0, 1], got {self.state_reset}",
+        )
+
 
 @dataclass
 class SampleConfig:
@@ -104,3 +179,187 @@ class SampleConfig:
     temperature: float = 0.8  # 0 = greedy (argmax); <1 sharper, >1 flatter
     top_k: int = 0  # keep only the k most likely tokens (0 = all)
     top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p
+
+    def __post_init__(self) -> None:
+        _check(
+            0 <= self.length <= 100_000_000,
+            f"--length must be between 0 and 100,000,000, got {self.length}",
+        )
+        t = self.temperature
+        _check(not math.isnan(t) and t >= 0, f"--temp must be 0 or more, got {t}")
+        _check(self.top_k >= 0, f"--top-k must be 0 or more, got {self.top_k}")
+        _check(0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}")
+
+    @classmethod
+    def build(
+        cls,
+        length: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        *,
+        greedy: bool = False,
+    ) -> SampleConfig:
+        """From options that may be absent (None); `greedy` means temperature 0, and a given
+        option that contradicts it (--temp 1.5, --top-k 5) is a usage error."""
+        if greedy:
+            clash = [flag for flag, value, neutral in (("--temp", temperature, 0),
+                     ("--top-k", top_k, 0), ("--top-p", top_p, 1))
+                     if value is not None and value != neutral]  # fmt: skip
+            _check(
+                not clash,
+                f"--greedy always takes the most likely token; drop {', '.join(clash)}",
+            )
+            temperature = 0.0
+        given = {"length": length, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+        return cls(**{k: v for k, v in given.items() if v is not None})
+
+
+def parse_duration(text: str | float) -> float:
+    """'135s', '10m', '2h', '1h30m' or a number of seconds → seconds."""
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        spec = text.strip().lower().replace(" ", "")
+        number = r"(\d+(?:\.\d+)?)"
+        match = re.fullmatch(number, spec) or re.fullmatch(
+            f"(?:{number}h)?(?:{number}m)?(?:{number}s)?", spec
+        )
+        _check(bool(spec) and match is not None,
+               f"--budget: cannot read {text!r}; use e.g. 135s, 10m, 2h or 1h30m")  # fmt: skip
+        assert match is not None
+        if match.re.groups == 1:
+            seconds = float(match[1])
+        else:
+            units = (3600, 60, 1)
+            seconds = sum(float(v or 0) * k for v, k in zip(match.groups(), units, strict=True))
+    _check(math.isfinite(seconds) and seconds > 0, "--budget must be positive")
+    return seconds
+
+
+# The options that fix what a run is (its model and data); `--resume` refuses them.
+SHAPE_OPTIONS = ("cell", "hidden", "layers", "embed", "weight_drop", "tie_weights", "softmax",
+                 "tokenizer", "vocab_size", "min_frequency")  # fmt: skip
+
+
+@dataclass
+class TrainOptions:
+    """What a user asks of `charlstm train` or `charlstm.train()`. Every option left at None is
+    chosen by charlstm: a word/bpe preset, then the budget sizing, then the dataclass defaults.
+    Ranges are checked here, before the corpus is read, by the configs they end up in."""
+
+    corpus: list[str] = field(default_factory=list)
+    # limits: budget in seconds, or a duration such as "2m"
+    budget: float | str | None = None
+    steps: int | None = None
+    epochs: float | None = None
+    # tokens
+    tokenizer: str | None = None
+    vocab_size: int | None = None
+    min_frequency: int | None = None
+    # model
+    cell: str | None = None
+    hidden: int | None = None
+    layers: int | None = None
+    embed: int | None = None
+    dropout: float | None = None
+    weight_drop: float | None = None
+    tie_weights: bool | None = None
+    softmax: str | None = None
+    # optimisation and validation
+    batch_size: int | None = None
+    window: int | None = None
+    lr: float | None = None
+    min_lr_ratio: float | None = None
+    warmup: int | None = None
+    weight_decay: float | None = None
+    optimizer: str | None = None
+    clip: float | None = None
+    val_fraction: float | None = None
+    eval_every: int | None = None
+    val_tokens: int | None = None
+    patience: int | None = None
+    state_reset: float | None = None
+    seed: int | None = None
+    # where the run lives, and how the corpus is read
+    name: str | None = None
+    checkpoints: Path = CHECKPOINTS
+    resume: Path | None = None
+    encoding: str = "utf-8"
+    errors: str = "strict"
+    # where it runs
+    threads: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.corpus, str):
+            self.corpus = [self.corpus]
+        _check(
+            bool(self.corpus) or self.resume is not None,
+            "train needs a CORPUS: a file, folder, - for stdin, or shakespeare/python",
+        )
+        if self.budget is not None:
+            self.budget = parse_duration(self.budget)
+        _check(
+            self.tokenizer is None or self.tokenizer in TOKENIZERS,
+            f"--tokenizer must be {', '.join(TOKENIZERS)}; got {self.tokenizer!r}",
+        )
+        _check(
+            self.softmax is None or self.softmax in SOFTMAXES,
+            f"--softmax must be full or adaptive; got {self.softmax!r}",
+        )
+        _check(
+            self.kind != "char" or (self.vocab_size is None and self.min_frequency is None),
+            "--vocab-size and --min-frequency are for --tokenizer word or bpe",
+        )
+        _check(
+            self.precision in PRECISIONS,
+            f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}",
+        )
+        _at_least("--threads", self.threads, 0)
+        if self.resume is not None:
+            shape = self.given(*SHAPE_OPTIONS)
+            flags = ", ".join("--" + n.replace("_", "-") for n in shape)
+            _check(not shape, f"--resume continues the checkpoint's model as it is; drop {flags}")
+        # The ranges live in the configs: build them once from what was given, to check it.
+        TrainConfig(**self.train_fields())
+        ModelConfig(vocab_size=max(2, self.vocab_size or 2), **self.model_fields())
+
+    @property
+    def kind(self) -> str:
+        """The tokenizer kind, "char" unless given."""
+        return self.tokenizer or "char"
+
+    def given(self, *names: str) -> list[str]:
+        """Which of `names` the user set (not None)."""
+        return [n for n in names if getattr(self, n) is not None]
+
+    def train_fields(self) -> dict[str, object]:
+        """The given options under TrainConfig's names."""
+        names = {"warmup": "warmup_steps"}
+        keys = {f.name for f in fields(TrainConfig)}
+        out = {names.get(k, k): v for k, v in self._values().items() if names.get(k, k) in keys}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def model_fields(self) -> dict[str, object]:
+        """The given options under ModelConfig's names (softmax is resolved with the vocabulary)."""
+        names = {"hidden": "hidden_size", "layers": "num_layers", "embed": "embed_size"}
+        keys = {f.name for f in fields(ModelConfig)}
+        out = {names.get(k, k): v for k, v in self._values().items() if names.get(k, k) in keys}
+        return {k: v for k, v in out.items() if v is not None and k != "vocab_size"}
+
+    def _values(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def apply_preset(options: TrainOptions) -> tuple[TrainOptions, dict[str, object]]:
+    """The tokenizer's preset (TOKENIZER_PRESETS) for every option not given; returns the new
+    options and what the preset chose."""
+    chosen = {
+        k: v
+        for k, v in TOKENIZER_PRESETS.get(options.kind, {}).items()
+        if getattr(options, k) is None
+        and not (k == "tie_weights" and options.softmax == "adaptive")
+    }
+    return replace(options, **chosen), chosen

@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import codecs
 import encodings
-import hashlib
 import html
 import importlib.util
 import os
 import re
 import sys
 import sysconfig
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from charlstm.errors import CharlstmError
+from charlstm.files import FileWriteError, fingerprint, write_atomic
 
 __all__ = [
     "BUILTIN_CORPORA",
@@ -47,7 +46,7 @@ class Corpus:
 
     text: str  # the whole text, sources joined with "\n" where one did not end in a newline
     sources: tuple[str, ...]  # what was read: file paths, "<stdin>", or "builtin:<name>"
-    fingerprint: str  # first 16 hex chars of sha256(text.encode("utf-8")): a cache key
+    fingerprint: str  # files.fingerprint of the text: a cache key
 
 
 BUILTIN_CORPORA: dict[str, str] = {
@@ -366,8 +365,7 @@ def load_corpus(
     text = "".join(stream)
     if not text.strip():
         raise CorpusError(f"the corpus is empty: {_summarise(stream.sources)}")
-    fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-    return Corpus(text=text, sources=stream.sources, fingerprint=fingerprint)
+    return Corpus(text=text, sources=stream.sources, fingerprint=fingerprint(text))
 
 
 # --- built-in: shakespeare -------------------------------------------------------------------
@@ -577,20 +575,6 @@ _BUILDERS: dict[str, Callable[[], str]] = {
 }
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write via a temporary file + os.replace, so a crash never leaves half a corpus."""
-    # A plain open() (not mkstemp, which makes files 0600) keeps the usual umask permissions;
-    # the random name keeps two processes building at once from sharing a temporary file.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(text.encode("utf-8"))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def build_builtin(name: str, cache_dir: Path) -> Path:
     """Build `cache_dir/<name>.txt` unless it is already there; return its path."""
     if name not in _BUILDERS:
@@ -602,8 +586,7 @@ def build_builtin(name: str, cache_dir: Path) -> Path:
         return path
     text = _BUILDERS[name]()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, text)
-    except OSError as e:
-        raise CorpusError(f"cannot write the built-in corpus to {str(path)!r}: {e}") from None
+        write_atomic(path, text)  # two processes building at once each write a whole file
+    except FileWriteError as e:
+        raise CorpusError(f"cannot write the built-in corpus: {e}") from None
     return path

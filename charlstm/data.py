@@ -26,8 +26,6 @@ class DataError(CharlstmError):
 
 def split_ids(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Contiguous split with the validation part at the end (as nanoGPT splits tiny-shakespeare)."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     n_train = int(len(ids) * (1.0 - val_fraction)) if val_fraction > 0 else len(ids)
     return ids[:n_train], ids[n_train:]
 

@@ -1,9 +1,11 @@
-"""Where the arithmetic runs: device choice (--device), numeric precision (--precision) and the
-backend switches that go with them (TF32 on CUDA, autocast, the fp16 gradient scaler)."""
+"""Where the arithmetic runs: device choice (--device), numeric precision (--precision), CPU
+threads (--threads) and the backend switches that go with them (TF32 on CUDA, autocast, the
+fp16 gradient scaler)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -78,6 +80,14 @@ def cpu_has_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def set_threads(threads: int) -> None:
+    """CPU threads for torch: all cores (0), shared among the processes torchrun started on this
+    machine, or the number given."""
+    from charlstm.distributed import local_size
+
+    torch.set_num_threads(threads if threads > 0 else max(1, (os.cpu_count() or 1) // local_size()))
 
 
 def configure(device: torch.device) -> None:

@@ -18,3 +18,9 @@ class CharlstmError(Exception):
         super().__init__(message)
         if code is not None:
             self.code = code
+
+
+class UsageError(CharlstmError):
+    """An option or combination of options that cannot work; exit status 2, as click's own."""
+
+    code = EXIT_USAGE

@@ -25,6 +25,8 @@ class EvalResult:
     loss: float  # nats per token
     tokens: int  # tokens predicted
     chars: int  # characters of text those tokens spell (bits per character divide by this)
+    skipped_chars: int = 0  # characters of the text a char model never saw, left out
+    unknown_words: int = 0  # words outside a word model's vocabulary, scored as unknown
 
     @property
     def perplexity(self) -> float:
@@ -80,7 +82,7 @@ def _window_losses(
                 x, y = eval_window(ids, layout, start, min(window, -start), rows)
                 _, state = model(x.to(device), state, y.to(device))
             if warm and mine[0] == 0:  # stream 0 begins the text: from a zero state, exactly
-                for s in state if isinstance(state, tuple) else (state,):
+                for s in state:
                     s[:, 0].zero_()
             for start in range(0, layout[1], window):
                 # Windows are read from ids as they are needed: a big split never sits in memory.

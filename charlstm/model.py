@@ -1,7 +1,8 @@
 """The language model: embedding → multi-layer recurrent cells → linear head over the vocabulary.
 
-forward(ids (B, T), state) → (logits (B, T, V), state). The recurrent layers (torch's fused
-LSTM/GRU/RNN, or our own peephole and coupled-gate LSTMs) live in cells.py.
+forward(ids (B, T), state) → (logits (B, T, V), state), the state a `cells.State` tuple. The
+recurrent layers (torch's fused LSTM/GRU/RNN, or our own peephole and coupled-gate LSTMs) live
+in cells.py; the one-token fast path over this model is step.py.
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlstm.cells import make_recurrent
+from charlstm.cells import State, make_recurrent, run_layer
 from charlstm.config import ModelConfig
-
-State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 class LanguageModel(nn.Module):
@@ -57,9 +56,9 @@ class LanguageModel(nn.Module):
         return self.nll(out, targets), state
 
     def _recur(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
-        p = self.cfg.weight_drop
+        p, cell = self.cfg.weight_drop, self.cfg.cell
         if not (self.training and p > 0):
-            return self.rnn(x, state)
+            return run_layer(cell, self.rnn, x, state)
         # The recurrent matrices (torch's weight_hh_l*, our cells' weight_h_l*) with entries
         # dropped for this window; gradients reach the kept entries of the real parameters.
         dropped = {
@@ -67,7 +66,11 @@ class LanguageModel(nn.Module):
             for name, w in self.rnn.named_parameters()
             if name.startswith(("weight_hh_l", "weight_h_l"))
         }
-        return torch.func.functional_call(self.rnn, dropped, (x, state))
+
+        def layer(x: torch.Tensor, s: object) -> object:
+            return torch.func.functional_call(self.rnn, dropped, (x, s))
+
+        return run_layer(cell, layer, x, state)
 
     def logits(self, out: torch.Tensor) -> torch.Tensor:
         """Unnormalised scores (…, V) from the top layer's output (…, H). For an adaptive head
@@ -99,10 +102,3 @@ def model_from_checkpoint(ckpt: dict) -> LanguageModel:
     model = LanguageModel(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model
-
-
-def detach_state(state: State) -> State:
-    """Cut the graph between truncated-BPTT windows while keeping the values."""
-    if isinstance(state, tuple):
-        return tuple(s.detach() for s in state)  # type: ignore[return-value]
-    return state.detach()

@@ -17,12 +17,11 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.device import autocast
 from charlstm.model import LanguageModel
 
 
@@ -36,10 +35,9 @@ class Rung:
         return f"{self.layers}×{self.hidden}"
 
 
-# Sizes in the order the rule tries them, each with its LSTM learning rate. Without weight
-# decay 2×256 was best at 8e-3 and 2×320 at 7e-3; with AdamW's decay 0.1 four times those won
-# (fixed-step sweeps: 2×256 1.485 at 8e-3, 1.435 at 3.2e-2, 1.431 at 4.8e-2, 1.492 at 9.6e-2;
-# 2×512 1.464 at 4e-3, 1.434 at 1.2e-2), so every rung is 4× what it was.
+# Sizes in the order the rule tries them, each with its LSTM learning rate under AdamW with
+# weight decay 0.1 (fixed-step sweeps, BENCHMARKS.md: 2×256 1.485 at 8e-3, 1.435 at 3.2e-2,
+# 1.431 at 4.8e-2, 1.492 at 9.6e-2; 2×512 1.464 at 4e-3, 1.434 at 1.2e-2).
 LADDER = (
     Rung(256, 2, 3.2e-2),
     Rung(320, 2, 2.8e-2),
@@ -48,8 +46,8 @@ LADDER = (
     Rung(768, 2, 1.2e-2),
     Rung(1024, 2, 8e-3),
 )
-# The 4× was measured for torch's LSTM only: the other cells (a plain tanh RNN above all) keep
-# the rates they had.
+# Those rates were swept for torch's LSTM only; the other cells (a plain tanh RNN above all) were
+# measured at a quarter of them.
 OTHER_CELLS_LR_SCALE = 0.25
 # Without weight decay, at 135 s, 2×320 making 5.4 passes beat 2×256 making 6.3 (1.503 against
 # 1.515), and 2×384 making 3.1 lost to both (1.535). Weight decay 0.1 lets a model use more
@@ -59,7 +57,7 @@ MIN_EPOCHS = 6.0
 # model memorises the corpus.
 MAX_PARAMS_PER_TOKEN = 4.0
 # More passes over the same text need more regularisation. With weight decay 0.1 (the default),
-# dropout 0.1 added nothing at 10 passes (1.4751 against 1.4759), so it starts later.
+# dropout 0.1 added nothing at 10 passes (1.4751 against 1.4759), so it starts at 16.
 DROPOUT_BY_EPOCHS = ((16.0, 0.0), (32.0, 0.1), (float("inf"), 0.2))
 
 
@@ -128,9 +126,9 @@ def measure_rate(
     Give the first size measured in a process a quarter second of warm-up: a process's first
     steps run at a third to a half of its steady speed (thread pools spinning up), which made
     two warm-up steps measure 2×256 at 44k tok/s where it then trained at 83k."""
-    from charlstm.train import make_optimizer
+    from charlstm.training import apply_step, make_optimizer, train_step
 
-    cfg = _sized(model_cfg, rung)
+    cfg = sized(model_cfg, rung)
     b, t = train_cfg.batch_size, train_cfg.window
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = LanguageModel(cfg).to(device).train()
@@ -142,13 +140,8 @@ def measure_rate(
         def step() -> float:
             nonlocal state
             start = time.perf_counter()
-            with autocast(device, precision):
-                losses, state = model(x, state, y)
-            optimizer.zero_grad(set_to_none=True)
-            losses.float().mean().backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip)
-            optimizer.step()
-            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+            _, state, _ = train_step(model, optimizer, None, x, y, state, train_cfg.clip, precision)
+            apply_step(optimizer, None)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             return time.perf_counter() - start
@@ -162,10 +155,11 @@ def measure_rate(
 
 
 def count_parameters(rung: Rung, model_cfg: ModelConfig) -> int:
-    return LanguageModel(_sized(model_cfg, rung)).num_parameters()
+    return LanguageModel(sized(model_cfg, rung)).num_parameters()
 
 
-def _sized(model_cfg: ModelConfig, rung: Rung) -> ModelConfig:
-    """The run's model settings at this rung's size (the embedding follows the size)."""
-    return ModelConfig(**{**model_cfg.__dict__, "hidden_size": rung.hidden,
-                          "num_layers": rung.layers, "embed_size": 0})  # fmt: skip
+def sized(model_cfg: ModelConfig, rung: Rung, **changes: object) -> ModelConfig:
+    """The run's model settings at this rung's size (the embedding follows the size unless
+    given in `changes`)."""
+    return replace(model_cfg, hidden_size=rung.hidden, num_layers=rung.layers,
+                   **{"embed_size": 0, **changes})  # fmt: skip

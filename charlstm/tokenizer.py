@@ -19,7 +19,6 @@ Python loop walks over the tokens of a text.
 from __future__ import annotations
 
 import codecs
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -29,6 +28,7 @@ import numpy as np
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
+from charlstm import files
 from charlstm.config import TOKENIZERS
 from charlstm.errors import CharlstmError
 
@@ -127,10 +127,6 @@ def code_points(text: str) -> np.ndarray:
     if text.isascii():
         return np.frombuffer(text.encode("ascii"), dtype=np.uint8)
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-
-
-def _hash(payload: str) -> str:
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
 def split_for_encoding(text: str, approx_size: int = 1 << 20) -> list[str]:
@@ -262,7 +258,7 @@ class CharTokenizer:
 
     def fingerprint(self) -> str:
         """A short hash of the saved form: equal fingerprints, equal encodings."""
-        return _hash(json.dumps(self.to_dict(), sort_keys=True))
+        return files.fingerprint(json.dumps(self.to_dict(), sort_keys=True))
 
 
 class _HFBase:
@@ -358,7 +354,7 @@ class _HFBase:
 
     def fingerprint(self) -> str:
         """A short hash of the saved form: equal fingerprints, equal encodings."""
-        return _hash(self.kind + "\0" + self._json)
+        return files.fingerprint(self.kind, "\0", self._json)
 
 
 class WordTokenizer(_HFBase):

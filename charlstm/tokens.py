@@ -14,20 +14,18 @@ spell are counted here, from the text, where they are known exactly.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
 import json
-import os
 import re
-import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 import numpy as np
 
+from charlstm import files
 from charlstm.corpus import CorpusError
 from charlstm.data import DataError
 from charlstm.tokenizer import (
@@ -44,6 +42,25 @@ CACHE_FORMAT = 2
 MIN_CACHED_CHARS = 1 << 20  # below ~1 MB tokenizing takes well under a second: not worth a file
 _LINE_SEARCH = 10_000  # how far past the cut a word split looks for the end of the line
 _HEADER = 128  # bytes kept for the .npy header of an id file written before its length is known
+
+
+@dataclass
+class CorpusInfo:
+    """What a run knows of its corpus, saved in its checkpoints (as a plain dict)."""
+
+    fingerprint: str  # of the corpus text (files.fingerprint)
+    chars: int  # characters in the corpus
+    sources: list[str] = field(default_factory=list)  # the first 20 of the files read
+    n_sources: int = 0
+    tokenizer: str = "char"
+    n_train: int | None = None  # ids[:n_train] train; None: runs that split the ids instead
+    val_chars: int | None = None  # characters spelled by the validation tokens after the first
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CorpusInfo:
+        """From a checkpoint's dict; keys this version does not know are left out."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -66,21 +83,12 @@ class TokenizedCorpus:
         return self.ids[self.n_train :]
 
 
-def split_text(text: str, val_fraction: float, *, at_line: bool) -> tuple[str, str]:
-    """The training head and validation tail of `text`, cut at a fraction of the characters (as
-    nanoGPT splits tiny-shakespeare). With `at_line` the cut moves to just after the next
-    newline, when one is near, so that no word is cut in two."""
-    parts = list(_split_pieces([text], val_fraction, len(text), at_line=at_line))
-    return "".join(t for p, t in parts if p == 0), "".join(t for p, t in parts if p == 1)
-
-
 def _split_pieces(
     pieces: Iterable[str], val_fraction: float, n_chars: int, *, at_line: bool
 ) -> Iterator[tuple[int, str]]:
-    """(0, text) for the training head, then (1, text) for the validation tail, piece by piece:
-    split_text for text that comes in pieces."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    """(0, text) for the training head, then (1, text) for the validation tail, piece by piece.
+    The cut is at a fraction of the characters (as nanoGPT splits tiny-shakespeare); with
+    `at_line` it moves to just after the next newline, when one is near, so no word is cut."""
     if val_fraction == 0:
         yield from ((0, p) for p in pieces)
         return
@@ -133,16 +141,16 @@ def _safe_pieces(pieces: Iterable[str], kind: str) -> Iterator[str]:
 
 def _survey(pieces: Iterable[str]) -> tuple[str, int]:
     """One pass: the content hash and the length in characters."""
-    h = hashlib.sha256()
+    h = files.Fingerprinter()
     n = 0
     anything = False
     for piece in pieces:
-        h.update(piece.encode("utf-8"))
+        h.update(piece)
         n += len(piece)
         anything = anything or not piece.isspace()
     if not anything:
         raise CorpusError("the corpus is empty (nothing but whitespace)")
-    return h.hexdigest()[:16], n
+    return h.hex(), n
 
 
 def fingerprint_of(pieces: Iterable[str]) -> str:
@@ -150,9 +158,8 @@ def fingerprint_of(pieces: Iterable[str]) -> str:
     return _survey(pieces)[0]
 
 
-def _key(settings: dict[str, object], fingerprint: str) -> str:
-    payload = json.dumps({**settings, "corpus": fingerprint}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+def _key(settings: dict[str, object], corpus: str) -> str:
+    return files.fingerprint(json.dumps({**settings, "corpus": corpus}, sort_keys=True), digits=20)
 
 
 def tokenize_corpus(
@@ -173,8 +180,6 @@ def tokenize_corpus(
     paths, sizes and modification times, as `CorpusStream.signature`) lets a second run find
     its cache entry without reading the corpus at all, as make trusts file times.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     pieces: Iterable[str] = [corpus] if isinstance(corpus, str) else corpus
     settings = {"format": CACHE_FORMAT, "kind": kind, "vocab_size": vocab_size,
                 "min_frequency": min_frequency, "val_fraction": val_fraction}  # fmt: skip
@@ -198,18 +203,18 @@ def _tokenize_chars(
     the ids as they come. Characters of the validation tail that never occur in training still
     get an id; only a word vocabulary is learnt from the training part alone."""
     numbering = _CharNumbering()
-    h = hashlib.sha256()
+    h = files.Fingerprinter()
     n, anything = 0, False
     sink = _Sink(cache_dir, np.dtype(np.uint16))
     try:
         for piece in pieces:
-            h.update(piece.encode("utf-8"))
+            h.update(piece)
             n += len(piece)
             anything = anything or not piece.isspace()
             sink.write(numbering.encode(piece))
         if not anything:
             raise CorpusError("the corpus is empty (nothing but whitespace)")
-        fingerprint = fingerprint or h.hexdigest()[:16]
+        fingerprint = fingerprint or h.hex()
         key = _key(settings, fingerprint)
         if sink.on_disk:
             found = _read_cache(cache_dir, key)
@@ -221,13 +226,10 @@ def _tokenize_chars(
         sink.abandon()
         raise
     fraction = float(settings["val_fraction"])
-    n_train = int(n * (1.0 - fraction)) if fraction > 0 else n  # the cut split_text makes
-    n_val = n - n_train
-    result = TokenizedCorpus(
-        CharTokenizer("".join(numbering.chars)), ids, n_train,
-        n_val - 1 if n_val >= 2 else 0,  # one character per token
-        False, fingerprint, n, path,
-    )  # fmt: skip
+    n_train = int(n * (1.0 - fraction)) if fraction > 0 else n  # the cut _split_pieces makes
+    tokenizer = CharTokenizer("".join(numbering.chars))
+    val_chars = spelled_chars(tokenizer, ids[n_train:])
+    result = TokenizedCorpus(tokenizer, ids, n_train, val_chars, False, fingerprint, n, path)
     if path is not None:
         _write_meta(path.parent, key, result)
     return result
@@ -291,7 +293,6 @@ def _tokenize_learnt(
     mode = "token" if kind == "word" else "error"
     sink = _Sink(cache_dir if use_cache else None, tokenizer.id_dtype, spill_at=0)
     n_train = val_len = 0
-    first_val: np.ndarray | None = None
     try:
         for part, group in itertools.groupby(parts(), key=lambda pair: pair[0]):
             for text in _safe_pieces((text for _, text in group), kind):
@@ -301,17 +302,11 @@ def _tokenize_learnt(
                     n_train += len(ids)
                 else:
                     val_len += len(text)
-                    if first_val is None and len(ids):
-                        first_val = ids[:1]
         ids_all, path = sink.finish(key)
     except BaseException:
         sink.abandon()
         raise
-    n_val = len(ids_all) - n_train
-    val_chars = 0
-    if n_val >= 2:
-        assert first_val is not None
-        val_chars = val_len - len(tokenizer.decode(first_val))
+    val_chars = spelled_chars(tokenizer, ids_all[n_train:], text_chars=val_len)
     result = TokenizedCorpus(tokenizer, ids_all, n_train, val_chars, False, fingerprint, n_chars,
                              path)  # fmt: skip
     if path is not None:
@@ -329,8 +324,7 @@ class _Sink:
         self.spill_at = MIN_CACHED_CHARS if spill_at is None else spill_at
         self.parts: list[np.ndarray] = []
         self.count = 0
-        self.file: BinaryIO | None = None
-        self.tmp: Path | None = None
+        self.file: files.AtomicFile | None = None
 
     @property
     def on_disk(self) -> bool:
@@ -341,20 +335,17 @@ class _Sink:
         self.count += len(ids)
         if self.file is None and self.cache_dir is not None and self.count >= self.spill_at:
             try:
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                self.tmp = self.cache_dir / f".{uuid.uuid4().hex}.npy"
-                self.file = open(self.tmp, "wb")  # noqa: SIM115 (closed in finish or abandon)
-                self.file.write(b"\0" * _HEADER)
-            except OSError:
+                self.file = files.AtomicFile(self.cache_dir / "ids.npy")
+                self.file.file.write(b"\0" * _HEADER)
+            except (files.FileWriteError, OSError):
                 self.cache_dir = None  # a cache that cannot be written only costs time next run
         if self.file is not None:
             try:
                 for part in self.parts:
-                    self.file.write(np.ascontiguousarray(part, dtype=self.dtype).tobytes())
+                    self.file.file.write(np.ascontiguousarray(part, dtype=self.dtype).tobytes())
             except OSError as e:  # a full disk: say so in one line, leave no half file
-                where = str(self.tmp)
                 raise DataError(
-                    f"cannot write the token cache {where!r}: {e.strerror or e}"
+                    f"cannot write the token cache in '{self.cache_dir}': {e.strerror or e}"
                 ) from None
             self.parts.clear()
 
@@ -370,25 +361,24 @@ class _Sink:
         )  # fmt: skip
         if len(header.getvalue()) != _HEADER:
             raise RuntimeError("unexpected .npy header size")  # numpy pads 1-D headers to 128
-        self.file.seek(0)
-        self.file.write(header.getvalue())
-        self.file.close()
-        assert self.tmp is not None and self.cache_dir is not None
-        path = self.cache_dir / f"{key}.npy"
-        os.replace(self.tmp, path)
+        self.file.file.seek(0)
+        self.file.file.write(header.getvalue())
+        assert self.cache_dir is not None
+        try:
+            path = self.file.commit(self.cache_dir / f"{key}.npy")
+        except files.FileWriteError as e:
+            raise DataError(f"cannot write the token cache: {e}") from None
         return np.load(path, mmap_mode="r"), path
 
     def abandon(self) -> None:
         self.parts.clear()
         if self.file is not None:
-            self.file.close()
-            if self.tmp is not None:
-                self.tmp.unlink(missing_ok=True)
+            self.file.abandon()
 
 
 def _signature_path(cache_dir: Path, settings: dict, signature: list[object]) -> Path:
     payload = json.dumps({"settings": settings, "sources": signature}, sort_keys=True)
-    return cache_dir / f"by-source-{hashlib.sha256(payload.encode()).hexdigest()[:20]}.txt"
+    return cache_dir / f"by-source-{files.fingerprint(payload, digits=20)}.txt"
 
 
 def _read_by_signature(
@@ -403,12 +393,9 @@ def _read_by_signature(
 
 def _write_signature(cache_dir: Path, settings: dict, signature: list[object], key: str) -> None:
     try:
-        path = _signature_path(cache_dir, settings, signature)
-        tmp = path.with_name(f".{uuid.uuid4().hex}.txt")
-        tmp.write_text(key, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        pass
+        files.write_atomic(_signature_path(cache_dir, settings, signature), key)
+    except files.FileWriteError:
+        pass  # a cache that cannot be written only costs time next run
 
 
 def _read_cache(cache_dir: Path, key: str) -> TokenizedCorpus | None:
@@ -429,21 +416,25 @@ def _read_cache(cache_dir: Path, key: str) -> TokenizedCorpus | None:
 
 def _write_meta(cache_dir: Path, key: str, t: TokenizedCorpus) -> None:
     """The metadata that vouches for the ids file (written first), whole or not at all."""
+    meta = {"tokenizer": t.tokenizer.to_dict(), "n_train": t.n_train,
+            "val_chars": t.val_chars, "tokens": len(t.ids),
+            "fingerprint": t.fingerprint, "chars": t.chars}  # fmt: skip
     try:
-        meta = {"tokenizer": t.tokenizer.to_dict(), "n_train": t.n_train,
-                "val_chars": t.val_chars, "tokens": len(t.ids),
-                "fingerprint": t.fingerprint, "chars": t.chars}  # fmt: skip
-        tmp_meta = cache_dir / f".{uuid.uuid4().hex}.json"
-        tmp_meta.write_text(json.dumps(meta), encoding="utf-8")
-        os.replace(tmp_meta, cache_dir / f"{key}.json")
-    except OSError:
+        files.write_atomic(cache_dir / f"{key}.json", json.dumps(meta))
+    except files.FileWriteError:
         pass  # a cache that cannot be written only costs time next run
 
 
-def spelled_chars(tokenizer: AnyTokenizer, text: str, ids: np.ndarray) -> int:
-    """Characters of `text` covered by the predicted tokens: all but the first token's."""
+def spelled_chars(tokenizer: AnyTokenizer, ids: np.ndarray, text_chars: int | None = None) -> int:
+    """Characters spelled by the predicted tokens, ids[1:]: what bits per character divide by.
+
+    One per token for chars. For words and subwords, the text's own length less the first
+    token's when the text's length is known (an unknown word decodes to one placeholder
+    character, not to the word), else the length of the decoded tokens."""
     if len(ids) < 2:
         return 0
     if tokenizer.kind == "char":
-        return len(ids) - 1  # one character per token (skipped unknown characters excluded)
-    return len(text) - len(tokenizer.decode(ids[:1]))
+        return len(ids) - 1
+    if text_chars is not None:
+        return text_chars - len(tokenizer.decode(ids[:1]))
+    return len(tokenizer.decode(ids[1:]))

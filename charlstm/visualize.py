@@ -7,10 +7,9 @@ the units that track them, and colourings of the text by a unit (terminal and HT
     render_terminal(text, acts["cell"][:, best[0]["unit"]], kind="cell")   # rich.text.Text
     render_html(text, [(label, values)], title, kinds=["cell"])           # one HTML page
 
-`trace` writes the gate equations out again instead of calling the fused modules, because
-those never expose their gates. It is written to be checked, not to be fast: the input
-projection of a whole layer is one multiply, then a Python loop steps through time.
-Nothing here prints; cli.py decides where the text and pages go.
+`trace` runs each cell's reference equations (cells.py) instead of the fused modules, because
+those never expose their gates: a Python loop, one step per character, written to be checked
+rather than fast. Nothing here prints; cli.py decides where the text and pages go.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import torch
 from rich.text import Text
 from torch import Tensor
 
-from charlstm.cells import gru_weights_from_torch
+from charlstm.cells import reference_step, reference_weights, zero_state
 from charlstm.model import LanguageModel
 
 # Activations that are sigmoid outputs in [0, 1]; the rest (hidden, cell) are centred on 0.
@@ -34,69 +33,18 @@ PROPERTIES = ("in_quotes", "in_parens", "line_position", "word_start")
 
 
 def _trace_layer(cell: str, rnn: torch.nn.Module, k: int, x: Tensor) -> dict[str, Tensor]:
-    """Layer k of `rnn` over one sequence x (T, I), from a zero state -> records, each (T, H).
-
-    Every cell's step is the textbook equation; weights are read in each module's own layout
-    (see cells.py). Gate pre-activations for the whole window come from one multiply,
-    xw (T, G·H); only the recurrent term h_{t−1} @ W_h is inside the loop.
-    """
-    hid = rnn.hidden_size
-    h = x.new_zeros(hid)
-    c = x.new_zeros(hid)
+    """Layer k of `rnn` over one sequence x (T, I), from a zero state -> records, each (T, H):
+    the cell's reference equations (cells.py) step by step, keeping every gate they record."""
+    W = reference_weights(cell, rnn, k)
+    state = zero_state(cell, 1, 1, rnn.hidden_size, x.device, x.dtype)
+    state = tuple(s[0] for s in state)  # (1, H) each: one layer, one row
     rec: dict[str, list[Tensor]] = {}
-
-    def keep(**values: Tensor) -> None:
+    for x_t in x:
+        gates: dict[str, Tensor] = {}
+        state = reference_step(cell, x_t[None], state, W, gates)
+        values = {"hidden": state[0], **({"cell": state[1]} if len(state) > 1 else {}), **gates}
         for name, v in values.items():
-            rec.setdefault(name, []).append(v)
-
-    if cell in ("lstm", "rnn"):
-        w_ih = getattr(rnn, f"weight_ih_l{k}")  # (G·H, I), lstm blocks [ i | f | g | o ]
-        w_hh = getattr(rnn, f"weight_hh_l{k}")  # (G·H, H)
-        b = getattr(rnn, f"bias_ih_l{k}") + getattr(rnn, f"bias_hh_l{k}")
-        xw = x @ w_ih.T + b  # (T, G·H)
-        for xw_t in xw:
-            z = xw_t + h @ w_hh.T
-            if cell == "rnn":
-                h = torch.tanh(z)
-                keep(hidden=h)
-                continue
-            z_i, z_f, z_g, z_o = z.split(hid)
-            i, f, g, o = torch.sigmoid(z_i), torch.sigmoid(z_f), torch.tanh(z_g), torch.sigmoid(z_o)
-            c = f * c + i * g
-            h = o * torch.tanh(c)
-            keep(hidden=h, cell=c, forget=f, input=i, output=o)
-    elif cell == "gru":
-        W = gru_weights_from_torch(rnn, k)  # textbook form: z is the share of the new state
-        xz = x @ W["W_z"].T + W["b_z"]  # (T, H) each
-        xr = x @ W["W_r"].T + W["b_r"]
-        xn = x @ W["W_n"].T + W["b_in"]
-        for xz_t, xr_t, xn_t in zip(xz, xr, xn, strict=True):
-            z = torch.sigmoid(xz_t + h @ W["U_z"].T)
-            r = torch.sigmoid(xr_t + h @ W["U_r"].T)
-            n = torch.tanh(xn_t + r * (h @ W["U_n"].T + W["b_hn"]))
-            h = (1 - z) * h + z * n
-            keep(hidden=h, update=z, reset=r)
-    elif cell in ("peephole", "coupled"):
-        w_x, w_h, bias, peep = rnn.layer_weights(k)  # (I, G·H), (H, G·H), (G·H,), (3, H)|None
-        xw = x @ w_x + bias  # (T, G·H)
-        for xw_t in xw:
-            z = xw_t + h @ w_h
-            if cell == "peephole":  # blocks [ i | f | g | o ]; o sees the new cell
-                p_i, p_f, p_o = peep.unbind(0)
-                z_i, z_f, z_g, z_o = z.split(hid)
-                i = torch.sigmoid(z_i + p_i * c)
-                f = torch.sigmoid(z_f + p_f * c)
-                c = f * c + i * torch.tanh(z_g)
-                o = torch.sigmoid(z_o + p_o * c)
-            else:  # blocks [ f | o | g ]; the input gate is tied: i = 1 − f
-                z_f, z_o, z_g = z.split(hid)
-                f, o = torch.sigmoid(z_f), torch.sigmoid(z_o)
-                i = 1 - f
-                c = f * c + i * torch.tanh(z_g)
-            h = o * torch.tanh(c)
-            keep(hidden=h, cell=c, forget=f, input=i, output=o)
-    else:
-        raise ValueError(f"unknown cell {cell!r}")
+            rec.setdefault(name, []).append(v[0])
     return {name: torch.stack(vs) for name, vs in rec.items()}
 
 

@@ -14,7 +14,8 @@ import torch
 from charlstm.data import split_ids
 from charlstm.model import LanguageModel, ModelConfig
 from charlstm.tokenizer import CharTokenizer
-from charlstm.train import Run, TrainConfig
+from charlstm.tokens import CorpusInfo
+from charlstm.training import Run, TrainConfig
 
 
 def tiny_run(text: str, run_dir: Path, *, hidden: int = 64, seed: int = 0, **train) -> Run:
@@ -28,7 +29,7 @@ def tiny_run(text: str, run_dir: Path, *, hidden: int = 64, seed: int = 0, **tra
     return Run(
         model=LanguageModel(model_cfg), model_cfg=model_cfg, train_cfg=cfg,
         tokenizer=tok.to_dict(), train_ids=train_ids, val_ids=val_ids,
-        corpus={"fingerprint": "test", "chars": len(text)}, run_dir=run_dir,
+        corpus=CorpusInfo(fingerprint="test", chars=len(text)), run_dir=run_dir,
     )  # fmt: skip
 
 

@@ -7,18 +7,18 @@ import torch
 from torch import Tensor, nn
 
 from charlstm.cells import (
-    CELLS,
     CELLS_WITH_MEMORY,
     CoupledLSTM,
     PeepholeLSTM,
     gru_reference_step,
     gru_weights_from_torch,
-    init_state,
     lstm_reference_step,
     lstm_weights_from_torch,
     make_recurrent,
-    make_stepper,
 )
+from charlstm.config import CELLS
+from charlstm.model import LanguageModel, ModelConfig
+from charlstm.step import Stepper
 
 B, T, IN, H, L = 3, 5, 6, 8, 2  # IN != H, so a transposed weight cannot pass by accident
 
@@ -200,7 +200,8 @@ def test_state_none_means_zeros_and_state_has_documented_shape(cell: str) -> Non
     x = torch.randn(B, T, IN)
     out, state = layer(x, None)
     assert out.shape == (B, T, H)
-    zeros = init_state(cell, L, B, H)
+    h = torch.zeros(L, B, H)
+    zeros = (h, torch.zeros_like(h)) if cell in CELLS_WITH_MEMORY else h  # torch's convention
     if cell in CELLS_WITH_MEMORY:
         h, c = state
         assert h.shape == c.shape == (L, B, H)
@@ -223,71 +224,74 @@ def test_make_recurrent_uses_torch_fused_layers_and_ours() -> None:
 
 
 # ---------------------------------------------------------------- the single-step path
+#
+# step.Stepper runs a whole model one token at a time; it must give the training path's
+# logits and state for every cell.
+
+V = 11
 
 
-def perturb_(layer: nn.Module) -> None:
+def language_model(cell: str, dropout: float = 0.0) -> LanguageModel:
+    cfg = ModelConfig(vocab_size=V, cell=cell, hidden_size=H, num_layers=L, embed_size=IN,
+                      dropout=dropout)  # fmt: skip
+    return LanguageModel(cfg)
+
+
+def perturb_(module: nn.Module) -> None:
     with torch.no_grad():
-        for p in layer.parameters():
+        for p in module.parameters():
             p.add_(0.3 * torch.randn_like(p))
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_stepper_matches_the_full_window(cell: str) -> None:
-    layer = make_recurrent(cell, IN, H, L, dropout=0.3)
-    perturb_(layer)  # the stepper must read the weights as they are now, not as initialised
-    stepper = make_stepper(cell, layer)  # built in training mode: it must still skip dropout
-    layer.eval()
-    x = torch.randn(B, T, IN)
-    state0 = random_state(cell)
+    model = language_model(cell, dropout=0.3)
+    perturb_(model)  # the stepper must read the weights as they are now, not as initialised
+    stepper = Stepper(model)  # built in training mode: it must still skip dropout
+    model.eval()
+    ids = torch.randint(0, V, (B, T))
+    state0 = parts(random_state(cell))
     with torch.no_grad():
-        expected_out, expected_state = layer(x, state0)
+        expected, expected_state = model(ids, state0)  # (B, T, V)
 
-    kept = [s.clone() for s in parts(state0)]
-    state, outs = state0, []
+    kept = [s.clone() for s in state0]
+    stepper.start(state0)
     for t in range(T):
-        out, state = stepper.step(x[:, t], state)
-        assert out.shape == (B, H)
-        outs.append(out)
-    torch.testing.assert_close(torch.stack(outs, dim=1), expected_out, rtol=0, atol=1e-5)
-    for got, exp in zip(parts(state), parts(expected_state), strict=True):
+        logits = stepper.step(ids[:, t])
+        assert logits.shape == (B, V)
+        torch.testing.assert_close(logits, expected[:, t], rtol=0, atol=1e-5)
+    for got, exp in zip(stepper.state(), expected_state, strict=True):
         torch.testing.assert_close(got, exp, rtol=0, atol=1e-5)
     # The caller's state is left as it was, so a primed state can be reused.
-    for before, after in zip(kept, parts(state0), strict=True):
+    for before, after in zip(kept, state0, strict=True):
         assert torch.equal(before, after)
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_stepper_handles_state_none_and_a_change_of_batch(cell: str) -> None:
-    layer = make_recurrent(cell, IN, H, L, dropout=0.0).eval()
-    stepper = make_stepper(cell, layer)
-    x = torch.randn(B, 2, IN)
+    model = language_model(cell).eval()
+    stepper = Stepper(model)
+    ids = torch.randint(0, V, (B, 2))
     with torch.no_grad():
-        expected, _ = layer(x)
-    out, state = stepper.step(x[:, 0], None)
-    out, _ = stepper.step(x[:, 1], state)
-    torch.testing.assert_close(out, expected[:, 1], rtol=0, atol=1e-5)
-    # Now one row at a time: the gate buffers must follow the batch size.
-    out, state = stepper.step(x[:1, 0], None)
-    out, state = stepper.step(x[:1, 1], state)
-    torch.testing.assert_close(out, expected[:1, 1], rtol=0, atol=1e-5)
-    assert all(part.shape == (L, 1, H) for part in parts(state))
+        expected, _ = model(ids)
+    stepper.step(ids[:, 0])  # never started: a zero state
+    torch.testing.assert_close(stepper.step(ids[:, 1]), expected[:, 1], rtol=0, atol=1e-5)
+    # Now one row at a time: the buffers must follow the batch size.
+    stepper.start(stepper.zero_state(1))
+    stepper.step(ids[:1, 0])
+    torch.testing.assert_close(stepper.step(ids[:1, 1]), expected[:1, 1], rtol=0, atol=1e-5)
+    assert all(part.shape == (L, 1, H) for part in stepper.state())
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_stepper_keeps_the_weights_it_was_built_from(cell: str) -> None:
-    layer = make_recurrent(cell, IN, H, L, dropout=0.0)
-    stepper = make_stepper(cell, layer)
-    x = torch.randn(B, IN)
-    before, _ = stepper.step(x)
-    perturb_(layer)
-    after, _ = stepper.step(x)
+    model = language_model(cell)
+    stepper = Stepper(model)
+    ids = torch.randint(0, V, (B,))
+    before = stepper.step(ids).clone()
+    perturb_(model)
+    stepper.start(stepper.zero_state(B))
+    after = stepper.step(ids)
     torch.testing.assert_close(after, before)
-    rebuilt, _ = make_stepper(cell, layer).step(x)
+    rebuilt = Stepper(model).step(ids)
     assert not torch.allclose(rebuilt, before)
-
-
-def test_stepper_rejects_a_layer_of_the_wrong_kind() -> None:
-    with pytest.raises(TypeError):
-        make_stepper("gru", make_recurrent("lstm", IN, H, L, 0.0))
-    with pytest.raises(TypeError):
-        make_stepper("coupled", make_recurrent("peephole", IN, H, L, 0.0))

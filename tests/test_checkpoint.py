@@ -6,7 +6,7 @@ import torch
 
 from charlstm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from charlstm.model import LanguageModel, ModelConfig
-from charlstm.train import fit
+from charlstm.training import fit
 
 from .conftest import PLAY
 from .helpers import tiny_run

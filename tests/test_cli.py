@@ -252,11 +252,11 @@ def test_plain_progress_lines_fill_only_the_gaps_between_validations():
 
     from rich.console import Console
 
-    from charlstm.cli import _TrainDisplay
+    from charlstm.display import TrainDisplay
 
     def lines(eval_at: set[int]) -> list[str]:
         out = io.StringIO()
-        display = _TrainDisplay(Console(file=out, width=200), cfg=None, setup_seconds=0.0)
+        display = TrainDisplay(Console(file=out, width=200))
         for step in range(1, 101):  # one progress event per 1% of the run
             p = step / 100
             display("progress", {"step": step, "loss": 2.0, "tokens_per_s": 1e4, "progress": p,

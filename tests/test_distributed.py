@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 
 from charlstm.checkpoint import load_checkpoint
 from charlstm.distributed import World, init_world, shutdown
-from charlstm.train import fit
+from charlstm.training import fit
 from tests.conftest import PLAY
 from tests.helpers import tiny_run
 

@@ -3,6 +3,7 @@ import torch.nn.functional as F
 
 from charlstm.model import LanguageModel, ModelConfig
 from charlstm.sample import SampleConfig, choose_next, generate
+from charlstm.step import Stepper
 
 
 def _model(cell: str = "lstm") -> LanguageModel:
@@ -51,29 +52,25 @@ def test_stepwise_generation_matches_the_training_model():
         assert tokens == expected, cell
 
         # And the probabilities themselves agree with the fast path's.
-        from charlstm.cells import make_stepper
-
         with torch.inference_mode():
             _, state = model(seq[:, :-1])
-            stepper = make_stepper(cell, model.rnn)
-            out, _ = stepper.step(model.embed.weight[seq[:, -1]], state)
-            fast = F.softmax(model.head(out), -1)
+            stepper = Stepper(model)
+            stepper.start(state)
+            fast = F.softmax(stepper.step(seq[:, -1]), -1)
         assert torch.allclose(fast, F.softmax(logits[:, -1], -1), atol=1e-5), cell
 
 
 def test_fused_lstm_step_gives_the_training_models_probabilities():
     """The sampler's fused step (one multiply per layer, state in place) against a full forward
     pass over each prefix, for several streams and steps, to 1e-5."""
-    from charlstm.sample import FusedLSTM
-
     torch.manual_seed(3)
     model = LanguageModel(ModelConfig(vocab_size=13, hidden_size=24, num_layers=3)).eval()
-    assert FusedLSTM.fits(model) and not FusedLSTM.fits(_model("gru"))
     seq = torch.randint(0, 13, (4, 20))
     with torch.no_grad():
         full, _ = model(seq)  # (4, 20, 13)
         _, state = model(seq[:, :5])
-    fused = FusedLSTM(model, state)
+    fused = Stepper(model)
+    fused.start(state)
     for t in range(5, 20):
         logits = fused.step(seq[:, t])
         assert torch.allclose(F.softmax(logits, -1), F.softmax(full[:, t], -1), atol=1e-5), t

@@ -13,11 +13,19 @@ from typer.testing import CliRunner
 
 from charlstm.cli import app
 from charlstm.data import split_ids
-from charlstm.tokens import MIN_CACHED_CHARS, split_text, tokenize_corpus
+from charlstm.tokens import MIN_CACHED_CHARS, _split_pieces, tokenize_corpus
 
 from .conftest import PLAY
 
 runner = CliRunner()
+
+
+def split_text(text: str, val_fraction: float, *, at_line: bool) -> tuple[str, str]:
+    """The training head and validation tail of `text`, as the tokenizer cuts them."""
+    parts = list(_split_pieces([text], val_fraction, len(text), at_line=at_line))
+    return "".join(t for p, t in parts if p == 0), "".join(t for p, t in parts if p == 1)
+
+
 TINY = ["--hidden", "48", "--layers", "1", "-b", "4", "-t", "16", "--threads", "1", "--lr", "1e-2",
         "--warmup", "5"]  # fmt: skip
 
@@ -200,7 +208,6 @@ def test_tokenizing_in_pieces_equals_tokenizing_the_whole(kind, cached, tmp_path
 
 
 def test_split_in_pieces_looks_for_the_line_end_across_pieces():
-    from charlstm.tokens import _split_pieces
 
     text = "a" * 100 + "b" * 30 + "\n" + "tail\n"
     for step in (1, 3, 17, 1000):

@@ -5,7 +5,8 @@ import torch
 
 from charlstm.checkpoint import load_checkpoint
 from charlstm.model import LanguageModel, ModelConfig
-from charlstm.train import Run, TrainConfig, TrainingDiverged, fit, learning_rate
+from charlstm.tokens import CorpusInfo
+from charlstm.training import Run, TrainConfig, TrainingDiverged, fit, learning_rate
 
 from .conftest import PLAY
 from .helpers import tiny_run
@@ -47,7 +48,8 @@ def test_resumed_run_continues_the_same_curve(tmp_path):
     model = LanguageModel(model_cfg)
     model.load_state_dict(ckpt["model"])
     resumed = Run(model=model, model_cfg=model_cfg, train_cfg=cfg, tokenizer=ckpt["tokenizer"],
-                  train_ids=part.train_ids, val_ids=part.val_ids, corpus=ckpt["corpus"],
+                  train_ids=part.train_ids, val_ids=part.val_ids,
+                  corpus=CorpusInfo.from_dict(ckpt["corpus"]),
                   run_dir=tmp_path / "part", metrics=ckpt["metrics"])  # fmt: skip
     fit(resumed, resume=ckpt["resume"])
 
@@ -78,7 +80,7 @@ def test_schedule_warms_up_then_decays_to_floor():
 
 
 def test_state_resets_are_a_function_of_seed_and_step_and_split_by_rank():
-    from charlstm.train import _reset_some
+    from charlstm.training import _reset_some
 
     cfg = TrainConfig(seed=4, state_reset=0.25)
     h = torch.ones(2, 64, 3)
@@ -87,7 +89,7 @@ def test_state_resets_are_a_function_of_seed_and_step_and_split_by_rank():
     assert torch.equal(full, again)
     zeroed = (full[0, :, 0] == 0).float().mean().item()
     assert 0.05 < zeroed < 0.5  # about a quarter of the streams forget
-    halves = [_reset_some(h[:, r], cfg, step=7, streams=64, rows=r)
+    halves = [_reset_some((h[:, r],), cfg, step=7, streams=64, rows=r)[0]
               for r in (slice(0, 32), slice(32, 64))]  # fmt: skip
     assert torch.equal(torch.cat(halves, dim=1), full)  # two ranks reset the same streams
     other = _reset_some((h, h.clone()), cfg, step=8, streams=64, rows=slice(0, 64))[0]
@@ -104,7 +106,7 @@ def test_sgd_optimizer_trains(tmp_path):
 
 
 def test_patience_stops_when_validation_stops_improving(tmp_path):
-    from charlstm.train import stale_validations
+    from charlstm.training import stale_validations
 
     assert stale_validations([]) == 0
     assert stale_validations([{"val_loss": v} for v in (3.0, 2.0, 2.5, 2.1)]) == 2

@@ -20,7 +20,8 @@ import torch
 from typer.testing import CliRunner
 
 from charlstm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from charlstm.cli import app, sparkline
+from charlstm.cli import app
+from charlstm.display import sparkline
 from tests.conftest import PLAY
 from tests.helpers import start_training, wait_for
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from charlstm import distributed
-from charlstm.checkpoint import save_checkpoint, write_atomic
+from charlstm.cells import State, detach_state
+from charlstm.checkpoint import save_checkpoint
 from charlstm.config import TrainConfig
 from charlstm.data import (
     StreamLayout,
@@ -30,7 +31,9 @@ from charlstm.device import autocast, grad_scaler
 from charlstm.distributed import World
 from charlstm.errors import CharlstmError
 from charlstm.evaluate import EvalResult, loss_total
-from charlstm.model import LanguageModel, ModelConfig, State, detach_state
+from charlstm.files import write_atomic
+from charlstm.model import LanguageModel, ModelConfig
+from charlstm.tokens import CorpusInfo
 
 Report = Callable[[str, dict[str, Any]], None]  # (event, data): "note", "start", "progress", "eval"
 
@@ -88,6 +91,41 @@ def make_optimizer(model: LanguageModel, cfg: TrainConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), fused=fused or None)
 
 
+def train_step(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    state: State | None,
+    clip: float,
+    precision: str,
+) -> tuple[torch.Tensor, State, torch.Tensor]:
+    """Forward and backward over one window (B, T), the gradients clipped to `clip`: returns
+    the mean loss, the new state (detached: truncated BPTT) and the gradient norm. The caller
+    checks the loss, then applies the step with `apply_step`."""
+    with autocast(x.device, precision):
+        losses, new_state = net(x, state, y)  # (B, T) nats
+    loss = losses.float().mean()
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()  # under DDP this also averages the gradients over the ranks
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    return loss.detach(), detach_state(new_state), grad_norm
+
+
+def apply_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    if scaler is not None:
+        scaler.step(optimizer)  # skips the step if fp16 gradients overflowed
+        scaler.update()
+    else:
+        optimizer.step()
+
+
 @dataclass
 class Run:
     """Everything a training session works on; checkpoint() turns it into a file's dict."""
@@ -98,7 +136,7 @@ class Run:
     tokenizer: dict[str, Any]
     train_ids: np.ndarray
     val_ids: np.ndarray
-    corpus: dict[str, Any]  # fingerprint, sources, sizes
+    corpus: CorpusInfo
     run_dir: Path
     pos: Position = field(default_factory=Position)
     metrics: list[dict[str, Any]] = field(default_factory=list)
@@ -118,14 +156,14 @@ class Run:
             "tokenizer": self.tokenizer,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "metrics": list(self.metrics),
-            "corpus": self.corpus,
+            "corpus": asdict(self.corpus),
             "step": self.pos.step,
             "tokens_seen": self.pos.tokens_seen,
             "best_val_loss": self.pos.best_val_loss,
         }
         if with_resume:
             assert self.optimizer is not None
-            state = _state_list(self.rnn_state) if full_state is None else full_state
+            state = list(self.rnn_state or ()) if full_state is None else full_state
             ckpt["resume"] = {
                 "position": asdict(self.pos),
                 "optimizer": self.optimizer.state_dict(),
@@ -178,8 +216,7 @@ def fit(
         if device.type == "cuda" and "cuda_rng" in resume:
             torch.cuda.set_rng_state(resume["cuda_rng"], device)
         # The file holds all B streams' state; take this rank's rows.
-        saved = [s[:, rows].to(device) for s in resume["rnn_state"]]
-        run.rnn_state = _state_from_list(saved)
+        run.rnn_state = tuple(s[:, rows].to(device) for s in resume["rnn_state"]) or None
     pos = run.pos
     eval_every = cfg.eval_every
     explode_at = max(10.0, 3.0 * math.log(run.model_cfg.vocab_size))
@@ -195,6 +232,7 @@ def fit(
             "train_tokens": len(run.train_ids),
             "val_tokens": len(run.val_ids),
             "resumed_at": pos.step if resume is not None else None,
+            "limits": {"budget": cfg.budget, "steps": cfg.steps, "epochs": cfg.epochs},
             "where": f"{device}"
             + (f" × {world.size} processes" if world.active else "")
             + (f" · {run.precision}" if run.precision != "fp32" else ""),
@@ -225,16 +263,9 @@ def fit(
         for group in run.optimizer.param_groups:
             group["lr"] = lr
 
-        with autocast(device, run.precision):
-            losses, state = net(x, run.rnn_state, y)  # (B / ranks, T) nats
-        loss = losses.float().mean()
-        run.optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(run.optimizer)
-        else:
-            loss.backward()  # under DDP this also averages the gradients over the ranks
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        loss, state, grad_norm = train_step(
+            net, run.optimizer, scaler, x, y, run.rnn_state, cfg.clip, run.precision
+        )
         # One small all-reduce: the mean loss, rank 0's clock, and whether any rank was asked
         # to stop, so every rank takes the same decisions.
         loss_value, elapsed, stop_votes = distributed.sum_across(
@@ -255,12 +286,8 @@ def fit(
                 f"checkpoint is kept. Try a lower --lr (now {cfg.lr:g}) "
                 f"or --clip (now {cfg.clip:g})"
             )
-        if scaler is not None:
-            scaler.step(run.optimizer)  # skips the step if fp16 gradients overflowed
-            scaler.update()
-        else:
-            run.optimizer.step()
-        run.rnn_state = detach_state(state)
+        apply_step(run.optimizer, scaler)
+        run.rnn_state = state
 
         pos.step += 1
         pos.window += 1
@@ -327,6 +354,8 @@ def fit(
         "parameters": model.num_parameters(),
         "best_val_loss": best,
         "best_val_bpc": best_record["val_bpc"] if best_record else None,
+        "val_losses": [m["val_loss"] for m in scored],
+        "tokenizer": run.tokenizer.get("kind", "char"),
         "last_train_loss": loss_value,
         "run_dir": str(run.run_dir),
         "device": str(device),
@@ -367,7 +396,8 @@ def _validate(run: Run, train_loss: float, report: Report) -> float:
         total, record["eval_seconds"] = distributed.sum_across(world, [part, seconds])
         n = len(run.val_ids) - 1
         # Bits per character count the characters of the text, whatever the tokens are.
-        result = EvalResult(loss=total / n, tokens=n, chars=run.corpus.get("val_chars", n))
+        chars = run.corpus.val_chars if run.corpus.val_chars is not None else n
+        result = EvalResult(loss=total / n, tokens=n, chars=chars)
         record.update(val_loss=result.loss, val_bpc=result.bits_per_char)
     record.setdefault("eval_seconds", time.perf_counter() - t0)
     record["eval_seconds"] = round(record["eval_seconds"], 3)
@@ -380,7 +410,7 @@ def _validate(run: Run, train_loss: float, report: Report) -> float:
         improved = train_loss < pos.best_val_loss
         pos.best_val_loss = min(pos.best_val_loss, train_loss)
     # A collective: every rank sends its streams' state, rank 0 saves all of them.
-    full_state = [distributed.gather_rows(world, s, dim=1) for s in _state_list(run.rnn_state)]
+    full_state = [distributed.gather_rows(world, s, dim=1) for s in run.rnn_state or ()]
     if world.is_main:
         if improved:
             save_checkpoint(run.checkpoint(with_resume=False), run.run_dir / "best.pt")
@@ -402,19 +432,5 @@ def _reset_some(state: State, cfg: TrainConfig, step: int, streams: int, rows: s
     keep = (torch.rand(streams, generator=g) >= cfg.state_reset)[rows]  # (B / ranks,)
     if bool(keep.all()):
         return state
-    keep = keep.to(_state_list(state)[0].device).view(1, -1, 1).float()  # (1, B, 1)
-    if isinstance(state, tuple):
-        return tuple(s * keep for s in state)  # type: ignore[return-value]
-    return state * keep
-
-
-def _state_list(state: State | None) -> list[torch.Tensor]:
-    if state is None:
-        return []
-    return list(state) if isinstance(state, tuple) else [state]
-
-
-def _state_from_list(tensors: list[torch.Tensor]) -> State | None:
-    if not tensors:
-        return None
-    return tensors[0] if len(tensors) == 1 else (tensors[0], tensors[1])
+    keep = keep.to(state[0].device).view(1, -1, 1).float()  # (1, B, 1)
+    return tuple(s * keep for s in state)

@@ -1,0 +1,311 @@
+"""A training run from a user's options: the corpus read and tokenized, the model sized to the
+budget and built, the run folder made, or a run picked up again from its last.pt; then trained.
+`charlstm train` and `charlstm.train()` both come here. Nothing here prints: what happens is
+reported as events (training.Report) for the caller to show or ignore.
+
+    summary = train(TrainOptions(corpus=["notes/"], budget="2m"), report=show)
+
+    options ─ apply_preset ─▶ tokenize ─▶ ModelConfig, TrainConfig ─ size_to_budget ─▶ Run ─▶ fit
+    options.resume ─────────▶ last.pt + tokens.npy ──────────────────────────────────▶ Run ─▶ fit
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from charlstm import distributed, sizing
+from charlstm.checkpoint import CheckpointError, load_checkpoint
+from charlstm.config import (
+    CORPORA,
+    DEFAULT_BUDGET,
+    ModelConfig,
+    TrainConfig,
+    TrainOptions,
+    adaptive_cutoffs,
+    apply_preset,
+)
+from charlstm.corpus import CorpusStream
+from charlstm.data import DataError, split_ids
+from charlstm.device import (
+    check_precision,
+    configure,
+    resolve_device,
+    resolve_precision,
+    set_threads,
+)
+from charlstm.distributed import World
+from charlstm.model import LanguageModel, model_from_checkpoint
+from charlstm.tokenizer import AnyTokenizer
+from charlstm.tokens import (
+    CorpusInfo,
+    TokenizedCorpus,
+    fingerprint_of,
+    spelled_chars,
+    tokenize_corpus,
+)
+from charlstm.training import Report, Run, fit
+
+
+def _ignore(event: str, data: dict[str, Any]) -> None:
+    pass
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class Prepared:
+    """A run ready to train, the training state to resume from, and how it was made."""
+
+    run: Run
+    resume_state: dict[str, Any] | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # goes into the summary
+
+
+def train(
+    options: TrainOptions,
+    *,
+    report: Report = _ignore,
+    should_stop: Callable[[], bool] = _never,
+) -> dict[str, Any]:
+    """Set up the run the options describe (or resume one), train it, and return the summary.
+
+    Under torchrun every rank calls this; rank 0 alone reports and writes. `should_stop` is
+    polled once a step: a True makes the run finish that step, save last.pt and return."""
+    t_start = time.perf_counter()
+    set_threads(options.threads)
+    device = resolve_device(options.device)
+    precision = resolve_precision(options.precision, device)
+    check_precision(precision, device)
+    world = distributed.init_world(device)
+    configure(world.device)
+    if not world.is_main:
+        report = _ignore  # rank 0 speaks for all
+    finished = False
+    try:
+        if options.resume is not None:
+            prepared = resume_run(options, report)
+        else:
+            prepared = new_run(options, world, precision, report)
+        run = prepared.run
+        run.world, run.precision = world, precision
+        report("ready", {"seconds": time.perf_counter() - t_start})
+        summary = fit(run, report=report, should_stop=should_stop, resume=prepared.resume_state)
+        finished = True
+    finally:
+        distributed.shutdown(world, clean=finished)
+    summary.update(prepared.info)
+    summary["rank"] = world.rank
+    return summary
+
+
+def new_run(options: TrainOptions, world: World, precision: str, report: Report) -> Prepared:
+    """Tokenize the corpus, choose the model (preset, budget sizing, defaults), make the run
+    folder and build the model."""
+    opts, preset = apply_preset(options)
+    if preset:
+        chosen = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in preset.items())
+        report("message", {"text": f"{opts.kind} model defaults: {chosen} (override with their "
+                                   "flags)"})  # fmt: skip
+    if opts.budget is None and opts.steps is None and opts.epochs is None:
+        opts = replace(opts, budget=DEFAULT_BUDGET)
+    train_cfg = TrainConfig(**opts.train_fields())
+    # The default name has a time in it: every rank takes rank 0's.
+    run_dir = distributed.broadcast(
+        world, opts.checkpoints / (opts.name or default_run_name(opts.corpus))
+    )
+    if (run_dir / "last.pt").exists():
+        raise CheckpointError(
+            f"'{run_dir}' already holds a run; continue it with --resume {run_dir} "
+            "or choose another --name"
+        )
+    tokenized, corpus, seconds = tokenize(opts, train_cfg.val_fraction, report)
+    train_ids, val_ids = tokenized.train_ids, tokenized.val_ids
+    if len(val_ids) < 2 and train_cfg.val_fraction > 0:
+        raise DataError(
+            f"the corpus is too short for a validation split ({len(tokenized.ids)} tokens); "
+            "give more text or --val-fraction 0"
+        )
+    val_ids, corpus.val_chars = validation_part(
+        val_ids, tokenized.val_chars, train_cfg.val_tokens, tokenized.tokenizer, report
+    )
+    vocab = tokenized.tokenizer.vocab_size
+    cutoffs = adaptive_cutoffs(vocab) if opts.softmax == "adaptive" else None
+    model_cfg = ModelConfig(vocab_size=vocab, softmax_cutoffs=cutoffs, **opts.model_fields())
+    info: dict[str, Any] = {"tokenize_seconds": round(seconds, 3),
+                            "tokens_from_cache": tokenized.cached}  # fmt: skip
+    sized_by_user = len(opts.given("hidden", "layers", "lr", "dropout")) == 4
+    if opts.kind == "char" and train_cfg.budget and not sized_by_user:
+        if world.active:
+            note = ("budget-aware sizing runs in one process only; using the default size (set "
+                    "--hidden, --layers, --lr, --dropout)")  # fmt: skip
+            report("note", {"message": note})
+        else:
+            model_cfg, train_cfg, info["chosen"] = size_to_budget(
+                model_cfg, train_cfg, opts, len(train_ids), world.device, precision, report
+            )
+    torch.manual_seed(train_cfg.seed)
+    model = LanguageModel(model_cfg)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        keep_tokens(tokenized.ids, tokenized.path, run_dir / "tokens.npy")  # resume needs no corpus
+    run = Run(
+        model=model, model_cfg=model_cfg, train_cfg=train_cfg,
+        tokenizer=tokenized.tokenizer.to_dict(), train_ids=train_ids, val_ids=val_ids,
+        corpus=corpus, run_dir=run_dir,
+    )  # fmt: skip
+    return Prepared(run, None, info)
+
+
+def tokenize(
+    opts: TrainOptions, val_fraction: float, report: Report
+) -> tuple[TokenizedCorpus, CorpusInfo, float]:
+    """Read the corpus a piece at a time (a corpus larger than memory streams into the id
+    file) and tokenize it through the cache under corpora/cache."""
+    t0 = time.perf_counter()
+    report("stage", {"message": f"reading and tokenizing ({opts.kind})…"})
+    stream = CorpusStream(
+        opts.corpus, cache_dir=CORPORA, encoding=opts.encoding, errors=opts.errors
+    )
+    tokenized = tokenize_corpus(
+        stream, kind=opts.kind, vocab_size=opts.vocab_size, min_frequency=opts.min_frequency,
+        val_fraction=val_fraction, cache_dir=CORPORA / "cache", signature=stream.signature(),
+    )  # fmt: skip
+    seconds = time.perf_counter() - t0
+    sources = list(stream.sources)
+    corpus = CorpusInfo(
+        fingerprint=tokenized.fingerprint, chars=tokenized.chars, sources=sources[:20],
+        n_sources=len(sources), tokenizer=opts.kind, n_train=tokenized.n_train,
+    )  # fmt: skip
+    report("tokenized", {"kind": opts.kind, "vocab_size": tokenized.tokenizer.vocab_size,
+                         "tokens": len(tokenized.ids), "chars": tokenized.chars,
+                         "seconds": seconds, "cached": tokenized.cached})  # fmt: skip
+    return tokenized, corpus, seconds
+
+
+def validation_part(
+    val_ids: np.ndarray, val_chars: int, limit: int, tokenizer: AnyTokenizer, report: Report
+) -> tuple[np.ndarray, int]:
+    """The validation ids training scores (at most `limit` from the start; 0 = all), and the
+    characters their predicted tokens spell."""
+    if not limit or len(val_ids) <= limit:
+        return val_ids, val_chars
+    report("message", {"text": f"validating on the first {limit:,} of {len(val_ids):,} "
+                               "validation tokens (--val-tokens)"})  # fmt: skip
+    part = val_ids[:limit]
+    return part, spelled_chars(tokenizer, part)
+
+
+def size_to_budget(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    opts: TrainOptions,
+    train_tokens: int,
+    device: torch.device,
+    precision: str,
+    report: Report,
+) -> tuple[ModelConfig, TrainConfig, str]:
+    """Choose the size, learning rate and dropout for the budget (sizing.py), keeping what the
+    user gave; the time spent measuring comes out of the budget. Returns the new configs and
+    one line saying what was chosen."""
+    t0 = time.perf_counter()
+    rungs = sizing.LADDER
+    if opts.hidden is not None or opts.layers is not None:
+        rungs = (sizing.Rung(model_cfg.hidden_size, model_cfg.num_layers,
+                             sizing.lr_for(model_cfg.hidden_size)),)  # fmt: skip
+    report("stage", {"message": "measuring this machine's speed to size the model to the budget…"})
+    assert train_cfg.budget is not None
+    choice = sizing.choose(
+        train_cfg.budget, train_tokens,
+        rate=lambda r: sizing.measure_rate(
+            r, model_cfg, train_cfg, device, precision,
+            warmup_seconds=0.25 if r == rungs[0] else 0.0,  # the process's first steps
+        ),
+        params=lambda r: sizing.count_parameters(r, model_cfg), rungs=rungs,
+    )  # fmt: skip
+    spent = time.perf_counter() - t0
+    lr = train_cfg.lr if opts.lr is not None else sizing.cell_lr(choice.rung, model_cfg.cell)
+    dropout = model_cfg.dropout if opts.dropout is not None else choice.dropout
+    train_cfg = replace(train_cfg, budget=max(1.0, train_cfg.budget - spent), lr=lr)
+    model_cfg = sizing.sized(model_cfg, choice.rung, embed_size=opts.embed or 0, dropout=dropout)
+    chosen = f"{choice.rung}, lr {lr:g}, dropout {dropout:g}"
+    report("message", {"text": (
+        f"sized for the budget: {chosen} (~{choice.epochs:.1f} passes over the training split); "
+        f"{choice.why}; {spent:.1f}s measuring, counted in the budget. Each yields to its flag "
+        "(--hidden, --layers, --lr, --dropout).")})  # fmt: skip
+    return model_cfg, train_cfg, chosen
+
+
+def resume_run(options: TrainOptions, report: Report) -> Prepared:
+    """The run in options.resume as its last.pt left it, with its own token ids (tokens.npy);
+    a corpus given is only checked against the run's. New limits replace the old ones."""
+    assert options.resume is not None
+    run_dir = Path(options.resume)
+    if not (run_dir / "last.pt").is_file():
+        raise CheckpointError(f"cannot resume: no last.pt in '{run_dir}'")
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    if "resume" not in ckpt:
+        raise CheckpointError(f"cannot resume: '{run_dir / 'last.pt'}' holds no training state")
+    tokens = run_dir / "tokens.npy"
+    if not tokens.is_file():
+        raise CheckpointError(f"cannot resume: '{tokens}' (the run's token ids) is missing")
+    ids = np.load(tokens, mmap_mode="r")
+    corpus = CorpusInfo.from_dict(ckpt["corpus"])
+    if options.corpus:
+        stream = CorpusStream(options.corpus, cache_dir=CORPORA, encoding=options.encoding,
+                              errors=options.errors)  # fmt: skip
+        report("stage", {"message": "checking the corpus…"})
+        if fingerprint_of(stream) != corpus.fingerprint:
+            raise CheckpointError(
+                "cannot resume: the corpus given differs from the one this run was trained on"
+            )
+    # Runs saved before --val-tokens validated on the whole split.
+    train_cfg = TrainConfig(**{"val_tokens": 0, **ckpt["train_config"]})
+    limits = {"budget": options.budget, "steps": options.steps, "epochs": options.epochs}
+    if any(v is not None for v in limits.values()):
+        train_cfg = replace(train_cfg, **limits)  # e.g. a longer budget to train on
+    model = model_from_checkpoint(ckpt)
+    if corpus.n_train is not None:  # where the text was cut before tokenizing
+        train_ids, val_ids = ids[: corpus.n_train], ids[corpus.n_train :]
+        if train_cfg.val_tokens:  # the part the run validated on; its val_chars are saved
+            val_ids = val_ids[: train_cfg.val_tokens]
+    else:
+        train_ids, val_ids = split_ids(np.asarray(ids), train_cfg.val_fraction)
+    run = Run(
+        model=model, model_cfg=model.cfg, train_cfg=train_cfg, tokenizer=ckpt["tokenizer"],
+        train_ids=train_ids, val_ids=val_ids, corpus=corpus, run_dir=run_dir,
+        metrics=list(ckpt["metrics"]),
+    )  # fmt: skip
+    return Prepared(run, ckpt["resume"], {})
+
+
+def default_run_name(corpus: list[str]) -> str:
+    """corpus-date-time, e.g. play-20261201-093000."""
+    first = corpus[0] if corpus else "corpus"
+    stem = "stdin" if first == "-" else Path(first.rstrip("/")).stem or "corpus"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem)[:40]
+    return f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def keep_tokens(ids: np.ndarray, cached: Path | None, dest: Path) -> None:
+    """The run's own copy of its token ids: a hard link to the cache file where one can be made
+    (no second copy of a big corpus on disk), else a copy."""
+    if cached is not None:
+        try:
+            os.link(cached, dest)
+        except OSError:
+            shutil.copyfile(cached, dest)  # another file system, or no hard links there
+        return
+    np.save(dest, ids)
