@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from charlstm import runs
-from charlstm.checkpoint import CheckpointError, describe, load_checkpoint, resolve_checkpoint
+from charlstm.checkpoint import describe, read_checkpoint, resolve_checkpoint
 from charlstm.config import CHECKPOINTS, SampleConfig, TrainOptions
 from charlstm.errors import CharlstmError, UsageError
 from charlstm.evaluate import EvalResult, evaluate_ids, score_lines, token_losses
-from charlstm.model import LanguageModel, model_from_checkpoint
+from charlstm.model import LanguageModel
 from charlstm.sample import generate
-from charlstm.tokenizer import AnyTokenizer, tokenizer_from_dict
+from charlstm.tokenizer import AnyTokenizer
 from charlstm.tokens import spelled_chars
 from charlstm.training import Report
 
@@ -46,7 +46,7 @@ def train(
     """Train a model on `corpus` (files, folders, "-" or a built-in name) with the options of
     `charlstm train` as keywords (budget="2m", hidden=512, resume="checkpoints/run", ...; see
     config.TrainOptions) and return the summary. `report(event, data)` sees what happens
-    (print shows it all); `should_stop()` returning True ends the run after its current step
+    (print shows it all); `should_stop()` returning True ends the run before its next step
     with last.pt saved."""
     if isinstance(corpus, str):
         corpus = [corpus]
@@ -63,24 +63,15 @@ def load(
     """The model in a run folder (its best.pt, else last.pt) or a checkpoint file; with no
     path, the most recently written best.pt under `checkpoints`."""
     where = resolve_checkpoint(None if path is None else Path(path), Path(checkpoints))
-    ckpt = load_checkpoint(where)
-    try:
-        net = model_from_checkpoint(ckpt)
-        tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
-    except CharlstmError:
-        raise
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(
-            f"'{where}' is damaged or from an incompatible version: {str(e).splitlines()[0]}"
-        ) from e
-    net.eval().to(device)
-    return Model(net, tokenizer, where, {k: v for k, v in ckpt.items() if k != "model"})
+    ckpt = read_checkpoint(where)
+    meta = {k: v for k, v in ckpt.data.items() if k != "model"}
+    return Model(ckpt.model().to(device), ckpt.tokenizer, where, meta)
 
 
 def info(path: str | Path | None = None, *, checkpoints: str | Path = CHECKPOINTS) -> dict:
     """What a checkpoint holds (as `charlstm info --json`), read without building the model."""
     where = resolve_checkpoint(None if path is None else Path(path), Path(checkpoints))
-    return describe(load_checkpoint(where), where)
+    return describe(read_checkpoint(where).data, where)
 
 
 def random_seed() -> int:

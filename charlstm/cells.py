@@ -236,7 +236,8 @@ class CoupledLSTM(_OwnLSTM):
             z_f, z_o, z_g = torch.addmm(xw_t, h, w_h).split(hidden, dim=1)  # (B, H) each
             f = torch.sigmoid(z_f)
             g = torch.tanh(z_g)
-            c = torch.lerp(g, c, f)  # g + f ⊙ (c − g) = f ⊙ c + (1 − f) ⊙ g, one kernel
+            # f ⊙ c + (1 − f) ⊙ g; not torch.lerp, which refuses a bf16 g (autocast) with an fp32 c
+            c = g + f * (c - g)
             h = torch.sigmoid(z_o) * torch.tanh(c)
             outs.append(h)
         return torch.stack(outs, dim=1), h, c

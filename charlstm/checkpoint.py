@@ -3,20 +3,29 @@
 A checkpoint is a dict of tensors and plain Python values:
     format, format_version, charlstm_version, model_config, train_config, tokenizer,
     model (state dict), metrics, corpus, step, tokens_seen, best_val_loss
-and, in last.pt only, "resume": optimizer state, RNG state, data position, carried state.
+and, in last.pt only, "resume": optimizer state, data position, carried state. (The random
+draws of a step are a function of the seed and the step: no RNG state is needed to resume.)
+
+Nothing is built from a file before `read_checkpoint` has checked all of it.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from charlstm import __version__
+from charlstm.config import ModelConfig, TrainConfig
 from charlstm.errors import CharlstmError
 from charlstm.files import FileWriteError, write_atomic
+from charlstm.model import LanguageModel
+from charlstm.tokenizer import AnyTokenizer, tokenizer_from_dict
+from charlstm.tokens import CorpusInfo
 
 FORMAT = "charlstm"
 FORMAT_VERSION = 1
@@ -83,6 +92,251 @@ def resolve_checkpoint(model: Path | None, root: Path = Path("checkpoints")) -> 
     if not model.exists():
         raise CheckpointError(f"no checkpoint at '{model}'")
     return model
+
+
+# ------------------------------------------------------------------------------------ validation
+#
+# Everything built from a file is built from what `read_checkpoint` has checked: the types of
+# every field, the model's size (before anything is allocated), every tensor's shape, dtype and
+# finiteness against the config, the tokenizer against the vocabulary, and for --resume the
+# training state. A file that fails any check is refused with one line saying what is wrong.
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# Gate blocks per layer, by cell: what a layer's weights cost.
+_GATES = {"lstm": 4, "gru": 3, "rnn": 1, "peephole": 4, "coupled": 3}
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint whose contents have been checked; build from it, not from the raw dict."""
+
+    path: Path
+    data: dict[str, Any]
+    config: ModelConfig
+    tokenizer: AnyTokenizer
+
+    def model(self) -> LanguageModel:
+        """The model it describes, with its weights, in eval mode."""
+        net = LanguageModel(self.config)
+        net.load_state_dict({k: v.float() for k, v in self.data["model"].items()})
+        return net.eval()
+
+
+def read_checkpoint(path: Path, *, resume: bool = False) -> Checkpoint:
+    """Load a checkpoint (load_checkpoint) and check all of it; with `resume`, also the training
+    state last.pt carries. Raises CheckpointError naming the first problem."""
+    path = Path(path)
+    data = load_checkpoint(path)
+    try:
+        return _validated(path, data, resume)
+    except _Invalid as e:
+        raise CheckpointError(f"'{path}' is damaged or not usable: {e}") from None
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _require(ok: bool, what: str) -> None:
+    if not ok:
+        raise _Invalid(what)
+
+
+def _typed(value: object, kind: str) -> bool:
+    """Whether `value` is of a dataclass field's declared type (as written in the source)."""
+    if value is None:
+        return "None" in kind
+    if isinstance(value, bool):
+        return kind.startswith("bool")
+    if isinstance(value, int):
+        return kind.startswith(("int", "float"))
+    if isinstance(value, float):
+        return kind.startswith("float") and math.isfinite(value)
+    if isinstance(value, str):
+        return kind.startswith("str")
+    if isinstance(value, list):
+        item = {"list[int]": int, "list[str]": str}.get(kind.split(" |")[0])
+        return item is not None and all(
+            isinstance(v, item) and not isinstance(v, bool) for v in value
+        )
+    return False
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _config(cls: type, d: object, name: str) -> Any:
+    """An instance of the config dataclass `cls` from a checkpoint's dict, every field typed."""
+    _require(isinstance(d, dict), f"{name} is {type(d).__name__}, not a dict")
+    assert isinstance(d, dict)
+    known = {f.name: f.type for f in fields(cls)}
+    for key, value in d.items():
+        _require(key in known, f"{name} has an unknown field {key!r}")
+        _require(_typed(value, str(known[key])), f"{name}.{key} = {value!r} is not a {known[key]}")
+    try:
+        return cls(**d)
+    except (TypeError, ValueError) as e:
+        raise _Invalid(f"{name}: {e}") from None
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    """The parameters a model of `cfg` holds, computed without building it."""
+    g, h, e, v = _GATES[cfg.cell], cfg.hidden_size, cfg.embed_size, cfg.vocab_size
+    layers = sum(g * h * ((e if k == 0 else h) + h + 2) for k in range(min(cfg.num_layers, 2)))
+    layers += max(cfg.num_layers - 2, 0) * g * h * (2 * h + 2)
+    if cfg.cell == "peephole":
+        layers += cfg.num_layers * 3 * h
+    return v * e + layers + (0 if cfg.tie_weights else v * h) + v
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 << 30
+
+
+def check_size(cfg: ModelConfig, what: str = "the model") -> None:
+    """Refuse, before anything is allocated, a model whose weights alone would fill half of this
+    machine's memory (training needs four times that)."""
+    n = parameter_count(cfg)
+    need, have = 4 * n, memory_bytes()
+    if need > have // 2:
+        raise CheckpointError(
+            f"{what} ({cfg.num_layers}×{cfg.hidden_size}, vocabulary {cfg.vocab_size:,}) needs "
+            f"{n:,} parameters, ~{_gb(need)} for its weights alone; this machine has {_gb(have)}"
+        )
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:,.1f} GB" if n >= 2**30 else f"{n / 2**20:,.0f} MB"
+
+
+def _validated(path: Path, data: dict[str, Any], resume: bool) -> Checkpoint:
+    for key in ("model_config", "tokenizer", "model"):
+        _require(key in data, f"it has no {key!r}")
+    config = _config(ModelConfig, data["model_config"], "model_config")
+    try:
+        check_size(config, "its model")
+    except CheckpointError as e:
+        raise _Invalid(str(e)) from None
+    train_config = None
+    if "train_config" in data or resume:
+        train_config = _config(TrainConfig, data.get("train_config"), "train_config")
+    for key, kinds in (("step", int), ("tokens_seen", int), ("metrics", list),
+                       ("corpus", dict), ("best_val_loss", (int, float))):  # fmt: skip
+        value = data.get(key)
+        _require(value is None or (isinstance(value, kinds) and not isinstance(value, bool)),
+                 f"{key} is {type(value).__name__}")  # fmt: skip
+    for m in data.get("metrics") or []:
+        numbers = ("train_loss", "val_loss", "val_bpc", "elapsed", "tokens_seen")
+        _require(isinstance(m, dict) and isinstance(m.get("step"), int)
+                 and all(m.get(k) is None or _number(m[k]) for k in numbers),
+                 f"a metrics record is damaged: {str(m)[:80]}")  # fmt: skip
+    if data.get("corpus") is not None or resume:
+        _config(CorpusInfo, data.get("corpus"), "corpus")
+    _check_weights(data["model"], config)
+    tokenizer = _tokenizer(data["tokenizer"], config)
+    if resume:
+        _check_resume(data.get("resume"), config, train_config.optimizer)
+    return Checkpoint(path, data, config, tokenizer)
+
+
+def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        return {k: tuple(v.shape) for k, v in LanguageModel(config).state_dict().items()}
+
+
+def _check_weights(weights: object, config: ModelConfig) -> None:
+    _require(isinstance(weights, dict), "its weights are no dict")
+    assert isinstance(weights, dict)
+    expected = _expected_shapes(config)
+    for key, shape in expected.items():
+        t = weights.get(key)
+        _require(t is not None, f"the weight {key!r} is missing")
+        _require(isinstance(t, torch.Tensor), f"the weight {key!r} is no tensor")
+        _require(t.dtype in _FLOAT_DTYPES, f"the weight {key!r} holds {t.dtype}, not floats")
+        _require(tuple(t.shape) == shape,
+                 f"the weight {key!r} is {tuple(t.shape)}, the config needs {shape}")  # fmt: skip
+        _require(bool(torch.isfinite(t).all()), f"the weight {key!r} holds NaN or infinity")
+    extra = sorted(set(weights) - set(expected))
+    _require(not extra, f"it holds weights the model does not have: {extra[:3]}")
+
+
+def _tokenizer(d: object, config: ModelConfig) -> AnyTokenizer:
+    _require(isinstance(d, dict), "its tokenizer is no dict")
+    assert isinstance(d, dict)
+    kind = d.get("kind")
+    field_name = "chars" if kind == "char" else "json"
+    _require(kind in ("char", "word", "bpe"), f"unknown tokenizer kind {kind!r}")
+    _require(isinstance(d.get(field_name), str), f"the {kind} tokenizer's {field_name} is no text")
+    try:
+        tokenizer = tokenizer_from_dict(d)
+    except (CharlstmError, ValueError) as e:
+        raise _Invalid(f"its tokenizer: {str(e).splitlines()[0] if str(e) else e}") from None
+    _require(tokenizer.vocab_size == config.vocab_size,
+             f"its tokenizer has {tokenizer.vocab_size:,} tokens, the model "
+             f"{config.vocab_size:,}")  # fmt: skip
+    return tokenizer
+
+
+_POSITION = {"step": int, "epoch": int, "window": int, "tokens_seen": int,
+             "elapsed": (int, float), "train_seconds": (int, float),
+             "best_val_loss": (int, float)}  # fmt: skip
+
+
+def _check_resume(state: object, config: ModelConfig, optimizer: str) -> None:
+    _require(isinstance(state, dict), "it holds no training state to resume from")
+    assert isinstance(state, dict)
+    pos = state.get("position")
+    _require(isinstance(pos, dict), "its training position is missing")
+    assert isinstance(pos, dict)
+    for key, value in pos.items():
+        _require(key in _POSITION and isinstance(value, _POSITION[key])
+                 and not isinstance(value, bool), f"position.{key} = {value!r}")  # fmt: skip
+        _require(not isinstance(value, int) or value >= 0, f"position.{key} = {value}")
+    _require(state.get("precision", "fp32") in ("fp32", "bf16", "fp16"), "its precision")
+    parts = state.get("rnn_state")
+    _require(isinstance(parts, list) and len(parts) <= 2, "its carried state is no list")
+    assert isinstance(parts, list)
+    for t in parts:
+        shape = (config.num_layers, -1, config.hidden_size)
+        fits = isinstance(t, torch.Tensor) and t.dtype in _FLOAT_DTYPES and t.dim() == 3
+        fits = fits and all(want in (-1, got) for want, got in zip(shape, t.shape, strict=True))
+        _require(fits and bool(torch.isfinite(t).all()), "its carried state does not fit the model")
+    _check_optimizer(state.get("optimizer"), config, optimizer)
+
+
+def _check_optimizer(opt: object, config: ModelConfig, optimizer: str) -> None:
+    """The optimizer state against a fresh optimizer of the same kind over the model's
+    parameters, in the order training.make_optimizer groups them (matrices, then vectors):
+    every group's settings present and of the right type, every state tensor of its
+    parameter's shape."""
+    bad = "its optimizer state does not fit the model"
+    _require(isinstance(opt, dict) and isinstance(opt.get("state"), dict)
+             and isinstance(opt.get("param_groups"), list) and len(opt["param_groups"]) == 2,
+             bad)  # fmt: skip
+    assert isinstance(opt, dict)
+    with torch.device("meta"):
+        params = list(LanguageModel(config).parameters())
+        groups = [[p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]]
+        kind = torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW
+        fresh = kind([{"params": g} for g in groups], lr=1.0).state_dict()
+    ordered = [p.shape for g in groups for p in g]
+    for saved, want in zip(opt["param_groups"], fresh["param_groups"], strict=True):
+        _require(isinstance(saved, dict) and saved.get("params") == want["params"], bad)
+        for key, value in want.items():
+            _require(key in saved and type(saved[key]) is type(value), f"{bad} ({key})")
+    entry_keys = {"step", "exp_avg", "exp_avg_sq"} if kind is torch.optim.AdamW else None
+    for i, entry in opt["state"].items():
+        _require(isinstance(i, int) and 0 <= i < len(ordered) and isinstance(entry, dict), bad)
+        _require(entry_keys is None or set(entry) == entry_keys, bad)
+        for t in entry.values():
+            _require(isinstance(t, torch.Tensor) and t.is_floating_point()
+                     and bool(torch.isfinite(t).all())
+                     and (t.dim() == 0 or t.shape == ordered[i]), bad)  # fmt: skip
 
 
 def describe(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -89,9 +89,26 @@ def _write_stdout(text: str) -> None:
         raise typer.Exit(0) from None
 
 
+class _StdoutConsole(Console):
+    """A Rich console for the product on stdout: a reader that goes away (`| head`) ends the
+    command quietly with status 0, as for plain text (Rich's own choice is status 1)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(0)
+
+
 # Options several commands share.
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
-Threads = Annotated[int, typer.Option(help="CPU threads; 0 = all cores.")]
+Threads = Annotated[
+    int,
+    typer.Option(
+        help="CPU threads; 0 = chosen for the work: one for a single stream (a sample, "
+        "--per-line), all cores otherwise."
+    ),
+]
 Device = Annotated[
     str,
     typer.Option(
@@ -316,7 +333,9 @@ def train(
     ] = None,
     encoding: Encoding = "utf-8",
     errors: DecodeErrors = "strict",
-    threads: Threads = 0,
+    threads: Annotated[
+        int, typer.Option(help="CPU threads; 0 = all cores (shared among torchrun's processes).")
+    ] = 0,
     device: Device = "auto",
     precision: Annotated[
         str,
@@ -442,9 +461,7 @@ def sample(
     on_unknown: Annotated[
         str, typer.Option(help="Prime characters the model never saw: error or skip.")
     ] = "error",
-    threads: Annotated[
-        int, typer.Option(help="CPU threads; 0 = all cores (fastest here even for one sample).")
-    ] = 0,
+    threads: Threads = 0,
     quiet: Quiet = False,
 ) -> None:
     """Stream generated text to stdout, one token at a time."""
@@ -454,7 +471,7 @@ def sample(
     SampleConfig.build(length, temp, top_k, top_p, greedy=greedy)  # check before loading
     if prime == "-":
         prime = sys.stdin.read()
-    net = _load(model, threads, err)
+    net = _load(model, threads, err, streams=num_samples)
     net.encode_prime(prime, on_unknown)  # a prime it cannot read ends here, before the seed
     if seed is None:
         seed = random_seed()
@@ -492,12 +509,14 @@ def _stream(pieces: Any) -> None:
     _write_stdout("".join(pending) + "\n")
 
 
-def _load(model: Path | None, threads: int, err: Console, device: str = "cpu") -> Any:
-    """The model, loaded through the API, on `threads` CPU threads."""
+def _load(
+    model: Path | None, threads: int, err: Console, device: Any = "cpu", streams: int = 1
+) -> Any:
+    """The model, loaded through the API, on `threads` CPU threads (0: chosen for `streams`)."""
     from charlstm.api import load
     from charlstm.device import set_threads
 
-    set_threads(threads)
+    set_threads(threads, streams)
     net = load(model, device=device)
     err.print(f"model {net.path}", style="dim")
     return net
@@ -559,7 +578,7 @@ def evaluate(
     from charlstm.device import resolve_device
 
     body = _read_texts(text, encoding, errors, err)
-    net = _load(model, threads, err, device=resolve_device(device))
+    net = _load(model, threads, err, resolve_device(device), 1 if per_line else streams)
     encoded = net.encode_text(body)
     _note_unknown(encoded, err)
     t0 = time.perf_counter()
@@ -735,7 +754,7 @@ def _show_units(
         if "correlation" in s:
             label += f" · r={s['correlation']:+.2f} with {s['property']}"
         rows.append((label, acts[s["kind"]][:, s["unit"]], s["kind"]))
-    out = Console(file=sys.stdout, highlight=False)  # Rich drops the colour when piped
+    out = _StdoutConsole(file=sys.stdout, highlight=False)  # Rich drops the colour when piped
     for label, values, k in rows:
         out.print(label, style="bold", markup=False)
         end = "" if body.endswith("\n") else "\n"  # the text's own last newline ends it

@@ -27,6 +27,7 @@ DECODE_ERRORS = ("strict", "replace", "ignore")
 CORPORA = Path("corpora")  # built-in corpora and the token cache (corpora/cache), beside the runs
 CHECKPOINTS = Path("checkpoints")  # the run folders, unless --checkpoints says otherwise
 DEFAULT_BUDGET = 600.0  # seconds, when no --budget, --steps or --epochs is given
+MAX_LAYERS = 64  # deeper recurrent stacks do not train; a damaged file must not ask for 10^6
 
 # What word and subword models need that a char model does not: a wide softmax costs several
 # LSTM layers, and a few hundred thousand tokens overfit in a few epochs. Each applies unless
@@ -77,6 +78,7 @@ class ModelConfig:
         _check(self.cell in CELLS, f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
         _at_least("--hidden", self.hidden_size, 1)
         _at_least("--layers", self.num_layers, 1)
+        _check(self.num_layers <= MAX_LAYERS, f"--layers must be at most {MAX_LAYERS}")
         _at_least("the vocabulary size", self.vocab_size, 1)
         _at_least("--embed", self.embed_size, 0)
         if self.embed_size == 0:
@@ -237,9 +239,13 @@ def parse_duration(text: str | float) -> float:
     return seconds
 
 
-# The options that fix what a run is (its model and data); `--resume` refuses them.
-SHAPE_OPTIONS = ("cell", "hidden", "layers", "embed", "weight_drop", "tie_weights", "softmax",
-                 "tokenizer", "vocab_size", "min_frequency")  # fmt: skip
+# What a run is (its model, its data and their layout, its seed): `--resume` refuses these.
+FIXED_BY_RUN = ("cell", "hidden", "layers", "embed", "dropout", "weight_drop", "tie_weights",
+                "softmax", "tokenizer", "vocab_size", "min_frequency", "batch_size", "window",
+                "seed", "optimizer", "val_fraction", "val_tokens", "name")  # fmt: skip
+# What `--resume` applies from the step it resumes at (TrainConfig's names), limits aside.
+CHANGEABLE_ON_RESUME = ("lr", "min_lr_ratio", "warmup_steps", "weight_decay", "clip",
+                        "eval_every", "patience", "state_reset")  # fmt: skip
 
 
 @dataclass
@@ -319,9 +325,19 @@ class TrainOptions:
         )
         _at_least("--threads", self.threads, 0)
         if self.resume is not None:
-            shape = self.given(*SHAPE_OPTIONS)
-            flags = ", ".join("--" + n.replace("_", "-") for n in shape)
-            _check(not shape, f"--resume continues the checkpoint's model as it is; drop {flags}")
+            fixed = self.given(*FIXED_BY_RUN)
+            flags = ", ".join("--" + n.replace("_", "-") for n in fixed)
+            _check(
+                not fixed,
+                f"--resume continues the checkpoint's model as it is (its data, layout and seed "
+                f"too); drop {flags}",
+            )
+        _check(
+            self.name is None
+            or (self.name.strip(". ") != "" and not any(sep in self.name for sep in "/\\")),
+            f"--name must be a plain folder name, without / or .. (got {self.name!r}); "
+            "--checkpoints says where the run folders go",
+        )
         # The ranges live in the configs: build them once from what was given, to check it.
         TrainConfig(**self.train_fields())
         ModelConfig(vocab_size=max(2, self.vocab_size or 2), **self.model_fields())

@@ -59,6 +59,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
 
 
+def precision_available(precision: str, device: torch.device) -> bool:
+    """Whether `precision` runs natively on `device`."""
+    try:
+        check_precision(precision, device)
+    except DeviceError:
+        return False
+    return True
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     if precision not in PRECISIONS:
         raise DeviceError(
@@ -82,12 +91,19 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def set_threads(threads: int) -> None:
-    """CPU threads for torch: all cores (0), shared among the processes torchrun started on this
-    machine, or the number given."""
+def set_threads(threads: int, streams: int | None = None) -> int:
+    """CPU threads for torch: the number given, or for 0 all cores (shared among the processes
+    torchrun started on this machine), except for the work of one stream (a sample, a
+    per-line pass, a trace): each of its steps is a matrix-vector product that a second core
+    barely speeds up, and that slows down many times over when another process holds that
+    core (BENCHMARKS.md, "Threads"). Returns the number set."""
     from charlstm.distributed import local_size
 
-    torch.set_num_threads(threads if threads > 0 else max(1, (os.cpu_count() or 1) // local_size()))
+    if threads <= 0:
+        cores = max(1, (os.cpu_count() or 1) // local_size())
+        threads = 1 if streams == 1 else cores
+    torch.set_num_threads(threads)
+    return threads
 
 
 def configure(device: torch.device) -> None:

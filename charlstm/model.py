@@ -95,10 +95,3 @@ class LanguageModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def model_from_checkpoint(ckpt: dict) -> LanguageModel:
-    """Rebuild the model a checkpoint describes, with its weights."""
-    model = LanguageModel(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model

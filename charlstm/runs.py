@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from charlstm import distributed, sizing
-from charlstm.checkpoint import CheckpointError, load_checkpoint
+from charlstm.checkpoint import CheckpointError, read_checkpoint
 from charlstm.config import (
+    CHANGEABLE_ON_RESUME,
     CORPORA,
     DEFAULT_BUDGET,
     ModelConfig,
@@ -36,16 +37,18 @@ from charlstm.config import (
     apply_preset,
 )
 from charlstm.corpus import CorpusStream
-from charlstm.data import DataError, split_ids
+from charlstm.data import DataError, fit_layout, split_ids
 from charlstm.device import (
     check_precision,
     configure,
+    precision_available,
     resolve_device,
     resolve_precision,
     set_threads,
 )
 from charlstm.distributed import World
-from charlstm.model import LanguageModel, model_from_checkpoint
+from charlstm.errors import UsageError
+from charlstm.model import LanguageModel
 from charlstm.tokenizer import AnyTokenizer
 from charlstm.tokens import (
     CorpusInfo,
@@ -54,7 +57,7 @@ from charlstm.tokens import (
     spelled_chars,
     tokenize_corpus,
 )
-from charlstm.training import Report, Run, fit
+from charlstm.training import Position, Report, Run, fit, progress_of
 
 
 def _ignore(event: str, data: dict[str, Any]) -> None:
@@ -83,12 +86,12 @@ def train(
     """Set up the run the options describe (or resume one), train it, and return the summary.
 
     Under torchrun every rank calls this; rank 0 alone reports and writes. `should_stop` is
-    polled once a step: a True makes the run finish that step, save last.pt and return."""
+    polled before each step: a True ends the run there, with last.pt saved."""
     t_start = time.perf_counter()
     set_threads(options.threads)
     device = resolve_device(options.device)
-    precision = resolve_precision(options.precision, device)
-    check_precision(precision, device)
+    if options.precision != "auto":
+        check_precision(options.precision, device)  # before anything slow
     world = distributed.init_world(device)
     configure(world.device)
     if not world.is_main:
@@ -97,7 +100,13 @@ def train(
     try:
         if options.resume is not None:
             prepared = resume_run(options, report)
+            # A resumed run keeps its precision unless told otherwise, where the device has it.
+            wanted, saved = options.precision, prepared.resume_state.get("precision")
+            if wanted == "auto" and saved and precision_available(saved, world.device):
+                wanted = saved
+            precision = resolve_precision(wanted, world.device)
         else:
+            precision = resolve_precision(options.precision, world.device)
             prepared = new_run(options, world, precision, report)
         run = prepared.run
         run.world, run.precision = world, precision
@@ -250,14 +259,15 @@ def size_to_budget(
 
 def resume_run(options: TrainOptions, report: Report) -> Prepared:
     """The run in options.resume as its last.pt left it, with its own token ids (tokens.npy);
-    a corpus given is only checked against the run's. New limits replace the old ones."""
+    a corpus given is only checked against the run's. What may change mid-run (learning rate
+    and schedule, clipping, weight decay, validation cadence, patience, state resets) is taken
+    from the options, and limits given mean "this much more"."""
     assert options.resume is not None
     run_dir = Path(options.resume)
     if not (run_dir / "last.pt").is_file():
         raise CheckpointError(f"cannot resume: no last.pt in '{run_dir}'")
-    ckpt = load_checkpoint(run_dir / "last.pt")
-    if "resume" not in ckpt:
-        raise CheckpointError(f"cannot resume: '{run_dir / 'last.pt'}' holds no training state")
+    checked = read_checkpoint(run_dir / "last.pt", resume=True)
+    ckpt = checked.data
     tokens = run_dir / "tokens.npy"
     if not tokens.is_file():
         raise CheckpointError(f"cannot resume: '{tokens}' (the run's token ids) is missing")
@@ -272,23 +282,73 @@ def resume_run(options: TrainOptions, report: Report) -> Prepared:
                 "cannot resume: the corpus given differs from the one this run was trained on"
             )
     # Runs saved before --val-tokens validated on the whole split.
-    train_cfg = TrainConfig(**{"val_tokens": 0, **ckpt["train_config"]})
-    limits = {"budget": options.budget, "steps": options.steps, "epochs": options.epochs}
-    if any(v is not None for v in limits.values()):
-        train_cfg = replace(train_cfg, **limits)  # e.g. a longer budget to train on
-    model = model_from_checkpoint(ckpt)
+    saved = TrainConfig(**{"val_tokens": 0, **ckpt["train_config"]})
     if corpus.n_train is not None:  # where the text was cut before tokenizing
         train_ids, val_ids = ids[: corpus.n_train], ids[corpus.n_train :]
-        if train_cfg.val_tokens:  # the part the run validated on; its val_chars are saved
-            val_ids = val_ids[: train_cfg.val_tokens]
+        if saved.val_tokens:  # the part the run validated on; its val_chars are saved
+            val_ids = val_ids[: saved.val_tokens]
     else:
-        train_ids, val_ids = split_ids(np.asarray(ids), train_cfg.val_fraction)
+        train_ids, val_ids = split_ids(np.asarray(ids), saved.val_fraction)
+    pos = Position(**ckpt["resume"]["position"])
+    train_cfg = resumed_config(saved, options, pos, len(train_ids), report)
+    model = checked.model()
     run = Run(
         model=model, model_cfg=model.cfg, train_cfg=train_cfg, tokenizer=ckpt["tokenizer"],
         train_ids=train_ids, val_ids=val_ids, corpus=corpus, run_dir=run_dir,
-        metrics=list(ckpt["metrics"]),
+        metrics=list(ckpt.get("metrics") or []),
     )  # fmt: skip
     return Prepared(run, ckpt["resume"], {})
+
+
+def resumed_config(
+    saved: TrainConfig, options: TrainOptions, pos: Position, train_tokens: int, report: Report
+) -> TrainConfig:
+    """The run's settings with the options a resume may change. Limits given are counted from
+    where the run stands (`--steps 500`: 500 more steps), and replace the old ones; the
+    learning-rate schedule then stretches over the new length. A run that has reached its
+    limits is refused unless new ones are given: resuming must never silently do nothing."""
+    given = options.train_fields()
+    changes = {k: v for k, v in given.items() if k in CHANGEABLE_ON_RESUME}
+    said = [f"--{k.replace('_steps', '').replace('_', '-')} {v:g} (was {getattr(saved, k):g})"
+            for k, v in changes.items() if v != getattr(saved, k)]  # fmt: skip
+    layout, _ = fit_layout(train_tokens, saved.batch_size, saved.window)
+    epoch = pos.epoch + pos.window / layout.windows_per_epoch
+    if options.given("budget", "steps", "epochs"):
+        changes["budget"] = None if options.budget is None else pos.elapsed + float(options.budget)
+        changes["steps"] = None if options.steps is None else pos.step + options.steps
+        changes["epochs"] = None if options.epochs is None else epoch + options.epochs
+        more = []
+        if options.steps:
+            more.append(f"{options.steps:,} more steps (to step {pos.step + options.steps:,})")
+        if options.budget:
+            more.append(f"{_duration(float(options.budget))} more")
+        if options.epochs:
+            more.append(f"{options.epochs:g} more epochs")
+        said.append("training " + " or ".join(more))
+    train_cfg = replace(saved, **changes)
+    if progress_of(train_cfg, pos, layout) >= 1.0:
+        raise UsageError(
+            f"the run has reached its limit ({_where(pos, saved)}); to train more, give "
+            "--steps N, --budget TIME or --epochs N: that much more"
+        )
+    if said:
+        report("message", {"text": f"resuming at step {pos.step:,}: " + "; ".join(said)})
+    return train_cfg
+
+
+def _where(pos: Position, cfg: TrainConfig) -> str:
+    parts = []
+    if cfg.steps:
+        parts.append(f"step {pos.step:,} of {cfg.steps:,}")
+    if cfg.budget:
+        parts.append(f"{pos.elapsed:.0f}s of a {cfg.budget:.0f}s budget")
+    if cfg.epochs:
+        parts.append(f"{cfg.epochs:g} epochs")
+    return ", ".join(parts) or f"step {pos.step:,}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g}s"
 
 
 def default_run_name(corpus: list[str]) -> str:

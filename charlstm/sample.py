@@ -11,8 +11,13 @@ from collections.abc import Iterator
 import torch
 
 from charlstm.config import SampleConfig
+from charlstm.errors import CharlstmError
 from charlstm.model import LanguageModel
 from charlstm.step import Stepper
+
+
+class ModelOutputError(CharlstmError):
+    """The model's next-token scores are not numbers."""
 
 
 def choose_next(
@@ -21,9 +26,14 @@ def choose_next(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Pick the next token of each row of logits (B, V) → ids (B,)."""
-    if cfg.temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / cfg.temperature
+    if not bool(torch.isfinite(logits).all()):
+        raise ModelOutputError(
+            "the model's output holds NaN or infinity: its weights are damaged or diverged"
+        )
+    scaled = logits.float() / cfg.temperature if cfg.temperature > 0 else logits
+    if cfg.temperature == 0 or not bool(torch.isfinite(scaled).all()):
+        return logits.argmax(dim=-1)  # a temperature so low it overflows is greedy
+    logits = scaled
     if 0 < cfg.top_k < logits.shape[-1]:
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -18,6 +18,7 @@ import io
 import itertools
 import json
 import re
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -187,6 +188,8 @@ def tokenize_corpus(
         found = _read_by_signature(cache_dir, settings, signature)
         if found is not None:
             return found
+    if cache_dir is not None:
+        _sweep(cache_dir)
     if kind == "char":
         result = _tokenize_chars(pieces, fingerprint, settings, cache_dir)
     else:
@@ -396,6 +399,18 @@ def _write_signature(cache_dir: Path, settings: dict, signature: list[object], k
         files.write_atomic(_signature_path(cache_dir, settings, signature), key)
     except files.FileWriteError:
         pass  # a cache that cannot be written only costs time next run
+
+
+def _sweep(cache_dir: Path, older_than: float = 3600.0) -> None:
+    """Delete temporary files that a killed run left in the cache. A file written within the
+    hour may be another run's, still being written: it stays."""
+    now = time.time()
+    for tmp in cache_dir.glob(".*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > older_than:
+                tmp.unlink()
+        except OSError:
+            pass  # gone already, or not ours to delete
 
 
 def _read_cache(cache_dir: Path, key: str) -> TokenizedCorpus | None:

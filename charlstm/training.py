@@ -55,6 +55,11 @@ class Position:
     best_val_loss: float = math.inf
 
 
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of the global RNG for one training step on one rank."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     """Linear warm-up over `warmup_steps`, then cosine from lr to lr * min_lr_ratio as progress
     (fraction of the run done, by steps, epochs or wall clock) goes from 0 to 1."""
@@ -167,11 +172,9 @@ class Run:
             ckpt["resume"] = {
                 "position": asdict(self.pos),
                 "optimizer": self.optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(),
                 "rnn_state": [s.detach().cpu() for s in state],
+                "precision": self.precision,  # a resume keeps it unless told otherwise
             }
-            if self.world.device.type == "cuda":
-                ckpt["resume"]["cuda_rng"] = torch.cuda.get_rng_state(self.world.device)
         return ckpt
 
 
@@ -212,9 +215,9 @@ def fit(
     if resume is not None:
         run.pos = Position(**resume["position"])
         run.optimizer.load_state_dict(resume["optimizer"])
-        torch.set_rng_state(resume["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in resume:
-            torch.cuda.set_rng_state(resume["cuda_rng"], device)
+        # The file's weight decay yields to the run's (a resume may change it); the learning
+        # rate is set every step.
+        run.optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay
         # The file holds all B streams' state; take this rank's rows.
         run.rnn_state = tuple(s[:, rows].to(device) for s in resume["rnn_state"]) or None
     pos = run.pos
@@ -250,7 +253,15 @@ def fit(
     loss_value = math.nan
 
     while progress_of(cfg, pos, layout) < 1.0:
+        # Stop between steps, before any of the next window's random numbers are drawn, so
+        # last.pt holds exactly where an uninterrupted run stands; every rank stops alike.
+        if distributed.sum_across(world, [float(should_stop())])[0]:
+            stop_reason = "interrupted"
+            break
         step_start = time.perf_counter()
+        # Dropout and weight-drop masks are a pure function of (seed, step, rank): a resumed
+        # run draws the masks the uninterrupted one drew, and each rank draws its own.
+        torch.manual_seed(step_seed(cfg.seed, pos.step, world.rank))
         if offset is None or pos.window == 0:
             offset = epoch_offset(cfg.seed, pos.epoch, layout, len(run.train_ids))
             if pos.window == 0:
@@ -266,19 +277,15 @@ def fit(
         loss, state, grad_norm = train_step(
             net, run.optimizer, scaler, x, y, run.rnn_state, cfg.clip, run.precision
         )
-        # One small all-reduce: the mean loss, rank 0's clock, and whether any rank was asked
-        # to stop, so every rank takes the same decisions.
-        loss_value, elapsed, stop_votes = distributed.sum_across(
+        # One small all-reduce: the mean loss and rank 0's clock, so every rank takes the same
+        # decisions.
+        loss_value, elapsed = distributed.sum_across(
             world,
             [
                 loss.item() / world.size,
                 time.perf_counter() - session_start if world.is_main else 0.0,
-                float(should_stop()),
             ],
         )
-        if stop_votes:  # drop this window: the run stops exactly after the last full step
-            stop_reason = "interrupted"
-            break
         if not math.isfinite(loss_value) or loss_value > explode_at:
             what = "NaN" if math.isnan(loss_value) else f"{loss_value:.3g} (exploded)"
             raise TrainingDiverged(

@@ -50,7 +50,9 @@ def test_evaluate_with_short_context_and_in_bf16(trained, play_file):
     assert data["loss"] > full["loss"]  # eight characters of context are worse than all of them
     bf16 = runner.invoke(app, ["evaluate", str(play_file), "--json", "--precision", "bf16"])
     if cpu_has_bf16():
-        assert json.loads(bf16.stdout)["loss"] == pytest.approx(full["loss"], abs=2e-3)
+        assert bf16.exit_code == 0, bf16.stderr
+        # A trained 2×512 model lands within 1e-4 (BENCHMARKS.md); this tiny one within 5e-4.
+        assert json.loads(bf16.stdout)["loss"] == pytest.approx(full["loss"], abs=5e-4)
     else:
         assert bf16.exit_code == 1 and "bf16 instructions" in bf16.stderr
     bad = runner.invoke(app, ["evaluate", str(play_file), "--reset-every", "-1"])
@@ -63,7 +65,7 @@ def test_train_sample_evaluate_info_through_clirunner(trained, play_file):
     }
     first = runner.invoke(app, ["sample", "--seed", "7", "--length", "60", "--prime", "ROMEO:"])
     second = runner.invoke(app, ["sample", "--seed", "7", "--length", "60", "--prime", "ROMEO:"])
-    assert first.exit_code == 0, first.stderr
+    assert first.exit_code == second.exit_code == 0, first.stderr + second.stderr
     assert first.stdout == second.stdout  # reproducible with a seed
     assert first.stdout.startswith("ROMEO:") and len(first.stdout) == len("ROMEO:") + 60 + 1
     assert "seed 7" in first.stderr and "seed" not in first.stdout
@@ -85,7 +87,8 @@ def test_train_sample_evaluate_info_through_clirunner(trained, play_file):
 def test_greedy_is_temperature_zero(trained):
     a = runner.invoke(app, ["sample", "--greedy", "--length", "40", "--seed", "1"])
     b = runner.invoke(app, ["sample", "--temp", "0", "--length", "40", "--seed", "2"])
-    assert a.stdout == b.stdout
+    assert a.exit_code == b.exit_code == 0, a.stderr + b.stderr
+    assert a.stdout == b.stdout and len(a.stdout) == 41
 
 
 def test_subprocess_stdout_holds_only_text(trained, tmp_path):
@@ -95,7 +98,7 @@ def test_subprocess_stdout_holds_only_text(trained, tmp_path):
     assert "seed 3" in result.stderr
     piped = charlstm("sample", "--seed", "3", "--length", "30", "--prime", "-", cwd=tmp_path,
                      stdin="JULIET:")  # fmt: skip
-    assert piped.stdout == result.stdout
+    assert piped.returncode == 0 and piped.stdout == result.stdout
 
 
 def test_sample_streams_before_generation_ends(trained, tmp_path):
@@ -186,8 +189,8 @@ def test_kill_9_keeps_checkpoints_loadable_and_resume_continues(tmp_path, play_f
     step = load_checkpoint(run / "last.pt")["step"]
     assert step >= 20
     assert load_checkpoint(run / "best.pt")["model"]
-    r = charlstm("train", "--resume", str(run), "--steps", str(step + 20), "--threads", "1",
-                 cwd=tmp_path)  # fmt: skip
+    # 20 more steps
+    r = charlstm("train", "--resume", str(run), "--steps", "20", "--threads", "1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"resumed at step {step:,}" in r.stderr
     assert load_checkpoint(run / "last.pt")["step"] == step + 20

@@ -80,6 +80,40 @@ def test_two_processes_equal_one_with_the_same_total_batch(tmp_path):
     assert torch.allclose(h, single_h, atol=1e-5)
 
 
+def _dropout_rank(rank: int, size: int, port: int, out: Path) -> None:
+    """One rank of a 2-process fit() with dropout; saves its weights and the seed it drew its
+    last masks from."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
+        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(size),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    world = init_world(torch.device("cpu"))
+    try:
+        run = tiny_run(PLAY, out / "run", dropout=0.3, **RUN)
+        run.world = world
+        fit(run)
+        torch.save({"weights": run.model.state_dict(), "seed": torch.initial_seed()},
+                   out / f"rank{rank}.pt")  # fmt: skip
+    finally:
+        shutdown(world, clean=True)
+
+
+def test_ranks_draw_their_own_dropout_masks_and_the_run_repeats(tmp_path):
+    results = []
+    for attempt in ("a", "b"):
+        out = tmp_path / attempt
+        mp.spawn(_dropout_rank, args=(2, _free_port(), out), nprocs=2, join=True)
+        results.append([torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)])
+    first, second = results
+    assert first[0]["seed"] != first[1]["seed"]  # each rank its own masks
+    assert [r["seed"] for r in first] == [r["seed"] for r in second]
+    for rank in (0, 1):  # the same run twice: the same weights (DDP keeps ranks in step)
+        for name, w in first[rank]["weights"].items():
+            assert torch.equal(w, second[rank]["weights"][name]), name
+            assert torch.equal(w, first[0]["weights"][name]), name
+
+
 def test_world_rows_split_streams_evenly():
     shares = [World(rank=r, size=3).rows(10) for r in range(3)]
     assert [(s.start, s.stop) for s in shares] == [(0, 3), (3, 6), (6, 10)]
@@ -106,7 +140,7 @@ def test_torchrun_trains_resumes_and_samples(tmp_path, play_file):
     assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] < 3.5  # it learns
     assert summary["steps"] == 40 and first.stderr.count("training summary") == 1
 
-    again = launch("--resume", "checkpoints/ddp", "--steps", "60")
+    again = launch("--resume", "checkpoints/ddp", "--steps", "20")  # 20 more
     assert again.returncode == 0, again.stderr
     assert "resumed at step 40" in again.stderr
     assert json.loads(again.stdout)["steps"] == 60

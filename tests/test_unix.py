@@ -105,7 +105,7 @@ def test_num_samples_json_is_one_object_per_sample_and_reproducible(run_dir):
     args = ["sample", "-m", str(run_dir), "--num-samples", "3", "--length", "40", "--seed", "5",
             "--temp", "1.0", "--prime", "ROMEO:", "--json"]  # fmt: skip
     first, second = runner.invoke(app, args), runner.invoke(app, args)
-    assert first.exit_code == 0, first.stderr
+    assert first.exit_code == second.exit_code == 0, first.stderr + second.stderr
     assert first.stdout == second.stdout
     rows = [json.loads(line) for line in first.stdout.splitlines()]
     assert [r["sample"] for r in rows] == [1, 2, 3] and {r["seed"] for r in rows} == {5}
