@@ -24,12 +24,13 @@ from pathlib import Path
 
 import torch
 
+from charlstm.choice import choose, seeded
 from charlstm.model import LanguageModel, ModelConfig
-from charlstm.sample import SampleConfig, choose_next, generate
+from charlstm.sample import SampleConfig, generate
 
 
 def ours(model: LanguageModel, n: int, batch: int) -> float:
-    g = torch.Generator().manual_seed(0)
+    g = seeded(0)
     t0 = time.perf_counter()
     for _ in generate(model, torch.tensor([0]), SampleConfig(length=n), g, batch=batch):
         pass
@@ -39,13 +40,13 @@ def ours(model: LanguageModel, n: int, batch: int) -> float:
 @torch.inference_mode()
 def per_step_nn_lstm(model: LanguageModel, n: int, batch: int) -> float:
     """The obvious loop: model(ids (B, 1), state) for every new character."""
-    g = torch.Generator().manual_seed(0)
+    g = seeded(0)
     cfg = SampleConfig(length=n)
     token, state = torch.zeros(batch, dtype=torch.long), None
     t0 = time.perf_counter()
     for _ in range(n):
         logits, state = model(token[:, None], state)
-        token = choose_next(logits[:, -1], cfg, g)
+        token = torch.from_numpy(choose(logits[:, -1].numpy(), cfg, g.random(batch)))
     return n * batch / (time.perf_counter() - t0)
 
 

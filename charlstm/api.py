@@ -24,6 +24,7 @@ import torch
 
 from charlstm import runs
 from charlstm.checkpoint import describe, read_checkpoint, resolve_checkpoint
+from charlstm.choice import MAX_SEED, seeded
 from charlstm.config import CHECKPOINTS, SampleConfig, TrainOptions
 from charlstm.errors import CharlstmError, UsageError
 from charlstm.evaluate import EvalResult, evaluate_ids, score_lines, token_losses
@@ -32,8 +33,6 @@ from charlstm.sample import generate
 from charlstm.tokenizer import AnyTokenizer
 from charlstm.tokens import spelled_chars
 from charlstm.training import Report
-
-MAX_SEED = 2**63 - 1
 
 
 def train(
@@ -163,13 +162,13 @@ class Model:
         greedy: bool = False,
         seed: int | None = None,
         on_unknown: str = "error",
-    ) -> tuple[torch.Tensor, SampleConfig, torch.Generator]:
+    ) -> tuple[torch.Tensor, SampleConfig, np.random.Generator]:
         """What generating needs, every option checked: the prime's ids, the config, the RNG."""
         cfg = SampleConfig.build(length, temp, top_k, top_p, greedy=greedy)
         return self.encode_prime(prime, on_unknown), cfg, _generator(seed)
 
     def _pieces(
-        self, prime_ids: torch.Tensor, cfg: SampleConfig, generator: torch.Generator
+        self, prime_ids: torch.Tensor, cfg: SampleConfig, generator: np.random.Generator
     ) -> Iterator[str]:
         decoder = self.tokenizer.stream_decoder()  # holds back a character split across tokens
         for token in generate(self.net, prime_ids, cfg, generator):
@@ -288,10 +287,10 @@ class Trace:
     activations: dict[str, np.ndarray]  # kind -> (T, H): hidden, cell, forget, ...
 
 
-def _generator(seed: int | None) -> torch.Generator:
+def _generator(seed: int | None) -> np.random.Generator:
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise UsageError(f"--seed must be between 0 and {MAX_SEED:,}, got {seed}")
-    return torch.Generator().manual_seed(random_seed() if seed is None else seed)
+    return seeded(random_seed() if seed is None else seed)
 
 
 def _need_two(ids: np.ndarray) -> None:

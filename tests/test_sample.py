@@ -1,8 +1,11 @@
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
+from charlstm.choice import ModelOutputError, choose, seeded
 from charlstm.model import LanguageModel, ModelConfig
-from charlstm.sample import SampleConfig, choose_next, generate
+from charlstm.sample import SampleConfig, generate
 from charlstm.step import Stepper
 
 
@@ -12,18 +15,34 @@ def _model(cell: str = "lstm") -> LanguageModel:
 
 
 def test_temperature_zero_is_argmax():
-    logits = torch.randn(5, 11)
-    assert torch.equal(choose_next(logits, SampleConfig(temperature=0)), logits.argmax(-1))
+    logits = np.random.default_rng(0).normal(size=(5, 11))
+    u = np.full(5, 0.5)
+    assert np.array_equal(choose(logits, SampleConfig(temperature=0), u), logits.argmax(-1))
+    tiny = SampleConfig(temperature=1e-308)  # so low that logits / T overflows: greedy too
+    assert np.array_equal(choose(logits, tiny, u), logits.argmax(-1))
 
 
 def test_top_k_and_top_p_restrict_the_choice():
-    logits = torch.tensor([[4.0, 3.0, 0.0, -1.0, -2.0]]).repeat(200, 1)
-    g = torch.Generator().manual_seed(0)
-    picked = choose_next(logits, SampleConfig(temperature=1.0, top_k=2), g)
-    assert set(picked.tolist()) == {0, 1}
+    logits = np.tile([[4.0, 3.0, 0.0, -1.0, -2.0]], (200, 1))
+    g = seeded(0)
+
+    def picked(**cfg) -> set[int]:
+        return set(choose(logits, SampleConfig(temperature=1.0, **cfg), g.random(200)).tolist())
+
+    assert picked(top_k=2) == {0, 1}
     # p(0) ≈ 0.71, p(1) ≈ 0.26: top-p 0.5 keeps only token 0, 0.9 keeps tokens 0 and 1.
-    assert set(choose_next(logits, SampleConfig(temperature=1.0, top_p=0.5), g).tolist()) == {0}
-    assert set(choose_next(logits, SampleConfig(temperature=1.0, top_p=0.9), g).tolist()) == {0, 1}
+    assert picked(top_p=0.5) == {0}
+    assert picked(top_p=0.9) == {0, 1}
+    assert picked(top_k=3) == {0, 1, 2}
+
+
+def test_a_draw_picks_the_token_whose_cumulative_probability_it_falls_in():
+    probs = np.array([[0.1, 0.2, 0.3, 0.4]])
+    cfg = SampleConfig(temperature=1.0)
+    for u, token in ((0.0, 0), (0.0999, 0), (0.1001, 1), (0.5999, 2), (0.6001, 3), (0.9999, 3)):
+        assert choose(np.log(probs), cfg, np.array([u])).tolist() == [token], u
+    with pytest.raises(ModelOutputError):
+        choose(np.array([[0.0, np.nan]]), cfg, np.array([0.5]))
 
 
 def test_same_seed_same_sample():
@@ -31,8 +50,7 @@ def test_same_seed_same_sample():
     prime = torch.tensor([1, 2, 3])
 
     def run(seed):
-        g = torch.Generator().manual_seed(seed)
-        return [int(t[0]) for t in generate(model, prime, SampleConfig(length=50), g)]
+        return [int(t[0]) for t in generate(model, prime, SampleConfig(length=50), seeded(seed))]
 
     assert run(7) == run(7)
     assert run(7) != run(8)
@@ -43,7 +61,8 @@ def test_stepwise_generation_matches_the_training_model():
     for cell in ("lstm", "gru", "rnn", "peephole", "coupled"):
         model = _model(cell)
         prime = torch.tensor([1, 2, 3, 4])
-        tokens = [int(t[0]) for t in generate(model, prime, SampleConfig(length=12, temperature=0))]
+        greedy = SampleConfig(length=12, temperature=0)
+        tokens = [int(t[0]) for t in generate(model, prime, greedy, seeded(0))]
         seq = torch.tensor([prime.tolist() + tokens])
         with torch.no_grad():
             logits, _ = model(seq)

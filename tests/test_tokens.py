@@ -159,6 +159,7 @@ def test_adaptive_softmax_loss_path_matches_its_full_distribution():
     import torch
     import torch.nn.functional as F
 
+    from charlstm.choice import seeded
     from charlstm.config import ModelConfig, SampleConfig
     from charlstm.model import LanguageModel
     from charlstm.sample import generate
@@ -173,8 +174,7 @@ def test_adaptive_softmax_loss_path_matches_its_full_distribution():
     losses, _ = model(ids, None, targets)
     full = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
     assert torch.allclose(losses, full, atol=1e-5) and bool((losses[0, :4] == 0).all())
-    rng = torch.Generator().manual_seed(1)
-    out = list(generate(model, ids[0, :3], SampleConfig(length=5), rng))
+    out = list(generate(model, ids[0, :3], SampleConfig(length=5), seeded(1)))
     assert len(out) == 5 and all(0 <= int(t[0]) < 300 for t in out)
     with pytest.raises(ValueError, match="tie-weights"):
         ModelConfig(vocab_size=300, softmax_cutoffs=[50], tie_weights=True)
