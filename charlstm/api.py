@@ -6,6 +6,8 @@
     for piece in model.generate(prime="ROMEO:", temp=0.8, length=200, seed=1):
         print(piece, end="")
     print(model.evaluate(open("held_out.txt").read()))   # loss, perplexity, bits per character
+    print(model.evaluate(text, dynamic=True))   # learning from the text as it reads it
+    model.generate(prime=open("page.txt").read(), adapt=2)   # learn the prime's style first
 
 Nothing here prints; expected failures raise CharlstmError subclasses whose message is one line
 (errors.py), and options are checked by the config dataclasses (config.py).
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import torch
 from charlstm import runs
 from charlstm.checkpoint import describe, read_checkpoint, resolve_checkpoint
 from charlstm.choice import MAX_SEED, seeded
-from charlstm.config import CHECKPOINTS, SampleConfig, TrainOptions
+from charlstm.config import CHECKPOINTS, DynamicConfig, SampleConfig, TrainOptions
 from charlstm.errors import CharlstmError, UsageError
 from charlstm.evaluate import EvalResult, evaluate_ids, score_lines, token_losses
 from charlstm.model import LanguageModel
@@ -145,11 +147,18 @@ class Model:
         greedy: bool = False,
         seed: int | None = None,
         on_unknown: str = "error",
+        adapt: int = 0,
+        dynamic: DynamicConfig | None = None,
     ) -> Iterator[str]:
         """The generated text, piece by piece as it is made (the prime not included). Options
         left at None take SampleConfig's defaults; a seed makes it reproducible. Bad options
-        and a prime the model cannot read raise here, before anything is generated."""
-        job = self._job(prime, length, temp, top_k, top_p, greedy, seed, on_unknown)
+        and a prime the model cannot read raise here, before anything is generated.
+
+        `adapt` N first reads the prime N times learning from it, with dynamic evaluation's
+        updates (`dynamic`, default DynamicConfig()): a page of text steers the style. The
+        model itself is not changed (a copy learns)."""
+        job = self._job(prime, length, temp, top_k, top_p, greedy, seed, on_unknown, adapt,
+                        dynamic)  # fmt: skip
         return self._pieces(*job)
 
     def _job(
@@ -162,16 +171,65 @@ class Model:
         greedy: bool = False,
         seed: int | None = None,
         on_unknown: str = "error",
-    ) -> tuple[torch.Tensor, SampleConfig, np.random.Generator]:
-        """What generating needs, every option checked: the prime's ids, the config, the RNG."""
+        adapt: int = 0,
+        dynamic: DynamicConfig | None = None,
+    ) -> tuple[torch.Tensor, SampleConfig, np.random.Generator, LanguageModel]:
+        """What generating needs, every option checked: the prime's ids, the config, the RNG,
+        and the network to generate with (a copy that has learnt the prime, with `adapt`)."""
         cfg = SampleConfig.build(length, temp, top_k, top_p, greedy=greedy)
-        return self.encode_prime(prime, on_unknown), cfg, _generator(seed)
+        if not 0 <= adapt <= 1000:
+            raise UsageError(f"--adapt must be between 0 and 1,000 passes, got {adapt}")
+        prime_ids, generator = self.encode_prime(prime, on_unknown), _generator(seed)
+        net = self.net
+        if adapt:
+            if len(prime_ids) < 2:
+                raise UsageError("--adapt learns from the prime: give a --prime text to learn")
+            net = self.adapted(prime_ids.numpy(), adapt, dynamic)
+        return prime_ids, cfg, generator, net
+
+    def adapted(
+        self, ids: np.ndarray, passes: int = 1, dynamic: DynamicConfig | None = None
+    ) -> LanguageModel:
+        """A copy of the network that has read `ids` `passes` times learning from them
+        (dynamic.adapted). The rms rule takes its gradient scale from the training split beside
+        the checkpoint, else from `ids` themselves."""
+        from charlstm.dynamic import adapted, gradient_scale
+
+        cfg = dynamic or DynamicConfig()
+        scale = None
+        if cfg.rule == "rms":
+            train = self.training_ids()
+            scale = gradient_scale(self.net, train if train is not None else ids, cfg)
+        return adapted(self.net, ids, cfg, scale, passes)
+
+    def training_ids(self) -> np.ndarray | None:
+        """The training split of the run this checkpoint belongs to (its tokens.npy), memory-
+        mapped; None when the checkpoint is not in its run folder."""
+        tokens = self.path.parent / "tokens.npy"
+        corpus = self.meta.get("corpus") or {}
+        if not tokens.is_file():
+            return None
+        try:
+            ids = np.load(tokens, mmap_mode="r")
+        except (OSError, ValueError):
+            return None
+        if ids.ndim != 1 or (len(ids) and int(ids.max()) >= self.config.vocab_size):
+            return None
+        n_train = corpus.get("n_train")
+        if n_train is None:
+            fraction = (self.meta.get("train_config") or {}).get("val_fraction", 0.1)
+            n_train = int(len(ids) * (1.0 - fraction)) if fraction > 0 else len(ids)
+        return ids[:n_train] if n_train >= 2 else None
 
     def _pieces(
-        self, prime_ids: torch.Tensor, cfg: SampleConfig, generator: np.random.Generator
+        self,
+        prime_ids: torch.Tensor,
+        cfg: SampleConfig,
+        generator: np.random.Generator,
+        net: LanguageModel,
     ) -> Iterator[str]:
         decoder = self.tokenizer.stream_decoder()  # holds back a character split across tokens
-        for token in generate(self.net, prime_ids, cfg, generator):
+        for token in generate(net, prime_ids, cfg, generator):
             piece = decoder.push(int(token[0]))
             if piece:
                 yield piece
@@ -184,11 +242,11 @@ class Model:
         options are generate()'s."""
         if not 1 <= n <= 10_000:
             raise UsageError(f"--num-samples must be between 1 and 10,000, got {n}")
-        prime_ids, cfg, generator = self._job(prime, **options)
+        prime_ids, cfg, generator, net = self._job(prime, **options)
         if n > 1 and cfg.length * n > 100_000_000:
             raise UsageError("--length × --num-samples must be at most 100,000,000 tokens")
         rows: list[list[int]] = [[] for _ in range(n)]
-        for tokens in generate(self.net, prime_ids, cfg, generator, batch=n):  # (n,)
+        for tokens in generate(net, prime_ids, cfg, generator, batch=n):  # (n,)
             for row, token in zip(rows, tokens.tolist(), strict=True):
                 row.append(token)
         return [self.tokenizer.decode(row) for row in rows]
@@ -215,12 +273,21 @@ class Model:
         streams: int = 64,
         reset_every: int = 0,
         precision: str = "fp32",
+        dynamic: DynamicConfig | bool | None = None,
     ) -> EvalResult:
         """Loss (nats per token), perplexity and bits per character of a held-out text, every
         token predicted once with the state carried (`streams` parallel streams, each warmed on
-        the text before it); `reset_every` N scores blocks of N tokens from a zero state."""
+        the text before it); `reset_every` N scores blocks of N tokens from a zero state.
+
+        `dynamic` (True, or a DynamicConfig) evaluates dynamically (Krause et al., 2018): one
+        stream that learns from each segment after scoring it (dynamic.py); the result's
+        `dynamic` says how. The weights are put back afterwards; the file is never touched."""
         from charlstm.device import autocast, check_precision
 
+        if dynamic is True:
+            dynamic = DynamicConfig()
+        if dynamic and reset_every:
+            raise UsageError("--dynamic reads the text as one stream; drop --reset-every")
         if streams < 1:
             raise UsageError(f"--streams must be at least 1, got {streams}")
         if reset_every < 0:
@@ -232,19 +299,49 @@ class Model:
         _need_two(enc.ids)
         chars = spelled_chars(self.tokenizer, enc.ids, None if self.tokenizer.kind == "char"
                               else len(enc.text))  # fmt: skip
-        with autocast(self.device, precision):
-            result = evaluate_ids(self.net, enc.ids, streams=streams, chars=chars,
-                                  block=reset_every)  # fmt: skip
+        if dynamic:
+            with autocast(self.device, precision):
+                losses, how = self._dynamic_losses(enc.ids, dynamic)
+            n = len(enc.ids) - 1
+            result = EvalResult(float(losses.sum()) / n, n, n if chars is None else chars,
+                                dynamic=how)  # fmt: skip
+        else:
+            with autocast(self.device, precision):
+                result = evaluate_ids(self.net, enc.ids, streams=streams, chars=chars,
+                                      block=reset_every)  # fmt: skip
         return replace(result, skipped_chars=enc.skipped_chars, unknown_words=enc.unknown_words)
 
-    def score_lines(self, text: str | EncodedText) -> list[dict[str, Any]]:
+    def _dynamic_losses(
+        self, ids: np.ndarray, cfg: DynamicConfig
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Every prediction's loss from one dynamic pass, and how it was made (for reports)."""
+        from charlstm.dynamic import dynamic_losses, gradient_scale
+
+        train = self.training_ids() if cfg.rule == "rms" else None
+        scale = gradient_scale(self.net, train, cfg) if train is not None else None
+        source = None
+        if cfg.rule == "rms":
+            source = "training split" if train is not None else "the text read so far"
+        how = {**asdict(cfg), "gradient_scale_from": source}
+        if cfg.rule != "rms":
+            del how["stat_tokens"], how["epsilon"]
+        return dynamic_losses(self.net, ids, cfg, scale), how
+
+    def score_lines(
+        self, text: str | EncodedText, *, dynamic: DynamicConfig | bool | None = None
+    ) -> list[dict[str, Any]]:
         """Per input line: {"line", "tokens", "nats", "bits_per_char"}, from one sequential pass
         that carries the state through the whole text (a line's newline counts in that line;
         the first token is not predicted). "line" is the line as written where the lines of
-        the text and of the scored tokens match up (nothing skipped across a line)."""
+        the text and of the scored tokens match up (nothing skipped across a line). `dynamic`:
+        the pass learns from the text as it reads it (see evaluate)."""
         enc = text if isinstance(text, EncodedText) else self.encode_text(text)
         _need_two(enc.ids)
-        losses = token_losses(self.net, enc.ids)
+        if dynamic:
+            cfg = DynamicConfig() if dynamic is True else dynamic
+            losses, _ = self._dynamic_losses(enc.ids, cfg)
+        else:
+            losses = token_losses(self.net, enc.ids)
         pieces = [self.tokenizer.piece(int(t)) for t in enc.ids]
         scores = score_lines(pieces, losses)
         written = enc.text.split("\n")

@@ -4,14 +4,15 @@ Every layer here is batch_first and is called like torch's own:
 
     out, layer_state = layer(x, layer_state)    # x (B, T, I) -> out (B, T, H)
 
-where torch's convention for the state is `(h, c)`, each (L, B, H), for the cells with a
-memory cell (lstm, peephole, coupled), a single h (L, B, H) for gru and rnn, and `None` means
-zeros. Above this module the state is always a `State`, a tuple with h first: (h,) or (h, c);
+where torch's convention for the state is `(h, c)`, each (L, B, H), for the LSTMs, a single h
+(L, B, H) for gru and rnn, and `None` means zeros. Above this module the state is always a
+`State`, a tuple with h first: (h,), (h, c), or (h, c, n, m) for slstm (STATE_PARTS);
 `run_layer` translates.
 
-lstm / gru / rnn are torch's fused modules. peephole and coupled are ours (`PeepholeLSTM`,
-`CoupledLSTM`): one matrix multiply projects a whole window's input, then a Python loop over
-time does the recurrent part.
+lstm / gru / rnn are torch's fused modules. peephole, coupled, mogrifier and slstm are ours
+(`PeepholeLSTM`, `CoupledLSTM`, `MogrifierLSTM`, `SLSTM`): a Python loop over time does the
+recurrent part; where the gates are linear in the input (all but the Mogrifier, whose input is
+modulated by h_{t−1} first), one matrix multiply projects a whole window's input before it.
 
 The `*_reference_step` functions are the gate equations, one line each; the tests hold torch's
 modules and ours against them, and `visualize` runs them to record the gates. The fast
@@ -26,30 +27,48 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# The cells whose state is a pair (h, c); the others carry h alone.
-CELLS_WITH_MEMORY = ("lstm", "peephole", "coupled")
+# The cells with a memory cell c beside h.
+CELLS_WITH_MEMORY = ("lstm", "peephole", "coupled", "mogrifier", "slstm")
+# What a layer's state holds, in order, by cell: h first; c for the LSTMs; the sLSTM adds its
+# normaliser n and stabiliser m. Every part is (L, B, H).
+STATE_NAMES = {"lstm": ("hidden", "cell"), "gru": ("hidden",), "rnn": ("hidden",),
+               "peephole": ("hidden", "cell"), "coupled": ("hidden", "cell"),
+               "mogrifier": ("hidden", "cell"),
+               "slstm": ("hidden", "cell", "normalizer", "stabilizer")}  # fmt: skip
+STATE_PARTS = {cell: len(names) for cell, names in STATE_NAMES.items()}
+# The Mogrifier's rounds of mutual gating when not given: the paper's recommendation for LSTMs.
+MOGRIFIER_ROUNDS = 5
 
 # The recurrent state of a model: a tuple, h first, each part (L, B, H).
 State = tuple[Tensor, ...]
 
 
 def make_recurrent(
-    cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float
+    cell: str,
+    input_size: int,
+    hidden_size: int,
+    num_layers: int,
+    dropout: float,
+    rounds: int = MOGRIFIER_ROUNDS,
 ) -> nn.Module:
     """A `num_layers`-deep batch_first recurrent layer of kind `cell` (one of config.CELLS).
 
-    `dropout` applies to the outputs of every layer but the last, only in training mode.
+    `dropout` applies to the outputs of every layer but the last, only in training mode;
+    `rounds` is the Mogrifier's number of mutual-gating rounds (other cells ignore it).
     """
     # torch warns when dropout is set on a single layer, where it has nothing to act on.
     dropout = dropout if num_layers > 1 else 0.0
     kinds: dict[str, type[nn.Module]] = {
         "lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN,
-        "peephole": PeepholeLSTM, "coupled": CoupledLSTM,
+        "peephole": PeepholeLSTM, "coupled": CoupledLSTM, "mogrifier": MogrifierLSTM,
+        "slstm": SLSTM,
     }  # fmt: skip
     if cell not in kinds:
         raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(kinds)}")
     if cell in ("lstm", "gru", "rnn"):
         return kinds[cell](input_size, hidden_size, num_layers, batch_first=True, dropout=dropout)
+    if cell == "mogrifier":
+        return MogrifierLSTM(input_size, hidden_size, num_layers, dropout, rounds=rounds)
     return kinds[cell](input_size, hidden_size, num_layers, dropout)
 
 
@@ -61,14 +80,16 @@ def zero_state(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> State:
-    """The zero state: (h, c) for cells with a memory cell, else (h,); each (L, B, H)."""
-    h = torch.zeros(num_layers, batch, hidden, device=device, dtype=dtype)
-    return (h, torch.zeros_like(h)) if cell in CELLS_WITH_MEMORY else (h,)
+    """The zero state: a tuple of STATE_PARTS[cell] zero tensors, each (L, B, H)."""
+    return tuple(
+        torch.zeros(num_layers, batch, hidden, device=device, dtype=dtype)
+        for _ in range(STATE_PARTS[cell])
+    )
 
 
 def run_layer(cell: str, layer: nn.Module, x: Tensor, state: State | None) -> tuple[Tensor, State]:
     """Call a layer from `make_recurrent` with a `State`, translating torch's convention."""
-    out, new = layer(x, state if state is None or cell in CELLS_WITH_MEMORY else state[0])
+    out, new = layer(x, state if state is None or STATE_PARTS[cell] > 1 else state[0])
     return out, (new if isinstance(new, tuple) else (new,))
 
 
@@ -88,19 +109,24 @@ def detach_state(state: State) -> State:
 #   weight_h_l{k}  (H, G·H)     h_t-1 @ weight_h ├─> z (B, G·H) = [ gate 0 | gate 1 | ... ]
 #   bias_l{k}      (G·H,)       + bias           ┘                  <- H ->
 #
-#   PeepholeLSTM: G = 4, blocks [ i | f | g | o ], plus peephole_l{k} (3, H) = rows p_i, p_f, p_o
-#   CoupledLSTM:  G = 3, blocks [ f | o | g ]   (no input gate: i = 1 - f)
+#   PeepholeLSTM:  G = 4, blocks [ i | f | g | o ], plus peephole_l{k} (3, H) = rows p_i, p_f, p_o
+#   CoupledLSTM:   G = 3, blocks [ f | o | g ]   (no input gate: i = 1 - f)
+#   MogrifierLSTM: G = 4, blocks [ i | f | o | g ], plus mogrifier_q_l{k} (⌈r/2⌉, H, I) and
+#                  mogrifier_r_l{k} (⌊r/2⌋, I, H): the Q and R of the odd and even rounds,
+#                  transposed like the rest (x ← 2σ(h @ q) ⊙ x, h ← 2σ(x @ r) ⊙ h)
+#   SLSTM:         G = 4, blocks [ i | f | z | o ]   (xLSTM's order)
 #
 # The names differ from torch's weight_ih_l{k} on purpose: torch stores (G·H, I), and code
 # that edits torch's layout by name must not silently hit ours.
 
 
 class _OwnLSTM(nn.Module):
-    """What PeepholeLSTM and CoupledLSTM share: parameters, state handling, stacking, dropout."""
+    """What our LSTMs share: parameters, state handling, stacking, dropout."""
 
     gates: int  # G, gate blocks per layer
     forget_block: int  # which block holds the forget gate
     peepholes: bool = False
+    state_parts: int = 2  # (h, c)
 
     def __init__(
         self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0
@@ -119,20 +145,27 @@ class _OwnLSTM(nn.Module):
             self.register_parameter(f"bias_l{k}", nn.Parameter(torch.empty(gh)))
             if self.peepholes:
                 self.register_parameter(f"peephole_l{k}", nn.Parameter(torch.empty(3, hidden_size)))
+            self._extra_parameters(k, in_k)
         self.reset_parameters()
+
+    def _extra_parameters(self, k: int, in_k: int) -> None:
+        """Register layer k's parameters beyond the gates' (the Mogrifier's Q and R)."""
 
     def reset_parameters(self) -> None:
         # torch's initialisation for its recurrent layers: uniform ±1/sqrt(H) everywhere ...
         bound = 1.0 / math.sqrt(self.hidden_size)
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
-        # ... except the forget-gate bias, which starts at 1 so that early in training the
+        # ... except the forget-gate bias, which starts high so that early in training the
         # cell keeps its memory and gradients reach back further (Jozefowicz et al., 2015).
         h = self.hidden_size
         with torch.no_grad():
             for k in range(self.num_layers):
                 b = getattr(self, f"bias_l{k}")
-                b[self.forget_block * h : (self.forget_block + 1) * h].fill_(1.0)
+                self._init_forget_bias(b[self.forget_block * h : (self.forget_block + 1) * h])
+
+    def _init_forget_bias(self, b: Tensor) -> None:
+        b.fill_(1.0)
 
     def layer_weights(self, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Layer k's weight_x (I, G·H), weight_h (H, G·H), bias (G·H,), peephole (3, H) | None."""
@@ -150,34 +183,37 @@ class _OwnLSTM(nn.Module):
             f"dropout={self.dropout}"
         )
 
+    def _layer(self, k: int, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple]:
+        """Run layer k over a window: x (B, T, I), its state (B, H) each -> out (B, T, H) and
+        the final state. Here: the whole window's input projection in one multiply, then the
+        recurrent loop (`_scan`)."""
+        b, t, _ = x.shape
+        w_x, w_h, bias, peep = self.layer_weights(k)
+        xw = torch.addmm(bias, x.reshape(b * t, -1), w_x).view(b, t, -1)  # (B, T, G·H)
+        return self._scan(xw, state, w_h, peep)
+
     @staticmethod
     def _scan(
-        xw: Tensor, h: Tensor, c: Tensor, w_h: Tensor, peep: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Run one layer over a window: xw (B, T, G·H), h and c (B, H) -> out (B, T, H), h, c."""
+        xw: Tensor, state: tuple[Tensor, ...], w_h: Tensor, peep: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The recurrent loop over a projected window: xw (B, T, G·H) -> out (B, T, H), state."""
         raise NotImplementedError
 
     def forward(
-        self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        self, x: Tensor, state: tuple[Tensor, ...] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"expected input (B, T, {self.input_size}), got {tuple(x.shape)}")
-        b, t, _ = x.shape
         if state is None:
-            h0 = c0 = x.new_zeros(self.num_layers, b, self.hidden_size)
-        else:
-            h0, c0 = state  # (L, B, H) each
-        h_last, c_last = [], []
+            zeros = x.new_zeros(self.num_layers, x.shape[0], self.hidden_size)
+            state = (zeros,) * self.state_parts
+        finals = []
         for k in range(self.num_layers):
             if k > 0 and self.training and self.dropout > 0:
                 x = F.dropout(x, self.dropout, training=True)
-            w_x, w_h, bias, peep = self.layer_weights(k)
-            # The whole window's input projection in one multiply: (B·T, I) @ (I, G·H).
-            xw = torch.addmm(bias, x.reshape(b * t, -1), w_x).view(b, t, -1)  # (B, T, G·H)
-            x, h, c = self._scan(xw, h0[k], c0[k], w_h, peep)  # x (B, T, H)
-            h_last.append(h)
-            c_last.append(c)
-        return x, (torch.stack(h_last), torch.stack(c_last))
+            x, final = self._layer(k, x, tuple(part[k] for part in state))  # x (B, T, H)
+            finals.append(final)
+        return x, tuple(torch.stack(parts) for parts in zip(*finals, strict=True))
 
 
 class PeepholeLSTM(_OwnLSTM):
@@ -196,9 +232,10 @@ class PeepholeLSTM(_OwnLSTM):
 
     @staticmethod
     def _scan(
-        xw: Tensor, h: Tensor, c: Tensor, w_h: Tensor, peep: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        xw: Tensor, state: tuple[Tensor, ...], w_h: Tensor, peep: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
         assert peep is not None
+        h, c = state
         hidden = h.shape[-1]
         p_i, p_f, p_o = peep.unbind(0)  # (H,) each
         outs = []
@@ -211,7 +248,7 @@ class PeepholeLSTM(_OwnLSTM):
             o = torch.sigmoid(torch.addcmul(z_o, c, p_o))
             h = o * torch.tanh(c)
             outs.append(h)
-        return torch.stack(outs, dim=1), h, c
+        return torch.stack(outs, dim=1), (h, c)
 
 
 class CoupledLSTM(_OwnLSTM):
@@ -228,8 +265,9 @@ class CoupledLSTM(_OwnLSTM):
 
     @staticmethod
     def _scan(
-        xw: Tensor, h: Tensor, c: Tensor, w_h: Tensor, peep: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        xw: Tensor, state: tuple[Tensor, ...], w_h: Tensor, peep: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        h, c = state
         hidden = h.shape[-1]
         outs = []
         for xw_t in xw.unbind(1):  # (B, 3H)
@@ -240,7 +278,153 @@ class CoupledLSTM(_OwnLSTM):
             c = g + f * (c - g)
             h = torch.sigmoid(z_o) * torch.tanh(c)
             outs.append(h)
-        return torch.stack(outs, dim=1), h, c
+        return torch.stack(outs, dim=1), (h, c)
+
+
+class MogrifierLSTM(_OwnLSTM):
+    """The Mogrifier LSTM (Melis, Kočiský & Blunsom, ICLR 2020): before the usual LSTM step,
+    the input and the previous output gate each other for r rounds,
+
+        x^{−1} = x_t,  h^0 = h_{t−1}
+        x^i = 2σ(Q^i h^{i−1}) ⊙ x^{i−2}     for odd i in 1…r
+        h^i = 2σ(R^i x^{i−1}) ⊙ h^{i−2}     for even i in 1…r
+
+    and the LSTM then reads the last x^i and h^i in place of x_t and h_{t−1} (r = 0 is the
+    plain LSTM). The factor 2 keeps randomly initialised Q and R close to the identity. Q and R
+    are full matrices here: at a char model's sizes (E = 128 inputs) a rank-k factorisation
+    would save few multiplications and double the kernel calls of each round.
+
+    x_t depends on h_{t−1} before it meets the gate weights, so there is no whole-window input
+    projection: each step multiplies [x↑ | h↑] by [W; U] at once.
+    """
+
+    gates = 4  # [ i | f | o | g ], the step path's order (step.py)
+    forget_block = 1
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        rounds: int = MOGRIFIER_ROUNDS,
+    ) -> None:
+        if rounds < 0:
+            raise ValueError(f"the Mogrifier needs 0 or more rounds, got {rounds}")
+        self.rounds = rounds
+        super().__init__(input_size, hidden_size, num_layers, dropout)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # `rounds` is set before nn.Module.__init__ (which the parameters need); allow it.
+        if name == "rounds" and "_parameters" not in self.__dict__:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _extra_parameters(self, k: int, in_k: int) -> None:
+        h, n_q, n_r = self.hidden_size, (self.rounds + 1) // 2, self.rounds // 2
+        if n_q:  # none at all for 0 rounds (and no R for 1)
+            self.register_parameter(f"mogrifier_q_l{k}", nn.Parameter(torch.empty(n_q, h, in_k)))
+        if n_r:
+            self.register_parameter(f"mogrifier_r_l{k}", nn.Parameter(torch.empty(n_r, in_k, h)))
+
+    def mogrifier_weights(self, k: int) -> tuple[Tensor, Tensor]:
+        """Layer k's q (⌈r/2⌉, H, I) and r (⌊r/2⌋, I, H): round i uses q[(i − 1) // 2] when odd,
+        r[i // 2 − 1] when even."""
+        in_k, h = self.input_size if k == 0 else self.hidden_size, self.hidden_size
+        q = getattr(self, f"mogrifier_q_l{k}", None)
+        r = getattr(self, f"mogrifier_r_l{k}", None)
+        w = self.weight_h_l0
+        return (w.new_zeros(0, h, in_k) if q is None else q,
+                w.new_zeros(0, in_k, h) if r is None else r)  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", rounds={self.rounds}"
+
+    def _layer(self, k: int, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple]:
+        w_x, w_h, bias, _ = self.layer_weights(k)
+        q, r = self.mogrifier_weights(k)
+        h, c = state
+        hidden = self.hidden_size
+        w = torch.cat([w_x, w_h])  # (I + H, 4H): [x↑ | h↑] @ w, one multiply a step
+        outs = []
+        for x_t in x.unbind(1):  # (B, I)
+            x_t, h_m = mogrify(x_t, h, q, r, self.rounds)
+            z = torch.addmm(bias, torch.cat([x_t, h_m], dim=1), w)  # (B, 4H)
+            sig = torch.sigmoid(z[:, : 3 * hidden])
+            i, f, o = sig.split(hidden, dim=1)
+            c = torch.addcmul(f * c, i, torch.tanh(z[:, 3 * hidden :]))
+            h = o * torch.tanh(c)
+            outs.append(h)
+        return torch.stack(outs, dim=1), (h, c)
+
+
+def mogrify(x: Tensor, h: Tensor, q: Tensor, r: Tensor, rounds: int) -> tuple[Tensor, Tensor]:
+    """The Mogrifier's rounds on x (B, I) and h (B, H), in our transposed storage -> x↑, h↑."""
+    for i in range(1, rounds + 1):
+        if i % 2:
+            x = 2 * torch.sigmoid(h @ q[(i - 1) // 2]) * x
+        else:
+            h = 2 * torch.sigmoid(x @ r[i // 2 - 1]) * h
+    return x, h
+
+
+class SLSTM(_OwnLSTM):
+    """The sLSTM of xLSTM (Beck et al., NeurIPS 2024), in its stabilised form (eqs. 8-17):
+
+        z_t = tanh(W_z x_t + R_z h_{t−1} + b_z)          cell input
+        ĩ_t = W_i x_t + R_i h_{t−1} + b_i                 input gate, exponential: i_t = exp(ĩ_t)
+        f̃_t = W_f x_t + R_f h_{t−1} + b_f                 forget gate: f_t = σ(f̃_t)
+        o_t = σ(W_o x_t + R_o h_{t−1} + b_o)              output gate
+        m_t = max(log f_t + m_{t−1}, ĩ_t)                 stabiliser
+        i'_t = exp(ĩ_t − m_t),  f'_t = exp(log f_t + m_{t−1} − m_t)
+        c_t = f'_t ⊙ c_{t−1} + i'_t ⊙ z_t                 cell
+        n_t = f'_t ⊙ n_{t−1} + i'_t                       normaliser
+        h_t = o_t ⊙ c_t / n_t
+
+    The state is (h, c, n, m). Because the input gate is exponential, a strong new input can
+    outweigh everything stored (c and n hold a weighted average), so the cell can revise what it
+    stored; m rescales c and n alike and leaves h unchanged, so it only keeps exp() in range.
+
+    Choices, with the paper's options:
+    - the forget gate is the sigmoid one (the paper allows σ or exp; xLSTM's code uses σ);
+    - one head: R is a full (H, 4H) matrix rather than block-diagonal over heads. Heads suit
+      the paper's GPU kernel; on a CPU at H ≤ 1024 one dense multiply per step is one kernel
+      call, and every unit may mix with every other;
+    - a fresh state (n = 0: the start of a text, a stream reset) takes m_t = ĩ_t, as xLSTM's
+      code does, so n_t ≥ 1 from the first step on and the division is always safe;
+    - the forget-gate bias starts spread over [3, 6] (xLSTM's "small_init"): long memories.
+
+    Training treats m as a constant (no gradient through the max): h does not depend on m, so
+    the gradient is the same (the tests hold it to the equations' own to 1e-5), and cheaper.
+    """
+
+    gates = 4  # [ i | f | z | o ]
+    forget_block = 1
+    state_parts = 4  # (h, c, n, m)
+
+    def _init_forget_bias(self, b: Tensor) -> None:
+        b.copy_(torch.linspace(3.0, 6.0, b.numel()))
+
+    @staticmethod
+    def _scan(
+        xw: Tensor, state: tuple[Tensor, ...], w_h: Tensor, peep: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        h, c, n, m = state
+        hidden = h.shape[-1]
+        outs = []
+        for xw_t in xw.unbind(1):  # (B, 4H)
+            i_t, f_t, z_t, o_t = torch.addmm(xw_t, h, w_h).split(hidden, dim=1)  # (B, H) each
+            log_f = F.logsigmoid(f_t)
+            m_new = torch.where(n > 0, torch.maximum(log_f + m, i_t), i_t).detach()
+            i = torch.exp(i_t - m_new)
+            f = torch.exp(log_f + m - m_new)
+            c = f * c + i * torch.tanh(z_t)
+            n = f * n + i
+            h = torch.sigmoid(o_t) * c / n
+            m = m_new
+            outs.append(h)
+        return torch.stack(outs, dim=1), (h, c, n, m)
 
 
 # --------------------------------------------------------------------------------------
@@ -297,6 +481,55 @@ def coupled_reference_step(
     if record is not None:
         record.update(forget=f, input=i, output=o)
     return h, c
+
+
+def mogrifier_reference_step(
+    x: Tensor, h: Tensor, c: Tensor, W: dict[str, Tensor], record: Record = None
+) -> tuple[Tensor, Tensor]:
+    """One Mogrifier LSTM step (Melis et al., 2020, eq. 1-2): for r rounds (as many as W has
+    Q_1, R_2, Q_3, ... matrices) x and h gate each other,
+
+        x^{−1} = x,  h^0 = h_{prev}
+        x^i = 2σ(Q^i h^{i−1}) ⊙ x^{i−2}     odd i,   Q^i (I, H)
+        h^i = 2σ(R^i x^{i−1}) ⊙ h^{i−2}     even i,  R^i (H, I)
+
+    then the LSTM step (`lstm_reference_step`) reads the highest-indexed x^i and h^i."""
+    xs, hs = {-1: x}, {0: h}
+    i = 1
+    while f"Q_{i}" in W or f"R_{i}" in W:
+        if i % 2:
+            xs[i] = 2 * torch.sigmoid(hs[i - 1] @ W[f"Q_{i}"].T) * xs[i - 2]
+        else:
+            hs[i] = 2 * torch.sigmoid(xs[i - 1] @ W[f"R_{i}"].T) * hs[i - 2]
+        i += 1
+    return lstm_reference_step(xs[max(xs)], hs[max(hs)], c, W, record)
+
+
+def slstm_reference_step(
+    x: Tensor,
+    h: Tensor,
+    c: Tensor,
+    n: Tensor,
+    m: Tensor,
+    W: dict[str, Tensor],
+    record: Record = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One sLSTM step (Beck et al., 2024, the stabilised eqs. 8-17 with a sigmoid forget gate):
+    x (B, I), h, c, n, m (B, H) -> (h, c, n, m). A fresh state (n = 0) takes m_t = ĩ_t."""
+    z = torch.tanh(x @ W["W_z"].T + h @ W["R_z"].T + W["b_z"])  # cell input
+    i_tilde = x @ W["W_i"].T + h @ W["R_i"].T + W["b_i"]  # log of the input gate
+    f_tilde = x @ W["W_f"].T + h @ W["R_f"].T + W["b_f"]
+    o = torch.sigmoid(x @ W["W_o"].T + h @ W["R_o"].T + W["b_o"])  # output gate
+    log_f = F.logsigmoid(f_tilde)  # f_t = σ(f̃_t)
+    m_new = torch.where(n > 0, torch.maximum(log_f + m, i_tilde), i_tilde)  # stabiliser
+    i = torch.exp(i_tilde - m_new)  # stabilised input gate i'
+    f = torch.exp(log_f + m - m_new)  # stabilised forget gate f'
+    c = f * c + i * z
+    n = f * n + i
+    h = o * (c / n)
+    if record is not None:
+        record.update(forget=f, input=i, output=o)
+    return h, c, n, m_new
 
 
 def gru_reference_step(x: Tensor, h: Tensor, W: dict[str, Tensor], record: Record = None) -> Tensor:
@@ -383,16 +616,25 @@ def rnn_weights_from_torch(rnn: nn.RNN, layer: int) -> dict[str, Tensor]:
 
 
 def own_weights(layer: _OwnLSTM, k: int) -> dict[str, Tensor]:
-    """Layer k of a PeepholeLSTM or CoupledLSTM under the equations' names: the stored
-    (I, G·H) blocks, transposed to W_* (H, I)."""
+    """Layer k of one of our layers under its equations' names: the stored (I, G·H) blocks,
+    transposed to W_* (H, I) (the sLSTM's recurrent ones are R_*, as in its paper)."""
     w_x, w_h, bias, peep = layer.layer_weights(k)
     h = layer.hidden_size
-    names = "ifco" if isinstance(layer, PeepholeLSTM) else "foc"  # the documented block orders
+    # The documented block orders.
+    orders = {PeepholeLSTM: ("ifco", "U"), CoupledLSTM: ("foc", "U"),
+              MogrifierLSTM: ("ifoc", "U"), SLSTM: ("ifzo", "R")}  # fmt: skip
+    names, recurrent = orders[type(layer)]
     W: dict[str, Tensor] = {}
     for gate, wx, wh, b in zip(names, w_x.split(h, 1), w_h.split(h, 1), bias.split(h), strict=True):
-        W[f"W_{gate}"], W[f"U_{gate}"], W[f"b_{gate}"] = wx.T, wh.T, b
+        W[f"W_{gate}"], W[f"{recurrent}_{gate}"], W[f"b_{gate}"] = wx.T, wh.T, b
     if peep is not None:
         W["p_i"], W["p_f"], W["p_o"] = peep.unbind(0)
+    if isinstance(layer, MogrifierLSTM):
+        q, r = layer.mogrifier_weights(k)
+        for j in range(q.shape[0]):
+            W[f"Q_{2 * j + 1}"] = q[j].T  # (I, H)
+        for j in range(r.shape[0]):
+            W[f"R_{2 * j + 2}"] = r[j].T  # (H, I)
     return W
 
 
@@ -410,11 +652,12 @@ def reference_weights(cell: str, layer: nn.Module, k: int) -> dict[str, Tensor]:
 def reference_step(
     cell: str, x: Tensor, state: tuple[Tensor, ...], W: dict[str, Tensor], record: Record = None
 ) -> tuple[Tensor, ...]:
-    """One step of one layer of `cell` by its equations: x (B, I), state (h,) or (h, c) of
-    (B, H) each -> the new state."""
+    """One step of one layer of `cell` by its equations: x (B, I), the state's parts (h, ...)
+    of (B, H) each (STATE_NAMES) -> the new state."""
     if cell in CELLS_WITH_MEMORY:
         step = {"lstm": lstm_reference_step, "peephole": peephole_reference_step,
-                "coupled": coupled_reference_step}[cell]  # fmt: skip
+                "coupled": coupled_reference_step, "mogrifier": mogrifier_reference_step,
+                "slstm": slstm_reference_step}[cell]  # fmt: skip
         return step(x, *state, W, record)
     step = gru_reference_step if cell == "gru" else rnn_reference_step
     return (step(x, state[0], W, record),)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from charlstm import __version__
+from charlstm.cells import STATE_PARTS
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.errors import CharlstmError
 from charlstm.files import FileWriteError, write_atomic
@@ -103,7 +104,7 @@ def resolve_checkpoint(model: Path | None, root: Path = Path("checkpoints")) -> 
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # Gate blocks per layer, by cell: what a layer's weights cost.
-_GATES = {"lstm": 4, "gru": 3, "rnn": 1, "peephole": 4, "coupled": 3}
+_GATES = {"lstm": 4, "gru": 3, "rnn": 1, "peephole": 4, "coupled": 3, "mogrifier": 4, "slstm": 4}
 
 
 @dataclass
@@ -187,6 +188,8 @@ def parameter_count(cfg: ModelConfig) -> int:
     layers += max(cfg.num_layers - 2, 0) * g * h * (2 * h + 2)
     if cfg.cell == "peephole":
         layers += cfg.num_layers * 3 * h
+    if cfg.cell == "mogrifier":  # r matrices of (I, H) a layer: Q on odd rounds, R on even
+        layers += cfg.mogrifier_rounds * h * (e + h * (cfg.num_layers - 1))
     return v * e + layers + (0 if cfg.tie_weights else v * h) + v
 
 
@@ -299,8 +302,11 @@ def _check_resume(state: object, config: ModelConfig, optimizer: str) -> None:
         _require(not isinstance(value, int) or value >= 0, f"position.{key} = {value}")
     _require(state.get("precision", "fp32") in ("fp32", "bf16", "fp16"), "its precision")
     parts = state.get("rnn_state")
-    _require(isinstance(parts, list) and len(parts) <= 2, "its carried state is no list")
+    _require(isinstance(parts, list), "its carried state is no list")
     assert isinstance(parts, list)
+    _require(len(parts) in (0, STATE_PARTS[config.cell]),
+             f"its carried state has {len(parts)} parts, a {config.cell} carries "
+             f"{STATE_PARTS[config.cell]}")  # fmt: skip
     for t in parts:
         shape = (config.num_layers, -1, config.hidden_size)
         fits = isinstance(t, torch.Tensor) and t.dtype in _FLOAT_DTYPES and t.dim() == 3

@@ -21,7 +21,14 @@ import typer
 from rich.console import Console
 
 from charlstm import __version__
-from charlstm.config import CELLS, CHECKPOINTS, ModelConfig, SampleConfig, TrainConfig
+from charlstm.config import (
+    CELLS,
+    CHECKPOINTS,
+    DynamicConfig,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+)
 from charlstm.display import (
     TrainDisplay,
     err_console,
@@ -216,6 +223,13 @@ def train(
         _opt(
             "Drop this fraction of the recurrent (hidden-to-hidden) weights, a new mask each "
             "window (AWD-LSTM's weight-drop). Default: 0."
+        ),
+    ] = None,
+    mogrifier_rounds: Annotated[
+        int | None,
+        _opt(
+            "--cell mogrifier: rounds in which the input and the previous output gate each other "
+            f"before each LSTM step (0 = a plain LSTM). Default: {ModelConfig.mogrifier_rounds}."
         ),
     ] = None,
     tie_weights: Annotated[
@@ -461,6 +475,15 @@ def sample(
     on_unknown: Annotated[
         str, typer.Option(help="Prime characters the model never saw: error or skip.")
     ] = "error",
+    adapt: Annotated[
+        int,
+        typer.Option(
+            help="Learn from the prime first, reading it this many times with dynamic "
+            "evaluation's updates, so a page of text steers the style (0 = off). The "
+            "checkpoint is not changed.",
+            metavar="PASSES",
+        ),
+    ] = 0,
     threads: Threads = 0,
     quiet: Quiet = False,
 ) -> None:
@@ -477,7 +500,9 @@ def sample(
         seed = random_seed()
     err.print(f"seed {seed}")
     choice = {"length": length, "temp": temp, "top_k": top_k, "top_p": top_p, "greedy": greedy,
-              "seed": seed, "on_unknown": on_unknown}  # fmt: skip
+              "seed": seed, "on_unknown": on_unknown, "adapt": adapt}  # fmt: skip
+    if adapt:
+        err.print(f"learning from the prime ({adapt} pass{'es' if adapt > 1 else ''})…")
     if num_samples == 1 and not json_out:
         pieces = net.generate(prime, **choice)  # checks the prime before anything is written
         if prime and echo_prime:
@@ -567,6 +592,38 @@ def evaluate(
             "carry the state through the text."
         ),
     ] = 0,
+    dynamic: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic",
+            help="Dynamic evaluation (Krause et al. 2018): read the text as one stream, and after "
+            "scoring each segment take a gradient step on it, so the model keeps learning the "
+            "text as it reads it. Every token is scored before it is learnt from; the "
+            "checkpoint file is not changed.",
+        ),
+    ] = False,
+    dynamic_rule: Annotated[
+        str | None,
+        _opt(
+            "--dynamic: rms (the paper's rule: steps scaled by the training split's gradient "
+            "sizes, decaying towards the trained weights) or sgd. Default: "
+            f"{DynamicConfig.rule}."
+        ),
+    ] = None,
+    dynamic_lr: Annotated[
+        float | None, _opt(f"--dynamic: step size. Default: {DynamicConfig.lr:g}.")
+    ] = None,
+    dynamic_decay: Annotated[
+        float | None,
+        _opt(
+            "--dynamic: pull towards the trained weights at each step (0 = none). Default: "
+            f"{DynamicConfig.decay:g}."
+        ),
+    ] = None,
+    dynamic_segment: Annotated[
+        int | None,
+        _opt(f"--dynamic: tokens per gradient step. Default: {DynamicConfig.segment}."),
+    ] = None,
     threads: Threads = 0,
     device: Device = "auto",
     quiet: Quiet = False,
@@ -575,34 +632,43 @@ def evaluate(
     err = err_console(quiet)
     if reset_every and per_line:
         raise UsageError("--per-line scores one pass carrying the state; drop --reset-every")
+    tuned = {"rule": dynamic_rule, "lr": dynamic_lr, "decay": dynamic_decay,
+             "segment": dynamic_segment}  # fmt: skip
+    if not dynamic and any(v is not None for v in tuned.values()):
+        raise UsageError("--dynamic-rule/-lr/-decay/-segment tune --dynamic; add --dynamic")
+    how = DynamicConfig.build(**tuned) if dynamic else None
     from charlstm.device import resolve_device
 
     body = _read_texts(text, encoding, errors, err)
-    net = _load(model, threads, err, resolve_device(device), 1 if per_line else streams)
+    net = _load(model, threads, err, resolve_device(device), 1 if per_line or dynamic else streams)
     encoded = net.encode_text(body)
     _note_unknown(encoded, err)
     t0 = time.perf_counter()
     if per_line:
         with err.status(f"evaluating {len(encoded.ids):,} tokens…"):
-            rows = net.score_lines(encoded)
+            rows = net.score_lines(encoded, dynamic=how)
         _write_stdout("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         err.print(f"{len(encoded.ids) / (time.perf_counter() - t0):,.0f} tokens/s", style="dim")
         return
     with err.status(f"evaluating {len(encoded.ids):,} tokens…"):
         result = net.evaluate(encoded, streams=streams, reset_every=reset_every,
-                              precision=precision)  # fmt: skip
+                              precision=precision, dynamic=how)  # fmt: skip
     seconds = time.perf_counter() - t0
     if json_out:
-        out = {**result.to_dict(), "seconds": round(seconds, 3), "streams": streams,
-               "reset_every": reset_every, "precision": precision}  # fmt: skip
+        out = {**result.to_dict(), "seconds": round(seconds, 3),
+               "streams": 1 if how else streams, "reset_every": reset_every,
+               "precision": precision}  # fmt: skip
         _write_stdout(json.dumps(out) + "\n")
     else:
+        d = result.dynamic
         _write_stdout(
             f"loss        {result.loss:.4f} nats/token\n"
             f"perplexity  {result.perplexity:.3f}\n"
             f"bits/char   {result.bits_per_char:.4f}\n"
             f"tokens      {result.tokens:,}\n"
-        )
+            + (f"dynamic     {d['rule']}, segment {d['segment']}, lr {d['lr']:g}, decay "
+               f"{d['decay']:g}\n" if d else "")
+        )  # fmt: skip
     err.print(f"{result.tokens / seconds:,.0f} tokens/s", style="dim")
 
 
@@ -669,7 +735,8 @@ def visualize(
     kind: Annotated[
         str,
         typer.Option(
-            help="What to colour by: hidden, cell, forget, input or output (gru: update, reset)."
+            help="What to colour by: hidden, cell, forget, input or output (gru: update, reset; "
+            "slstm also: normalizer, stabilizer)."
         ),
     ] = "cell",
     unit: Annotated[
@@ -700,7 +767,8 @@ def visualize(
     quiet: Quiet = False,
 ) -> None:
     """Colour a text by what a unit of the model holds at each character."""
-    kinds = ("hidden", "cell", "forget", "input", "output", "update", "reset")
+    kinds = ("hidden", "cell", "forget", "input", "output", "update", "reset", "normalizer",
+             "stabilizer")  # fmt: skip
     if kind not in kinds:
         raise UsageError(f"--kind must be one of {', '.join(kinds)}, got {kind!r}")
     err = err_console(quiet)

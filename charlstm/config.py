@@ -18,7 +18,7 @@ from pathlib import Path
 
 from charlstm.errors import UsageError
 
-CELLS = ("lstm", "gru", "rnn", "peephole", "coupled")
+CELLS = ("lstm", "gru", "rnn", "peephole", "coupled", "mogrifier", "slstm")
 TOKENIZERS = ("char", "word", "bpe")
 OPTIMIZERS = ("adamw", "sgd")
 SOFTMAXES = ("full", "adaptive")
@@ -70,6 +70,9 @@ class ModelConfig:
     # Merity et al. 2017): regularises the recurrence without breaking the fused kernels.
     weight_drop: float = 0.0
     tie_weights: bool = False  # share the embedding matrix with the output head (needs E = H)
+    # --cell mogrifier: rounds of mutual gating of x and h before each LSTM step (Melis et al.
+    # 2020 recommend 5 for LSTMs; 0 is the plain LSTM). Other cells ignore it.
+    mogrifier_rounds: int = 5
     # Adaptive softmax (Grave et al. 2017): the most frequent ids below the first cutoff get the
     # full head, rarer ones smaller clusters. None: one full softmax over the vocabulary.
     softmax_cutoffs: list[int] | None = None
@@ -88,6 +91,10 @@ class ModelConfig:
             "--tie-weights needs the embedding size equal to the hidden size",
         )
         _check(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
+        _check(
+            0 <= self.mogrifier_rounds <= 16,
+            f"--mogrifier-rounds must be between 0 and 16, got {self.mogrifier_rounds}",
+        )
         _check(
             0.0 <= self.weight_drop < 1.0,
             f"--weight-drop must be in [0, 1), got {self.weight_drop}",
@@ -217,6 +224,47 @@ class SampleConfig:
         return cls(**{k: v for k, v in given.items() if v is not None})
 
 
+DYNAMIC_RULES = ("rms", "sgd")
+
+
+@dataclass
+class DynamicConfig:
+    """Dynamic evaluation (Krause et al., 2018): the model keeps learning from a text as it reads
+    it. The text is cut into segments of `segment` tokens, read as one stream with the state
+    carried; each segment is scored, then one gradient step on its mean loss updates the
+    weights before the next is read (so every token is scored before it is learnt from).
+
+    rule "rms" is the paper's RMS rule with a global prior, per weight θ:
+        θ ← θ − lr · g / (√MS + epsilon) + decay · (√MS / mean √MS) · (θ_trained − θ)
+    where MS is the mean squared gradient of segments of the training split (or, with no
+    training split at hand, of the text's own segments already read), and the decay pulls each
+    weight back towards its trained value, faster where its gradients are larger (capped at
+    1/decay, as in the paper's code). rule "sgd": θ ← θ − lr · g + decay · (θ_trained − θ).
+    The defaults come from a sweep on tiny-shakespeare (BENCHMARKS.md)."""
+
+    rule: str = "rms"  # one of DYNAMIC_RULES
+    segment: int = 20  # tokens per gradient step
+    lr: float = 3e-4  # the step size (per the rule's units)
+    decay: float = 1e-3  # pull towards the trained weights per step (0 = none)
+    epsilon: float = 2e-5  # keeps the RMS rule's division finite
+    stat_tokens: int = 100_000  # training tokens the gradient statistics are taken from
+
+    def __post_init__(self) -> None:
+        rules = " or ".join(DYNAMIC_RULES)
+        _check(self.rule in DYNAMIC_RULES, f"--dynamic-rule must be {rules}, got {self.rule!r}")
+        _at_least("--dynamic-segment", self.segment, 1)
+        lr = self.lr
+        _check(math.isfinite(lr) and lr >= 0, f"--dynamic-lr must be 0 or more, got {lr}")
+        _check(0 <= self.decay < 1, f"--dynamic-decay must be in [0, 1), got {self.decay}")
+        _check(self.epsilon > 0, f"the epsilon must be positive, got {self.epsilon}")
+        _at_least("the statistics' tokens", self.stat_tokens, 1)
+
+    @classmethod
+    def build(cls, **given: object) -> DynamicConfig:
+        """From options that may be absent (None)."""
+        return cls(**{k: v for k, v in given.items() if v is not None})
+
+
 def parse_duration(text: str | float) -> float:
     """'135s', '10m', '2h', '1h30m' or a number of seconds → seconds."""
     if isinstance(text, int | float):
@@ -241,8 +289,9 @@ def parse_duration(text: str | float) -> float:
 
 # What a run is (its model, its data and their layout, its seed): `--resume` refuses these.
 FIXED_BY_RUN = ("cell", "hidden", "layers", "embed", "dropout", "weight_drop", "tie_weights",
-                "softmax", "tokenizer", "vocab_size", "min_frequency", "batch_size", "window",
-                "seed", "optimizer", "val_fraction", "val_tokens", "name")  # fmt: skip
+                "softmax", "mogrifier_rounds", "tokenizer", "vocab_size", "min_frequency",
+                "batch_size", "window", "seed", "optimizer", "val_fraction", "val_tokens",
+                "name")  # fmt: skip
 # What `--resume` applies from the step it resumes at (TrainConfig's names), limits aside.
 CHANGEABLE_ON_RESUME = ("lr", "min_lr_ratio", "warmup_steps", "weight_decay", "clip",
                         "eval_every", "patience", "state_reset")  # fmt: skip
@@ -272,6 +321,7 @@ class TrainOptions:
     weight_drop: float | None = None
     tie_weights: bool | None = None
     softmax: str | None = None
+    mogrifier_rounds: int | None = None
     # optimisation and validation
     batch_size: int | None = None
     window: int | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +28,8 @@ class EvalResult:
     chars: int  # characters of text those tokens spell (bits per character divide by this)
     skipped_chars: int = 0  # characters of the text a char model never saw, left out
     unknown_words: int = 0  # words outside a word model's vocabulary, scored as unknown
+    # How the text was scored dynamically (the model learning as it read), None: statically.
+    dynamic: dict[str, Any] | None = None
 
     @property
     def perplexity(self) -> float:

@@ -1,7 +1,8 @@
 """The language model: embedding → multi-layer recurrent cells → linear head over the vocabulary.
 
 forward(ids (B, T), state) → (logits (B, T, V), state), the state a `cells.State` tuple. The
-recurrent layers (torch's fused LSTM/GRU/RNN, or our own peephole and coupled-gate LSTMs) live
+recurrent layers (torch's fused LSTM/GRU/RNN, or our own peephole, coupled-gate, Mogrifier
+and sLSTM cells) live
 in cells.py; the one-token fast path over this model is step.py.
 """
 
@@ -21,8 +22,9 @@ class LanguageModel(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size)
         self.rnn = make_recurrent(
-            cfg.cell, cfg.embed_size, cfg.hidden_size, cfg.num_layers, cfg.dropout
-        )
+            cfg.cell, cfg.embed_size, cfg.hidden_size, cfg.num_layers, cfg.dropout,
+            rounds=cfg.mogrifier_rounds,
+        )  # fmt: skip
         self.drop = nn.Dropout(cfg.dropout)
         self.head: nn.Module
         if cfg.softmax_cutoffs:

@@ -1,7 +1,7 @@
 """The model one token at a time: the fast path that sampling runs on, for every cell.
 
     stepper = Stepper(model)          # copies the weights into the step layout (below)
-    stepper.start(state)              # a State, (h,) or (h, c) of (L, B, H), e.g. after a prime
+    stepper.start(state)              # a State, (h, ...) of (L, B, H) each, e.g. after a prime
     logits = stepper.step(tokens)     # tokens (B,) -> logits (B, V), a view of a buffer that
                                       # the next step overwrites
     state = stepper.state()           # a copy of where the B streams stand
@@ -13,20 +13,24 @@ inference_mode; at batch 1 the time goes to streaming the weights from memory (1
 at 2×512 in fp32).
 
 The step layout (`StepWeights`): embed (V, E); per layer k, w_x (I, G·H), w_h (H, G·H) and
-b (G·H,), plus b_h (G·H,) for gru and p (3, H) for peephole; the head w_out (H, V), b_out (V,).
-Gate blocks are reordered so that the sigmoid gates sit side by side and take one kernel:
+b (G·H,), plus b_h (G·H,) for gru, p (3, H) for peephole, and q (⌈r/2⌉, H, I), r (⌊r/2⌋, I, H)
+for mogrifier; the head w_out (H, V), b_out (V,). Gate blocks are reordered so that the
+sigmoid gates sit side by side and take one kernel:
 
     lstm      torch's [ i | f | g | o ]  ->  [ i | f | o | g ]   sigmoid on 3H, tanh on H
+    mogrifier [ i | f | o | g ]   (as stored)                     the same, after the rounds
     coupled   [ f | o | g ]   (as stored)                         sigmoid on 2H, tanh on H
     peephole  [ i | f | g | o ]  (as stored: o needs c_t first)   sigmoid on 2H, tanh on H, o
+    slstm     [ i | f | z | o ]   (as stored)                     exp gates, normaliser, stabiliser
     gru       torch's [ r | z | n ]; b (input) and b_h (hidden) apart: r scales U_n h + b_hn
     rnn       one block
 
 Two derived forms make a step cheap. Layer 0's input projection is folded into a table
 (embed · w_x + b, V × G·H) when that is not much bigger than the weights it replaces, so its
-step reads a row and multiplies only h. Every later layer keeps [input | own h] side by side in
-one buffer and multiplies it by [w_x; w_h] at once (gru excepted: its r gate scales the hidden
-projection alone).
+step reads a row and multiplies only h (not mogrifier: its input is gated by h before the
+projection). Every other layer keeps [input | own h] side by side in one buffer and multiplies
+it by [w_x; w_h] at once (gru excepted: its r gate scales the hidden projection alone); the
+Mogrifier's rounds rescale the two halves of that buffer in place first.
 """
 
 from __future__ import annotations
@@ -35,9 +39,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from charlstm.cells import CELLS_WITH_MEMORY, State
+from charlstm.cells import STATE_PARTS, State
 from charlstm.model import LanguageModel
 
 # Fold layer 0 into a table while it holds at most this many numbers (64 MB in fp32): a char
@@ -51,7 +56,7 @@ class StepWeights:
 
     cell: str
     embed: Tensor  # (V, E)
-    layers: list[dict[str, Tensor]]  # w_x, w_h, b (+ b_h for gru, p for peephole)
+    layers: list[dict[str, Tensor]]  # w_x, w_h, b (+ b_h gru, p peephole, q and r mogrifier)
     w_out: Tensor | None  # (H, V); None when the head is an adaptive softmax
     b_out: Tensor | None  # (V,)
 
@@ -74,11 +79,13 @@ def step_weights(model: LanguageModel) -> StepWeights:
     layers = []
     with torch.no_grad():
         for k in range(model.cfg.num_layers):
-            if cell in ("peephole", "coupled"):
+            if cell in ("peephole", "coupled", "mogrifier", "slstm"):
                 w_x, w_h, b, p = rnn.layer_weights(k)
                 layer = {"w_x": w_x, "w_h": w_h, "b": b}
                 if p is not None:
                     layer["p"] = p
+                if cell == "mogrifier":
+                    layer["q"], layer["r"] = rnn.mogrifier_weights(k)
             else:
                 w_ih, w_hh = getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"weight_hh_l{k}")
                 b_ih, b_hh = getattr(rnn, f"bias_ih_l{k}"), getattr(rnn, f"bias_hh_l{k}")
@@ -126,17 +133,22 @@ class Stepper:
             self._head = model.logits
         self.w = w
         self.cell = w.cell
-        self.has_memory = w.cell in CELLS_WITH_MEMORY
+        self.parts = STATE_PARTS[w.cell]  # h, then c (and n, m for slstm)
         hid, layer0 = w.hidden_size, w.layers[0]
         width = layer0["w_x"].shape[1]  # G·H
         self.gates = width // hid
+        # The Mogrifier's layer 0 multiplies [x | h] like the others: its x is gated by h first.
+        self.mogrifier = w.cell == "mogrifier"
         with torch.no_grad():
             self.table = None
-            if w.vocab_size * width <= max(_MAX_TABLE, w.embed.numel() + layer0["w_x"].numel()):
+            fits = w.vocab_size * width <= max(_MAX_TABLE, w.embed.numel() + layer0["w_x"].numel())
+            if fits and not self.mogrifier:
                 self.table = torch.addmm(layer0["b"], w.embed, layer0["w_x"])  # (V, G·H)
             # [w_x; w_h] for one multiply per layer after the first (not gru: see above).
             self.w_cat = [
-                None if k == 0 or w.cell == "gru" else torch.cat([layer["w_x"], layer["w_h"]])
+                None
+                if w.cell == "gru" or (k == 0 and not self.mogrifier)
+                else torch.cat([layer["w_x"], layer["w_h"]])
                 for k, layer in enumerate(w.layers)
             ]
         self.batch = 0
@@ -151,7 +163,7 @@ class Stepper:
 
     def zero_state(self, batch: int) -> State:
         h = self.w.embed.new_zeros(self.num_layers, batch, self.hidden_size)
-        return (h, torch.zeros_like(h)) if self.has_memory else (h,)
+        return (h, *(torch.zeros_like(h) for _ in range(self.parts - 1)))
 
     @torch.inference_mode()
     def start(self, state: State) -> None:
@@ -165,13 +177,13 @@ class Stepper:
             self.own[k].copy_(h[k])
             if self.cell != "gru":
                 self.xh[k][:, :hid].copy_(h[k - 1])
-        if self.has_memory:
-            self.c.copy_(state[1])
+        for mine, given in zip(self.memory, state[1:], strict=True):
+            mine.copy_(given)
 
     def state(self) -> State:
         """A copy of the current state, (L, B, H) each."""
         h = torch.stack([self.h0, *self.own[1:]]).clone()
-        return (h, self.c.clone()) if self.has_memory else (h,)
+        return (h, *(part.clone() for part in self.memory))
 
     def _allocate(self, batch: int) -> None:
         w, hid = self.w, self.hidden_size
@@ -179,15 +191,20 @@ class Stepper:
         self.batch = batch
         self.z = new(batch, self.gates * hid)  # gate pre-activations of the layer at hand
         self.zh = new(batch, self.gates * hid) if self.cell == "gru" else None
-        self.h0 = new(batch, hid)  # layer 0's h
         if self.cell == "gru":
+            self.h0 = new(batch, hid)  # layer 0's h
             self.xh = [None] * self.num_layers
             self.own = [self.h0] + [new(batch, hid) for _ in range(1, self.num_layers)]
         else:
-            # xh[k] = [ layer k-1's new h | layer k's own h ], the input of one multiply.
-            self.xh = [None] + [new(batch, 2 * hid) for _ in range(1, self.num_layers)]
-            self.own = [self.h0] + [xh[:, hid:] for xh in self.xh[1:]]
-        self.c = new(self.num_layers, batch, hid) if self.has_memory else None
+            # xh[k] = [ layer k's input | layer k's own h ], the input of one multiply: for
+            # k > 0 that input is layer k−1's new h; the Mogrifier's layer 0 has one too (its
+            # input, an embedding row, is gated before the multiply).
+            first = new(batch, w.embed.shape[1] + hid) if self.mogrifier else None
+            self.xh = [first] + [new(batch, 2 * hid) for _ in range(1, self.num_layers)]
+            self.own = [xh[:, -hid:] if xh is not None else new(batch, hid) for xh in self.xh]
+            self.h0 = self.own[0]
+        # c (and the sLSTM's n and m) of every layer.
+        self.memory = [new(self.num_layers, batch, hid) for _ in range(self.parts - 1)]
         self.tanh_c = new(batch, hid)
         self.logits = new(batch, w.vocab_size) if w.w_out is not None else None
 
@@ -199,7 +216,13 @@ class Stepper:
         w, hid, z = self.w, self.hidden_size, self.z
         for k, layer in enumerate(w.layers):
             h = self.own[k]
-            if k == 0:  # the input projection: a row of the table, or embed · w_x + b
+            if self.mogrifier:
+                xh = self.xh[k]
+                if k == 0:
+                    xh[:, :-hid].copy_(w.embed[tokens])
+                self._mogrify(layer, xh[:, :-hid], h)
+                torch.addmm(layer["b"], xh, self.w_cat[k], out=z)
+            elif k == 0:  # the input projection: a row of the table, or embed · w_x + b
                 if self.table is not None:
                     torch.index_select(self.table, 0, tokens, out=z)
                 else:
@@ -218,8 +241,18 @@ class Stepper:
             return self._head(top)
         return torch.addmm(w.b_out, top, w.w_out, out=self.logits)
 
+    @staticmethod
+    def _mogrify(layer: dict[str, Tensor], x: Tensor, h: Tensor) -> None:
+        """The Mogrifier's rounds, in place: x (B, I) and h (B, H) gate each other in turn."""
+        q, r = layer["q"], layer["r"]
+        for i in range(1, q.shape[0] + r.shape[0] + 1):
+            if i % 2:  # x ← 2σ(h q) ⊙ x
+                x.mul_(torch.mm(h, q[(i - 1) // 2]).sigmoid_().mul_(2))
+            else:  # h ← 2σ(x r) ⊙ h
+                h.mul_(torch.mm(x, r[i // 2 - 1]).sigmoid_().mul_(2))
+
     def _cell(self, k: int, layer: dict[str, Tensor], h: Tensor) -> None:
-        """Gate pre-activations in self.z -> layer k's new state, written into h (and c)."""
+        """Gate pre-activations in self.z -> layer k's new state, written into h (and c, ...)."""
         z, hid = self.z, self.hidden_size
         if self.cell == "rnn":
             torch.tanh(z, out=h)
@@ -233,8 +266,11 @@ class Stepper:
             torch.lerp(n, h, z[:, hid : 2 * hid], out=self.tanh_c)
             h.copy_(self.tanh_c)
             return
-        c = self.c[k]
-        if self.cell == "lstm":  # [ i | f | o | g ]
+        c = self.memory[0][k]
+        if self.cell == "slstm":
+            self._slstm(k, h, c)
+            return
+        if self.cell in ("lstm", "mogrifier"):  # [ i | f | o | g ]
             z[:, : 3 * hid].sigmoid_()
             g = z[:, 3 * hid :].tanh_()
             i, f, o = z[:, :hid], z[:, hid : 2 * hid], z[:, 2 * hid : 3 * hid]
@@ -256,3 +292,17 @@ class Stepper:
             c.copy_(self.tanh_c)
         torch.tanh(c, out=self.tanh_c)
         torch.mul(self.tanh_c, o, out=h)
+
+    def _slstm(self, k: int, h: Tensor, c: Tensor) -> None:
+        """The sLSTM's stabilised step (cells.SLSTM) from z = [ ĩ | f̃ | z̃ | õ ]."""
+        n, m = self.memory[1][k], self.memory[2][k]
+        i_t, f_t, z_t, o_t = self.z.split(self.hidden_size, dim=1)
+        log_f = F.logsigmoid(f_t).add_(m)  # log f + m_{t−1}
+        m_new = torch.where(n > 0, torch.maximum(log_f, i_t), i_t)  # n = 0: a fresh state
+        i = i_t.sub_(m_new).exp_()  # i' = exp(ĩ − m_t)
+        f = log_f.sub_(m_new).exp_()  # f' = exp(log f + m_{t−1} − m_t)
+        c.mul_(f).addcmul_(i, z_t.tanh_())
+        n.mul_(f).add_(i)
+        m.copy_(m_new)
+        torch.div(c, n, out=self.tanh_c)
+        torch.mul(self.tanh_c, o_t.sigmoid_(), out=h)

@@ -22,7 +22,7 @@ import torch
 from rich.text import Text
 from torch import Tensor
 
-from charlstm.cells import reference_step, reference_weights, zero_state
+from charlstm.cells import STATE_NAMES, reference_step, reference_weights, zero_state
 from charlstm.model import LanguageModel
 
 # Activations that are sigmoid outputs in [0, 1]; the rest (hidden, cell) are centred on 0.
@@ -42,7 +42,7 @@ def _trace_layer(cell: str, rnn: torch.nn.Module, k: int, x: Tensor) -> dict[str
     for x_t in x:
         gates: dict[str, Tensor] = {}
         state = reference_step(cell, x_t[None], state, W, gates)
-        values = {"hidden": state[0], **({"cell": state[1]} if len(state) > 1 else {}), **gates}
+        values = {**dict(zip(STATE_NAMES[cell], state, strict=True)), **gates}
         for name, v in values.items():
             rec.setdefault(name, []).append(v[0])
     return {name: torch.stack(vs) for name, vs in rec.items()}
@@ -52,7 +52,8 @@ def trace(model: LanguageModel, ids: Tensor, layer: int = -1) -> dict[str, np.nd
     """Run ids (T,) through the model from a zero state; layer `layer`'s activations, each (T, H).
 
     Keys: "hidden" (h_t) for every cell; "cell" (c_t) and the gates "forget", "input",
-    "output" for lstm, peephole and coupled (coupled's input is 1 − forget); "update" (the
+    "output" for the LSTMs (coupled's input is 1 − forget; slstm's are its stabilised gates
+    f' and i', in [0, 1]), and slstm's "normalizer" n_t and "stabilizer" m_t; "update" (the
     share of the new candidate in h_t, textbook convention) and "reset" for gru. Layer k > 0
     reads layer k−1's hidden states, as in eval mode (no dropout). Negative `layer` counts
     from the top.

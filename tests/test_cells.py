@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import Tensor, nn
 
 from charlstm.cells import (
-    CELLS_WITH_MEMORY,
+    SLSTM,
+    STATE_PARTS,
     CoupledLSTM,
+    MogrifierLSTM,
     PeepholeLSTM,
     gru_reference_step,
     gru_weights_from_torch,
     lstm_reference_step,
     lstm_weights_from_torch,
     make_recurrent,
+    reference_step,
+    reference_weights,
 )
+from charlstm.checkpoint import load_checkpoint
 from charlstm.config import CELLS
 from charlstm.model import LanguageModel, ModelConfig
 from charlstm.step import Stepper
@@ -33,8 +40,12 @@ def parts(state) -> tuple[Tensor, ...]:
 
 
 def random_state(cell: str, dtype: torch.dtype = torch.float32):
-    h = torch.randn(L, B, H, dtype=dtype)
-    return (h, torch.randn(L, B, H, dtype=dtype)) if cell in CELLS_WITH_MEMORY else h
+    """A random state in torch's convention: h alone for gru and rnn, else a tuple. The sLSTM's
+    normaliser n is positive (it is at least 1 after any step) and its stabiliser m any number."""
+    parts = [torch.randn(L, B, H, dtype=dtype) for _ in range(STATE_PARTS[cell])]
+    if cell == "slstm":
+        parts[2] = 1 + torch.rand(L, B, H, dtype=dtype) * 3
+    return tuple(parts) if len(parts) > 1 else parts[0]
 
 
 def stack_layers(step, weights: list, x: Tensor, state: list[Tensor]):
@@ -154,11 +165,14 @@ def test_own_cells_follow_their_equations(cell: str, step) -> None:
     torch.testing.assert_close(c, ref_c, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("cell", ["peephole", "coupled"])
+OWN_CELLS = ["peephole", "coupled", "mogrifier", "slstm"]
+
+
+@pytest.mark.parametrize("cell", OWN_CELLS)
 def test_own_cells_pass_gradients_to_every_parameter(cell: str) -> None:
     layer = make_recurrent(cell, IN, H, L, dropout=0.0)
     x = torch.randn(B, T, IN, requires_grad=True)
-    out, (h, c) = layer(x, random_state(cell))
+    out, (h, c, *_) = layer(x, random_state(cell))
     (out.square().sum() + h.sum() + c.sum()).backward()
     for name, p in [("x", x), *layer.named_parameters()]:
         assert p.grad is not None, name
@@ -166,13 +180,105 @@ def test_own_cells_pass_gradients_to_every_parameter(cell: str) -> None:
         assert p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("cell", ["peephole", "coupled"])
-def test_own_cells_start_with_forget_bias_one(cell: str) -> None:
+@pytest.mark.parametrize("cell", OWN_CELLS)
+def test_own_cells_start_with_a_high_forget_bias(cell: str) -> None:
     layer = make_recurrent(cell, IN, H, L, dropout=0.0)
-    block = 1 if cell == "peephole" else 0
+    block = 0 if cell == "coupled" else 1
+    # The sLSTM's spreads over [3, 6] (xLSTM's small_init): long memories from the start.
+    want = torch.linspace(3.0, 6.0, H) if cell == "slstm" else torch.ones(H)
     for k in range(L):
         forget = layer.layer_weights(k)[2][block * H : (block + 1) * H]
-        assert torch.equal(forget, torch.ones(H))
+        torch.testing.assert_close(forget, want, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- the cells after 2017
+#
+# The Mogrifier LSTM (Melis et al., 2020) and the sLSTM (Beck et al., 2024): the training path
+# against the equations written line by line from each paper (cells.*_reference_step), in
+# float64, outputs and gradients (inputs, every state part, every parameter) to 1e-5.
+
+
+def reference_window(cell: str, layer, x: Tensor, state: tuple[Tensor, ...]):
+    """The layer's window by its equations: one reference step at a time, layer by layer, on
+    differentiable views of the layer's own parameters."""
+
+    def step(x_t, *args):
+        return reference_step(cell, x_t, args[:-1], args[-1])
+
+    weights = [reference_weights(cell, layer, k) for k in range(L)]
+    return stack_layers(step, weights, x, list(state))
+
+
+@pytest.mark.parametrize(("cell", "rounds"), [("mogrifier", 5), ("mogrifier", 4),
+                                              ("mogrifier", 0), ("slstm", 0)])  # fmt: skip
+@pytest.mark.parametrize("fresh", [False, True])
+def test_new_cells_follow_their_papers_outputs_and_gradients(cell, rounds, fresh) -> None:
+    layer = make_recurrent(cell, IN, H, L, dropout=0.0, rounds=rounds).double()
+    perturb_(layer)  # away from the initial values, so every term matters
+    x = torch.randn(B, T, IN, dtype=torch.float64, requires_grad=True)
+    state = random_state(cell, torch.float64)
+    if fresh:  # the zero state: the sLSTM's fresh-state branch (n = 0)
+        state = tuple(torch.zeros_like(s) for s in state)
+    state = tuple(s.requires_grad_() for s in state)
+    proj = [torch.randn(B, T, H, dtype=torch.float64), *(torch.randn_like(s) for s in state)]
+    # The sLSTM's final c, n and m are left out of the loss: m is a choice of scale for c and n
+    # (see below), which training does not differentiate; h and the outputs do not depend on it.
+    keep = 1 if cell == "slstm" else 2
+    wrt = [x, *state, *layer.parameters()]
+
+    def loss(out, final):
+        return some_loss(out, list(final[:keep]), proj[: 1 + keep])
+
+    out, final = layer(x, state)
+    expected = [out, *final, *grads_of(loss(out, final), wrt)]
+    out, final = reference_window(cell, layer, x, state)
+    got = [out, *final, *grads_of(loss(out, final), wrt)]
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-5)
+    if cell == "mogrifier":
+        q, r = layer.mogrifier_weights(0)
+        assert (q.shape[0], r.shape[0]) == ((rounds + 1) // 2, rounds // 2)
+
+
+def test_mogrifier_rounds_change_the_cell() -> None:
+    x = torch.randn(B, T, IN)
+    mog = make_recurrent("mogrifier", IN, H, L, 0.0, rounds=5)
+    plain = make_recurrent("mogrifier", IN, H, L, 0.0, rounds=0)  # the LSTM (tested above)
+    plain.load_state_dict({k: v for k, v in mog.state_dict().items() if "mogrifier_" not in k},
+                          strict=False)  # fmt: skip
+    assert plain.mogrifier_weights(0)[0].numel() == 0
+    assert not torch.allclose(mog(x)[0], plain(x)[0])
+
+
+def test_slstm_stabiliser_is_only_a_scale() -> None:
+    """(c, n, m) and (c·e^−δ, n·e^−δ, m + δ) are the same state: the outputs agree."""
+    layer = make_recurrent("slstm", IN, H, L, dropout=0.0).double()
+    x = torch.randn(B, T, IN, dtype=torch.float64)
+    h, c, n, m = random_state("slstm", torch.float64)
+    delta = 7.0 * torch.randn_like(m)
+    out, final = layer(x, (h, c, n, m))
+    shifted, final2 = layer(x, (h, c * torch.exp(-delta), n * torch.exp(-delta), m + delta))
+    torch.testing.assert_close(shifted, out, rtol=0, atol=1e-10)
+    torch.testing.assert_close(final2[0], final[0], rtol=0, atol=1e-10)
+    # After any step n ≥ 1 (one of i', f' is 1): the division is safe, even from a fresh state
+    # whose input gate is tiny.
+    with torch.no_grad():
+        layer.bias_l0[:H].fill_(-500.0)  # ĩ ≈ −500: exp(ĩ) underflows without the stabiliser
+    out, (_, _, n, _) = layer(x)
+    assert torch.isfinite(out).all() and (n >= 1 - 1e-12).all()
+
+
+def test_the_model_carries_every_state_part_between_windows() -> None:
+    """A window split in two, the state carried, gives the whole window's outputs."""
+    for cell in ("mogrifier", "slstm"):
+        model = language_model(cell).eval()
+        ids = torch.randint(0, V, (B, 2 * T))
+        with torch.no_grad():
+            whole, _ = model(ids)
+            first, state = model(ids[:, :T])
+            second, _ = model(ids[:, T:], state)
+        assert len(state) == STATE_PARTS[cell]
+        torch.testing.assert_close(torch.cat([first, second], 1), whole, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -200,11 +306,11 @@ def test_state_none_means_zeros_and_state_has_documented_shape(cell: str) -> Non
     x = torch.randn(B, T, IN)
     out, state = layer(x, None)
     assert out.shape == (B, T, H)
-    h = torch.zeros(L, B, H)
-    zeros = (h, torch.zeros_like(h)) if cell in CELLS_WITH_MEMORY else h  # torch's convention
-    if cell in CELLS_WITH_MEMORY:
-        h, c = state
-        assert h.shape == c.shape == (L, B, H)
+    parts = STATE_PARTS[cell]
+    zeros = tuple(torch.zeros(L, B, H) for _ in range(parts))
+    zeros = zeros if parts > 1 else zeros[0]  # torch's convention
+    if parts > 1:
+        assert len(state) == parts and all(s.shape == (L, B, H) for s in state)
     else:
         assert isinstance(state, Tensor) and state.shape == (L, B, H)
     torch.testing.assert_close(layer(x, zeros)[0], out)
@@ -218,6 +324,8 @@ def test_make_recurrent_uses_torch_fused_layers_and_ours() -> None:
         "rnn": nn.RNN,
         "peephole": PeepholeLSTM,
         "coupled": CoupledLSTM,
+        "mogrifier": MogrifierLSTM,
+        "slstm": SLSTM,
     }
     with pytest.raises(ValueError, match="unknown cell"):
         make_recurrent("transformer", IN, H, L, 0.0)
@@ -295,3 +403,40 @@ def test_stepper_keeps_the_weights_it_was_built_from(cell: str) -> None:
     torch.testing.assert_close(after, before)
     rebuilt = Stepper(model).step(ids)
     assert not torch.allclose(rebuilt, before)
+
+
+# ---------------------------------------------------------------- every command, the new cells
+
+
+@pytest.mark.parametrize("cell", ["mogrifier", "slstm"])
+def test_new_cells_train_sample_evaluate_visualize_and_resume(tmp_path, play_file, cell) -> None:
+    from typer.testing import CliRunner
+
+    from charlstm.cli import app
+
+    runner = CliRunner()
+    run = tmp_path / "ck" / "r"
+    train = ["train", str(play_file), "--cell", cell, "--hidden", "16", "--layers", "2",
+             "--lr", "1e-2", "--dropout", "0", "--steps", "30", "--eval-every", "15", "-b", "4",
+             "-t", "16", "--threads", "1", "--checkpoints", str(tmp_path / "ck"), "--name", "r",
+             "--json", "--mogrifier-rounds", "3"]  # fmt: skip
+    r = runner.invoke(app, train)
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["val_losses"][-1] < summary["val_losses"][0]
+    r = runner.invoke(app, ["sample", "-m", str(run), "--length", "40", "--seed", "3",
+                            "--threads", "1", "--prime", "ROMEO:"])  # fmt: skip
+    assert r.exit_code == 0 and r.stdout.startswith("ROMEO:") and len(r.stdout) > 30, r.stderr
+    r = runner.invoke(app, ["evaluate", str(play_file), "-m", str(run), "--json", "--threads", "1"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["loss"] < 4.0, r.stderr
+    kind = "normalizer" if cell == "slstm" else "forget"
+    r = runner.invoke(app, ["visualize", str(play_file), "-m", str(run), "--kind", kind,
+                            "--max-chars", "100", "--threads", "1"])  # fmt: skip
+    assert r.exit_code == 0 and "ROMEO" in r.stdout, r.stderr
+    r = runner.invoke(app, ["train", "--resume", str(run), "--steps", "10", "--threads", "1",
+                            "--json"])  # fmt: skip
+    assert r.exit_code == 0 and json.loads(r.stdout)["steps"] == 40, r.stderr
+    if cell == "mogrifier":  # the rounds are part of the model, saved with it
+        assert load_checkpoint(run / "last.pt")["model_config"]["mogrifier_rounds"] == 3
+    else:  # the carried state holds all four parts
+        assert len(load_checkpoint(run / "last.pt")["resume"]["rnn_state"]) == 4

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from charlstm.config import CELLS
 from charlstm.model import LanguageModel, ModelConfig
 from charlstm.visualize import (
     find_units,
@@ -33,7 +34,7 @@ def _ids(t: int = 40, vocab: int = 12) -> torch.Tensor:
     return torch.randint(0, vocab, (t,), generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "peephole", "coupled"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("layer", [0, -1])
 def test_trace_hidden_matches_model(cell: str, layer: int) -> None:
     net, ids = _model(cell), _ids()
@@ -48,6 +49,8 @@ def test_trace_hidden_matches_model(cell: str, layer: int) -> None:
         "lstm": {"hidden", "cell", "forget", "input", "output"},
         "peephole": {"hidden", "cell", "forget", "input", "output"},
         "coupled": {"hidden", "cell", "forget", "input", "output"},
+        "mogrifier": {"hidden", "cell", "forget", "input", "output"},
+        "slstm": {"hidden", "cell", "normalizer", "stabilizer", "forget", "input", "output"},
         "gru": {"hidden", "update", "reset"},
         "rnn": {"hidden"},
     }[cell]
@@ -55,7 +58,7 @@ def test_trace_hidden_matches_model(cell: str, layer: int) -> None:
     assert all(a.shape == (len(ids), 16) for a in acts.values())
 
 
-@pytest.mark.parametrize("cell", ["lstm", "peephole", "coupled"])
+@pytest.mark.parametrize("cell", ["lstm", "peephole", "coupled", "mogrifier"])
 def test_trace_cell_update_holds(cell: str) -> None:
     """c_t − f ⊙ c_{t−1} = i ⊙ g, with g = tanh(...) in (−1, 1): check the recorded gates."""
     acts = trace(_model(cell), _ids())
@@ -66,6 +69,24 @@ def test_trace_cell_update_holds(cell: str) -> None:
     np.testing.assert_allclose(h, o * np.tanh(c), atol=1e-5)
     if cell == "coupled":
         np.testing.assert_allclose(i, 1 - f, atol=1e-6)
+
+
+def test_trace_slstm_states_and_gates_hold() -> None:
+    """The sLSTM's recorded gates are its stabilised ones (in [0, 1], one of them 1 at every
+    step), c and n follow them, and h = o ⊙ c / n."""
+    acts = trace(_model("slstm"), _ids())
+    c, n, f, i, o, h = (acts[k] for k in ("cell", "normalizer", "forget", "input", "output",
+                                          "hidden"))  # fmt: skip
+    # From the fresh state of step 0 on (m_0 = ĩ_0: i' = 1, and f' multiplies nothing).
+    assert (i >= 0).all() and (i <= 1 + 1e-6).all() and i[0] == pytest.approx(1.0)
+    assert (f[1:] >= 0).all() and (f[1:] <= 1 + 1e-6).all()
+    np.testing.assert_allclose(np.maximum(f[1:], i[1:]), 1.0, atol=1e-6)
+    n_prev = np.vstack([np.zeros((1, n.shape[1])), n[:-1]])
+    np.testing.assert_allclose(n, f * n_prev + i, rtol=1e-5)
+    c_prev = np.vstack([np.zeros((1, c.shape[1])), c[:-1]])
+    z = (c - f * c_prev) / i
+    assert np.all(np.abs(z) < 1 + 1e-4) and (n >= 1 - 1e-6).all()
+    np.testing.assert_allclose(h, o * c / n, atol=1e-5)
 
 
 def test_trace_lstm_gates_from_torch_weights() -> None:
