@@ -1,6 +1,7 @@
 """Which cells carry information over a long distance? A synthetic recall task, every cell.
 
-    python benchmarks/long_range.py                             # 5 cells × d = 10, 50, 200
+    python benchmarks/long_range.py                             # 7 cells × d = 10, 50, 200
+    python benchmarks/long_range.py --cells mogrifier,slstm     # the two cells after 2017
     python benchmarks/long_range.py --steps 50 --distances 10   # a quick smoke run
 
 The corpus is a run of records, each a key, d characters of noise, `=`, and the key again:

@@ -22,6 +22,7 @@ one-token step that sampling runs on is in step.py.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -346,10 +347,15 @@ class MogrifierLSTM(_OwnLSTM):
         q, r = self.mogrifier_weights(k)
         h, c = state
         hidden = self.hidden_size
-        w = torch.cat([w_x, w_h])  # (I + H, 4H): [x↑ | h↑] @ w, one multiply a step
+        # Cast once a window, not once a step: autocast caches the casts of parameters only,
+        # and these are views of them. Unbound, so that each round's weight gathers its
+        # gradient over the window before it reaches the parameter.
+        dtype = _autocast_dtype(x)
+        w = torch.cat([w_x, w_h]).to(dtype)  # (I + H, 4H): [x↑ | h↑] @ w, one multiply a step
+        qs, rs = q.to(dtype).unbind(0), r.to(dtype).unbind(0)
         outs = []
         for x_t in x.unbind(1):  # (B, I)
-            x_t, h_m = mogrify(x_t, h, q, r, self.rounds)
+            x_t, h_m = mogrify(x_t, h, qs, rs, self.rounds)
             z = torch.addmm(bias, torch.cat([x_t, h_m], dim=1), w)  # (B, 4H)
             sig = torch.sigmoid(z[:, : 3 * hidden])
             i, f, o = sig.split(hidden, dim=1)
@@ -359,7 +365,16 @@ class MogrifierLSTM(_OwnLSTM):
         return torch.stack(outs, dim=1), (h, c)
 
 
-def mogrify(x: Tensor, h: Tensor, q: Tensor, r: Tensor, rounds: int) -> tuple[Tensor, Tensor]:
+def _autocast_dtype(x: Tensor) -> torch.dtype:
+    """The dtype matrix products run in here: autocast's where it is on, else x's."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+def mogrify(
+    x: Tensor, h: Tensor, q: Tensor | tuple[Tensor, ...], r: Tensor | tuple[Tensor, ...],
+    rounds: int,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """The Mogrifier's rounds on x (B, I) and h (B, H), in our transposed storage -> x↑, h↑."""
     for i in range(1, rounds + 1):
         if i % 2:
@@ -397,6 +412,7 @@ class SLSTM(_OwnLSTM):
 
     Training treats m as a constant (no gradient through the max): h does not depend on m, so
     the gradient is the same (the tests hold it to the equations' own to 1e-5), and cheaper.
+    The recurrent loop is `_SLSTMScan`, whose backward is written out by hand.
     """
 
     gates = 4  # [ i | f | z | o ]
@@ -410,21 +426,103 @@ class SLSTM(_OwnLSTM):
     def _scan(
         xw: Tensor, state: tuple[Tensor, ...], w_h: Tensor, peep: Tensor | None
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        h, c, n, m = state
-        hidden = h.shape[-1]
-        outs = []
-        for xw_t in xw.unbind(1):  # (B, 4H)
-            i_t, f_t, z_t, o_t = torch.addmm(xw_t, h, w_h).split(hidden, dim=1)  # (B, H) each
-            log_f = F.logsigmoid(f_t)
-            m_new = torch.where(n > 0, torch.maximum(log_f + m, i_t), i_t).detach()
-            i = torch.exp(i_t - m_new)
-            f = torch.exp(log_f + m - m_new)
-            c = f * c + i * torch.tanh(z_t)
-            n = f * n + i
-            h = torch.sigmoid(o_t) * c / n
-            m = m_new
-            outs.append(h)
-        return torch.stack(outs, dim=1), (h, c, n, m)
+        out, *final = _SLSTMScan.apply(xw, w_h, *state)
+        return out, tuple(final)
+
+
+class _SLSTMScan(torch.autograd.Function):
+    """The sLSTM's recurrent loop over a window, its backward written out (BPTT by hand).
+
+    Left to autograd, each step is some twenty small operations, each recorded and replayed
+    backward; here the forward runs them without a graph, keeping the gates, and the backward
+    is one pass back in time, the recurrent weights' gradient one multiply over the whole
+    window at the end. Matrix products run in the input's dtype (bf16 under autocast), the
+    elementwise state in the state's (fp32). With m held constant (see SLSTM), per step:
+
+        h = o ⊙ c / n:            do = dh ⊙ c/n,  dc += dh ⊙ o/n,  dn −= dh ⊙ o ⊙ c/n²
+        c = f'c₋ + i'z, n = f'n₋ + i':
+                                   df' = dc ⊙ c₋ + dn ⊙ n₋,  di' = dc ⊙ z + dn,  dz = dc ⊙ i'
+        f' = exp(log σ(f̃) + m₋ − m),  i' = exp(ĩ − m):
+                                   df̃ = df' ⊙ f' ⊙ (1 − σ(f̃)),  dĩ = di' ⊙ i'
+        z = tanh(z̃), o = σ(õ):    dz̃ = dz ⊙ (1 − z²),  dõ = do ⊙ o ⊙ (1 − o)
+        dh₋ = [dĩ | df̃ | dz̃ | dõ] @ Rᵀ,  dc₋ = dc ⊙ f',  dn₋ = dn ⊙ f'  (dm₀ = df' ⊙ f')
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, xw: Tensor, w_h: Tensor, h: Tensor, c: Tensor, n: Tensor, m: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        b, t, g = xw.shape
+        hid, mm = g // 4, xw.dtype
+        sd = torch.promote_types(c.dtype, torch.float32)  # the state's dtype
+        w = w_h.to(mm)
+        empty = xw.new_empty
+        outs, cs, ns = (
+            empty(b, t, hid, dtype=sd),
+            empty(b, t, hid, dtype=sd),
+            empty(b, t, hid, dtype=sd),
+        )
+        gates = empty(b, t, 5, hid, dtype=sd)  # i', f', z, o, σ(f̃)
+        h0, c0, n0 = h.to(sd), c.to(sd), n.to(sd)
+        h, c, n, m = h0, c0, n0, m.to(sd)
+        for k in range(t):
+            pre = torch.addmm(xw[:, k], h.to(mm), w).to(sd)  # (B, 4H)
+            i_t, f_t, z_t, o_t = pre.split(hid, dim=1)
+            i, f, z, o, sf = gates[:, k].unbind(1)
+            log_f = F.logsigmoid(f_t).add_(m)  # log f + m₋
+            m = torch.where(n > 0, torch.maximum(log_f, i_t), i_t)
+            torch.exp(i_t - m, out=i)
+            torch.exp(log_f.sub_(m), out=f)
+            torch.tanh(z_t, out=z)
+            torch.sigmoid(o_t, out=o)
+            torch.sigmoid(f_t, out=sf)
+            c = torch.addcmul(f * c, i, z, out=cs[:, k])
+            n = torch.addcmul(i, f, n, out=ns[:, k])
+            h = torch.mul(o, c, out=outs[:, k]).div_(n)
+        ctx.save_for_backward(xw, w_h, h0, c0, n0, outs, cs, ns, gates)
+        return outs, h.clone(), c.clone(), n.clone(), m
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, d_out: Tensor, d_h: Tensor | None, d_c: Tensor | None, d_n: Tensor | None,
+        d_m: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+        xw, w_h, h0, c0, n0, outs, cs, ns, gates = ctx.saved_tensors
+        b, t, hid = outs.shape
+        mm, sd = xw.dtype, outs.dtype
+        w_t = w_h.to(mm).T
+        d_pre = xw.new_empty(b, t, 4 * hid, dtype=sd)
+        zero = torch.zeros_like(h0)
+        dh_rec = d_h.to(sd) if d_h is not None else zero
+        dc = d_c.to(sd).clone() if d_c is not None else zero.clone()
+        dn = d_n.to(sd).clone() if d_n is not None else zero.clone()
+        d_out = d_out.to(sd)
+        d_m0 = zero
+        for k in reversed(range(t)):
+            i, f, z, o, sf = gates[:, k].unbind(1)
+            c, n = cs[:, k], ns[:, k]
+            c_prev = cs[:, k - 1] if k else c0
+            n_prev = ns[:, k - 1] if k else n0
+            dh = d_out[:, k] + dh_rec
+            ratio = c / n
+            do = dh * ratio
+            dc.addcmul_(dh, o / n)
+            dn.sub_(dh * o * ratio / n)
+            d_i, d_f, d_z, d_o = d_pre[:, k].split(hid, dim=1)
+            df = dc * c_prev + dn * n_prev  # df'
+            torch.mul(torch.addcmul(dn, dc, z), i, out=d_i)  # dĩ = di' ⊙ i'
+            dlog_f = df.mul_(f)  # df' ⊙ f'
+            torch.mul(dlog_f, 1 - sf, out=d_f)
+            torch.mul(dc * i, 1 - z * z, out=d_z)
+            torch.mul(do, o * (1 - o), out=d_o)
+            dh_rec = (d_pre[:, k].to(mm) @ w_t).to(sd)
+            dc.mul_(f)
+            dn.mul_(f)
+            if k == 0:
+                d_m0 = dlog_f
+        h_prev = torch.cat([h0[:, None], outs[:, :-1]], dim=1).reshape(b * t, hid)
+        d_w = (h_prev.to(mm).T @ d_pre.reshape(b * t, -1).to(mm)).to(w_h.dtype)
+        return d_pre.to(xw.dtype), d_w, dh_rec, dc, dn, d_m0
 
 
 # --------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from charlstm import __version__
 from charlstm.config import (
     CELLS,
     CHECKPOINTS,
+    DYNAMIC_LR,
     DynamicConfig,
     ModelConfig,
     SampleConfig,
@@ -611,7 +612,11 @@ def evaluate(
         ),
     ] = None,
     dynamic_lr: Annotated[
-        float | None, _opt(f"--dynamic: step size. Default: {DynamicConfig.lr:g}.")
+        float | None,
+        _opt(
+            f"--dynamic: step size. Default: {DYNAMIC_LR['rms']:g} (rms), "
+            f"{DYNAMIC_LR['sgd']:g} (sgd)."
+        ),
     ] = None,
     dynamic_decay: Annotated[
         float | None,

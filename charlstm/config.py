@@ -225,6 +225,9 @@ class SampleConfig:
 
 
 DYNAMIC_RULES = ("rms", "sgd")
+# Each rule's step size when none is given: its units differ (the rms rule divides the gradient
+# by its typical size). From the sweep in BENCHMARKS.md.
+DYNAMIC_LR = {"rms": 3e-4, "sgd": 0.1}
 
 
 @dataclass
@@ -243,9 +246,9 @@ class DynamicConfig:
     The defaults come from a sweep on tiny-shakespeare (BENCHMARKS.md)."""
 
     rule: str = "rms"  # one of DYNAMIC_RULES
-    segment: int = 20  # tokens per gradient step
-    lr: float = 3e-4  # the step size (per the rule's units)
-    decay: float = 1e-3  # pull towards the trained weights per step (0 = none)
+    segment: int = 50  # tokens per gradient step
+    lr: float | None = None  # the step size; None: the rule's own (DYNAMIC_LR)
+    decay: float = 1e-2  # pull towards the trained weights per step (0 = none)
     epsilon: float = 2e-5  # keeps the RMS rule's division finite
     stat_tokens: int = 100_000  # training tokens the gradient statistics are taken from
 
@@ -253,6 +256,8 @@ class DynamicConfig:
         rules = " or ".join(DYNAMIC_RULES)
         _check(self.rule in DYNAMIC_RULES, f"--dynamic-rule must be {rules}, got {self.rule!r}")
         _at_least("--dynamic-segment", self.segment, 1)
+        if self.lr is None:
+            self.lr = DYNAMIC_LR[self.rule]
         lr = self.lr
         _check(math.isfinite(lr) and lr >= 0, f"--dynamic-lr must be 0 or more, got {lr}")
         _check(0 <= self.decay < 1, f"--dynamic-decay must be in [0, 1), got {self.decay}")

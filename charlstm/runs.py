@@ -226,34 +226,54 @@ def size_to_budget(
     precision: str,
     report: Report,
 ) -> tuple[ModelConfig, TrainConfig, str]:
-    """Choose the size, learning rate and dropout for the budget (sizing.py), keeping what the
-    user gave; the time spent measuring comes out of the budget. Returns the new configs and
-    one line saying what was chosen."""
+    """Choose the size, learning rate, dropout, batch and window for the budget (sizing.py),
+    keeping what the user gave; the time spent measuring comes out of the budget. Returns the
+    new configs and one line saying what was chosen."""
     t0 = time.perf_counter()
-    rungs = sizing.LADDER
+    rungs, small = sizing.LADDER, sizing.SMALL_LADDER
     if opts.hidden is not None or opts.layers is not None:
         rungs = (sizing.Rung(model_cfg.hidden_size, model_cfg.num_layers,
                              sizing.lr_for(model_cfg.hidden_size)),)  # fmt: skip
+        small = ()
     report("stage", {"message": "measuring this machine's speed to size the model to the budget…"})
     assert train_cfg.budget is not None
     choice = sizing.choose(
         train_cfg.budget, train_tokens,
         rate=lambda r: sizing.measure_rate(
             r, model_cfg, train_cfg, device, precision,
-            warmup_seconds=0.25 if r == rungs[0] else 0.0,  # the process's first steps
+            warmup_seconds=0.25 if r in (rungs[0], *small) else 0.0,  # the process's first steps
         ),
-        params=lambda r: sizing.count_parameters(r, model_cfg), rungs=rungs,
+        params=lambda r: sizing.count_parameters(r, model_cfg), rungs=rungs, small=small,
     )  # fmt: skip
+    rung, epochs = choice.rung, choice.epochs
+    # The batch and window, for the size chosen (its speed at the run's layout is known).
+    layouts = sizing.fitting_layouts(train_tokens, opts.batch_size, opts.window)
+    here = (train_cfg.batch_size, train_cfg.window)
+    layout_note = ""
+    if len(layouts) > 1 and here in layouts:
+        known = {here: choice.rates[str(rung)]}
+
+        def rate(b: int, t: int) -> float:
+            if (b, t) not in known:
+                cfg = replace(train_cfg, batch_size=b, window=t)
+                known[b, t] = sizing.measure_rate(rung, model_cfg, cfg, device, precision, steps=4)
+            return known[b, t]
+
+        layout = sizing.choose_layout(rate, (here, *(bt for bt in layouts if bt != here)))
+        train_cfg = replace(train_cfg, batch_size=layout.batch, window=layout.window)
+        epochs = epochs * layout.rate / known[here]
+        layout_note = f"; batch × window: {layout.why}"
     spent = time.perf_counter() - t0
-    lr = train_cfg.lr if opts.lr is not None else sizing.cell_lr(choice.rung, model_cfg.cell)
-    dropout = model_cfg.dropout if opts.dropout is not None else choice.dropout
+    lr = train_cfg.lr if opts.lr is not None else sizing.cell_lr(rung, model_cfg.cell)
+    dropout = model_cfg.dropout if opts.dropout is not None else sizing.dropout_for(epochs)
     train_cfg = replace(train_cfg, budget=max(1.0, train_cfg.budget - spent), lr=lr)
-    model_cfg = sizing.sized(model_cfg, choice.rung, embed_size=opts.embed or 0, dropout=dropout)
-    chosen = f"{choice.rung}, lr {lr:g}, dropout {dropout:g}"
+    model_cfg = sizing.sized(model_cfg, rung, embed_size=opts.embed or 0, dropout=dropout)
+    chosen = (f"{rung}, lr {lr:g}, dropout {dropout:g}, batch {train_cfg.batch_size} × window "
+              f"{train_cfg.window}")  # fmt: skip
     report("message", {"text": (
-        f"sized for the budget: {chosen} (~{choice.epochs:.1f} passes over the training split); "
-        f"{choice.why}; {spent:.1f}s measuring, counted in the budget. Each yields to its flag "
-        "(--hidden, --layers, --lr, --dropout).")})  # fmt: skip
+        f"sized for the budget: {chosen} (~{epochs:.1f} passes over the training split); "
+        f"{choice.why}{layout_note}; {spent:.1f}s measuring, counted in the budget. Each yields "
+        "to its flag (--hidden, --layers, --lr, --dropout, --batch-size, --window).")})  # fmt: skip
     return model_cfg, train_cfg, chosen
 
 

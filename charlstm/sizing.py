@@ -1,5 +1,5 @@
-"""Budget-aware defaults: the model size, learning rate and dropout that reach the lowest
-validation loss in the time given, on the machine the run is on.
+"""Budget-aware defaults: the model size, learning rate, dropout, batch and window that reach
+the lowest validation loss in the time given, on the machine the run is on.
 
 The rule (its sweeps are in BENCHMARKS.md, "Lower loss in less time"):
   1. Measure this machine's training speed for each rung of LADDER in turn, smallest first
@@ -7,8 +7,13 @@ The rule (its sweeps are in BENCHMARKS.md, "Lower loss in less time"):
      precision: 0.3-1.5 s a rung).
   2. Take the largest rung that still sees the training split at least MIN_EPOCHS times in the
      budget, and whose parameters do not outnumber the training tokens by more than
-     MAX_PARAMS_PER_TOKEN (a bigger model only memorises a small corpus).
-  3. Dropout grows with the passes the chosen model will make (DROPOUT_BY_EPOCHS).
+     MAX_PARAMS_PER_TOKEN (a bigger model only memorises a small corpus). A corpus too small
+     for the first rung gets the largest of SMALL_LADDER under that cap instead.
+  3. Measure the chosen size's speed at each batch × window of LAYOUTS (in the run's
+     precision: where bf16 matrix units make big multiplies cheap, big batches gain most) and
+     take the one that reaches a given loss soonest by McCandlish et al.'s (2018) model of
+     large-batch training (`choose_layout`).
+  4. Dropout grows with the passes the chosen model will make (DROPOUT_BY_EPOCHS).
 Every choice yields to its flag; the measuring time counts against the budget.
 """
 
@@ -46,6 +51,18 @@ LADDER = (
     Rung(768, 2, 1.2e-2),
     Rung(1024, 2, 8e-3),
 )
+# Sizes for a corpus of a few kilobytes, which the first rung of LADDER would only memorise (a
+# 20 KB excerpt of tiny-shakespeare: 2×256 reached training loss 1.27 and validation 2.05).
+# Taken in place of LADDER when its first rung has more than MAX_PARAMS_PER_TOKEN parameters per
+# training token: the largest of these under that cap. Their learning rate is 2×256's, not yet
+# swept for them (benchmarks/tiny_corpus.py measures the sizes).
+SMALL_LADDER = (
+    Rung(32, 1, 3.2e-2),
+    Rung(64, 1, 3.2e-2),
+    Rung(128, 1, 3.2e-2),
+    Rung(128, 2, 3.2e-2),
+    Rung(192, 2, 3.2e-2),
+)
 # Those rates were swept for torch's LSTM only; the other cells (a plain tanh RNN above all) were
 # measured at a quarter of them.
 OTHER_CELLS_LR_SCALE = 0.25
@@ -61,12 +78,31 @@ MAX_PARAMS_PER_TOKEN = 4.0
 DROPOUT_BY_EPOCHS = ((16.0, 0.0), (32.0, 0.1), (float("inf"), 0.2))
 
 
+# The batch × window layouts step 3 compares (B streams × T steps), the default (32 × 64) first.
+LAYOUTS = ((32, 64), (16, 64), (64, 64), (128, 64), (32, 128))
+# K of McCandlish et al. (2018), in tokens per step: the steps to reach a loss grow as
+# 1 + K/(B·T) and the tokens as 1 + (B·T)/K, so the time to it as (B·T + K) / tokens-per-second.
+# Measured for char LSTMs on tiny-shakespeare (benchmarks/batch_window.py, BENCHMARKS.md).
+CRITICAL_TOKENS = 4096
+# A layout needs this many windows per pass over the training split to be considered.
+MIN_WINDOWS_PER_EPOCH = 8
+
+
 @dataclass(frozen=True)
 class Choice:
     rung: Rung
     dropout: float
     epochs: float  # passes over the training split the run should make
     rates: dict[str, float]  # measured tokens/s by rung name
+    why: str  # one line for the user
+
+
+@dataclass(frozen=True)
+class Layout:
+    batch: int  # B
+    window: int  # T
+    rate: float  # measured tokens/s
+    rates: dict[str, float]  # measured tokens/s of every layout compared, "B×T" -> tokens/s
     why: str  # one line for the user
 
 
@@ -90,10 +126,24 @@ def choose(
     rate: Callable[[Rung], float],
     params: Callable[[Rung], int],
     rungs: tuple[Rung, ...] = LADDER,
+    small: tuple[Rung, ...] = SMALL_LADDER,
 ) -> Choice:
-    """Apply the rule. `rate(rung)` measures tokens/s (called smallest first, and no further
-    than needed); `params(rung)` counts its parameters. Pure given those two."""
+    """Apply the rule (steps 1, 2 and 4). `rate(rung)` measures tokens/s (called smallest
+    first, and no further than needed); `params(rung)` counts its parameters. Pure given those
+    two. `small` is taken from when the corpus is too small for rungs[0] (none: never)."""
     rates: dict[str, float] = {}
+    cap = MAX_PARAMS_PER_TOKEN * train_tokens
+    if small and params(rungs[0]) > cap:
+        under = [r for r in small if params(r) <= cap]
+        rung = under[-1] if under else small[0]
+        rates[str(rung)] = rate(rung)
+        epochs = budget * rates[str(rung)] / max(train_tokens, 1)
+        per_token = params(rungs[0]) / max(train_tokens, 1)
+        why = (f"a small corpus: {rungs[0]} would have {per_token:.0f}"
+               f" parameters per training token (> {MAX_PARAMS_PER_TOKEN:g}); "
+               + (f"{rung}, the largest size under that" if under else f"{rung}, the smallest")
+               + f"; measured {rates[str(rung)]:,.0f} tok/s")  # fmt: skip
+        return Choice(rung, dropout_for(epochs), epochs, rates, why)
     chosen, epochs, stop = rungs[0], 0.0, ""
     for i, rung in enumerate(rungs):
         if params(rung) > MAX_PARAMS_PER_TOKEN * train_tokens and i:
@@ -108,6 +158,48 @@ def choose(
     speeds = ", ".join(f"{k} {v:,.0f} tok/s" for k, v in rates.items())
     why = f"measured {speeds}; {stop or 'the largest size'}"
     return Choice(chosen, dropout_for(epochs), epochs, rates, why)
+
+
+def choose_layout(
+    rate: Callable[[int, int], float],
+    layouts: tuple[tuple[int, int], ...] = LAYOUTS,
+    critical: float = CRITICAL_TOKENS,
+) -> Layout:
+    """Step 3: the layout (B, T) whose time to a given loss, ∝ (B·T + K) / rate(B, T), is
+    least. `rate(b, t)` measures tokens/s (each layout once, in the order given). Pure given it.
+
+    Why this trade: a step of B·T tokens costs B·T / rate seconds. Below K tokens a step, the
+    gradient's noise dominates and doubling the batch halves the steps a loss needs (only the
+    rate matters); far above K, the steps needed stay the same whatever the batch (only the
+    step time matters)."""
+    rates = {bt: rate(*bt) for bt in layouts}
+
+    def cost(bt: tuple[int, int]) -> float:
+        return (bt[0] * bt[1] + critical) / rates[bt]
+
+    best = min(layouts, key=cost)
+    shown = {f"{b}×{t}": r for (b, t), r in rates.items()}
+    if len(layouts) == 1:
+        why = f"{best[0]}×{best[1]} as given"
+    else:
+        gain = cost(layouts[0]) / cost(best)
+        speeds = ", ".join(f"{k} {v:,.0f}" for k, v in shown.items())
+        why = (
+            f"measured {speeds} tok/s; {best[0]}×{best[1]} reaches a loss soonest "
+            f"({gain:.2f}× {layouts[0][0]}×{layouts[0][1]}'s pace with K = {critical:,.0f})"
+        )
+    return Layout(best[0], best[1], rates[best], shown, why)
+
+
+def fitting_layouts(
+    train_tokens: int, batch: int | None = None, window: int | None = None
+) -> tuple[tuple[int, int], ...]:
+    """The LAYOUTS to compare: those agreeing with a given batch or window, with at least
+    MIN_WINDOWS_PER_EPOCH windows in a pass over the training split (the first always kept)."""
+    fits = [(b, t) for b, t in LAYOUTS if (batch is None or b == batch)
+            and (window is None or t == window)
+            and b * t * MIN_WINDOWS_PER_EPOCH <= train_tokens]  # fmt: skip
+    return tuple(fits)
 
 
 def measure_rate(

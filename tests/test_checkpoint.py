@@ -78,3 +78,24 @@ def test_atomic_write_keeps_the_old_file_when_saving_fails(tmp_path):
         save_checkpoint({"step": 2, "bad": lambda: 0}, path)
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_the_carried_state_must_have_the_cells_parts(tmp_path):
+    """An sLSTM carries (h, c, n, m): a last.pt whose state lacks parts is refused on resume,
+    and the parameter count computed from the config matches the built model."""
+    from charlstm.checkpoint import parameter_count, read_checkpoint
+
+    for cell in ("slstm", "mogrifier"):
+        run = tiny_run(PLAY, tmp_path / cell, hidden=8, steps=3, cell=cell)
+        fit(run)
+        # parameter_count counts torch's two biases a gate, our cells keep one: within G·H·L.
+        built = run.model.num_parameters()
+        assert 0 <= parameter_count(run.model_cfg) - built <= 4 * 8 * 2
+        last = tmp_path / cell / "last.pt"
+        assert read_checkpoint(last, resume=True).config.cell == cell
+    ckpt = load_checkpoint(tmp_path / "slstm" / "last.pt")
+    assert len(ckpt["resume"]["rnn_state"]) == 4
+    ckpt["resume"]["rnn_state"] = ckpt["resume"]["rnn_state"][:2]
+    save_checkpoint(ckpt, tmp_path / "cut.pt")
+    with pytest.raises(CheckpointError, match="a slstm carries 4"):
+        read_checkpoint(tmp_path / "cut.pt", resume=True)

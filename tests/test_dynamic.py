@@ -80,7 +80,7 @@ def test_without_a_training_split_the_scale_comes_from_the_text_read(trained, tm
     lone.write_bytes((trained / "best.pt").read_bytes())
     model = load(lone)
     assert model.training_ids() is None
-    result = model.evaluate(NEW, dynamic=True)
+    result = model.evaluate(NEW, dynamic=DynamicConfig(segment=20, decay=1e-3))
     assert result.dynamic["gradient_scale_from"] == "the text read so far"
     assert result.loss < model.evaluate(NEW).loss - 0.3
 
@@ -97,7 +97,7 @@ def test_the_cli_reports_dynamic_evaluation_and_leaves_the_file(trained, tmp_pat
     assert s["dynamic"] is None and d["dynamic"]["segment"] == 10 and d["streams"] == 1
     assert d["loss"] < s["loss"]
     plain = runner.invoke(app, [*common[:-1], "--dynamic"])
-    assert "dynamic     rms, segment 20" in plain.stdout
+    assert "dynamic     rms, segment 50" in plain.stdout
     # --per-line reads the same one dynamic pass: its lines add up to the total.
     total = json.loads(runner.invoke(app, [*common, "--dynamic"]).stdout)
     per_line = runner.invoke(app, [*common[:-1], "--dynamic", "--per-line"])

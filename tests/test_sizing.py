@@ -80,3 +80,79 @@ def test_the_ladder_rates_are_the_lstms_and_other_cells_keep_a_quarter():
         assert sizing.cell_lr(rung, cell) == rung.lr * sizing.OTHER_CELLS_LR_SCALE
     # Wider rungs learn more gently.
     assert [r.lr for r in sizing.LADDER] == sorted((r.lr for r in sizing.LADDER), reverse=True)
+
+
+def test_a_corpus_too_small_for_the_first_rung_gets_the_largest_small_size_under_the_cap():
+    small = (Rung(16, 1, 3e-2), Rung(32, 1, 3e-2), Rung(32, 2, 2e-2))
+    params = {(16, 1): 100, (32, 1): 300, (32, 2): 700, (64, 2): 5000, (96, 2): 9000,
+              (128, 2): 20000}  # fmt: skip
+    measured: list[str] = []
+
+    def rate(r: Rung) -> float:
+        measured.append(str(r))
+        return 1e6
+
+    def pick(tokens: int) -> sizing.Choice:
+        measured.clear()
+        return sizing.choose(60, tokens, rate, lambda r: params[r.hidden, r.layers], LADDER, small)
+
+    choice = pick(200)  # cap 800: 2×64 (5000) is too big; 2×32 (700) the largest under it
+    assert str(choice.rung) == "2×32" and measured == ["2×32"] and "small corpus" in choice.why
+    assert choice.dropout == sizing.dropout_for(choice.epochs) > 0  # many passes: dropout
+    assert str(pick(50).rung) == "1×16"  # under nothing: the smallest
+    assert str(pick(10_000).rung) != "2×32"  # a corpus big enough never looks at them
+    assert str(sizing.choose(60, 200, rate, lambda r: params[r.hidden, r.layers], LADDER,
+                             ()).rung) == "2×64"  # fmt: skip
+
+
+def test_the_layout_trades_tokens_per_second_against_steps():
+    rates = {(32, 64): 40_000.0, (16, 64): 25_000.0, (64, 64): 60_000.0, (128, 64): 72_000.0}
+    layouts = tuple(rates)
+    asked: list[tuple[int, int]] = []
+
+    def rate(b: int, t: int) -> float:
+        asked.append((b, t))
+        return rates[b, t]
+
+    # K = 0: only the steps matter, the quickest step wins; K huge: only tokens/s.
+    assert sizing.choose_layout(rate, layouts, critical=0).batch == 16
+    assert sizing.choose_layout(rate, layouts, critical=1e12).batch == 128
+    # In between: 64 × 64 makes 1.5× the tokens/s of 32 × 64 for twice the tokens a step.
+    got = sizing.choose_layout(rate, layouts, critical=4096)
+    assert (got.batch, got.window) == (64, 64) and got.rate == 60_000
+    assert "64×64" in got.why and got.rates["128×64"] == 72_000
+    assert asked[:4] == list(layouts)  # each measured once, in order
+    one = sizing.choose_layout(rate, ((32, 64),))
+    assert (one.batch, one.window) == (32, 64) and "as given" in one.why
+
+
+def test_layouts_follow_a_given_batch_or_window_and_the_corpus_size():
+    assert sizing.fitting_layouts(10**9, batch=32) == tuple(
+        bt for bt in sizing.LAYOUTS if bt[0] == 32
+    )
+    assert all(t == 128 for _, t in sizing.fitting_layouts(10**9, window=128))
+    small = sizing.fitting_layouts(32 * 64 * sizing.MIN_WINDOWS_PER_EPOCH)
+    assert (32, 64) in small and all(b * t <= 32 * 64 for b, t in small)
+
+
+def test_the_cli_chooses_the_layout_and_a_small_size(tmp_path, play_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    big = tmp_path / "big.txt"
+    big.write_text(play_file.read_text() * 10)
+    monkeypatch.setattr(sizing, "LADDER", (Rung(16, 1, 1e-2),))
+    monkeypatch.setattr(sizing, "LAYOUTS", ((32, 64), (16, 64)))
+    common = ["train", str(big), "--budget", "3s", "--threads", "1", "--json",
+              "--val-fraction", "0.2"]  # fmt: skip
+    auto = runner.invoke(app, [*common, "--name", "a"])
+    assert auto.exit_code == 0, auto.stderr
+    assert "batch × window: measured 32×64" in auto.stderr and "16×64" in auto.stderr
+    assert ", batch " in json.loads(auto.stdout)["chosen"]
+    kept = runner.invoke(app, [*common, "--name", "b", "-b", "16"])
+    assert json.loads(kept.stdout)["chosen"].endswith("batch 16 × window 64"), kept.stderr
+    assert "measured 32×64" not in kept.stderr
+    # A corpus too small for the ladder's first size: the small ladder's.
+    monkeypatch.setattr(sizing, "LADDER", (Rung(512, 2, 1e-2),))
+    monkeypatch.setattr(sizing, "SMALL_LADDER", (Rung(8, 1, 1e-2), Rung(12, 1, 1e-2)))
+    tiny = runner.invoke(app, ["train", str(play_file), *common[2:], "--name", "c"])
+    assert tiny.exit_code == 0, tiny.stderr
+    assert json.loads(tiny.stdout)["chosen"].startswith("1×12") and "small corpus" in tiny.stderr
