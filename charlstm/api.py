@@ -27,7 +27,7 @@ import torch
 from charlstm import runs
 from charlstm.checkpoint import describe, read_checkpoint, resolve_checkpoint
 from charlstm.choice import MAX_SEED, seeded
-from charlstm.config import CHECKPOINTS, DynamicConfig, SampleConfig, TrainOptions
+from charlstm.config import ADAPT, CHECKPOINTS, DynamicConfig, SampleConfig, TrainOptions
 from charlstm.errors import CharlstmError, UsageError
 from charlstm.evaluate import EvalResult, evaluate_ids, score_lines, token_losses
 from charlstm.model import LanguageModel
@@ -155,8 +155,8 @@ class Model:
         and a prime the model cannot read raise here, before anything is generated.
 
         `adapt` N first reads the prime N times learning from it, with dynamic evaluation's
-        updates (`dynamic`, default DynamicConfig()): a page of text steers the style. The
-        model itself is not changed (a copy learns)."""
+        updates (`dynamic`; default: config.ADAPT's segments and decay): a page of text steers
+        the style. The model itself is not changed (a copy learns)."""
         job = self._job(prime, length, temp, top_k, top_p, greedy, seed, on_unknown, adapt,
                         dynamic)  # fmt: skip
         return self._pieces(*job)
@@ -191,11 +191,11 @@ class Model:
         self, ids: np.ndarray, passes: int = 1, dynamic: DynamicConfig | None = None
     ) -> LanguageModel:
         """A copy of the network that has read `ids` `passes` times learning from them
-        (dynamic.adapted). The rms rule takes its gradient scale from the training split beside
-        the checkpoint, else from `ids` themselves."""
+        (dynamic.adapted), by default with config.ADAPT's settings. The rms rule takes its
+        gradient scale from the training split beside the checkpoint, else from `ids`."""
         from charlstm.dynamic import adapted, gradient_scale
 
-        cfg = dynamic or DynamicConfig()
+        cfg = dynamic or DynamicConfig(**ADAPT)
         scale = None
         if cfg.rule == "rms":
             train = self.training_ids()

@@ -334,7 +334,12 @@ def _check_optimizer(opt: object, config: ModelConfig, optimizer: str) -> None:
     for saved, want in zip(opt["param_groups"], fresh["param_groups"], strict=True):
         _require(isinstance(saved, dict) and saved.get("params") == want["params"], bad)
         for key, value in want.items():
+            if key in ("fused", "foreach"):  # chosen by the device it trained on: None or a bool
+                _require(key in saved and saved[key] in (None, True, False), f"{bad} ({key})")
+                continue
             _require(key in saved and type(saved[key]) is type(value), f"{bad} ({key})")
+            # amsgrad, maximize, ...: what the state must hold and which way a step goes.
+            _require(not isinstance(value, bool) or saved[key] == value, f"{bad} ({key})")
     entry_keys = {"step", "exp_avg", "exp_avg_sq"} if kind is torch.optim.AdamW else None
     for i, entry in opt["state"].items():
         _require(isinstance(i, int) and 0 <= i < len(ordered) and isinstance(entry, dict), bad)

@@ -227,7 +227,11 @@ class SampleConfig:
 DYNAMIC_RULES = ("rms", "sgd")
 # Each rule's step size when none is given: its units differ (the rms rule divides the gradient
 # by its typical size). From the sweep in BENCHMARKS.md.
-DYNAMIC_LR = {"rms": 3e-4, "sgd": 0.1}
+DYNAMIC_LR = {"rms": 2e-4, "sgd": 0.1}
+# Learning from a prime before sampling (`sample --adapt`) wants the prime's style to win, not a
+# balance: shorter segments (more steps a pass) and no pull back towards the trained weights,
+# which would cap how far repeated passes can move them.
+ADAPT = {"segment": 20, "decay": 0.0}
 
 
 @dataclass

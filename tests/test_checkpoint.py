@@ -99,3 +99,17 @@ def test_the_carried_state_must_have_the_cells_parts(tmp_path):
     save_checkpoint(ckpt, tmp_path / "cut.pt")
     with pytest.raises(CheckpointError, match="a slstm carries 4"):
         read_checkpoint(tmp_path / "cut.pt", resume=True)
+
+
+def test_optimizer_flags_that_change_the_state_or_the_step_are_refused(tmp_path):
+    """amsgrad on would need state the file lacks (a KeyError mid-step); maximize would climb."""
+    from charlstm.checkpoint import read_checkpoint
+
+    run = tiny_run(PLAY, tmp_path / "r", hidden=8, steps=3)
+    fit(run)
+    for flag in ("amsgrad", "maximize"):
+        ckpt = load_checkpoint(tmp_path / "r" / "last.pt")
+        ckpt["resume"]["optimizer"]["param_groups"][0][flag] = True
+        save_checkpoint(ckpt, tmp_path / f"{flag}.pt")
+        with pytest.raises(CheckpointError, match=flag):
+            read_checkpoint(tmp_path / f"{flag}.pt", resume=True)

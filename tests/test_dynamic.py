@@ -80,7 +80,7 @@ def test_without_a_training_split_the_scale_comes_from_the_text_read(trained, tm
     lone.write_bytes((trained / "best.pt").read_bytes())
     model = load(lone)
     assert model.training_ids() is None
-    result = model.evaluate(NEW, dynamic=DynamicConfig(segment=20, decay=1e-3))
+    result = model.evaluate(NEW, dynamic=DynamicConfig(segment=20, lr=3e-4, decay=1e-3))
     assert result.dynamic["gradient_scale_from"] == "the text read so far"
     assert result.loss < model.evaluate(NEW).loss - 0.3
 

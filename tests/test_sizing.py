@@ -73,10 +73,10 @@ def test_the_cli_sizes_a_budgeted_run_and_flags_win(tmp_path, play_file, monkeyp
 runner = CliRunner()
 
 
-def test_the_ladder_rates_are_the_lstms_and_other_cells_keep_a_quarter():
+def test_the_ladder_rates_are_the_lstms_and_most_other_cells_keep_a_quarter():
     rung = sizing.LADDER[0]
-    assert sizing.cell_lr(rung, "lstm") == rung.lr
-    for cell in ("gru", "rnn", "peephole", "coupled"):
+    assert sizing.cell_lr(rung, "lstm") == sizing.cell_lr(rung, "slstm") == rung.lr
+    for cell in ("gru", "rnn", "peephole", "coupled", "mogrifier"):
         assert sizing.cell_lr(rung, cell) == rung.lr * sizing.OTHER_CELLS_LR_SCALE
     # Wider rungs learn more gently.
     assert [r.lr for r in sizing.LADDER] == sorted((r.lr for r in sizing.LADDER), reverse=True)
