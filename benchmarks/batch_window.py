@@ -8,18 +8,21 @@ side by side, everything else at its defaults (sized to the budget), on tiny-sha
     python benchmarks/batch_window.py --tokens 2000000 -- --threads 1   # K, whatever the load
 
 A bigger batch makes more tokens per second (a matrix multiply uses the machine better) but
-fewer optimizer steps per token. sizing.choose_layout trades the two with the rule of McCandlish
-et al. (2018): the steps to a given loss grow as 1 + K/(B·T) and the tokens as 1 + (B·T)/K,
-so the time to it is proportional to (B·T + K) / (tokens per second), smallest wins. This
-script measures what each layout really reaches in the budget, prints each one's tokens/s and
-the rule's score, and the K that would have ranked the layouts as the losses did.
-Use an otherwise idle machine: two jobs on two cores distort every figure.
+fewer optimizer steps per token, and a layout of many short streams fills the same multiply
+with less correlated text than a few long ones. sizing.choose_layout takes the layout that
+learns most per second: its measured tokens/s × what a token is worth to training in it
+(sizing.LAYOUT_WORTH). This script measures both sides.
 
---tokens N measures K without the clock, so a busy machine cannot distort it: every layout
-trains on N tokens (--steps N / (B·T), the same size and learning rate), and 32 × 64 also on
-N/2. In the model, a batch of b tokens reaches what N / (1 + b/K) tokens reach at a batch near
-zero; the final losses L_b then follow L_b = a + s·ln(1 + b/K), where s (nats per e-fold of
-tokens) comes from the 32 × 64 pair; the K of the least squared error is printed.
+The default (wall-clock) mode trains each layout for the budget and prints its tokens/s and best
+validation loss. Use an otherwise idle machine: two jobs on two cores distort every figure.
+
+--tokens N measures the worths without the clock, so a busy machine cannot distort them: every
+layout trains on N tokens (--steps N / (B·T), 2×256 at its learning rate), and 32 × 64 also on
+N/2 for the slope s of loss against tokens (nats per e-fold). A layout whose final loss is
+L is worth exp(−(L − L_best) / s) tokens of the best layout a token: the numbers in
+LAYOUT_WORTH. It also fits K of McCandlish et al. (2018), in whose model a batch of b tokens
+reaches what N / (1 + b/K) tokens reach at a batch near zero, to the layouts' losses
+(L_b = a + s·ln(1 + b/K)); where windows differ, K alone does not explain the losses.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def main() -> None:
     )
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--budget", default="135s")
-    parser.add_argument("--layouts", default="16x64,32x64,64x64,128x64,32x128,64x128")
+    parser.add_argument("--layouts", default="32x64,32x32,128x16,16x64,64x32,64x64")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--tokens", type=int, default=0, help="fixed tokens instead of a budget")
     parser.add_argument("extra", nargs="*", help="more `charlstm train` options, after --")
@@ -78,20 +81,16 @@ def main() -> None:
                   f"{statistics.median(r['steps'] for r in runs):,.0f} | {rate:,.0f} | "
                   f"{', '.join(f'{v:.4f}' for v in losses)} | {results[b, t][0]:.4f} |",
                   flush=True)  # fmt: skip
-    # The K (tokens) under which the rule's ranking agrees best with the losses' ranking.
-    by_loss = sorted(results, key=lambda k: results[k][0])
+    # What the sizing rule would have taken from these speeds: tokens/s × worth.
+    from charlstm.sizing import LAYOUT_WORTH
 
-    def agreement(k: float) -> int:
-        by_rule = sorted(results, key=lambda bt: (bt[0] * bt[1] + k) / results[bt][1])
-        return sum(a == b for a, b in zip(by_loss, by_rule, strict=True)) + 2 * (
-            by_loss[0] == by_rule[0]
-        )
-
-    grid = [0, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 1 << 30]
-    best = max(grid, key=agreement)
-    fits = [k for k in grid if agreement(k) == agreement(best)]
-    print(f"\nbest layout by loss: {by_loss[0][0]} × {by_loss[0][1]}; the rule ranks the layouts "
-          f"most like the losses for K in {fits[0]:,}…{fits[-1]:,} tokens")  # fmt: skip
+    by_loss = min(results, key=lambda k: results[k][0])
+    rated = [bt for bt in results if bt in LAYOUT_WORTH]
+    ruled = max(rated, key=lambda bt: results[bt][1] * LAYOUT_WORTH[bt], default=None)
+    print(
+        f"\nbest layout by loss: {by_loss[0]} × {by_loss[1]}; the sizing rule, from these "
+        f"tokens/s: " + (f"{ruled[0]} × {ruled[1]}" if ruled else "(no layout it knows)")
+    )
 
 
 def fixed_tokens(args: argparse.Namespace, layouts: list[tuple[int, ...]]) -> None:
@@ -123,8 +122,11 @@ def fixed_tokens(args: argparse.Namespace, layouts: list[tuple[int, ...]]) -> No
 
     grid = [2 ** (i / 4) for i in range(32, 80)]  # 256 … 2^20 tokens
     k = min(grid, key=error)
-    print(f"\nslope {slope:.4f} nats per e-fold of tokens (32 × 64 at N/2 and N); K = {k:,.0f} "
-          f"tokens fits best (squared error {error(k):.2e})")  # fmt: skip
+    best = min(final[b, t, args.tokens] for b, t in layouts)
+    worth = {f"{b}×{t}": math.exp(-(final[b, t, args.tokens] - best) / slope) for b, t in layouts}
+    print(f"\nslope {slope:.4f} nats per e-fold of tokens (32 × 64 at N/2 and N); worth of a "
+          f"token: {', '.join(f'{k_} {v:.3f}' for k_, v in worth.items())}; K = {k:,.0f} tokens "
+          f"fits best (squared error {error(k):.2e})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,10 +9,10 @@ The rule (its sweeps are in BENCHMARKS.md, "Lower loss in less time"):
      budget, and whose parameters do not outnumber the training tokens by more than
      MAX_PARAMS_PER_TOKEN (a bigger model only memorises a small corpus). A corpus too small
      for the first rung gets the largest of SMALL_LADDER under that cap instead.
-  3. Measure the chosen size's speed at each batch × window of LAYOUTS (in the run's
+  3. Measure the chosen size's speed at each batch × window of LAYOUT_WORTH (in the run's
      precision: where bf16 matrix units make big multiplies cheap, big batches gain most) and
-     take the one that reaches a given loss soonest by McCandlish et al.'s (2018) model of
-     large-batch training (`choose_layout`).
+     take the one that learns most per second: tokens/s × what a token is worth to training in
+     that layout, measured at a fixed number of tokens (`choose_layout`).
   4. Dropout grows with the passes the chosen model will make (DROPOUT_BY_EPOCHS).
 Every choice yields to its flag; the measuring time counts against the budget.
 """
@@ -81,14 +81,22 @@ MAX_PARAMS_PER_TOKEN = 4.0
 DROPOUT_BY_EPOCHS = ((16.0, 0.0), (32.0, 0.1), (float("inf"), 0.2))
 
 
-# The batch × window layouts step 3 compares (B streams × T steps), the default (32 × 64) first.
-LAYOUTS = ((32, 64), (16, 64), (64, 64), (128, 64), (32, 128))
-# K of McCandlish et al. (2018), in tokens per step: the steps to reach a loss grow as
-# 1 + K/(B·T) and the tokens as 1 + (B·T)/K, so the time to it as (B·T + K) / tokens-per-second.
-# Fitted for a 2×256 char LSTM on tiny-shakespeare: 1.5M tokens at each batch of 16 to 128
-# streams × 64 (final validation 1.598, 1.620, 1.643, 1.774) and 32 × 64 at half the tokens:
-# K = 2,435 fits best (benchmarks/batch_window.py --tokens, BENCHMARKS.md).
-CRITICAL_TOKENS = 2400
+# Step 3's layouts (B streams × T steps), and what a token is worth to training in each, relative
+# to the best: exp(−(L − L_best) / s), from the final validation loss L of a 2×256 trained on the
+# same 1.5M tokens of tiny-shakespeare in each layout (s = 0.143 nats per e-fold of tokens, from
+# 32 × 64 at 0.75M and 1.5M tokens): one token here buys that many of the best layout's. At equal
+# tokens, smaller batches make more optimizer steps (16 × 64 beat 32 × 64, which beat 64 × 64 and
+# 128 × 64), and at equal batch tokens more streams of shorter windows learn more (128 × 16 beat
+# 64 × 32, 32 × 64 and 16 × 128); BENCHMARKS.md, "Batch and window". Not measured beyond 1.5M
+# tokens: longer runs may favour bigger batches.
+LAYOUT_WORTH = {
+    (32, 64): 0.728,  # 1.6202: the layout without a budget, measured with the size
+    (32, 32): 1.000,  # 1.5750
+    (128, 16): 0.949,  # 1.5824
+    (16, 64): 0.853,  # 1.5977
+    (64, 32): 0.825,  # 1.6025
+    (64, 64): 0.620,  # 1.6431
+}
 # A layout needs this many windows per pass over the training split to be considered.
 MIN_WINDOWS_PER_EPOCH = 8
 
@@ -167,41 +175,40 @@ def choose(
 
 def choose_layout(
     rate: Callable[[int, int], float],
-    layouts: tuple[tuple[int, int], ...] = LAYOUTS,
-    critical: float = CRITICAL_TOKENS,
+    layouts: tuple[tuple[int, int], ...] = tuple(LAYOUT_WORTH),
+    worth: dict[tuple[int, int], float] = LAYOUT_WORTH,
 ) -> Layout:
-    """Step 3: the layout (B, T) whose time to a given loss, ∝ (B·T + K) / rate(B, T), is
-    least. `rate(b, t)` measures tokens/s (each layout once, in the order given). Pure given it.
+    """Step 3: the layout (B, T) that learns most per second, rate(B, T) × worth[B, T], where
+    `rate(b, t)` measures tokens/s (each layout once, in the order given) and `worth` is what a
+    token is worth to training in that layout. Pure given `rate`.
 
-    Why this trade: a step of B·T tokens costs B·T / rate seconds. Below K tokens a step, the
-    gradient's noise dominates and doubling the batch halves the steps a loss needs (only the
-    rate matters); far above K, the steps needed stay the same whatever the batch (only the
-    step time matters)."""
+    The trade: a bigger batch makes more tokens per second (bigger matrix products use the
+    machine better, bf16 matrix units above all) but fewer optimizer steps per token, which
+    `worth` measures; and more streams of shorter windows fill the same multiply with less
+    correlated text."""
     rates = {bt: rate(*bt) for bt in layouts}
 
-    def cost(bt: tuple[int, int]) -> float:
-        return (bt[0] * bt[1] + critical) / rates[bt]
+    def pace(bt: tuple[int, int]) -> float:
+        return rates[bt] * worth.get(bt, 1.0)
 
-    best = min(layouts, key=cost)
+    best = max(layouts, key=pace)
     shown = {f"{b}×{t}": r for (b, t), r in rates.items()}
     if len(layouts) == 1:
         why = f"{best[0]}×{best[1]} as given"
     else:
-        gain = cost(layouts[0]) / cost(best)
+        gain = pace(best) / pace(layouts[0])
         speeds = ", ".join(f"{k} {v:,.0f}" for k, v in shown.items())
-        why = (
-            f"measured {speeds} tok/s; {best[0]}×{best[1]} reaches a loss soonest "
-            f"({gain:.2f}× {layouts[0][0]}×{layouts[0][1]}'s pace with K = {critical:,.0f})"
-        )
+        why = (f"measured {speeds} tok/s; {best[0]}×{best[1]} learns most per second "
+               f"({gain:.2f}× {layouts[0][0]}×{layouts[0][1]}'s)")  # fmt: skip
     return Layout(best[0], best[1], rates[best], shown, why)
 
 
 def fitting_layouts(
     train_tokens: int, batch: int | None = None, window: int | None = None
 ) -> tuple[tuple[int, int], ...]:
-    """The LAYOUTS to compare: those agreeing with a given batch or window, with at least
-    MIN_WINDOWS_PER_EPOCH windows in a pass over the training split (the first always kept)."""
-    fits = [(b, t) for b, t in LAYOUTS if (batch is None or b == batch)
+    """The layouts of LAYOUT_WORTH to compare: those agreeing with a given batch or window, with
+    at least MIN_WINDOWS_PER_EPOCH windows in a pass over the training split."""
+    fits = [(b, t) for b, t in LAYOUT_WORTH if (batch is None or b == batch)
             and (window is None or t == window)
             and b * t * MIN_WINDOWS_PER_EPOCH <= train_tokens]  # fmt: skip
     return tuple(fits)

@@ -105,8 +105,9 @@ def test_a_corpus_too_small_for_the_first_rung_gets_the_largest_small_size_under
                              ()).rung) == "2×64"  # fmt: skip
 
 
-def test_the_layout_trades_tokens_per_second_against_steps():
-    rates = {(32, 64): 40_000.0, (16, 64): 25_000.0, (64, 64): 60_000.0, (128, 64): 72_000.0}
+def test_the_layout_that_learns_most_per_second_wins():
+    rates = {(32, 64): 40_000.0, (16, 64): 25_000.0, (64, 64): 60_000.0, (128, 16): 50_000.0}
+    worth = {(32, 64): 0.7, (16, 64): 0.85, (64, 64): 0.6, (128, 16): 0.95}
     layouts = tuple(rates)
     asked: list[tuple[int, int]] = []
 
@@ -114,25 +115,29 @@ def test_the_layout_trades_tokens_per_second_against_steps():
         asked.append((b, t))
         return rates[b, t]
 
-    # K = 0: only the steps matter, the quickest step wins; K huge: only tokens/s.
-    assert sizing.choose_layout(rate, layouts, critical=0).batch == 16
-    assert sizing.choose_layout(rate, layouts, critical=1e12).batch == 128
-    # In between: 64 × 64 makes 1.5× the tokens/s of 32 × 64 for twice the tokens a step.
-    got = sizing.choose_layout(rate, layouts, critical=4096)
-    assert (got.batch, got.window) == (64, 64) and got.rate == 60_000
-    assert "64×64" in got.why and got.rates["128×64"] == 72_000
-    assert asked[:4] == list(layouts)  # each measured once, in order
-    one = sizing.choose_layout(rate, ((32, 64),))
+    # Tokens/s × worth: 28,000, 21,250, 36,000, 47,500: the many short streams.
+    got = sizing.choose_layout(rate, layouts, worth)
+    assert (got.batch, got.window) == (128, 16) and got.rate == 50_000
+    assert "128×16 learns most per second" in got.why and got.rates["64×64"] == 60_000
+    assert asked == list(layouts)  # each measured once, in order
+    # Where every token is worth the same, the fastest wins; where speeds tie, the worthiest.
+    assert sizing.choose_layout(rate, layouts, dict.fromkeys(layouts, 1.0)).batch == 64
+    flat = sizing.choose_layout(lambda b, t: 1.0, layouts, worth)
+    assert (flat.batch, flat.window) == (128, 16)
+    one = sizing.choose_layout(rate, ((32, 64),), worth)
     assert (one.batch, one.window) == (32, 64) and "as given" in one.why
 
 
 def test_layouts_follow_a_given_batch_or_window_and_the_corpus_size():
-    assert sizing.fitting_layouts(10**9, batch=32) == tuple(
-        bt for bt in sizing.LAYOUTS if bt[0] == 32
-    )
-    assert all(t == 128 for _, t in sizing.fitting_layouts(10**9, window=128))
+    every = tuple(sizing.LAYOUT_WORTH)
+    assert sizing.fitting_layouts(10**9) == every and every[0] == (32, 64)
+    assert sizing.fitting_layouts(10**9, batch=32) == tuple(bt for bt in every if bt[0] == 32)
+    assert all(t == 64 for _, t in sizing.fitting_layouts(10**9, window=64))
     small = sizing.fitting_layouts(32 * 64 * sizing.MIN_WINDOWS_PER_EPOCH)
     assert (32, 64) in small and all(b * t <= 32 * 64 for b, t in small)
+    # The measured worths rank as measured: short windows of many streams, small batches.
+    w = sizing.LAYOUT_WORTH
+    assert w[32, 32] > w[128, 16] > w[16, 64] > w[64, 32] > w[32, 64] > w[64, 64]
 
 
 def test_the_cli_chooses_the_layout_and_a_small_size(tmp_path, play_file, monkeypatch):
@@ -140,7 +145,7 @@ def test_the_cli_chooses_the_layout_and_a_small_size(tmp_path, play_file, monkey
     big = tmp_path / "big.txt"
     big.write_text(play_file.read_text() * 10)
     monkeypatch.setattr(sizing, "LADDER", (Rung(16, 1, 1e-2),))
-    monkeypatch.setattr(sizing, "LAYOUTS", ((32, 64), (16, 64)))
+    monkeypatch.setattr(sizing, "LAYOUT_WORTH", {(32, 64): 1.0, (16, 64): 1.0})
     common = ["train", str(big), "--budget", "3s", "--threads", "1", "--json",
               "--val-fraction", "0.2"]  # fmt: skip
     auto = runner.invoke(app, [*common, "--name", "a"])
