@@ -14,7 +14,7 @@ Nothing here prints; expected failures raise CharlstmError subclasses whose mess
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,13 @@ import torch
 
 from charlstm import runs
 from charlstm.checkpoint import describe, read_checkpoint, resolve_checkpoint
-from charlstm.choice import MAX_SEED, seeded
+from charlstm.choice import check_seed, choose, seeded
 from charlstm.config import CHECKPOINTS, SampleConfig, TrainOptions
 from charlstm.errors import CharlstmError, UsageError
 from charlstm.evaluate import EvalResult, evaluate_ids, score_lines, token_losses
 from charlstm.model import LanguageModel
 from charlstm.sample import generate
+from charlstm.step import Stepper
 from charlstm.tokenizer import AnyTokenizer
 from charlstm.tokens import spelled_chars
 from charlstm.training import Report
@@ -119,6 +120,11 @@ class Model:
         if on_unknown not in ("error", "skip"):
             raise UsageError(f"--on-unknown must be error or skip, got {on_unknown!r}")
         tok = self.tokenizer
+        if prime and tok.kind == "word" and prime[0] not in " \n":
+            # Words are stored with the space before them, so a prime's first word is read as
+            # it occurs after a space, when the vocabulary knows it only that way.
+            if len(tok.unknown(" " + prime)) < len(tok.unknown(prime)):
+                prime = " " + prime
         if prime:
             unknown = tok.unknown(prime)
             if unknown and on_unknown == "error":
@@ -145,12 +151,14 @@ class Model:
         greedy: bool = False,
         seed: int | None = None,
         on_unknown: str = "error",
+        stop: Sequence[str] = (),
     ) -> Iterator[str]:
-        """The generated text, piece by piece as it is made (the prime not included). Options
-        left at None take SampleConfig's defaults; a seed makes it reproducible. Bad options
-        and a prime the model cannot read raise here, before anything is generated."""
+        """The generated text, piece by piece as it is made (the prime not included), ending
+        before the first of the `stop` texts if one comes. Options left at None take
+        SampleConfig's defaults; a seed makes it reproducible. Bad options and a prime the
+        model cannot read raise here, before anything is generated."""
         job = self._job(prime, length, temp, top_k, top_p, greedy, seed, on_unknown)
-        return self._pieces(*job)
+        return until_stop(self._pieces(*job), _stops(stop))
 
     def _job(
         self,
@@ -170,20 +178,15 @@ class Model:
     def _pieces(
         self, prime_ids: torch.Tensor, cfg: SampleConfig, generator: np.random.Generator
     ) -> Iterator[str]:
-        decoder = self.tokenizer.stream_decoder()  # holds back a character split across tokens
-        for token in generate(self.net, prime_ids, cfg, generator):
-            piece = decoder.push(int(token[0]))
-            if piece:
-                yield piece
-        tail = decoder.flush()
-        if tail:
-            yield tail
+        tokens = (int(t[0]) for t in generate(self.net, prime_ids, cfg, generator))
+        return decoded(self.tokenizer, tokens)
 
     def samples(self, n: int, prime: str | None = None, **options: Any) -> list[str]:
         """`n` independent samples from the same prime, generated together as one batch; the
         options are generate()'s."""
         if not 1 <= n <= 10_000:
             raise UsageError(f"--num-samples must be between 1 and 10,000, got {n}")
+        stops = _stops(options.pop("stop", ()))
         prime_ids, cfg, generator = self._job(prime, **options)
         if n > 1 and cfg.length * n > 100_000_000:
             raise UsageError("--length × --num-samples must be at most 100,000,000 tokens")
@@ -191,7 +194,12 @@ class Model:
         for tokens in generate(self.net, prime_ids, cfg, generator, batch=n):  # (n,)
             for row, token in zip(rows, tokens.tolist(), strict=True):
                 row.append(token)
-        return [self.tokenizer.decode(row) for row in rows]
+        return ["".join(until_stop(iter([self.tokenizer.decode(row)]), stops)) for row in rows]
+
+    def session(self, **options: Any) -> Session:
+        """A conversation (see Session) with generate()'s sampling options."""
+        _, cfg, generator = self._job(None, **options)
+        return Session(self, cfg, generator)
 
     # ------------------------------------------------------------------------- scoring
 
@@ -280,6 +288,100 @@ class Model:
         return Trace(body, layer, trace(self.net, ids, layer=layer))
 
 
+class Session:
+    """A conversation with a model: text fed in and text generated continue one recurrent
+    state, so each turn reads all the turns before it.
+
+        chat = model.session(temp=0.8, seed=1)
+        chat.feed("ROMEO: Good morrow.\n")
+        for piece in chat.reply(length=300, stop=["\n\n"]):
+            print(piece, end="")
+    """
+
+    def __init__(self, model: Model, cfg: SampleConfig, rng: np.random.Generator) -> None:
+        self.model, self.cfg, self.rng = model, cfg, rng
+        self.stepper = Stepper(model.net)
+        self.state = self.stepper.zero_state(1)
+        self.logits: torch.Tensor | None = None  # (1, V): the prediction after the last token
+
+    @torch.inference_mode()
+    def feed(self, text: str) -> list[str]:
+        """Read `text` into the state (characters the model never saw are skipped; returned)."""
+        tok = self.model.tokenizer
+        unknown = tok.unknown(text)
+        ids = tok.encode(text, skip_unknown=True)
+        if len(ids):
+            x = torch.from_numpy(ids.astype("int64"))[None].to(self.model.device)
+            logits, self.state = self.model.net(x, self.state)
+            self.logits = logits[:, -1]
+        return unknown
+
+    def reply(self, length: int | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
+        """Generate up to `length` tokens (default SampleConfig's), ending before the first of
+        `stop`; what is generated becomes part of the state."""
+        if self.logits is None:
+            self.feed("\n")  # nothing read yet: start as at the start of a line
+        n = self.cfg.length if length is None else length
+        return until_stop(self._reply(n), _stops(stop))
+
+    def _reply(self, n: int) -> Iterator[str]:
+        return decoded(self.model.tokenizer, self._tokens(n))
+
+    def _tokens(self, n: int) -> Iterator[int]:
+        self.stepper.start(self.state)
+        last = self.logits
+        assert last is not None
+        try:
+            for _ in range(n):
+                token = choose(last.float().cpu().numpy(), self.cfg, self.rng.random(1))
+                last = self.stepper.step(torch.from_numpy(token).to(last.device)).clone()
+                yield int(token[0])
+        finally:  # stopped early or not, the state holds everything generated
+            self.state, self.logits = self.stepper.state(), last
+
+
+def decoded(tokenizer: AnyTokenizer, tokens: Iterable[int]) -> Iterator[str]:
+    """Text pieces of sampled ids as they come; the stream decoder holds back a character split
+    across tokens (byte-level BPE) until it is whole."""
+    decoder = tokenizer.stream_decoder()
+    for token in tokens:
+        piece = decoder.push(token)
+        if piece:
+            yield piece
+    tail = decoder.flush()
+    if tail:
+        yield tail
+
+
+def until_stop(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
+    """The text of `pieces` up to the first of `stops` (left out), holding back only as much
+    as could still turn out to be the start of one."""
+    if not stops:
+        yield from pieces
+        return
+    keep = max(map(len, stops)) - 1
+    held = ""
+    for piece in pieces:
+        held += piece
+        found = [i for i in (held.find(s) for s in stops) if i >= 0]
+        if found:
+            if min(found):
+                yield held[: min(found)]
+            return
+        if len(held) > keep:
+            yield held[: len(held) - keep]
+            held = held[len(held) - keep :]
+    if held:
+        yield held
+
+
+def _stops(stop: Sequence[str] | str) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    if any(not s for s in stops):
+        raise UsageError("--stop needs a text that is not empty")
+    return stops
+
+
 @dataclass(frozen=True)
 class Trace:
     text: str  # the characters traced
@@ -288,8 +390,7 @@ class Trace:
 
 
 def _generator(seed: int | None) -> np.random.Generator:
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise UsageError(f"--seed must be between 0 and {MAX_SEED:,}, got {seed}")
+    check_seed(seed)
     return seeded(random_seed() if seed is None else seed)
 
 
@@ -298,4 +399,4 @@ def _need_two(ids: np.ndarray) -> None:
         raise CharlstmError("the text is too short to evaluate: it needs at least 2 known tokens")
 
 
-__all__ = ["EncodedText", "Model", "Trace", "info", "load", "train"]
+__all__ = ["EncodedText", "Model", "Session", "Trace", "info", "load", "train"]

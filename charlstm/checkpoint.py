@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from charlstm import __version__
-from charlstm.config import ModelConfig, TrainConfig
+from charlstm.config import CHECKPOINTS, ModelConfig, TrainConfig
 from charlstm.errors import CharlstmError
 from charlstm.files import FileWriteError, write_atomic
 from charlstm.model import LanguageModel
@@ -33,6 +33,10 @@ FORMAT_VERSION = 1
 
 class CheckpointError(CharlstmError):
     """A checkpoint that is missing or cannot be used; the message is one line for the user."""
+
+
+class SizeError(CharlstmError):
+    """A model too big for this machine's memory, refused before anything is allocated."""
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
@@ -73,7 +77,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def resolve_checkpoint(model: Path | None, root: Path = Path("checkpoints")) -> Path:
+def resolve_checkpoint(model: Path | None, root: Path = CHECKPOINTS) -> Path:
     """A checkpoint file, a run folder (its best.pt, else last.pt), or, with none given,
     the most recently written best.pt under `root`."""
     if model is None:
@@ -88,6 +92,14 @@ def resolve_checkpoint(model: Path | None, root: Path = Path("checkpoints")) -> 
         for name in ("best.pt", "last.pt"):
             if (model / name).is_file():
                 return model / name
+        runs = sorted(p.name for p in model.iterdir() if p.is_dir() and (
+            (p / "best.pt").is_file() or (p / "last.pt").is_file()))  # fmt: skip
+        if runs:
+            shown = ", ".join(runs[:12]) + (f" and {len(runs) - 12} more" if len(runs) > 12 else "")
+            raise CheckpointError(
+                f"'{model}' is a folder of runs, not one: pick one with -m {model}/NAME "
+                f"({shown}; `charlstm runs` lists them)"
+            )
         raise CheckpointError(f"'{model}' holds no best.pt or last.pt")
     if not model.exists():
         raise CheckpointError(f"no checkpoint at '{model}'")
@@ -155,7 +167,10 @@ def _typed(value: object, kind: str) -> bool:
     if isinstance(value, str):
         return kind.startswith("str")
     if isinstance(value, list):
-        item = {"list[int]": int, "list[str]": str}.get(kind.split(" |")[0])
+        inner = kind.split(" |")[0].removeprefix("list[").removesuffix("]")
+        if inner.startswith("list["):
+            return all(isinstance(v, list) and _typed(v, inner) for v in value)
+        item = {"int": int, "str": str}.get(inner)
         return item is not None and all(
             isinstance(v, item) and not isinstance(v, bool) for v in value
         )
@@ -198,15 +213,17 @@ def memory_bytes() -> int:
         return 16 << 30
 
 
-def check_size(cfg: ModelConfig, what: str = "the model") -> None:
-    """Refuse, before anything is allocated, a model whose weights alone would fill half of this
-    machine's memory (training needs four times that)."""
+def check_size(cfg: ModelConfig, what: str = "the model", training: bool = False) -> None:
+    """Refuse, before anything is allocated, a model this machine cannot hold: its weights
+    alone over half of the memory, or, to train, weights, gradients and AdamW's two moments
+    over 80% of it."""
     n = parameter_count(cfg)
-    need, have = 4 * n, memory_bytes()
-    if need > have // 2:
-        raise CheckpointError(
-            f"{what} ({cfg.num_layers}×{cfg.hidden_size}, vocabulary {cfg.vocab_size:,}) needs "
-            f"{n:,} parameters, ~{_gb(need)} for its weights alone; this machine has {_gb(have)}"
+    need, have = (16 if training else 4) * n, memory_bytes()
+    if need > (0.8 if training else 0.5) * have:
+        purpose = "to train (weights, gradients, optimizer state)" if training else "of weights"
+        raise SizeError(
+            f"{what} ({cfg.num_layers}×{cfg.hidden_size}, vocabulary {cfg.vocab_size:,}) has "
+            f"{n:,} parameters: ~{_gb(need)} {purpose}; this machine has {_gb(have)}"
         )
 
 
@@ -220,7 +237,7 @@ def _validated(path: Path, data: dict[str, Any], resume: bool) -> Checkpoint:
     config = _config(ModelConfig, data["model_config"], "model_config")
     try:
         check_size(config, "its model")
-    except CheckpointError as e:
+    except SizeError as e:
         raise _Invalid(str(e)) from None
     train_config = None
     if "train_config" in data or resume:
@@ -235,6 +252,10 @@ def _validated(path: Path, data: dict[str, Any], resume: bool) -> Checkpoint:
         _require(isinstance(m, dict) and isinstance(m.get("step"), int)
                  and all(m.get(k) is None or _number(m[k]) for k in numbers),
                  f"a metrics record is damaged: {str(m)[:80]}")  # fmt: skip
+    curve = data.get("train_curve") or []
+    _require(isinstance(curve, list) and all(
+        isinstance(p, dict) and isinstance(p.get("step"), int) and _number(p.get("train_loss"))
+        for p in curve), "its training curve is damaged")  # fmt: skip
     if data.get("corpus") is not None or resume:
         _config(CorpusInfo, data.get("corpus"), "corpus")
     _check_weights(data["model"], config)
@@ -359,5 +380,6 @@ def describe(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
         "best_val_loss": best if best is not None and math.isfinite(best) else None,
         "train_config": ckpt.get("train_config"),
         "metrics": ckpt.get("metrics") or [],
+        "train_curve": ckpt.get("train_curve") or [],
         "resumable": "resume" in ckpt,
     }

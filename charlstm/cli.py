@@ -15,13 +15,24 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
 
 from charlstm import __version__
-from charlstm.config import CELLS, CHECKPOINTS, ModelConfig, SampleConfig, TrainConfig
+from charlstm.config import (
+    CELLS,
+    CHECKPOINTS,
+    DECODE_ERRORS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SOFTMAXES,
+    TOKENIZERS,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+)
 from charlstm.display import (
     TrainDisplay,
     err_console,
@@ -100,8 +111,35 @@ class _StdoutConsole(Console):
         raise typer.Exit(0)
 
 
+# Choices, shown in --help and offered by shell completion.
+Cell = Literal[CELLS]
+Tokenizer = Literal[TOKENIZERS]
+Optimizer = Literal[OPTIMIZERS]
+Softmax = Literal[SOFTMAXES]
+Precision = Literal[PRECISIONS]
+EvalPrecision = Literal["fp32", "bf16"]
+Errors = Literal[DECODE_ERRORS]
+OnUnknown = Literal["error", "skip"]
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _flag(*names: str, help: str) -> Any:
+    """A boolean flag, shown without a value (`--json`, not `--json <bool>`)."""
+    return typer.Option(*names, help=help, metavar="")
+
+
+def _complete_device(incomplete: str) -> list[str]:
+    return [d for d in DEVICES if d.startswith(incomplete)]
+
+
+def _complete_activation(incomplete: str) -> list[str]:
+    kinds = ("hidden", "cell", "forget", "input", "output", "update", "reset")
+    return [k for k in kinds if k.startswith(incomplete)]
+
+
 # Options several commands share.
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+Quiet = Annotated[bool, _flag("--quiet", "-q", help="Print nothing but errors.")]
+Json = Annotated[bool, _flag("--json", help="Print one JSON object.")]
 Threads = Annotated[
     int,
     typer.Option(
@@ -112,25 +150,44 @@ Threads = Annotated[
 Device = Annotated[
     str,
     typer.Option(
-        help="auto (a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps."
+        help="auto (a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps.",
+        autocompletion=_complete_device,
     ),
 ]
 ModelPath = Annotated[
     Path | None,
     typer.Option(
         "--model", "-m",
-        help="Checkpoint file or run folder. Default: the newest best.pt under ./checkpoints.",
+        help="Checkpoint file or run folder. Default: the newest best.pt under --checkpoints.",
         show_default=False,
     ),
 ]  # fmt: skip
+Checkpoints = Annotated[
+    Path,
+    typer.Option(
+        envvar="CHARLSTM_CHECKPOINTS",
+        help="Folder that holds the run folders (every command looks there; "
+        "CHARLSTM_CHECKPOINTS sets it for all).",
+    ),
+]
 Encoding = Annotated[str, typer.Option(help="Text encoding of the files.")]
 DecodeErrors = Annotated[
-    str, typer.Option(help="Undecodable bytes: strict (stop), replace or ignore.")
+    Errors, typer.Option(help="Undecodable bytes: strict (stop), replace or ignore.")
 ]
 Texts = Annotated[
     list[str],
-    typer.Argument(help="Text: file(s), a folder, - for stdin, or a built-in corpus."),
+    typer.Argument(
+        help="Text: file(s), a folder, - for stdin, or a built-in corpus.",
+        metavar="TEXT...",
+        show_default=False,
+    ),
 ]
+
+
+def _stdin_note(args: list[str] | str | None, err: Console) -> None:
+    """Reading stdin from a terminal waits for the user: say so, and how to end it."""
+    if args and "-" in ([args] if isinstance(args, str) else args) and sys.stdin.isatty():
+        err.print("reading stdin; end with Ctrl-D", style="dim")
 
 
 def _opt(help: str, *names: str) -> Any:
@@ -163,7 +220,7 @@ def train(
         float | None, _opt("Stop after this many passes over the training split.")
     ] = None,
     tokenizer: Annotated[
-        str | None,
+        Tokenizer | None,
         _opt(
             "Tokens: char (one per character; the default), word (whitespace-separated words with "
             "their spacing, via Hugging Face tokenizers) or bpe (byte-level subwords learnt from "
@@ -181,9 +238,7 @@ def train(
         int | None,
         _opt("word/bpe: leave out words (merges) seen fewer times. Default: 1 word, 2 bpe."),
     ] = None,
-    cell: Annotated[
-        str | None, _opt(f"Recurrent cell: {', '.join(CELLS)}. Default: {ModelConfig.cell}.")
-    ] = None,
+    cell: Annotated[Cell | None, _opt(f"Recurrent cell. Default: {ModelConfig.cell}.")] = None,
     hidden: Annotated[
         int | None,
         _opt(
@@ -223,11 +278,12 @@ def train(
         typer.Option(
             "--tie-weights/--no-tie-weights",
             show_default=False,
+            metavar="",
             help="Share the embedding matrix with the output layer. Default: off; bpe: on.",
         ),
     ] = None,
     softmax: Annotated[
-        str | None,
+        Softmax | None,
         _opt(
             "Output layer: full (the default), or adaptive (frequent tokens get the full layer, "
             "rare ones smaller clusters: ~2.5x faster on a 13k-word vocabulary, but it overfit "
@@ -272,7 +328,7 @@ def train(
         _opt(f"AdamW weight decay on matrices. Default: {TrainConfig.weight_decay}; word, bpe: 0."),
     ] = None,
     optimizer: Annotated[
-        str | None,
+        Optimizer | None,
         _opt(
             "adamw, or sgd (plain SGD, as PyTorch's word_language_model: with --lr 20 it beat "
             "AdamW on word models). Default: adamw; word: sgd."
@@ -325,11 +381,16 @@ def train(
     name: Annotated[
         str | None, _opt("Run name: checkpoints go to CHECKPOINTS/NAME. Default: corpus-date-time.")
     ] = None,
-    checkpoints: Annotated[
-        Path, typer.Option(help="Folder that holds the run folders.")
-    ] = CHECKPOINTS,
+    checkpoints: Checkpoints = CHECKPOINTS,
+    overwrite: Annotated[
+        bool, _flag("--overwrite", help="Replace the run of the same --name, if there is one.")
+    ] = False,
     resume: Annotated[
-        Path | None, _opt("Continue the run in this folder from its last.pt.")
+        Path | None,
+        _opt(
+            "Continue the run in this folder from its last.pt: exactly where it stopped, or "
+            "with --steps/--budget/--epochs that much more (see the README, 'Resuming')."
+        ),
     ] = None,
     encoding: Encoding = "utf-8",
     errors: DecodeErrors = "strict",
@@ -338,7 +399,7 @@ def train(
     ] = 0,
     device: Device = "auto",
     precision: Annotated[
-        str,
+        Precision,
         typer.Option(
             help="auto (bf16 on a CPU with bf16 instructions, where it trains 1.25-1.45x faster "
             "to the same loss; fp32 elsewhere), fp32, or mixed precision: bf16, or fp16 on a GPU "
@@ -347,7 +408,7 @@ def train(
     ] = "auto",
     quiet: Quiet = False,
     json_out: Annotated[
-        bool, typer.Option("--json", help="Print the final summary as JSON on stdout.")
+        bool, _flag("--json", help="Print the final summary as JSON on stdout.")
     ] = False,
 ) -> None:
     """Train a model on CORPUS; checkpoints go to [bold]checkpoints/RUN/[/] (best.pt, last.pt,
@@ -357,17 +418,19 @@ def train(
     Several processes: [bold]torchrun --nproc-per-node N -m charlstm train ...[/] trains with
     DistributedDataParallel (the B streams split among the ranks; rank 0 prints and saves)."""
     options = {k: v for k, v in locals().items() if k not in ("quiet", "json_out")}
+    started = time.perf_counter()  # the budget is the whole run, this command's start on
     from charlstm.config import TrainOptions
 
     opts = TrainOptions(**{**options, "corpus": corpus or []})
+    err = err_console(quiet)
+    _stdin_note(corpus, err)
     from charlstm import runs  # imports torch: after the options are known to be good
 
-    err = err_console(quiet)
     display = TrainDisplay(err)
     stop = _StopFlag()
     previous = signal.signal(signal.SIGINT, stop.handle)
     try:
-        summary = runs.train(opts, report=display, should_stop=stop.is_set)
+        summary = runs.train(opts, report=display, should_stop=stop.is_set, started=started)
     finally:
         display.close()
         signal.signal(signal.SIGINT, previous)
@@ -407,6 +470,9 @@ def sample(
     prime: Annotated[
         str | None, _opt("Text that starts the sample and warms the state; - reads stdin.")
     ] = None,
+    prime_file: Annotated[
+        Path | None, _opt("Read the prime from this file (UTF-8) instead.")
+    ] = None,
     length: Annotated[
         int | None,
         _opt(
@@ -432,8 +498,15 @@ def sample(
         _opt("Sample among the most likely tokens whose probability sums to p. Default: 1 = all."),
     ] = None,
     greedy: Annotated[
-        bool, typer.Option(help="Always take the most likely token (= --temp 0).")
+        bool, _flag("--greedy", help="Always take the most likely token (= --temp 0).")
     ] = False,
+    stop: Annotated[
+        list[str] | None,
+        _opt(
+            "End the sample before this text (give it again for more); the text itself is not "
+            "printed. E.g. --stop $'\\n\\n' for one paragraph."
+        ),
+    ] = None,
     seed: Annotated[
         int | None, _opt("Random seed; random when absent and reported on stderr.")
     ] = None,
@@ -449,75 +522,101 @@ def sample(
     ] = 1,
     json_out: Annotated[
         bool,
-        typer.Option(
+        _flag(
             "--json",
             help='One JSON object per sample per line: {"sample": I, "seed": SEED, '
-            '"text": prime + generated text}.',
+            '"text": prime + generated text} (without the prime with --no-echo-prime).',
         ),
     ] = False,
     echo_prime: Annotated[
-        bool, typer.Option(help="Print the prime text before the sample.")
+        bool,
+        typer.Option(
+            "--echo-prime/--no-echo-prime", metavar="", help="Print the prime before the sample."
+        ),
     ] = True,
     on_unknown: Annotated[
-        str, typer.Option(help="Prime characters the model never saw: error or skip.")
+        OnUnknown, typer.Option(help="Prime characters the model never saw: error or skip.")
     ] = "error",
+    checkpoints: Checkpoints = CHECKPOINTS,
     threads: Threads = 0,
     quiet: Quiet = False,
 ) -> None:
     """Stream generated text to stdout, one token at a time."""
     from charlstm.api import random_seed
+    from charlstm.choice import check_seed
 
     err = err_console(quiet)
     SampleConfig.build(length, temp, top_k, top_p, greedy=greedy)  # check before loading
-    if prime == "-":
-        prime = sys.stdin.read()
-    net = _load(model, threads, err, streams=num_samples)
+    check_seed(seed)
+    prime = _read_prime(prime, prime_file, err)
+    net = _load(model, threads, err, streams=num_samples, checkpoints=checkpoints)
     net.encode_prime(prime, on_unknown)  # a prime it cannot read ends here, before the seed
     if seed is None:
         seed = random_seed()
     err.print(f"seed {seed}")
     choice = {"length": length, "temp": temp, "top_k": top_k, "top_p": top_p, "greedy": greedy,
-              "seed": seed, "on_unknown": on_unknown}  # fmt: skip
+              "seed": seed, "on_unknown": on_unknown, "stop": stop or ()}  # fmt: skip
+    head = (prime or "") if echo_prime else ""
     if num_samples == 1 and not json_out:
-        pieces = net.generate(prime, **choice)  # checks the prime before anything is written
-        if prime and echo_prime:
-            _write_stdout(prime)
+        pieces = net.generate(prime, **choice)  # checks the options before anything is written
+        if head:
+            _write_stdout(head)
         _stream(pieces)
         return
     texts = net.samples(num_samples, prime, **choice)
     for i, text in enumerate(texts, start=1):
         if json_out:
-            _write_stdout(
-                json.dumps({"sample": i, "seed": seed, "text": (prime or "") + text}) + "\n"
-            )
+            _write_stdout(json.dumps({"sample": i, "seed": seed, "text": head + text}) + "\n")
         else:
-            head = (prime or "") if echo_prime else ""
             _write_stdout(("\n" if i > 1 else "") + f"--- sample {i} ---\n{head}{text}\n")
+
+
+def _read_prime(prime: str | None, prime_file: Path | None, err: Console) -> str | None:
+    if prime is not None and prime_file is not None:
+        raise UsageError("give the prime with --prime or with --prime-file, not both")
+    if prime_file is not None:
+        try:
+            return prime_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            why = getattr(e, "strerror", None) or str(e).splitlines()[0]
+            raise CharlstmError(f"cannot read the prime from '{prime_file}': {why}") from None
+    if prime == "-":
+        _stdin_note("-", err)
+        return sys.stdin.read()
+    return prime
 
 
 def _stream(pieces: Any) -> None:
     """Write generated pieces as they come, every 20 ms rather than every token: as live to a
-    reader, with far fewer calls; a newline ends the text."""
+    reader, with far fewer calls; a newline ends the text, also one cut short by Ctrl-C (so the
+    shell's prompt and the message start on a line of their own)."""
     pending: list[str] = []
     due = time.perf_counter()
-    for piece in pieces:
-        pending.append(piece)
-        if time.perf_counter() >= due:
-            _write_stdout("".join(pending))
-            pending.clear()
-            due = time.perf_counter() + 0.02
-    _write_stdout("".join(pending) + "\n")
+    try:
+        for piece in pieces:
+            pending.append(piece)
+            if time.perf_counter() >= due:
+                _write_stdout("".join(pending))
+                pending.clear()
+                due = time.perf_counter() + 0.02
+    finally:
+        _write_stdout("".join(pending) + "\n")
 
 
 def _load(
-    model: Path | None, threads: int, err: Console, device: Any = "cpu", streams: int = 1
+    model: Path | None,
+    threads: int,
+    err: Console,
+    device: Any = "cpu",
+    streams: int = 1,
+    checkpoints: Path = CHECKPOINTS,
 ) -> Any:
     """The model, loaded through the API, on `threads` CPU threads (0: chosen for `streams`)."""
     from charlstm.api import load
     from charlstm.device import set_threads
 
     set_threads(threads, streams)
-    net = load(model, device=device)
+    net = load(model, device=device, checkpoints=checkpoints)
     err.print(f"model {net.path}", style="dim")
     return net
 
@@ -542,10 +641,10 @@ def evaluate(
     ] = 64,
     encoding: Encoding = "utf-8",
     errors: DecodeErrors = "strict",
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: Json = False,
     per_line: Annotated[
         bool,
-        typer.Option(
+        _flag(
             "--per-line",
             help='One JSON object per input line: {"line": TEXT, "tokens": N, "nats": TOTAL, '
             '"bits_per_char": BPC}. One sequential pass carries the state through the whole text; '
@@ -553,10 +652,10 @@ def evaluate(
         ),
     ] = False,
     precision: Annotated[
-        str,
+        EvalPrecision,
         typer.Option(
             help="fp32 (exact), or bf16: about twice as fast on a GPU or a CPU with bf16 "
-            "instructions, the loss within ~1e-4 of fp32's (BENCHMARKS.md)."
+            "instructions, the loss within 1e-4 of fp32's on a trained model (BENCHMARKS.md)."
         ),
     ] = "fp32",
     reset_every: Annotated[
@@ -567,6 +666,7 @@ def evaluate(
             "carry the state through the text."
         ),
     ] = 0,
+    checkpoints: Checkpoints = CHECKPOINTS,
     threads: Threads = 0,
     device: Device = "auto",
     quiet: Quiet = False,
@@ -578,7 +678,8 @@ def evaluate(
     from charlstm.device import resolve_device
 
     body = _read_texts(text, encoding, errors, err)
-    net = _load(model, threads, err, resolve_device(device), 1 if per_line else streams)
+    net = _load(model, threads, err, resolve_device(device), 1 if per_line else streams,
+                checkpoints)  # fmt: skip
     encoded = net.encode_text(body)
     _note_unknown(encoded, err)
     t0 = time.perf_counter()
@@ -610,6 +711,7 @@ def _read_texts(args: list[str], encoding: str, errors: str, err: Console) -> st
     from charlstm.config import CORPORA
     from charlstm.corpus import load_corpus
 
+    _stdin_note(args, err)
     with err.status("reading text…"):
         return load_corpus(args, cache_dir=CORPORA, encoding=encoding, errors=errors).text
 
@@ -631,9 +733,11 @@ def _note_unknown(encoded: Any, err: Console) -> None:
 def info(
     model: Annotated[
         Path | None,
-        typer.Argument(help="Checkpoint file or run folder. Default: the newest best.pt."),
+        typer.Argument(
+            help="Checkpoint file or run folder. Default: the newest best.pt under --checkpoints."
+        ),
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: Json = False,
     plot: Annotated[
         Path | None,
         _opt(
@@ -641,14 +745,15 @@ def info(
             "PDF; needs matplotlib: pip install 'charlstm\\[plot]')."
         ),
     ] = None,
+    checkpoints: Checkpoints = CHECKPOINTS,
     quiet: Quiet = False,
 ) -> None:
     """What a checkpoint holds, read without running any pickled code."""
     from charlstm.api import info as read_info
 
-    data = read_info(model)
+    data = read_info(model, checkpoints=checkpoints)
     if plot is not None:
-        plot_metrics(data["metrics"], plot, title=data["path"])
+        plot_metrics(data["metrics"], plot, title=data["path"], curve=data["train_curve"])
         err_console(quiet).print(f"wrote {plot}", style="dim")
     if json_out:
         _write_stdout(json.dumps(data) + "\n")
@@ -669,7 +774,8 @@ def visualize(
     kind: Annotated[
         str,
         typer.Option(
-            help="What to colour by: hidden, cell, forget, input or output (gru: update, reset)."
+            help="What to colour by: hidden, cell, forget, input or output (gru: update, reset).",
+            autocompletion=_complete_activation,
         ),
     ] = "cell",
     unit: Annotated[
@@ -677,7 +783,7 @@ def visualize(
     ] = None,
     find: Annotated[
         bool,
-        typer.Option(
+        _flag(
             "--find",
             help="Rank every unit and gate by correlation with simple properties of the text (in "
             "quotes, in brackets, line position, word starts) and show the best 5.",
@@ -696,15 +802,13 @@ def visualize(
     ] = 2000,
     encoding: Encoding = "utf-8",
     errors: DecodeErrors = "strict",
+    checkpoints: Checkpoints = CHECKPOINTS,
     threads: Threads = 0,
     quiet: Quiet = False,
 ) -> None:
     """Colour a text by what a unit of the model holds at each character."""
-    kinds = ("hidden", "cell", "forget", "input", "output", "update", "reset")
-    if kind not in kinds:
-        raise UsageError(f"--kind must be one of {', '.join(kinds)}, got {kind!r}")
     err = err_console(quiet)
-    net = _load(model, threads, err)
+    net = _load(model, threads, err, checkpoints=checkpoints)
     body = _read_texts(text, encoding, errors, err)
     if net.tokenizer.kind == "char":
         _note_unknown(net.encode_text(body), err)
@@ -713,7 +817,7 @@ def visualize(
     acts, body = traced.activations, traced.text
     if kind not in acts:
         raise UsageError(
-            f"{net.config.cell} layers have no {kind!r}; choose one of {', '.join(acts)}"
+            f"--kind: {net.config.cell} layers have no {kind!r}; choose one of {', '.join(acts)}"
         )
     hidden = acts[kind].shape[1]
     if unit is not None and not 0 <= unit < hidden:
@@ -767,6 +871,135 @@ def _show_units(
         except OSError as e:
             raise CharlstmError(f"cannot write {html_out}: {e.strerror or e}") from None
         err.print(f"wrote {html_out}", style="dim")
+
+
+# ----------------------------------------------------------------------------------- runs
+
+
+@_command
+def runs(
+    delete: Annotated[
+        list[str] | None, _opt("Delete this run's folder (give it again for more runs).")
+    ] = None,
+    slim: Annotated[
+        list[str] | None,
+        _opt(
+            "Keep only this run's best.pt (all that sampling needs) and delete last.pt and "
+            "tokens.npy (only resuming needs them: about three quarters of a run's disk)."
+        ),
+    ] = None,
+    slim_finished: Annotated[
+        bool, _flag("--slim-finished", help="Slim every run that reached its limits.")
+    ] = False,
+    json_out: Annotated[bool, _flag("--json", help="One JSON object per run per line.")] = False,
+    checkpoints: Checkpoints = CHECKPOINTS,
+    quiet: Quiet = False,
+) -> None:
+    """The runs under the checkpoints folder (newest first): corpus, tokenizer, model, steps,
+    best validation, age and disk use; and taking away what is no longer wanted."""
+    from charlstm.folders import delete_run, list_runs, slim_run
+
+    err = err_console(quiet)
+    names = list(slim or [])
+    if slim_finished:
+        names += [r.name for r in list_runs(checkpoints) if r.finished and r.last_bytes]
+    for name in delete or []:
+        freed = delete_run(checkpoints, name)
+        err.print(f"deleted {checkpoints / name} ({_mb(freed)})")
+    for name in names:
+        freed = slim_run(checkpoints, name)
+        err.print(f"slimmed {checkpoints / name}: kept best.pt, freed {_mb(freed)}; it can no "
+                  "longer be resumed")  # fmt: skip
+    if delete or names:
+        return
+    found = list_runs(checkpoints)
+    if json_out:
+        _write_stdout("".join(json.dumps(r.to_dict()) + "\n" for r in found))
+        return
+    if not found:
+        err.print(f"no runs under '{checkpoints}'; train one with: charlstm train CORPUS")
+        return
+    _write_stdout(_runs_table(found))
+    total, resumable = sum(r.bytes for r in found), sum(r.last_bytes for r in found)
+    err.print(
+        f"{len(found)} runs, {_mb(total)}; {_mb(resumable)} of it is last.pt and tokens.npy, "
+        "which only resuming needs (charlstm runs --slim-finished frees it for finished runs)",
+        style="dim",
+    )
+
+
+def _runs_table(found: list[Any]) -> str:
+    from charlstm.folders import age
+
+    rows = [("name", "corpus", "tokens", "model", "steps", "best", "bits/char", "age", "disk")]
+    for r in found:
+        rows.append((r.name, r.corpus[:32], r.tokenizer, r.model,
+                     "—" if r.steps is None else f"{r.steps:,}",
+                     "—" if r.best_val_loss is None else f"{r.best_val_loss:.4f}",
+                     "—" if r.best_val_bpc is None else f"{r.best_val_bpc:.3f}",
+                     age(r.modified), _mb(r.bytes)))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
+                   for row in rows)  # fmt: skip
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.1f} MB"
+
+
+# ----------------------------------------------------------------------------------- chat
+
+
+@_command
+def chat(
+    model: ModelPath = None,
+    length: Annotated[int, typer.Option("--length", "-n", help="Tokens at most per reply.")] = 400,
+    stop: Annotated[
+        list[str] | None,
+        _opt("A reply ends before this text (give it again for more). Default: a blank line."),
+    ] = None,
+    temp: Annotated[
+        float | None, _opt(f"Temperature. Default: {SampleConfig.temperature}.", "--temp")
+    ] = None,
+    top_k: Annotated[int | None, _opt("Sample among the k most likely tokens.")] = None,
+    top_p: Annotated[
+        float | None, _opt("Sample among the most likely tokens whose probability sums to p.")
+    ] = None,
+    seed: Annotated[int | None, _opt("Random seed; random when absent.")] = None,
+    checkpoints: Checkpoints = CHECKPOINTS,
+    threads: Threads = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Talk with a model: each line you type, and each reply, continues one text, so every
+    turn reads all the turns before it. Ctrl-C cuts a reply short; Ctrl-D leaves. Lines can be
+    piped in too (one reply per line)."""
+    err = err_console(quiet)
+    net = _load(model, threads, err, checkpoints=checkpoints)
+    session = net.session(temp=temp, top_k=top_k, top_p=top_p, seed=seed)
+    stops = stop or ["\n\n"]
+    interactive = sys.stdin.isatty()
+    if interactive:
+        import readline  # noqa: F401 (line editing and history for input())
+
+        err.print("type a line and press Enter; Ctrl-D leaves", style="dim")
+    while True:
+        if interactive:
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+        try:
+            line = input()
+        except EOFError:
+            if interactive:
+                sys.stderr.write("\n")
+            return
+        unknown = session.feed(line + "\n")
+        if unknown:
+            err.print(f"[yellow]note:[/] skipped characters the model never saw: "
+                      f"{''.join(unknown[:20])!r}")  # fmt: skip
+        try:
+            _stream(session.reply(length, stops))
+        except KeyboardInterrupt:
+            sys.stderr.write("(cut short)\n")
 
 
 # ----------------------------------------------------------------------------------- entry

@@ -290,6 +290,7 @@ class TrainOptions:
     # where the run lives, and how the corpus is read
     name: str | None = None
     checkpoints: Path = CHECKPOINTS
+    overwrite: bool = False  # replace a finished or abandoned run of the same name
     resume: Path | None = None
     encoding: str = "utf-8"
     errors: str = "strict"
@@ -324,6 +325,8 @@ class TrainOptions:
             f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}",
         )
         _at_least("--threads", self.threads, 0)
+        _check(not (self.overwrite and self.resume), "--overwrite starts a run afresh; --resume "
+               "continues one: give one of them")  # fmt: skip
         if self.resume is not None:
             fixed = self.given(*FIXED_BY_RUN)
             flags = ", ".join("--" + n.replace("_", "-") for n in fixed)

@@ -16,8 +16,12 @@ from charlstm.errors import CharlstmError
 
 def err_console(quiet: bool = False) -> Console:
     """The console for logs, progress and errors. NO_COLOR and non-terminals are honoured by
-    Rich itself."""
-    return Console(stderr=True, quiet=quiet, highlight=False)
+    Rich itself; off a terminal (a log file, a pipe) lines are never wrapped, so that each
+    event stays one line for grep."""
+    console = Console(stderr=True, quiet=quiet, highlight=False)
+    if not console.is_terminal:
+        console = Console(stderr=True, quiet=quiet, highlight=False, width=100_000)
+    return console
 
 
 def sparkline(values: list[float]) -> str:
@@ -188,7 +192,10 @@ def print_summary(err: Console, s: dict[str, Any]) -> None:
         ("parameters", f"{s['parameters']:,}"),
         ("steps", f"{s['steps']:,} ({s['epochs']:.2f} epochs)"),
         ("tokens seen", f"{s['tokens_seen']:,}"),
-        ("time", fmt_seconds(s["elapsed"])),
+        ("time", fmt_seconds(s.get("total_seconds") or s["elapsed"])
+         + (f" in all: {fmt_seconds(s['setup_seconds'])} setting up, "
+            f"{fmt_seconds(s['elapsed'])} training and validating"
+            if s.get("setup_seconds") is not None else "")),
         ("speed", f"{s['tokens_per_s'] or 0:,.0f} tokens/s training · "
          f"{s['tokens_seen'] / max(s['elapsed'], 1e-9):,.0f} with validation"),
         ("device", f"{s['device']}" + (f" × {s['processes']} processes" if s["processes"] > 1
@@ -226,7 +233,8 @@ def info_lines(data: dict[str, Any]) -> str:
         f"tied {m['tie_weights']}",
         f"parameters   {data['parameters']:,}",
         f"tokenizer    {data['tokenizer']['kind']}, vocabulary {data['tokenizer']['vocab_size']:,}",
-        f"corpus       {corpus.get('chars', 0):,} chars, fingerprint {corpus.get('fingerprint')}",
+        f"corpus       {corpus.get('chars', 0):,} chars, fingerprint {corpus.get('fingerprint')}"
+        + _files(corpus),
         f"trained      {data['steps']:,} steps, {data['tokens_seen']:,} tokens",
         "best val     " + ("—" if best is None else f"{best:.4f} nats/token"),
         f"resumable    {'yes (last.pt)' if data['resumable'] else 'no'}",
@@ -234,8 +242,25 @@ def info_lines(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_metrics(metrics: list[dict[str, Any]], out: Path, title: str) -> None:
-    """Training and validation loss against step, into an image file (needs matplotlib)."""
+def _files(corpus: dict[str, Any]) -> str:
+    """', 12 files (2 left out: a.bin (binary...), ...)' for a corpus read from files."""
+    n, skipped = corpus.get("n_sources") or 0, corpus.get("skipped") or []
+    if n <= 1 and not skipped:
+        return ""
+    out = f", {n:,} files"
+    if skipped:
+        shown = ", ".join(f"{name} ({why})" for name, why in skipped[:3])
+        more = corpus.get("n_skipped", len(skipped)) - min(len(skipped), 3)
+        out += f" ({corpus.get('n_skipped', len(skipped)):,} left out as not text: {shown}"
+        out += f" and {more} more)" if more > 0 else ")"
+    return out
+
+
+def plot_metrics(
+    metrics: list[dict[str, Any]], out: Path, title: str, curve: list[dict[str, Any]] = ()
+) -> None:
+    """Training and validation loss against step, into an image file (needs matplotlib):
+    the training loss recorded steadily through the run (`curve`), and at each validation."""
     try:
         import matplotlib
     except ImportError:
@@ -243,11 +268,12 @@ def plot_metrics(metrics: list[dict[str, Any]], out: Path, title: str) -> None:
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
-    if not metrics:
+    if not metrics and not curve:
         raise CharlstmError("the checkpoint holds no metrics to plot")
     fig, ax = plt.subplots(figsize=(7, 4))
+    points = sorted([*curve, *metrics], key=lambda m: m["step"])
     for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-        pts = [(m["step"], m[key]) for m in metrics
+        pts = [(m["step"], m[key]) for m in points
                if m.get(key) is not None and math.isfinite(m[key])]  # fmt: skip
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="." if len(pts) < 50 else None, label=label)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from charlstm import distributed, sizing
-from charlstm.checkpoint import CheckpointError, read_checkpoint
+from charlstm.checkpoint import CheckpointError, check_size, read_checkpoint
 from charlstm.config import (
     CHANGEABLE_ON_RESUME,
     CORPORA,
@@ -82,12 +82,15 @@ def train(
     *,
     report: Report = _ignore,
     should_stop: Callable[[], bool] = _never,
+    started: float | None = None,
 ) -> dict[str, Any]:
     """Set up the run the options describe (or resume one), train it, and return the summary.
 
     Under torchrun every rank calls this; rank 0 alone reports and writes. `should_stop` is
-    polled before each step: a True ends the run there, with last.pt saved."""
-    t_start = time.perf_counter()
+    polled before each step: a True ends the run there, with last.pt saved. A budget is the
+    whole run from `started` (a time.perf_counter() reading; default: now): what setting up
+    took (importing, tokenizing, sizing) comes out of it, and the final validation fits in it."""
+    t_start = time.perf_counter() if started is None else started
     set_threads(options.threads)
     device = resolve_device(options.device)
     if options.precision != "auto":
@@ -110,13 +113,17 @@ def train(
             prepared = new_run(options, world, precision, report)
         run = prepared.run
         run.world, run.precision = world, precision
-        report("ready", {"seconds": time.perf_counter() - t_start})
+        setup = time.perf_counter() - t_start
+        budget = run.train_cfg.budget
+        if budget and (options.resume is None or options.budget is not None):  # a new budget
+            run.train_cfg = replace(run.train_cfg, budget=max(1.0, budget - setup))
+        report("ready", {"seconds": setup})
         summary = fit(run, report=report, should_stop=should_stop, resume=prepared.resume_state)
         finished = True
     finally:
         distributed.shutdown(world, clean=finished)
-    summary.update(prepared.info)
-    summary["rank"] = world.rank
+    summary.update(prepared.info, rank=world.rank, setup_seconds=round(setup, 3),
+                   total_seconds=round(time.perf_counter() - t_start, 3))  # fmt: skip
     return summary
 
 
@@ -135,11 +142,16 @@ def new_run(options: TrainOptions, world: World, precision: str, report: Report)
     run_dir = distributed.broadcast(
         world, opts.checkpoints / (opts.name or default_run_name(opts.corpus))
     )
-    if (run_dir / "last.pt").exists():
-        raise CheckpointError(
-            f"'{run_dir}' already holds a run; continue it with --resume {run_dir} "
-            "or choose another --name"
-        )
+    if (run_dir / "last.pt").exists() or (run_dir / "best.pt").exists():
+        if not opts.overwrite:
+            raise CheckpointError(
+                f"'{run_dir}' already holds a run; continue it with --resume {run_dir}, "
+                "replace it with --overwrite, or choose another --name"
+            )
+        if world.is_main:
+            for old in run_dir.iterdir():  # the old run's files; nothing else is ours to touch
+                if old.name in RUN_FILES:
+                    old.unlink()
     tokenized, corpus, seconds = tokenize(opts, train_cfg.val_fraction, report)
     train_ids, val_ids = tokenized.train_ids, tokenized.val_ids
     if len(val_ids) < 2 and train_cfg.val_fraction > 0:
@@ -165,6 +177,7 @@ def new_run(options: TrainOptions, world: World, precision: str, report: Report)
             model_cfg, train_cfg, info["chosen"] = size_to_budget(
                 model_cfg, train_cfg, opts, len(train_ids), world.device, precision, report
             )
+    check_size(model_cfg, training=True)  # one line now, not an allocation failure later
     torch.manual_seed(train_cfg.seed)
     model = LanguageModel(model_cfg)
     if world.is_main:
@@ -176,6 +189,10 @@ def new_run(options: TrainOptions, world: World, precision: str, report: Report)
         corpus=corpus, run_dir=run_dir,
     )  # fmt: skip
     return Prepared(run, None, info)
+
+
+# What a run folder holds (training writes these; --overwrite deletes them).
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "tokens.npy", "run.json", "model.safetensors")
 
 
 def tokenize(
@@ -193,11 +210,19 @@ def tokenize(
         val_fraction=val_fraction, cache_dir=CORPORA / "cache", signature=stream.signature(),
     )  # fmt: skip
     seconds = time.perf_counter() - t0
-    sources = list(stream.sources)
+    sources = list(tokenized.sources or stream.sources)
+    skipped = [list(pair) for pair in tokenized.skipped]
     corpus = CorpusInfo(
         fingerprint=tokenized.fingerprint, chars=tokenized.chars, sources=sources[:20],
         n_sources=len(sources), tokenizer=opts.kind, n_train=tokenized.n_train,
+        skipped=skipped[:20], n_skipped=len(skipped),
     )  # fmt: skip
+    if skipped:
+        shown = "; ".join(f"{name} ({why})" for name, why in skipped[:5])
+        more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        files = f"{len(sources):,} file{'s' if len(sources) != 1 else ''}"
+        report("note", {"message": f"read {files}; left out {len(skipped):,} that are not "
+                                   f"text: {shown}{more}"})  # fmt: skip
     report("tokenized", {"kind": opts.kind, "vocab_size": tokenized.tokenizer.vocab_size,
                          "tokens": len(tokenized.ids), "chars": tokenized.chars,
                          "seconds": seconds, "cached": tokenized.cached})  # fmt: skip
@@ -247,7 +272,7 @@ def size_to_budget(
     spent = time.perf_counter() - t0
     lr = train_cfg.lr if opts.lr is not None else sizing.cell_lr(choice.rung, model_cfg.cell)
     dropout = model_cfg.dropout if opts.dropout is not None else choice.dropout
-    train_cfg = replace(train_cfg, budget=max(1.0, train_cfg.budget - spent), lr=lr)
+    train_cfg = replace(train_cfg, lr=lr)
     model_cfg = sizing.sized(model_cfg, choice.rung, embed_size=opts.embed or 0, dropout=dropout)
     chosen = f"{choice.rung}, lr {lr:g}, dropout {dropout:g}"
     report("message", {"text": (
@@ -295,7 +320,7 @@ def resume_run(options: TrainOptions, report: Report) -> Prepared:
     run = Run(
         model=model, model_cfg=model.cfg, train_cfg=train_cfg, tokenizer=ckpt["tokenizer"],
         train_ids=train_ids, val_ids=val_ids, corpus=corpus, run_dir=run_dir,
-        metrics=list(ckpt.get("metrics") or []),
+        metrics=list(ckpt.get("metrics") or []), curve=list(ckpt.get("train_curve") or []),
     )  # fmt: skip
     return Prepared(run, ckpt["resume"], {})
 

@@ -20,7 +20,7 @@ import json
 import re
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ class CorpusInfo:
     tokenizer: str = "char"
     n_train: int | None = None  # ids[:n_train] train; None: runs that split the ids instead
     val_chars: int | None = None  # characters spelled by the validation tokens after the first
+    skipped: list[list[str]] = field(default_factory=list)  # [file, why]: a folder's non-text files
+    n_skipped: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CorpusInfo:
@@ -74,6 +76,8 @@ class TokenizedCorpus:
     fingerprint: str = ""  # of the corpus text (sha256, 16 hex digits)
     chars: int = 0  # characters in the corpus
     path: Path | None = None  # the cache file holding `ids`, when there is one
+    sources: tuple[str, ...] = ()  # the files read (as CorpusStream.sources)
+    skipped: tuple[tuple[str, str], ...] = ()  # a folder's files left out as not text, and why
 
     @property
     def train_ids(self) -> np.ndarray:
@@ -194,8 +198,10 @@ def tokenize_corpus(
         result = _tokenize_chars(pieces, fingerprint, settings, cache_dir)
     else:
         result = _tokenize_learnt(pieces, fingerprint, settings, cache_dir)
+    result = replace(result, sources=tuple(getattr(pieces, "sources", ())),
+                     skipped=tuple(getattr(pieces, "skipped", ())))  # fmt: skip
     if cache_dir is not None and signature is not None and result.path is not None:
-        _write_signature(cache_dir, settings, signature, result.path.stem)
+        _write_signature(cache_dir, settings, signature, result)
     return result
 
 
@@ -387,16 +393,26 @@ def _signature_path(cache_dir: Path, settings: dict, signature: list[object]) ->
 def _read_by_signature(
     cache_dir: Path, settings: dict, signature: list[object]
 ) -> TokenizedCorpus | None:
+    """The entry the same files (paths, sizes, times) made, with the files it read and left
+    out; None when there is none or it is damaged."""
     try:
-        key = _signature_path(cache_dir, settings, signature).read_text(encoding="utf-8").strip()
-    except OSError:
+        entry = json.loads(_signature_path(cache_dir, settings, signature).read_text("utf-8"))
+        key = str(entry["key"])
+        sources = tuple(str(name) for name in entry["sources"])
+        skipped = tuple((str(name), str(why)) for name, why in entry["skipped"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return _read_cache(cache_dir, key) if re.fullmatch(r"[0-9a-f]{20}", key) else None
+    found = _read_cache(cache_dir, key) if re.fullmatch(r"[0-9a-f]{20}", key) else None
+    return None if found is None else replace(found, sources=sources, skipped=skipped)
 
 
-def _write_signature(cache_dir: Path, settings: dict, signature: list[object], key: str) -> None:
+def _write_signature(
+    cache_dir: Path, settings: dict, signature: list[object], t: TokenizedCorpus
+) -> None:
+    assert t.path is not None
+    entry = {"key": t.path.stem, "sources": t.sources, "skipped": t.skipped}
     try:
-        files.write_atomic(_signature_path(cache_dir, settings, signature), key)
+        files.write_atomic(_signature_path(cache_dir, settings, signature), json.dumps(entry))
     except files.FileWriteError:
         pass  # a cache that cannot be written only costs time next run
 

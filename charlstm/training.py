@@ -42,6 +42,29 @@ class TrainingDiverged(CharlstmError):
     """The loss became NaN or exploded; the message says what to try."""
 
 
+class TrainingOutOfMemory(CharlstmError):
+    """A step did not fit in memory; the message says what was saved and what to try."""
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or "allocate" in text and "memory" in text
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:120] if lines else type(e).__name__
+
+
+def _save_last(run: Run) -> bool:
+    """Write last.pt for where the run stands; False if even that fails."""
+    try:
+        save_checkpoint(run.checkpoint(with_resume=True), run.run_dir / "last.pt")
+        return True
+    except (CharlstmError, RuntimeError, MemoryError):
+        return False
+
+
 @dataclass
 class Position:
     """Where training stands; saved in last.pt so a resumed run replays the same batches."""
@@ -69,16 +92,22 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def progress_of(cfg: TrainConfig, pos: Position, layout: StreamLayout) -> float:
-    """Fraction of the run done: the largest of the limits' fractions (whichever ends first)."""
+def progress_of(
+    cfg: TrainConfig, pos: Position, layout: StreamLayout, reserve: float = 0.0
+) -> float:
+    """Fraction of the run done: the largest of the limits' fractions (whichever ends first).
+    `reserve` seconds of the budget count as spent already (the last validation's)."""
     parts = [0.0]
     if cfg.steps:
         parts.append(pos.step / cfg.steps)
     if cfg.epochs:
         parts.append(pos.step / (cfg.epochs * layout.windows_per_epoch))
     if cfg.budget:
-        parts.append(pos.elapsed / cfg.budget)
+        parts.append((pos.elapsed + reserve) / cfg.budget)
     return max(parts)
+
+
+RECORD_EVERY = 0.02  # of a run, between training-loss records in the metrics
 
 
 def make_optimizer(model: LanguageModel, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -144,7 +173,8 @@ class Run:
     corpus: CorpusInfo
     run_dir: Path
     pos: Position = field(default_factory=Position)
-    metrics: list[dict[str, Any]] = field(default_factory=list)
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # one record per validation
+    curve: list[dict[str, Any]] = field(default_factory=list)  # the training loss, steadily
     optimizer: torch.optim.Optimizer | None = None
     rnn_state: State | None = None  # this rank's streams only
     world: World = field(default_factory=World)  # the processes and the device
@@ -161,6 +191,7 @@ class Run:
             "tokenizer": self.tokenizer,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "metrics": list(self.metrics),
+            "train_curve": list(self.curve),
             "corpus": asdict(self.corpus),
             "step": self.pos.step,
             "tokens_seen": self.pos.tokens_seen,
@@ -251,8 +282,13 @@ def fit(
     window_start, window_tokens = time.perf_counter(), 0
     stop_reason = "limit reached"
     loss_value = math.nan
+    # The training loss is recorded at a steady cadence (every RECORD_EVERY of the run),
+    # averaged since the last record, so that even a short run has a curve to plot.
+    next_record = (int(progress_of(cfg, pos, layout) / RECORD_EVERY) + 1) * RECORD_EVERY
+    recorded_sum, recorded_n = 0.0, 0
 
-    while progress_of(cfg, pos, layout) < 1.0:
+    # A budget covers the last validation too: the loop ends when only its cost is left.
+    while progress_of(cfg, pos, layout, reserve=last_eval_cost) < 1.0:
         # Stop between steps, before any of the next window's random numbers are drawn, so
         # last.pt holds exactly where an uninterrupted run stands; every rank stops alike.
         if distributed.sum_across(world, [float(should_stop())])[0]:
@@ -274,9 +310,24 @@ def fit(
         for group in run.optimizer.param_groups:
             group["lr"] = lr
 
-        loss, state, grad_norm = train_step(
-            net, run.optimizer, scaler, x, y, run.rnn_state, cfg.clip, run.precision
-        )
+        try:
+            loss, state, grad_norm = train_step(
+                net, run.optimizer, scaler, x, y, run.rnn_state, cfg.clip, run.precision
+            )
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not _out_of_memory(e):
+                raise
+            # Nothing of this step was applied yet: last.pt can hold exactly where the run is.
+            saved = not world.active and _save_last(run)
+            raise TrainingOutOfMemory(
+                f"out of memory at step {pos.step + 1} ({_first_line(e)}); "
+                + (
+                    f"last.pt holds step {pos.step}: resume with --resume {run.run_dir}"
+                    if saved
+                    else "the last validation's last.pt is kept"
+                )
+                + "; a smaller --batch-size or --window needs less"
+            ) from None
         # One small all-reduce: the mean loss and rank 0's clock, so every rank takes the same
         # decisions.
         loss_value, elapsed = distributed.sum_across(
@@ -323,6 +374,12 @@ def fit(
             window_start, window_tokens = now, 0
 
         pos.train_seconds += time.perf_counter() - step_start
+        recorded_sum, recorded_n = recorded_sum + loss_value, recorded_n + 1
+        if progress >= next_record:
+            run.curve.append({"step": pos.step, "elapsed": round(pos.elapsed, 3),
+                              "train_loss": recorded_sum / recorded_n})  # fmt: skip
+            recorded_sum, recorded_n = 0.0, 0
+            next_record = (int(progress / RECORD_EVERY) + 1) * RECORD_EVERY
         decile = int(progress * 10)
         # On multiples of eval_every (not "since the last"), so a resumed run validates at the
         # same steps as an uninterrupted one.
@@ -347,6 +404,8 @@ def fit(
 
     if pos.step > last_eval_step or not run.metrics:
         _validate(run, loss_value, report)
+    if world.is_main:
+        _write_run_json(run, finished=stop_reason != "interrupted")
     scored = [m for m in run.metrics if m.get("val_loss") is not None]
     best_record = min(scored, key=lambda m: m["val_loss"], default=None)
     best = best_record["val_loss"] if best_record else None
@@ -428,8 +487,30 @@ def _validate(run: Run, train_loss: float, report: Report) -> float:
         write_atomic(
             run.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in run.metrics)
         )
+        _write_run_json(run, finished=False)
     report("eval", {**record, "best": improved})
     return record["eval_seconds"]
+
+
+def _write_run_json(run: Run, finished: bool) -> None:
+    """run.json: what `charlstm runs` lists, readable without torch (the checkpoints need it)."""
+    scored = [m for m in run.metrics if m.get("val_loss") is not None]
+    best = min(scored, key=lambda m: m["val_loss"], default=None)
+    cfg = run.train_cfg
+    summary = {
+        "model": asdict(run.model_cfg),
+        "parameters": run.model.num_parameters(),
+        "tokenizer": run.tokenizer.get("kind", "char"),
+        "corpus": asdict(run.corpus),
+        "step": run.pos.step,
+        "tokens_seen": run.pos.tokens_seen,
+        "elapsed": round(run.pos.elapsed, 3),
+        "best_val_loss": best["val_loss"] if best else None,
+        "best_val_bpc": best.get("val_bpc") if best else None,
+        "limits": {"budget": cfg.budget, "steps": cfg.steps, "epochs": cfg.epochs},
+        "finished": finished,
+    }
+    write_atomic(run.run_dir / "run.json", json.dumps(summary, indent=1) + "\n")
 
 
 def _reset_some(state: State, cfg: TrainConfig, step: int, streams: int, rows: slice) -> State:
