@@ -1407,6 +1407,13 @@ def visualize(
 # (the integer-exact model); only reading, writing and display live here.
 
 CompressInput = Annotated[str, typer.Argument(help="The file to read; - (default) reads stdin.")]
+ThreadsOption = Annotated[
+    int,
+    typer.Option(
+        help="CPU threads of the torch engine; 0 = all cores. (numpy's BLAS follows "
+        "OPENBLAS_NUM_THREADS.)"
+    ),
+]
 EngineOption = Annotated[
     str,
     typer.Option(
@@ -1478,14 +1485,14 @@ def compress(
         ),
     ] = 0,
     engine: EngineOption = "torch",
-    threads: Annotated[int, typer.Option(help="CPU threads; 0 = all cores.")] = 0,
+    threads: ThreadsOption = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
     """Compress a text with the model (exactly decodable on any machine) to stdout."""
     err = _err_console(quiet)
     if segments < 0:
         _fail(f"--segments must be 0 (from the length) or more, got {segments}", EXIT_USAGE)
-    if sys.stdout.isatty():
+    if sys.stdout.isatty():  # as gzip does: binary on a terminal helps no one
         _fail("refusing to write compressed data to a terminal; redirect it: > FILE.clz")
     from charlstm.compress import Codec, read_header, require_constriction
 
@@ -1509,6 +1516,7 @@ def compress(
         f"in {seconds:.1f}s ({len(data) / 1000 / max(seconds, 1e-9):,.1f} KB/s) · "
         f"{header.segments} segments",
         style="dim",
+        soft_wrap=True,
     )
 
 
@@ -1517,7 +1525,7 @@ def decompress(
     source: CompressInput = "-",
     model: ModelOption = None,
     engine: EngineOption = "torch",
-    threads: Annotated[int, typer.Option(help="CPU threads; 0 = all cores.")] = 0,
+    threads: ThreadsOption = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
     """Decompress a file made by `charlstm compress` with the same model, to stdout. Nothing is
@@ -1543,6 +1551,7 @@ def decompress(
         f"{len(blob):,} → {len(data):,} bytes in {seconds:.1f}s "
         f"({len(data) / 1000 / max(seconds, 1e-9):,.1f} KB/s)",
         style="dim",
+        soft_wrap=True,
     )
 
 

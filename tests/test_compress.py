@@ -154,6 +154,15 @@ def test_same_integers_on_every_engine_thread_count_and_batch(codec):
     assert (base >= 0).all() and (base.sum(axis=2) == (1 << 24) - base.shape[2]).all()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_computes_the_same_integers(codec):
+    data = PLAY.encode()[:1000]
+    gpu = Codec.__new__(Codec)
+    gpu.__dict__.update(codec.__dict__, device="cuda")
+    blob = codec.compress(data)
+    assert gpu.compress(data) == blob and gpu.decompress(blob) == data
+
+
 def test_compressed_bytes_equal_across_engines_and_threads(codec):
     data = PLAY.encode()[:1500]
     blobs = []
