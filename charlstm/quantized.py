@@ -59,6 +59,7 @@ EXP_BITS = 30  # exp table values: 2^30 at the top
 CODER_BITS = 24  # the range coder's probability precision (constriction's default)
 ESCAPE_WEIGHT = 1 << 8  # the escape symbol's share of 2^24: 2^-16, 2e-5 bits on every token
 _EXACT_LIMIT = 1 << 52  # float64 integers are exact below 2^53; keep a bit in hand
+_WEIGHT_LIMIT = 1 << 40  # |w_q| below this keeps int64 column sums of any real layer exact
 
 
 class QuantizeError(CharlstmError):
@@ -233,18 +234,17 @@ def _quantise(w: np.ndarray, bits: int) -> np.ndarray:
     if not np.isfinite(w).all():
         raise QuantizeError("the model has non-finite weights")
     scaled = np.ldexp(w, bits)
-    if np.abs(scaled).max(initial=0) >= _EXACT_LIMIT:
+    if np.abs(scaled).max(initial=0) >= _WEIGHT_LIMIT:
         raise QuantizeError("the model has weights too large to quantise exactly")
     return np.rint(scaled).astype(np.int64)
 
 
-def _check_exact(w_q: np.ndarray, x_max: int, bias: np.ndarray | None, what: str) -> None:
-    """Every column's Σ|w_q|·x_max (+|bias|) must stay below 2^52 for the GEMM to be exact.
-    Integer arithmetic (Python ints past int64) so the check itself cannot round."""
-    col = np.abs(w_q).sum(axis=0)  # (N,) int64: |w_q| < 2^52, K < 2^11
-    worst = int(col.max(initial=0)) * int(x_max)
-    if bias is not None:
-        worst += int(np.abs(bias).max(initial=0))
+def _check_exact(w_q: np.ndarray, x_max: int, what: str) -> None:
+    """x @ w_q is exact in float64 when every column's Σ|w_q|·max|x| stays below 2^52: then
+    every partial sum, in any order, is an integer float64 holds exactly. (Biases are added
+    afterwards, in int64.) Integer arithmetic, so the check itself cannot round."""
+    col = np.abs(w_q).sum(axis=0)  # (N,) int64: |w_q| < 2^40, so no overflow below 2^23 rows
+    worst = int(col.max(initial=0)) * int(x_max)  # a Python int: no overflow
     if worst >= _EXACT_LIMIT:
         raise QuantizeError(f"the model's {what} are too large to compute exactly in integers")
 
@@ -256,8 +256,8 @@ def _gates_ifog(w: np.ndarray) -> np.ndarray:
 
 
 class ExactLSTM:
-    """A char/BPE LSTM language model in integers: `step` gives the frequencies (B, V + 1) the
-    coder uses for the next token of each of B streams, the last column being the escape.
+    """A char/BPE LSTM language model in integers, giving the frequencies (B, V + 1) the coder
+    uses for the next token of each of B streams, the last column being the escape.
 
         m = ExactLSTM.from_model(net, start_token=nl)   # quantise once
         run = m.start(batch, engine="torch")           # a batch of streams from a zero state
@@ -331,18 +331,18 @@ class ExactLSTM:
             b_ih, b_hh = (_gates_ifog(f64(getattr(rnn, f"bias_{n}_l{k}"))) for n in ("ih", "hh"))
             bias = _quantise(b_ih, b_bits) + _quantise(b_hh, b_bits)
             if k == 0:
-                _check_exact(w_ih, int(np.abs(embed_q).max(initial=0)), bias, "embeddings")
+                _check_exact(w_ih, int(np.abs(embed_q).max(initial=0)), "embeddings")
                 table0 = _exact_matmul(embed_q, w_ih) + bias  # (V, 4H)
-                _check_exact(w_hh, a_max, table0, "layer-0 weights")
+                _check_exact(w_hh, a_max, "layer-0 weights")
                 recurrent.append(w_hh)
             else:
                 both = np.concatenate([w_ih, w_hh], axis=0)  # (2H, 4H)
-                _check_exact(both, a_max, bias, f"layer-{k} weights")
+                _check_exact(both, a_max, f"layer-{k} weights")
                 recurrent.append(both)
                 biases.append(bias)
         head = _quantise(f64(model.head.weight), W_BITS).T  # (H, V)
         head_bias = _quantise(f64(model.head.bias), b_bits)
-        _check_exact(head, a_max, head_bias, "output weights")
+        _check_exact(head, a_max, "output weights")
         assert table0 is not None
         return cls(table0, recurrent, biases, head, head_bias, start_token)
 

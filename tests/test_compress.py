@@ -220,8 +220,12 @@ def test_tables_and_format_are_pinned():
 def test_weights_too_large_for_exact_sums_are_refused():
     net = _random_model(5)
     with torch.no_grad():
+        net.rnn.weight_hh_l0.fill_(2.0**13)  # 16 products of 2^33 · 2^15 pass 2^52
+    with pytest.raises(QuantizeError, match="too large to compute exactly"):
+        ExactLSTM.from_model(net, start_token=0)
+    with torch.no_grad():
         net.rnn.weight_hh_l0.fill_(2.0**20)
-    with pytest.raises(QuantizeError, match="too large"):
+    with pytest.raises(QuantizeError, match="too large to quantise"):
         ExactLSTM.from_model(net, start_token=0)
 
 
