@@ -300,3 +300,10 @@ def test_cli_other_process_one_thread_numpy_decodes_all_threads_torch(run_dir, t
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert done.stdout == data and done.stderr == b""
+
+
+def test_cli_says_how_to_install_the_coder(run_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "constriction", None)  # as if not installed
+    result = _cli("compress", "-m", str(run_dir), stdin=b"abc")
+    assert result.exit_code == 1 and result.stdout_bytes == b""
+    assert "pip install 'charlstm[compress]'" in result.stderr
