@@ -295,20 +295,23 @@ class Codec:
             grid = np.zeros((h.segments, int(lengths[0])), dtype=np.int64)
             lits = np.zeros_like(grid)
             categorical, uniform = _models(c)
-            try:
-                decoder = c.stream.queue.RangeDecoder(np.frombuffer(payload, "<u4").copy())
+            decoder = c.stream.queue.RangeDecoder(np.frombuffer(payload, "<u4").copy())
 
-                def code(t: int, freqs: np.ndarray) -> np.ndarray:
-                    row_syms = decoder.decode(categorical, freqs).astype(np.int64)
-                    grid[: len(freqs), t] = row_syms
-                    rows = np.flatnonzero(row_syms == self.escape)
-                    if len(rows):
-                        lits[rows, t] = decoder.decode(uniform, len(rows))
-                    return row_syms
+            def decode(model: Any, arg: Any) -> np.ndarray:
+                try:
+                    return np.asarray(decoder.decode(model, arg), dtype=np.int64)
+                except Exception as e:  # constriction's complaint about data not its own
+                    raise CompressError(f"the compressed file is damaged ({e})") from e
 
-                self._run(lengths, code, progress)
-            except Exception as e:  # the coder's complaint about data that is not its own
-                raise CompressError(f"the compressed file is damaged ({e})") from e
+            def code(t: int, freqs: np.ndarray) -> np.ndarray:
+                row_syms = decode(categorical, freqs)
+                grid[: len(freqs), t] = row_syms
+                rows = np.flatnonzero(row_syms == self.escape)
+                if len(rows):
+                    lits[rows, t] = decode(uniform, len(rows))
+                return row_syms
+
+            self._run(lengths, code, progress)
             symbols, points = _from_grid(grid, lengths), _from_grid(lits, lengths)
             try:
                 data = self.text(symbols, points[symbols == self.escape])
