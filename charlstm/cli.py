@@ -1473,6 +1473,16 @@ class _CodingBar:
             self.progress.stop()
 
 
+def _load_codec(model: Path | None, engine: str) -> tuple[Path, Any]:
+    """The checkpoint's path and the model ready to code. Quietly: a failure later must leave
+    one line on stderr, so the path is said in the summary instead."""
+    from charlstm.checkpoint import resolve_checkpoint
+    from charlstm.compress import Codec
+
+    net, tokenizer, _ = _load_model(model, _err_console(quiet=True))
+    return resolve_checkpoint(model), Codec(net, tokenizer, engine=engine)
+
+
 @_command
 def compress(
     source: CompressInput = "-",
@@ -1481,7 +1491,8 @@ def compress(
         int,
         typer.Option(
             help="Code the input as this many segments side by side, each from a zero state "
-            "(faster in a batch, a few bits each). 0 = one per 2,048 tokens, at most 256.",
+            "(several times faster in a batch; about 16 bits each). 0 = one per 2,048 tokens, "
+            "at most 256.",
         ),
     ] = 0,
     engine: EngineOption = "torch",
@@ -1494,13 +1505,12 @@ def compress(
         _fail(f"--segments must be 0 (from the length) or more, got {segments}", EXIT_USAGE)
     if sys.stdout.isatty():  # as gzip does: binary on a terminal helps no one
         _fail("refusing to write compressed data to a terminal; redirect it: > FILE.clz")
-    from charlstm.compress import Codec, read_header, require_constriction
+    from charlstm.compress import read_header, require_constriction
 
     require_constriction()
     _set_threads(threads)
     data = _read_input(source)
-    net, tokenizer, _ = _load_model(model, err)
-    codec = Codec(net, tokenizer, engine=engine)
+    path, codec = _load_codec(model, engine)
     bar = _CodingBar(err, "compress")
     t0 = time.perf_counter()
     try:
@@ -1512,7 +1522,8 @@ def compress(
     header = read_header(blob)
     chars = len(data.decode("utf-8", errors="surrogateescape"))
     err.print(
-        f"{len(data):,} → {len(blob):,} bytes ({8 * len(blob) / max(chars, 1):.3f} bits/char) "
+        f"{path}: {len(data):,} → {len(blob):,} bytes "
+        f"({8 * len(blob) / max(chars, 1):.3f} bits/char) "
         f"in {seconds:.1f}s ({len(data) / 1000 / max(seconds, 1e-9):,.1f} KB/s) · "
         f"{header.segments} segments",
         style="dim",
@@ -1531,14 +1542,13 @@ def decompress(
     """Decompress a file made by `charlstm compress` with the same model, to stdout. Nothing is
     written unless the whole text matches the checksum the file carries."""
     err = _err_console(quiet)
-    from charlstm.compress import Codec, read_header, require_constriction
+    from charlstm.compress import read_header, require_constriction
 
     require_constriction()
     _set_threads(threads)
     blob = _read_input(source)
     read_header(blob)  # a file that is no compressed file fails before the model loads
-    net, tokenizer, _ = _load_model(model, err)
-    codec = Codec(net, tokenizer, engine=engine)
+    path, codec = _load_codec(model, engine)
     bar = _CodingBar(err, "decompress")
     t0 = time.perf_counter()
     try:
@@ -1548,7 +1558,7 @@ def decompress(
     seconds = time.perf_counter() - t0
     _write_stdout_bytes(data)
     err.print(
-        f"{len(blob):,} → {len(data):,} bytes in {seconds:.1f}s "
+        f"{path}: {len(blob):,} → {len(data):,} bytes in {seconds:.1f}s "
         f"({len(data) / 1000 / max(seconds, 1e-9):,.1f} KB/s)",
         style="dim",
         soft_wrap=True,
