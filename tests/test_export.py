@@ -433,3 +433,94 @@ def test_page_screenshot_shows_its_controls(page, tmp_path):
     for panel in ("prime", "out"):
         assert (inside(panel).min(axis=1) > 200).mean() > 0.5, panel
     assert (inside("out").max(axis=1) < 160).mean() > 0.003, "no text in the output panel"
+
+
+class _DevTools:
+    """Chromium driven over the DevTools protocol on a pipe (fds 3 and 4): no port, no npm."""
+
+    def __init__(self, tmp: Path, url: str) -> None:
+        to_chrome, self._out = os.pipe()  # chromium reads commands on its fd 3
+        self._in, from_chrome = os.pipe()  # and writes replies and events on its fd 4
+
+        def fds() -> None:
+            os.dup2(to_chrome, 3)
+            os.dup2(from_chrome, 4)
+
+        self.proc = subprocess.Popen(
+            [CHROMIUM or "chromium", "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--remote-debugging-pipe",
+             f"--user-data-dir={tmp / 'profile-cdp'}", "--window-size=1000,760", url],
+            pass_fds=(3, 4), preexec_fn=fds, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        os.close(to_chrome)
+        os.close(from_chrome)
+        self._id, self._buffer, self.session = 0, b"", None
+        targets = self.call("Target.getTargets")["targetInfos"]
+        page = next(t for t in targets if t["type"] == "page")
+        self.session = self.call("Target.attachToTarget", targetId=page["targetId"],
+                                 flatten=True)["sessionId"]  # fmt: skip
+
+    def call(self, method: str, **params) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params}
+        if self.session and not method.startswith(("Target.", "Browser.")):
+            message["sessionId"] = self.session
+        os.write(self._out, json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in self._buffer:
+                chunk = os.read(self._in, 1 << 16)
+                assert chunk, "chromium closed the pipe"
+                self._buffer += chunk
+            raw, self._buffer = self._buffer.split(b"\0", 1)
+            reply = json.loads(raw)
+            if reply.get("id") == self._id:
+                assert "error" not in reply, reply
+                return reply["result"]
+
+    def js(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        assert "exceptionDetails" not in result, result
+        return result["result"].get("value")
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close")
+        finally:
+            self.proc.wait(timeout=30)
+            os.close(self._out)
+            os.close(self._in)
+
+
+@pytest.mark.skipif(CHROMIUM is None and not IN_CI, reason="needs chromium (.ci/run installs it)")
+def test_page_streams_text_as_it_is_made_and_stops(page, tmp_path):
+    """Used as a person uses it: type a prime, press Generate; the text grows while it is made
+    (several reads, each longer), the status shows characters per second, Stop halts it and
+    gives Generate back; the text starts with the prime."""
+    import time
+
+    browser = _DevTools(tmp_path, page.as_uri())
+    try:
+        deadline = time.time() + 30
+        ready = "!!(document.body && document.body.dataset.layout)"  # the page's script ran
+        while not browser.js(ready) and time.time() < deadline:
+            time.sleep(0.05)
+        browser.js("""document.getElementById('prime').value = 'ROMEO:';
+                      document.getElementById('length').value = '1000000';
+                      document.getElementById('generate').click();""")
+        sizes = []
+        for _ in range(4):
+            time.sleep(0.3)
+            sizes.append(browser.js("document.getElementById('out').textContent.length"))
+        assert sizes == sorted(sizes) and sizes[0] > 6 and sizes[-1] > sizes[0], sizes
+        assert browser.js("document.getElementById('generate').disabled") is True
+        assert "characters/second" in browser.js("document.getElementById('status').textContent")
+        browser.js("document.getElementById('stop').click()")
+        stopped = browser.js("document.getElementById('out').textContent")
+        time.sleep(0.3)
+        assert browser.js("document.getElementById('out').textContent") == stopped
+        assert stopped.startswith("ROMEO:") and len(stopped) < 1_000_006
+        assert browser.js("document.getElementById('generate').disabled") is False
+    finally:
+        browser.close()
