@@ -8,8 +8,9 @@ browser page in headless Chromium.
 One char model (2 layers × --hidden, one training step on tiny-shakespeare: speed does not
 depend on training) is measured, each figure the median of --repeats, the engines alternating:
 
-1. launch to first character: `charlstm sample -m RUN --length 1 --engine E` in a fresh
-   process, to the first byte on stdout (and `python -c "import torch"` for comparison).
+1. launch to first character: `charlstm sample -m RUN --length 1 --engine E --prime TEXT
+   --no-echo-prime` in a fresh process, to the first byte on stdout (the first generated
+   character; `python -c "import torch"` for comparison).
 2. one stream, characters per second: both engines' generators in this process, one thread
    each (numpy's BLAS via OPENBLAS_NUM_THREADS=1, torch.set_num_threads(1): what `sample` uses
    for one stream), --chars characters from the same prime; then the CLI end to end (first
@@ -173,8 +174,9 @@ def main() -> None:
              "-q"], cwd=work, check=True,
         )  # fmt: skip
         run = work / "checkpoints" / "m"
+        # The prime is not echoed: the first byte is the first generated character.
         sample = [py, "-m", "charlstm", "sample", "-m", str(run), "--seed", "1", "-q",
-                  "--prime", PRIME]  # fmt: skip
+                  "--prime", PRIME, "--no-echo-prime"]  # fmt: skip
 
         firsts: dict[str, list[float]] = {"numpy": [], "torch": []}
         ends: dict[str, list[float]] = {"numpy": [], "torch": []}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,8 +84,8 @@ def load(
     if where.suffix == ".safetensors":
         model = read_portable(where)
         if engine == "torch" or not on_cpu:
-            return Model.from_portable(model).to(device)
-        return Model.from_portable(model, checkpoint=None)
+            return Model.from_portable(model, engine="torch").to(device)
+        return Model.from_portable(model)
     if engine != "torch" and on_cpu:
         fresh = fresh_portable(where)
         if fresh is not None:
@@ -181,8 +181,8 @@ class Model:
         """A model read from a model file; `engine` "torch" builds torch's model from it now."""
         assert model.path is not None
         path = checkpoint if checkpoint is not None else model.path
-        out = cls(None, model.tokenizer, path, {"model_config": model.config, **model.run},
-                  portable=model, checkpoint=checkpoint)  # fmt: skip
+        meta = {"model_config": asdict(model.config), **model.run}
+        out = cls(None, model.tokenizer, path, meta, portable=model, checkpoint=checkpoint)
         if engine == "torch":
             out.portable = None
             out._net = out._build_net(model)

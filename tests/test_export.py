@@ -190,6 +190,28 @@ def test_sampling_from_the_model_file_never_imports_torch(run_dir):
     assert (run_dir / "page.html").stat().st_size > 0
 
 
+def test_load_chooses_the_engine_and_evaluates_with_torch(run_dir):
+    """load(): numpy for a run with its model file, torch when asked (also from the model file
+    alone); the same text either way; evaluating a numpy-engine model builds torch's model from
+    best.pt and gives best.pt's figures; a wrong engine or numpy on a GPU is a usage error."""
+    from charlstm.errors import UsageError
+
+    text = "ROMEO:\nBut soft, what light through yonder window breaks?\n"
+    fast, slow = load(run_dir), load(run_dir, engine="torch")
+    alone = load(run_dir / "model.safetensors", engine="torch")
+    assert (fast.engine, slow.engine, alone.engine) == ("numpy", "torch", "torch")
+    assert fast.path == slow.path == run_dir / "best.pt"
+    samples = {"".join(m.generate("JULIET:", length=80, seed=2)) for m in (fast, slow, alone)}
+    assert len(samples) == 1
+    assert fast.samples(3, "JULIET:", length=40, seed=4) == slow.samples(3, "JULIET:", length=40,
+                                                                        seed=4)  # fmt: skip
+    assert fast.evaluate(text).loss == slow.evaluate(text).loss
+    assert abs(alone.evaluate(text).loss - slow.evaluate(text).loss) < 1e-5
+    for bad in ({"engine": "jax"}, {"engine": "numpy", "device": "cuda"}):
+        with pytest.raises(UsageError):
+            load(run_dir, **bad)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
