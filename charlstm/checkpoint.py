@@ -6,7 +6,8 @@ A checkpoint is a dict of tensors and plain Python values:
 and, in last.pt only, "resume": optimizer state, data position, carried state. (The random
 draws of a step are a function of the seed and the step: no RNG state is needed to resume.)
 
-Nothing is built from a file before `read_checkpoint` has checked all of it.
+Nothing is built from a file before `read_checkpoint` has checked all of it (the checks that
+need no torch live in checks.py, shared with model.safetensors' reader, portable.py).
 """
 
 from __future__ import annotations

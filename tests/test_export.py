@@ -473,8 +473,8 @@ class _DevTools:
              "--disable-quic", "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--remote-debugging-pipe",
              f"--user-data-dir={tmp / 'profile-cdp'}", "--window-size=1000,760", url],
-            pass_fds=(3, 4), preexec_fn=fds, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            # dup2 makes fds 3 and 4 inheritable; every other fd Python opened is close-on-exec
+            close_fds=False, preexec_fn=fds, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         os.close(to_chrome)
         os.close(from_chrome)
