@@ -15,25 +15,30 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from charlstm import runs
-from charlstm.checkpoint import describe, read_checkpoint, resolve_checkpoint
+from charlstm.checks import CheckpointError, resolve_checkpoint
 from charlstm.choice import check_seed, choose, seeded
 from charlstm.config import CHECKPOINTS, SampleConfig, TrainOptions
 from charlstm.errors import CharlstmError, UsageError
-from charlstm.evaluate import EvalResult, evaluate_ids, score_lines, token_losses
-from charlstm.model import LanguageModel
-from charlstm.sample import generate
-from charlstm.step import Stepper
+from charlstm.portable import Portable, fresh_portable, portable_path, read_portable
 from charlstm.tokenizer import AnyTokenizer
-from charlstm.tokens import spelled_chars
-from charlstm.training import Report
+
+if TYPE_CHECKING:  # these import torch: only the calls that need it load them
+    import torch
+
+    from charlstm.evaluate import EvalResult
+    from charlstm.model import LanguageModel
+    from charlstm.npstep import NumpyStepper
+    from charlstm.training import Report
+
+# How a model generates: numpy (from model.safetensors, no torch), torch, or auto: numpy when
+# the model file is there (and up to date) and the model runs on the CPU.
+ENGINES = ("auto", "numpy", "torch")
 
 
 def train(
@@ -50,6 +55,8 @@ def train(
     with last.pt saved."""
     if isinstance(corpus, str):
         corpus = [corpus]
+    from charlstm import runs
+
     opts = TrainOptions(corpus=list(corpus or []), **options)
     return runs.train(opts, report=report or runs._ignore, should_stop=should_stop or runs._never)
 
@@ -59,19 +66,71 @@ def load(
     *,
     checkpoints: str | Path = CHECKPOINTS,
     device: str | torch.device = "cpu",
+    engine: str = "auto",
 ) -> Model:
-    """The model in a run folder (its best.pt, else last.pt) or a checkpoint file; with no
-    path, the most recently written best.pt under `checkpoints`."""
+    """The model in a run folder (its best.pt, else last.pt), a checkpoint file or a model file
+    (.safetensors); with no path, the most recently written best.pt under `checkpoints`.
+
+    `engine` says what generates: "numpy" from the checkpoint's model.safetensors, without
+    importing torch (the CPU only); "torch"; "auto" (the default): numpy when that file is
+    there, up to date, and the device is the CPU. Evaluating and tracing always use torch,
+    loaded when first asked for."""
+    if engine not in ENGINES:
+        raise UsageError(f"--engine must be {', '.join(ENGINES)}; got {engine!r}")
     where = resolve_checkpoint(None if path is None else Path(path), Path(checkpoints))
+    on_cpu = str(device) == "cpu"
+    if engine == "numpy" and not on_cpu:
+        raise UsageError(f"--engine numpy runs on the CPU, not {device}; use --engine torch")
+    if where.suffix == ".safetensors":
+        model = read_portable(where)
+        if engine == "torch" or not on_cpu:
+            return Model.from_portable(model, engine="torch").to(device)
+        return Model.from_portable(model)
+    if engine != "torch" and on_cpu:
+        fresh = fresh_portable(where)
+        if fresh is not None:
+            return Model.from_portable(read_portable(fresh), checkpoint=where)
+        if engine == "numpy":
+            raise CheckpointError(
+                f"--engine numpy needs an up-to-date {portable_path(where).name} beside '{where}'; "
+                f"write it with: charlstm export {where}"
+            )
+    from charlstm.checkpoint import read_checkpoint
+
     ckpt = read_checkpoint(where)
     meta = {k: v for k, v in ckpt.data.items() if k != "model"}
     return Model(ckpt.model().to(device), ckpt.tokenizer, where, meta)
 
 
 def info(path: str | Path | None = None, *, checkpoints: str | Path = CHECKPOINTS) -> dict:
-    """What a checkpoint holds (as `charlstm info --json`), read without building the model."""
+    """What a checkpoint or model file holds (as `charlstm info --json`), read without building
+    the model."""
     where = resolve_checkpoint(None if path is None else Path(path), Path(checkpoints))
+    if where.suffix == ".safetensors":
+        from charlstm.portable import describe_portable
+
+        return describe_portable(read_portable(where))
+    from charlstm.checkpoint import describe, read_checkpoint
+
     return describe(read_checkpoint(where).data, where)
+
+
+def export(
+    path: str | Path | None = None,
+    *,
+    html: str | Path | None = None,
+    onnx: str | Path | None = None,
+    checkpoints: str | Path = CHECKPOINTS,
+) -> list[Path]:
+    """Write a checkpoint's model.safetensors (torch-free sampling), and with `html` a
+    self-contained browser page, with `onnx` a one-step ONNX graph (export.py). Given a
+    .safetensors file, only the page and the graph are written, and torch is not needed.
+    Returns the files written."""
+    from charlstm.export import export as export_files
+
+    where = resolve_checkpoint(None if path is None else Path(path), Path(checkpoints))
+    return export_files(where, html=None if html is None else Path(html),
+                        onnx=None if onnx is None else Path(onnx))  # fmt: skip
 
 
 def random_seed() -> int:
@@ -93,28 +152,84 @@ class Model:
     """A trained model with its tokenizer, ready to generate, score and trace text."""
 
     def __init__(
-        self, net: LanguageModel, tokenizer: AnyTokenizer, path: Path, meta: dict[str, Any]
+        self,
+        net: LanguageModel | None,
+        tokenizer: AnyTokenizer,
+        path: Path,
+        meta: dict[str, Any],
+        *,
+        portable: Portable | None = None,
+        checkpoint: Path | None = None,
     ) -> None:
-        self.net = net
+        assert net is not None or portable is not None, "a model needs its weights"
+        self._net = net
         self.tokenizer = tokenizer
-        self.path = path  # the checkpoint file it came from
+        self.path = path  # the checkpoint file it came from (or its model file alone)
         self.meta = meta  # the checkpoint's other entries: configs, metrics, corpus, step, ...
+        # The model file's weights when numpy generates; None when torch does.
+        self.portable = portable
+        # The checkpoint a numpy-engine model belongs to: torch's model is built from it when
+        # first needed (evaluate, trace), else from the model file itself.
+        self._checkpoint = checkpoint
+        self._config = net.cfg if net is not None else portable.config  # type: ignore[union-attr]
+        self._stepper: NumpyStepper | None = None
+
+    @classmethod
+    def from_portable(
+        cls, model: Portable, *, checkpoint: Path | None = None, engine: str = "numpy"
+    ) -> Model:
+        """A model read from a model file; `engine` "torch" builds torch's model from it now."""
+        assert model.path is not None
+        path = checkpoint if checkpoint is not None else model.path
+        meta = {"model_config": asdict(model.config), **model.run}
+        out = cls(None, model.tokenizer, path, meta, portable=model, checkpoint=checkpoint)
+        if engine == "torch":
+            out.portable = None
+            out._net = out._build_net(model)
+        return out
+
+    @property
+    def engine(self) -> str:
+        """What generates: "numpy" or "torch"."""
+        return "numpy" if self.portable is not None else "torch"
+
+    @property
+    def net(self) -> LanguageModel:
+        """torch's model (imports torch): built from the checkpoint, or the model file, when
+        first asked for."""
+        if self._net is None:
+            self._net = self._build_net(self.portable)
+        return self._net
+
+    def _build_net(self, model: Portable | None) -> LanguageModel:
+        if self._checkpoint is not None:
+            from charlstm.checkpoint import read_checkpoint
+
+            return read_checkpoint(self._checkpoint).model()
+        from charlstm.export import model_from_portable
+
+        assert model is not None
+        return model_from_portable(model)
 
     @property
     def config(self) -> Any:
-        return self.net.cfg
+        return self._config
 
     @property
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
     def to(self, device: str | torch.device) -> Model:
-        self.net.to(device)
+        """Move torch's model to `device`; on any device but the CPU, torch generates."""
+        if str(device) != "cpu":
+            self.portable = None
+        if self._net is not None or self.portable is None:
+            self.net.to(device)
         return self
 
     # ------------------------------------------------------------------------- generating
 
-    def encode_prime(self, prime: str | None, on_unknown: str = "error") -> torch.Tensor:
+    def encode_prime(self, prime: str | None, on_unknown: str = "error") -> np.ndarray:
         """The prime's ids (P,), P ≥ 1. Tokens the model never saw are an error naming them, or
         dropped (on_unknown="skip"); no prime starts after a newline, as at a line start."""
         if on_unknown not in ("error", "skip"):
@@ -136,9 +251,9 @@ class Model:
                 )
             ids = tok.encode(prime, skip_unknown=True)
             if len(ids):
-                return torch.from_numpy(ids.astype("int64"))
+                return ids.astype(np.int64)
         newline = tok.encode("\n", skip_unknown=True)
-        return torch.tensor([int(newline[-1]) if len(newline) else 0])
+        return np.array([int(newline[-1]) if len(newline) else 0], dtype=np.int64)
 
     def generate(
         self,
@@ -170,15 +285,32 @@ class Model:
         greedy: bool = False,
         seed: int | None = None,
         on_unknown: str = "error",
-    ) -> tuple[torch.Tensor, SampleConfig, np.random.Generator]:
+    ) -> tuple[np.ndarray, SampleConfig, np.random.Generator]:
         """What generating needs, every option checked: the prime's ids, the config, the RNG."""
         cfg = SampleConfig.build(length, temp, top_k, top_p, greedy=greedy)
         return self.encode_prime(prime, on_unknown), cfg, _generator(seed)
 
+    def _ids(
+        self, prime_ids: np.ndarray, cfg: SampleConfig, rng: np.random.Generator, batch: int = 1
+    ) -> Iterator[np.ndarray]:
+        """The ids (batch,) of each new token, from whichever engine generates."""
+        if self.portable is not None:
+            from charlstm.npstep import NumpyStepper, generate
+
+            if self._stepper is None:  # the table and joined matrices, made once
+                self._stepper = NumpyStepper(self.portable)
+            return generate(self._stepper.fork(), prime_ids, cfg, rng, batch)
+        import torch
+
+        from charlstm.sample import generate as torch_generate
+
+        prime = torch.from_numpy(prime_ids).to(self.device)
+        return torch_generate(self.net, prime, cfg, rng, batch)
+
     def _pieces(
-        self, prime_ids: torch.Tensor, cfg: SampleConfig, generator: np.random.Generator
+        self, prime_ids: np.ndarray, cfg: SampleConfig, generator: np.random.Generator
     ) -> Iterator[str]:
-        tokens = (int(t[0]) for t in generate(self.net, prime_ids, cfg, generator))
+        tokens = (int(t[0]) for t in self._ids(prime_ids, cfg, generator))
         return decoded(self.tokenizer, tokens)
 
     def samples(self, n: int, prime: str | None = None, **options: Any) -> list[str]:
@@ -191,7 +323,7 @@ class Model:
         if n > 1 and cfg.length * n > 100_000_000:
             raise UsageError("--length × --num-samples must be at most 100,000,000 tokens")
         rows: list[list[int]] = [[] for _ in range(n)]
-        for tokens in generate(self.net, prime_ids, cfg, generator, batch=n):  # (n,)
+        for tokens in self._ids(prime_ids, cfg, generator, batch=n):  # (n,)
             for row, token in zip(rows, tokens.tolist(), strict=True):
                 row.append(token)
         return ["".join(until_stop(iter([self.tokenizer.decode(row)]), stops)) for row in rows]
@@ -228,6 +360,8 @@ class Model:
         token predicted once with the state carried (`streams` parallel streams, each warmed on
         the text before it); `reset_every` N scores blocks of N tokens from a zero state."""
         from charlstm.device import autocast, check_precision
+        from charlstm.evaluate import evaluate_ids
+        from charlstm.tokens import spelled_chars
 
         if streams < 1:
             raise UsageError(f"--streams must be at least 1, got {streams}")
@@ -250,6 +384,8 @@ class Model:
         that carries the state through the whole text (a line's newline counts in that line;
         the first token is not predicted). "line" is the line as written where the lines of
         the text and of the scored tokens match up (nothing skipped across a line)."""
+        from charlstm.evaluate import score_lines, token_losses
+
         enc = text if isinstance(text, EncodedText) else self.encode_text(text)
         _need_two(enc.ids)
         losses = token_losses(self.net, enc.ids)
@@ -267,13 +403,15 @@ class Model:
     def trace(self, text: str, *, layer: int | None = None, max_chars: int = 2000) -> Trace:
         """The activations of one layer (default: the last) at each character of `text`'s
         first `max_chars` known characters (visualize.trace); char models only."""
+        import torch
+
         from charlstm.visualize import trace
 
         if self.tokenizer.kind != "char":
             raise CharlstmError(
                 f"visualize colours characters: it needs a char model, not {self.tokenizer.kind}"
             )
-        n_layers = self.net.cfg.num_layers
+        n_layers = self.config.num_layers
         layer = n_layers - 1 if layer is None else layer
         if not 0 <= layer < n_layers:
             raise UsageError(f"--layer must be between 0 and {n_layers - 1}, got {layer}")
@@ -299,20 +437,24 @@ class Session:
     """
 
     def __init__(self, model: Model, cfg: SampleConfig, rng: np.random.Generator) -> None:
+        from charlstm.step import Stepper
+
         self.model, self.cfg, self.rng = model, cfg, rng
         self.stepper = Stepper(model.net)
         self.state = self.stepper.zero_state(1)
         self.logits: torch.Tensor | None = None  # (1, V): the prediction after the last token
 
-    @torch.inference_mode()
     def feed(self, text: str) -> list[str]:
         """Read `text` into the state (characters the model never saw are skipped; returned)."""
+        import torch
+
         tok = self.model.tokenizer
         unknown = tok.unknown(text)
         ids = tok.encode(text, skip_unknown=True)
         if len(ids):
             x = torch.from_numpy(ids.astype("int64"))[None].to(self.model.device)
-            logits, self.state = self.model.net(x, self.state)
+            with torch.inference_mode():
+                logits, self.state = self.model.net(x, self.state)
             self.logits = logits[:, -1]
         return unknown
 
@@ -322,12 +464,11 @@ class Session:
         if self.logits is None:
             self.feed("\n")  # nothing read yet: start as at the start of a line
         n = self.cfg.length if length is None else length
-        return until_stop(self._reply(n), _stops(stop))
-
-    def _reply(self, n: int) -> Iterator[str]:
-        return decoded(self.model.tokenizer, self._tokens(n))
+        return until_stop(decoded(self.model.tokenizer, self._tokens(n)), _stops(stop))
 
     def _tokens(self, n: int) -> Iterator[int]:
+        import torch
+
         self.stepper.start(self.state)
         last = self.logits
         assert last is not None
@@ -399,4 +540,4 @@ def _need_two(ids: np.ndarray) -> None:
         raise CharlstmError("the text is too short to evaluate: it needs at least 2 known tokens")
 
 
-__all__ = ["EncodedText", "Model", "Session", "Trace", "info", "load", "train"]
+__all__ = ["ENGINES", "EncodedText", "Model", "Session", "Trace", "export", "info", "load", "train"]

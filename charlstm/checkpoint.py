@@ -6,37 +6,41 @@ A checkpoint is a dict of tensors and plain Python values:
 and, in last.pt only, "resume": optimizer state, data position, carried state. (The random
 draws of a step are a function of the seed and the step: no RNG state is needed to resume.)
 
-Nothing is built from a file before `read_checkpoint` has checked all of it.
+Nothing is built from a file before `read_checkpoint` has checked all of it (the checks that
+need no torch live in checks.py, shared with model.safetensors' reader, portable.py).
 """
 
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from charlstm import __version__
-from charlstm.config import CHECKPOINTS, ModelConfig, TrainConfig
-from charlstm.errors import CharlstmError
+from charlstm.checks import (  # noqa: F401  (resolve_checkpoint, check_size: re-exported)
+    CheckpointError,
+    SizeError,
+    check_size,
+    check_tokenizer,
+    model_config,
+    parameter_count,
+    resolve_checkpoint,
+)
+from charlstm.checks import Invalid as _Invalid
+from charlstm.checks import config_from_dict as _config
+from charlstm.checks import number as _number
+from charlstm.checks import require as _require
+from charlstm.config import ModelConfig, TrainConfig
 from charlstm.files import FileWriteError, write_atomic
 from charlstm.model import LanguageModel
-from charlstm.tokenizer import AnyTokenizer, tokenizer_from_dict
+from charlstm.tokenizer import AnyTokenizer
 from charlstm.tokens import CorpusInfo
 
 FORMAT = "charlstm"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(CharlstmError):
-    """A checkpoint that is missing or cannot be used; the message is one line for the user."""
-
-
-class SizeError(CharlstmError):
-    """A model too big for this machine's memory, refused before anything is allocated."""
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
@@ -77,35 +81,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def resolve_checkpoint(model: Path | None, root: Path = CHECKPOINTS) -> Path:
-    """A checkpoint file, a run folder (its best.pt, else last.pt), or, with none given,
-    the most recently written best.pt under `root`."""
-    if model is None:
-        found = sorted(root.glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise CheckpointError(
-                f"no trained model under '{root}/'; train one with `charlstm train CORPUS` "
-                "or pass --model PATH"
-            )
-        return found[-1]
-    if model.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (model / name).is_file():
-                return model / name
-        runs = sorted(p.name for p in model.iterdir() if p.is_dir() and (
-            (p / "best.pt").is_file() or (p / "last.pt").is_file()))  # fmt: skip
-        if runs:
-            shown = ", ".join(runs[:12]) + (f" and {len(runs) - 12} more" if len(runs) > 12 else "")
-            raise CheckpointError(
-                f"'{model}' is a folder of runs, not one: pick one with -m {model}/NAME "
-                f"({shown}; `charlstm runs` lists them)"
-            )
-        raise CheckpointError(f"'{model}' holds no best.pt or last.pt")
-    if not model.exists():
-        raise CheckpointError(f"no checkpoint at '{model}'")
-    return model
-
-
 # ------------------------------------------------------------------------------------ validation
 #
 # Everything built from a file is built from what `read_checkpoint` has checked: the types of
@@ -114,8 +89,6 @@ def resolve_checkpoint(model: Path | None, root: Path = CHECKPOINTS) -> Path:
 # training state. A file that fails any check is refused with one line saying what is wrong.
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-# Gate blocks per layer, by cell: what a layer's weights cost.
-_GATES = {"lstm": 4, "gru": 3, "rnn": 1, "peephole": 4, "coupled": 3}
 
 
 @dataclass
@@ -145,100 +118,10 @@ def read_checkpoint(path: Path, *, resume: bool = False) -> Checkpoint:
         raise CheckpointError(f"'{path}' is damaged or not usable: {e}") from None
 
 
-class _Invalid(Exception):
-    pass
-
-
-def _require(ok: bool, what: str) -> None:
-    if not ok:
-        raise _Invalid(what)
-
-
-def _typed(value: object, kind: str) -> bool:
-    """Whether `value` is of a dataclass field's declared type (as written in the source)."""
-    if value is None:
-        return "None" in kind
-    if isinstance(value, bool):
-        return kind.startswith("bool")
-    if isinstance(value, int):
-        return kind.startswith(("int", "float"))
-    if isinstance(value, float):
-        return kind.startswith("float") and math.isfinite(value)
-    if isinstance(value, str):
-        return kind.startswith("str")
-    if isinstance(value, list):
-        inner = kind.split(" |")[0].removeprefix("list[").removesuffix("]")
-        if inner.startswith("list["):
-            return all(isinstance(v, list) and _typed(v, inner) for v in value)
-        item = {"int": int, "str": str}.get(inner)
-        return item is not None and all(
-            isinstance(v, item) and not isinstance(v, bool) for v in value
-        )
-    return False
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _config(cls: type, d: object, name: str) -> Any:
-    """An instance of the config dataclass `cls` from a checkpoint's dict, every field typed."""
-    _require(isinstance(d, dict), f"{name} is {type(d).__name__}, not a dict")
-    assert isinstance(d, dict)
-    known = {f.name: f.type for f in fields(cls)}
-    for key, value in d.items():
-        _require(key in known, f"{name} has an unknown field {key!r}")
-        _require(_typed(value, str(known[key])), f"{name}.{key} = {value!r} is not a {known[key]}")
-    try:
-        return cls(**d)
-    except (TypeError, ValueError) as e:
-        raise _Invalid(f"{name}: {e}") from None
-
-
-def parameter_count(cfg: ModelConfig) -> int:
-    """The parameters a model of `cfg` holds, computed without building it."""
-    g, h, e, v = _GATES[cfg.cell], cfg.hidden_size, cfg.embed_size, cfg.vocab_size
-    layers = sum(g * h * ((e if k == 0 else h) + h + 2) for k in range(min(cfg.num_layers, 2)))
-    layers += max(cfg.num_layers - 2, 0) * g * h * (2 * h + 2)
-    if cfg.cell == "peephole":
-        layers += cfg.num_layers * 3 * h
-    return v * e + layers + (0 if cfg.tie_weights else v * h) + v
-
-
-def memory_bytes() -> int:
-    """This machine's physical memory."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 16 << 30
-
-
-def check_size(cfg: ModelConfig, what: str = "the model", training: bool = False) -> None:
-    """Refuse, before anything is allocated, a model this machine cannot hold: its weights
-    alone over half of the memory, or, to train, weights, gradients and AdamW's two moments
-    over 80% of it."""
-    n = parameter_count(cfg)
-    need, have = (16 if training else 4) * n, memory_bytes()
-    if need > (0.8 if training else 0.5) * have:
-        purpose = "to train (weights, gradients, optimizer state)" if training else "of weights"
-        raise SizeError(
-            f"{what} ({cfg.num_layers}×{cfg.hidden_size}, vocabulary {cfg.vocab_size:,}) has "
-            f"{n:,} parameters: ~{_gb(need)} {purpose}; this machine has {_gb(have)}"
-        )
-
-
-def _gb(n: float) -> str:
-    return f"{n / 2**30:,.1f} GB" if n >= 2**30 else f"{n / 2**20:,.0f} MB"
-
-
 def _validated(path: Path, data: dict[str, Any], resume: bool) -> Checkpoint:
     for key in ("model_config", "tokenizer", "model"):
         _require(key in data, f"it has no {key!r}")
-    config = _config(ModelConfig, data["model_config"], "model_config")
-    try:
-        check_size(config, "its model")
-    except SizeError as e:
-        raise _Invalid(str(e)) from None
+    config = model_config(data["model_config"])
     train_config = None
     if "train_config" in data or resume:
         train_config = _config(TrainConfig, data.get("train_config"), "train_config")
@@ -259,7 +142,7 @@ def _validated(path: Path, data: dict[str, Any], resume: bool) -> Checkpoint:
     if data.get("corpus") is not None or resume:
         _config(CorpusInfo, data.get("corpus"), "corpus")
     _check_weights(data["model"], config)
-    tokenizer = _tokenizer(data["tokenizer"], config)
+    tokenizer = check_tokenizer(data["tokenizer"], config)
     if resume:
         _check_resume(data.get("resume"), config, train_config.optimizer)
     return Checkpoint(path, data, config, tokenizer)
@@ -284,23 +167,6 @@ def _check_weights(weights: object, config: ModelConfig) -> None:
         _require(bool(torch.isfinite(t).all()), f"the weight {key!r} holds NaN or infinity")
     extra = sorted(set(weights) - set(expected))
     _require(not extra, f"it holds weights the model does not have: {extra[:3]}")
-
-
-def _tokenizer(d: object, config: ModelConfig) -> AnyTokenizer:
-    _require(isinstance(d, dict), "its tokenizer is no dict")
-    assert isinstance(d, dict)
-    kind = d.get("kind")
-    field_name = "chars" if kind == "char" else "json"
-    _require(kind in ("char", "word", "bpe"), f"unknown tokenizer kind {kind!r}")
-    _require(isinstance(d.get(field_name), str), f"the {kind} tokenizer's {field_name} is no text")
-    try:
-        tokenizer = tokenizer_from_dict(d)
-    except (CharlstmError, ValueError) as e:
-        raise _Invalid(f"its tokenizer: {str(e).splitlines()[0] if str(e) else e}") from None
-    _require(tokenizer.vocab_size == config.vocab_size,
-             f"its tokenizer has {tokenizer.vocab_size:,} tokens, the model "
-             f"{config.vocab_size:,}")  # fmt: skip
-    return tokenizer
 
 
 _POSITION = {"step": int, "epoch": int, "window": int, "tokens_seen": int,

@@ -119,6 +119,7 @@ Softmax = Literal[SOFTMAXES]
 Precision = Literal[PRECISIONS]
 EvalPrecision = Literal["fp32", "bf16"]
 Errors = Literal[DECODE_ERRORS]
+Engine = Literal["auto", "numpy", "torch"]
 OnUnknown = Literal["error", "skip"]
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -537,11 +538,20 @@ def sample(
     on_unknown: Annotated[
         OnUnknown, typer.Option(help="Prime characters the model never saw: error or skip.")
     ] = "error",
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help="What generates: numpy (from the run's model.safetensors, without loading "
+            "torch: the first character in a fraction of a second), torch, or auto: numpy when "
+            "model.safetensors is there and up to date."
+        ),
+    ] = "auto",
     checkpoints: Checkpoints = CHECKPOINTS,
     threads: Threads = 0,
     quiet: Quiet = False,
 ) -> None:
     """Stream generated text to stdout, one token at a time."""
+    _blas_threads(threads, num_samples)  # before numpy loads (charlstm.api imports it)
     from charlstm.api import random_seed
     from charlstm.choice import check_seed
 
@@ -549,7 +559,7 @@ def sample(
     SampleConfig.build(length, temp, top_k, top_p, greedy=greedy)  # check before loading
     check_seed(seed)
     prime = _read_prime(prime, prime_file, err)
-    net = _load(model, threads, err, streams=num_samples, checkpoints=checkpoints)
+    net = _load(model, threads, err, streams=num_samples, checkpoints=checkpoints, engine=engine)
     net.encode_prime(prime, on_unknown)  # a prime it cannot read ends here, before the seed
     if seed is None:
         seed = random_seed()
@@ -610,15 +620,31 @@ def _load(
     device: Any = "cpu",
     streams: int = 1,
     checkpoints: Path = CHECKPOINTS,
+    engine: str = "torch",
 ) -> Any:
     """The model, loaded through the API, on `threads` CPU threads (0: chosen for `streams`)."""
     from charlstm.api import load
-    from charlstm.device import set_threads
 
-    set_threads(threads, streams)
-    net = load(model, device=device, checkpoints=checkpoints)
-    err.print(f"model {net.path}", style="dim")
+    net = load(model, device=device, checkpoints=checkpoints, engine=engine)
+    if net.engine == "torch":
+        from charlstm.device import set_threads
+
+        set_threads(threads, streams)
+    used = f"numpy, {net.portable.path.name}" if net.engine == "numpy" else "torch"
+    err.print(f"model {net.path} ({used})", style="dim")
     return net
+
+
+def _blas_threads(threads: int, streams: int) -> None:
+    """numpy's BLAS takes its thread count from the environment once, when numpy loads: one
+    thread for a single stream (a second core does not speed up a matrix-vector product, and a
+    busy one slows it many times), `--threads` when given, else its own default."""
+    if "numpy" in sys.modules:
+        return
+    if threads > 0:
+        os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+    elif streams == 1:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 # ----------------------------------------------------------------------------------- evaluate
@@ -1166,6 +1192,46 @@ def decompress(
         style="dim",
         soft_wrap=True,
     )
+
+
+# ----------------------------------------------------------------------------------- export
+
+
+@_command
+def export(
+    model: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Checkpoint file, run folder or model.safetensors. Default: the newest best.pt.",
+            show_default=False,
+        ),
+    ] = None,
+    html_out: Annotated[
+        Path | None,
+        _opt(
+            "Also write one self-contained page that runs the model in a browser, offline: a "
+            "prime box, temperature and top-p, text streamed as it is made (char models).",
+            "--html",
+        ),
+    ] = None,
+    onnx_out: Annotated[
+        Path | None,
+        _opt(
+            "Also write the one-step graph as ONNX (token ids and state in; logits and state "
+            "out; needs pip install 'charlstm\\[onnx]').",
+            "--onnx",
+        ),
+    ] = None,
+    checkpoints: Checkpoints = CHECKPOINTS,
+    quiet: Quiet = False,
+) -> None:
+    """Write a checkpoint's model.safetensors (sampling without torch) beside it and, when asked,
+    a browser page and an ONNX graph. Given a model.safetensors, torch is not needed."""
+    from charlstm.api import export as export_model
+
+    err = err_console(quiet)
+    for path in export_model(model, html=html_out, onnx=onnx_out, checkpoints=checkpoints):
+        err.print(f"wrote {path}", style="dim")
 
 
 # ----------------------------------------------------------------------------------- entry

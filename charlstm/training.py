@@ -20,6 +20,7 @@ import torch
 from charlstm import distributed
 from charlstm.cells import State, detach_state
 from charlstm.checkpoint import save_checkpoint
+from charlstm.checks import PORTABLE_NAME
 from charlstm.config import TrainConfig
 from charlstm.data import (
     StreamLayout,
@@ -31,6 +32,7 @@ from charlstm.device import autocast, grad_scaler
 from charlstm.distributed import World
 from charlstm.errors import CharlstmError
 from charlstm.evaluate import EvalResult, loss_total
+from charlstm.export import write_model_file
 from charlstm.files import write_atomic
 from charlstm.model import LanguageModel, ModelConfig
 from charlstm.tokens import CorpusInfo
@@ -479,7 +481,12 @@ def _validate(run: Run, train_loss: float, report: Report) -> float:
     full_state = [distributed.gather_rows(world, s, dim=1) for s in run.rnn_state or ()]
     if world.is_main:
         if improved:
-            save_checkpoint(run.checkpoint(with_resume=False), run.run_dir / "best.pt")
+            best = run.checkpoint(with_resume=False)
+            save_checkpoint(best, run.run_dir / "best.pt")
+            if run.model_cfg.softmax_cutoffs is None:  # (an adaptive head has no portable form)
+                # After best.pt, so a crash between the two leaves a model file older than
+                # best.pt, which is not used (portable.fresh_portable).
+                write_model_file(run.run_dir / PORTABLE_NAME, run.model, run.tokenizer, best)
         save_checkpoint(
             run.checkpoint(with_resume=True, full_state=full_state), run.run_dir / "last.pt"
         )
