@@ -10,16 +10,23 @@ It knows nothing of HTTP (serve.py puts a web API in front of it).
 
 One thread, the decode loop, owns every model while the engine runs. Each iteration:
 
-    queued jobs ──admitted while the model has free rows──▶ prefill: the prompt at batch 1,
-    ≤ PREFILL_TOKENS tokens a turn ──joins as n copies of its state──▶ the model's batch:
-        B rows (each job's n rows side by side), one Stepper
-    per batch: choose a token per row (rows grouped by their options) → text → stop strings
-        → rows that are done or whose client left drop out → one step of the rows left
+    queued jobs ──admitted while the model has free rows──▶ the model's batch: B rows (each
+        job's n rows side by side, from a zero state), one Stepper
+      (a prompt over READ_IN_BATCH tokens is first run apart, through the model's window
+       forward at batch 1, ≤ PREFILL_TOKENS tokens an iteration, and joins with its state)
+    per batch: a row still reading its prompt takes its next prompt token; every other row
+        chooses a token (rows grouped by their options) → text → stop strings → rows that
+        are done or whose client left drop out → one step of the rows left
     publish(the events gathered), every PUBLISH_EVERY seconds, and at once for a job's first
     text (time to first token) and its end
 
 Publishing is what wakes the web layer, which shares the interpreter's lock with this thread:
 at a few hundred steps a second, doing it every step would cost more than it gives.
+
+A short prompt is read inside the batch, a token a step, because a step's cost hardly grows
+with its rows: 32 requests arriving together start after their prompts' length in steps,
+instead of queueing behind 32 separate passes (each ~3 ms at 2×512, or ~8 ms through
+nn.LSTM, whose set-up dominates a short window).
 
 A job's rows draw from its own generator, n uniforms per step for as long as any of its rows
 runs, exactly as `charlstm sample -N n --seed S` draws: with the same seed and prompt, row i
@@ -47,12 +54,12 @@ from charlstm.errors import CharlstmError
 from charlstm.step import Stepper
 from charlstm.tokenizer import StreamDecoder
 
-# Prompt tokens run per iteration (a short prompt is run whole): a long prompt joins over
-# several iterations instead of holding up the rows already running.
+# Prompts of up to this many tokens are read inside the batch, a token a step; a longer one
+# would hold its first token back too many steps, and is run apart (window forward) first.
+READ_IN_BATCH = 16
+# Prompt tokens run apart per iteration: a long prompt joins over several iterations instead
+# of holding up the rows already running.
 PREFILL_TOKENS = 256
-# Prompts up to this many tokens run on the step path, one token at a time (~0.3 ms a token at
-# 2×512); longer ones through the model's window forward, whose set-up alone costs ~8 ms.
-STEP_PREFILL = 32
 _LOGITS_PER_CHUNK = 1 << 22  # a prefill window's logits (T, V) stay near 4M numbers
 _IDLE_WAIT = 0.05  # seconds the idle loop sleeps between looks at close()'s flags
 PUBLISH_EVERY = 0.02  # seconds between two publications of text (as `charlstm sample` writes)
@@ -111,12 +118,14 @@ class Job:
 
 
 class _Row:
-    """One sample of a job: its stream decoder and the text not yet sent."""
+    """One sample of a job: the prompt it has still to read, its stream decoder and the text
+    not yet sent."""
 
-    __slots__ = ("job", "index", "decoder", "tokens", "held")
+    __slots__ = ("job", "index", "decoder", "tokens", "held", "reading")
 
-    def __init__(self, job: Job, index: int, decoder: StreamDecoder) -> None:
+    def __init__(self, job: Job, index: int, decoder: StreamDecoder, reading: int) -> None:
         self.job, self.index, self.decoder = job, index, decoder
+        self.reading = reading  # prompt tokens still to take in (the last ones of the prompt)
         self.tokens = 0
         self.held = ""  # text that might begin a stop string: sent once it cannot
 
@@ -169,11 +178,13 @@ class _Batch:
     """The rows of one model, stepped together."""
 
     model: Model
-    stepper: Stepper  # the rows' steps
-    prefill: Stepper  # short prompts, one at a time at batch 1
+    stepper: Stepper
     rows: list[_Row] = field(default_factory=list)
-    logits: np.ndarray | None = None  # (B, V): each row's next-token scores
-    waiting: int = 0  # rows admitted and still in prefill
+    logits: np.ndarray | None = None  # (B, V): each row's next-token scores (rows that read)
+    waiting: int = 0  # rows admitted and still in a prefill apart
+
+    def __post_init__(self) -> None:
+        self.device = self.model.device  # (asking the model costs a little every step)
 
 
 class Engine:
@@ -195,7 +206,7 @@ class Engine:
         self._wake = threading.Event()
         self._queue: deque[Job] = deque()
         self._prefill: deque[_Prefill] = deque()
-        self._batches = {name: _Batch(model, Stepper(model.net.eval()), Stepper(model.net))
+        self._batches = {name: _Batch(model, Stepper(model.net.eval()))
                          for name, model in self.models.items()}  # fmt: skip
         self._events: dict[Job, list[Event]] = {}
         self._urgent = False  # a first text or an end among the events: publish them now
@@ -264,7 +275,8 @@ class Engine:
         return self._closing
 
     def stats(self) -> dict[str, int]:
-        """Rows running, rows in prefill, jobs queued, steps taken (read without a lock)."""
+        """Rows in the batches, rows in a prefill apart, jobs queued, steps taken (read
+        without a lock)."""
         batches = list(self._batches.values())
         return {
             "rows": sum(len(b.rows) for b in batches),
@@ -312,8 +324,8 @@ class Engine:
         return busy
 
     def _admit(self) -> None:
-        """Queued jobs start their prefill, in order, while their model has rows free (a job
-        that does not fit holds back the later jobs of its model)."""
+        """Queued jobs join their batch (a long prompt: its prefill first), in order, while
+        their model has rows free (a job that does not fit holds back its model's later jobs)."""
         with self._lock:
             full: set[str] = set()
             kept: deque[Job] = deque()
@@ -325,13 +337,16 @@ class Engine:
                     full.add(job.model)
                     kept.append(job)
                     continue
-                batch.waiting += job.n
-                self._prefill.append(_Prefill(job))
+                if len(job.prompt_ids) <= READ_IN_BATCH:
+                    self._join(batch, job)
+                else:
+                    batch.waiting += job.n
+                    self._prefill.append(_Prefill(job))
             self._queue = kept
 
     def _run_prefill(self) -> bool:
-        """Run up to PREFILL_TOKENS prompt tokens of the jobs in prefill, in order, at batch 1;
-        a job whose prompt is done joins its model's batch."""
+        """Run up to PREFILL_TOKENS tokens of the long prompts waiting, in order, at batch 1,
+        through the model's window forward; a job whose prompt is done joins its batch."""
         budget, ran = PREFILL_TOKENS, False
         while self._prefill and budget > 0:
             pre = self._prefill[0]
@@ -340,38 +355,35 @@ class Engine:
                 self._prefill.popleft()
                 batch.waiting -= job.n
                 continue
-            net, device, ids = batch.model.net, batch.model.device, job.prompt_ids
-            if pre.done == 0 and len(ids) <= STEP_PREFILL:  # on the step path, token by token
-                tokens = torch.from_numpy(ids).long().to(device)
-                prefill = batch.prefill
-                prefill.start(prefill.zero_state(1))
-                for i in range(len(ids)):
-                    logits = prefill.step(tokens[i : i + 1])  # (1, V)
-                pre.state, pre.logits = prefill.state(), logits.float().cpu().numpy()
-                pre.done = run = len(ids)
-            else:  # a window at a time, carrying the state
-                chunk = max(1, min(PREFILL_TOKENS, _LOGITS_PER_CHUNK // net.cfg.vocab_size))
-                x = torch.from_numpy(ids[pre.done : pre.done + chunk]).long().view(1, -1)
-                logits, pre.state = net(x.to(device), pre.state)  # (1, T, V)
-                pre.logits = logits[:, -1].float().cpu().numpy()
-                run = x.shape[1]
-                pre.done += run
-            budget -= run
+            net, ids = batch.model.net, job.prompt_ids
+            chunk = max(1, min(budget, _LOGITS_PER_CHUNK // net.cfg.vocab_size))
+            x = torch.from_numpy(ids[pre.done : pre.done + chunk]).long().view(1, -1)
+            logits, pre.state = net(x.to(batch.device), pre.state)  # (1, T, V)
+            pre.done += x.shape[1]
+            budget -= x.shape[1]
             ran = True
             if pre.done == len(ids):
                 self._prefill.popleft()
                 batch.waiting -= job.n
-                self._join(batch, pre)
+                self._join(batch, job, pre.state, logits[:, -1].float().cpu().numpy())
         return ran
 
-    def _join(self, batch: _Batch, pre: _Prefill) -> None:
-        """A primed job's n rows join the model's batch: n copies of its state beside the
-        rows' state."""
-        assert pre.state is not None and pre.logits is not None
-        job = pre.job
-        stepper = batch.stepper
-        state = tuple(s.expand(-1, job.n, -1) for s in pre.state)  # (L, n, H) each
-        logits = np.repeat(pre.logits, job.n, axis=0)  # (n, V)
+    def _join(
+        self,
+        batch: _Batch,
+        job: Job,
+        state: tuple[torch.Tensor, ...] | None = None,
+        logits: np.ndarray | None = None,
+    ) -> None:
+        """A job's n rows join the model's batch: with n copies of the state and logits its
+        prompt left (L, 1, H) and (1, V), or from a zero state to read the prompt first."""
+        stepper, n = batch.stepper, job.n
+        if state is None:
+            state, logits, reading = stepper.zero_state(n), None, len(job.prompt_ids)
+        else:
+            state, reading = tuple(s.expand(-1, n, -1) for s in state), 0
+        vocab = batch.model.net.cfg.vocab_size
+        logits = np.zeros((n, vocab), np.float32) if logits is None else logits.repeat(n, 0)
         if batch.rows:
             running = stepper.state()
             state = tuple(torch.cat([a, b], dim=1) for a, b in zip(running, state, strict=True))
@@ -380,16 +392,19 @@ class Engine:
             batch.logits = logits
         stepper.start(state)
         tok = batch.model.tokenizer
-        batch.rows.extend(_Row(job, i, tok.stream_decoder()) for i in range(job.n))
+        batch.rows.extend(_Row(job, i, tok.stream_decoder(), reading) for i in range(n))
 
     def _advance(self, batch: _Batch) -> None:
-        """Choose every row's next token, send the text, let finished rows go, step the rest."""
+        """Every row's next input: its next prompt token, or a token chosen from its logits
+        (then sent as text, and finished rows let go); then one step of the rows left."""
         if any(row.job.cancelled for row in batch.rows):
             self._keep(batch, [i for i, row in enumerate(batch.rows) if not row.job.cancelled])
             if not batch.rows:
                 return
         rows, logits = batch.rows, batch.logits
         assert logits is not None
+        tokens = np.zeros(len(rows), dtype=np.int64)
+        writing = []  # the rows that choose a token this step
         # Each job draws n uniforms per step from its own generator, as `sample -N n` does.
         draws: dict[Job, np.ndarray] = {}
         u = np.empty(len(rows))
@@ -397,12 +412,16 @@ class Engine:
         groups: dict[tuple[float, int, float], tuple[SampleConfig, list[int]]] = {}
         for i, row in enumerate(rows):
             job = row.job
+            if row.reading:  # still taking in its prompt: no draw, no choice
+                tokens[i] = job.prompt_ids[-row.reading]
+                row.reading -= 1
+                continue
+            writing.append(i)
             if job not in draws:
                 draws[job] = job.rng.random(job.n)
             u[i] = draws[job][row.index]
             cfg = job.cfg
             groups.setdefault((cfg.temperature, cfg.top_k, cfg.top_p), (cfg, []))[1].append(i)
-        tokens = np.zeros(len(rows), dtype=np.int64)
         failed: set[Job] = set()
         message = ""
         for cfg, idx in groups.values():
@@ -413,10 +432,12 @@ class Engine:
                 message = str(e)
         for job in failed:
             self._fail(job, message, "model_error")
-        keep = []
-        for i, row in enumerate(rows):
+        done = set()
+        for i in writing:
+            row = rows[i]
             job = row.job
             if job in failed:
+                done.add(i)
                 continue
             text, reason = row.push(int(tokens[i]))
             events = self._events.setdefault(job, [])
@@ -424,17 +445,17 @@ class Engine:
                 events.append(Text(row.index, text))
                 if not job.started:
                     job.started = self._urgent = True
-            if reason is None:
-                keep.append(i)
-            else:
+            if reason is not None:
                 events.append(Done(row.index, reason, row.tokens))
                 job.live -= 1
                 self._urgent = True
-        if len(keep) < len(rows):
+                done.add(i)
+        if done:
+            keep = [i for i in range(len(rows)) if i not in done]
             self._keep(batch, keep)
             tokens = tokens[keep]
         if batch.rows:
-            step = batch.stepper.step(torch.from_numpy(tokens).to(batch.model.device))
+            step = batch.stepper.step(torch.from_numpy(tokens).to(batch.device))
             # A view of the stepper's buffer (on a CPU): read before the next step writes it.
             batch.logits = step.float().cpu().numpy()
             self.steps += 1

@@ -839,7 +839,8 @@ def serve(
 
 def _serve_report(quiet: bool) -> Callable[[str, dict], None]:
     """What the server reports, as plain lines on stderr: where it listens, one line per
-    request (status, method, path, model, tokens, seconds, client), errors (even --quiet)."""
+    request (status, method, path, model, tokens, seconds, seconds to the first token,
+    client), errors (even --quiet)."""
 
     def report(event: str, data: dict) -> None:
         line = ""
@@ -855,8 +856,9 @@ def _serve_report(quiet: bool) -> Callable[[str, dict], None]:
         elif event == "request":
             model = f" {data['model']}" if data["model"] else ""
             tokens = "" if data["tokens"] is None else f" {data['tokens']} tokens"
+            first = "" if data["first"] is None else f" (first {data['first']:.3f} s)"
             line = (f"{data['status']} {data['method']} {data['path']}{model}{tokens} "
-                    f"{data['seconds']:.3f} s {data['client']}")  # fmt: skip
+                    f"{data['seconds']:.3f} s{first} {data['client']}")  # fmt: skip
         elif event == "stopped":
             line = "stopped"
         if line:

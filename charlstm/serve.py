@@ -238,6 +238,7 @@ class _Server:
         return job, len(ids) if prompt else 0  # no prompt: the newline it starts from is ours
 
     async def completions(self, request: Request) -> Any:
+        t0 = time.perf_counter()
         req = await _parse(request, CompletionRequest)
         name, model = self._model(req.model)
         try:
@@ -257,6 +258,7 @@ class _Server:
         reply: _Reply | None = _Reply(self, job, name, prompt_tokens, request.state)
         try:
             first = await channel.get()  # the first tokens: what a status code can still say
+            request.state.first = time.perf_counter() - t0
             if first is None:
                 return reply.gone()
             failure = next((e for e in first if isinstance(e, Failed)), None)
@@ -324,6 +326,7 @@ class _Reply:
         self.server, self.job, self.state = server, job, state
         self.prompt_tokens = prompt_tokens
         self.rows_done = 0
+        self.around: tuple[bytes, bytes] | None = None  # a stream chunk's bytes, less its choice
         self.channel: _Channel = job.handle
         self.head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                      "created": int(time.time()), "model": name}  # fmt: skip
@@ -406,18 +409,26 @@ class _Reply:
                 out.append(_sse({"error": body}))
                 out.append(b"data: [DONE]\n\n")
                 return b"".join(out), True
+        if self.around is None:  # what every chunk of this stream has around its choice
+            before = b"data: " + _json(self.head)[:-1] + b',"choices":['
+            self.around = before, b'],"seed":%d}\n\n' % self.job.seed
+        before, after = self.around
         for i in sorted(texts.keys() | reasons.keys()):
             choice = {"text": "".join(texts.get(i, ())), "index": i, "logprobs": None,
                       "finish_reason": reasons.get(i)}  # fmt: skip
-            out.append(_sse({**self.head, "choices": [choice], "seed": self.job.seed}))
+            out.append(before + _json(choice) + after)
         finished = self.rows_done == self.job.n
         if finished:
             out.append(b"data: [DONE]\n\n")
         return b"".join(out), finished
 
 
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + _json(obj) + b"\n\n"
 
 
 # ----------------------------------------------------------------------------------- middleware
@@ -443,7 +454,8 @@ class _Guard:
 
 
 class _AccessLog:
-    """One report per request when it ends: status, model, tokens, time."""
+    """One report per request when it ends: status, model, tokens, seconds to the first
+    token, seconds in all."""
 
     def __init__(self, app: ASGIApp, report: Report) -> None:
         self.app, self.report = app, report
@@ -469,7 +481,8 @@ class _AccessLog:
             self.report("request", {
                 "client": client[0], "method": scope["method"], "path": scope["path"],
                 "status": 499 if state.get("gone") else status, "model": state.get("model"),
-                "tokens": state.get("tokens"), "seconds": time.perf_counter() - t0})  # fmt: skip
+                "tokens": state.get("tokens"), "first": state.get("first"),
+                "seconds": time.perf_counter() - t0})  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------- assembly

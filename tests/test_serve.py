@@ -231,7 +231,7 @@ def test_the_engine_gives_each_job_its_own_text_whenever_it_joins(models: dict) 
 
     specs = [dict(seed=1, length=150), dict(seed=2, n=3, prompt="JULIET:\nO", temperature=1.2),
              dict(seed=3, top_k=5, length=40), dict(seed=4, stop=("e",), n=2),
-             dict(seed=5, top_p=0.5, prompt="")]  # fmt: skip
+             dict(seed=5, top_p=0.5, prompt=""), dict(seed=6, prompt=PLAY[:40], n=2)]  # fmt: skip
 
     def run(jobs_at: dict[int, list[Job]], cancel_at: dict[int, Job] | None = None) -> dict:
         engine = Engine({"tiny": model}, max_batch=16, publish_every=0)  # publish every step
@@ -244,13 +244,15 @@ def test_the_engine_gives_each_job_its_own_text_whenever_it_joins(models: dict) 
                 out.setdefault(job, []).extend(events)
                 if job.live == 0:
                     pending.discard(job)
-            for job in jobs_at.get(engine.steps, []):
-                if job not in submitted:
-                    submitted.add(job)
-                    engine.submit(job)
-            if cancel_at and engine.steps in cancel_at:
-                engine.cancel(cancel_at[engine.steps])
-                pending.discard(cancel_at[engine.steps])
+            for step, group in jobs_at.items():  # (publish comes after each step with text)
+                for job in group:
+                    if engine.steps >= step and job not in submitted:
+                        submitted.add(job)
+                        engine.submit(job)
+            for step, job in (cancel_at or {}).items():
+                if engine.steps >= step and not job.cancelled:
+                    engine.cancel(job)
+                    pending.discard(job)
             if not pending:
                 done.set()
 
@@ -276,7 +278,7 @@ def test_the_engine_gives_each_job_its_own_text_whenever_it_joins(models: dict) 
         alone.update(run({0: [job(**spec)]}))
     leaves = job(seed=9, length=10_000)  # its client goes away at step 30
     together = run({0: [job(**specs[0]), leaves], 3: [job(**specs[1])],
-                    4: [job(**specs[2]), job(**specs[3])], 20: [job(**specs[4])]},
+                    4: [job(**specs[2]), job(**specs[3])], 20: [job(**specs[4]), job(**specs[5])]},
                    cancel_at={30: leaves})  # fmt: skip
     for spec in specs:
         assert together[spec["seed"]] == alone[spec["seed"]], spec
