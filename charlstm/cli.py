@@ -814,7 +814,7 @@ def serve(
         float,
         typer.Option(help="Seconds running requests get to finish after Ctrl-C or SIGTERM."),
     ] = ServeConfig.grace,
-    device: Device = "cpu",
+    device: Device = "auto",
     threads: Threads = 0,
     quiet: Quiet = False,
 ) -> None:

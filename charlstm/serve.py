@@ -1,6 +1,6 @@
 """`charlstm serve`: trained models behind an OpenAI-style HTTP API, every request one or more
-rows of a batched recurrent step (batching.py). Needs the `[serve]` extra (Starlette, uvicorn,
-pydantic).
+rows of a batched recurrent step (batching.py). Needs the `[serve]` extra (Starlette, uvicorn
+with httptools and uvloop, pydantic).
 
     POST /v1/completions   {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k",
                             "seed", "n", "stop", "stream", "on_unknown"} → OpenAI's completion
@@ -14,10 +14,11 @@ pydantic).
     run(models, ServeConfig(port=8000), report)      # until SIGINT/SIGTERM; then exit cleanly
 
 The event loop (uvicorn) parses, checks and answers; it never runs the model. Jobs go to the
-engine's decode thread, whose events come back once per step through call_soon_threadsafe
-into each request's queue; a stream sends whatever has gathered since its last write, so a
-busy server writes fewer, longer chunks. A watch on each request's connection cancels its job
-the moment the client goes away, and its rows leave the batch at the next step.
+engine's decode thread, whose events come back every 20 ms (at once for a first token or an
+end) through call_soon_threadsafe into each request's queue; a stream sends whatever has
+gathered since its last write, so a busy server writes fewer, longer chunks. A watch on each
+request's connection cancels its job the moment the client goes away, and its rows leave the
+batch at the next step.
 
 Every failure is a JSON body {"error": {"message", "type", "code", "param"}} as OpenAI's:
 400 a bad request (body, types, ranges, a prompt the model cannot read), 401 no or a wrong API
@@ -384,6 +385,8 @@ class _Reply:
                     if finished:
                         return
                     events = await self.channel.get()
+                self.state.gone = True
+            except OSError:  # a server on ASGI 2.4 says so when the client has gone
                 self.state.gone = True
             finally:
                 self.close()
