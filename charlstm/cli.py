@@ -31,6 +31,7 @@ from charlstm.config import (
     TOKENIZERS,
     ModelConfig,
     SampleConfig,
+    ServeConfig,
     TrainConfig,
 )
 from charlstm.display import (
@@ -1232,6 +1233,99 @@ def export(
     err = err_console(quiet)
     for path in export_model(model, html=html_out, onnx=onnx_out, checkpoints=checkpoints):
         err.print(f"wrote {path}", style="dim")
+
+
+# ----------------------------------------------------------------------------------- serve
+
+
+@_command
+def serve(
+    runs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Run folders or checkpoint files to serve, each under its folder's name (the "
+            'request\'s "model"). Default: the newest run under --checkpoints.',
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 opens it to the network.")
+    ] = ServeConfig.host,
+    port: Annotated[int, typer.Option(help="Port; 0: any free one.")] = ServeConfig.port,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CHARLSTM_API_KEY",
+            help="Require 'Authorization: Bearer KEY' on every request.",
+            show_default=False,
+        ),
+    ] = None,
+    max_batch: Annotated[
+        int, typer.Option(help="Samples stepped together per model (also the largest n).")
+    ] = ServeConfig.max_batch,
+    queue: Annotated[
+        int, typer.Option(help="Requests that may wait for room; beyond: 503 + Retry-After.")
+    ] = ServeConfig.queue,
+    max_tokens: Annotated[
+        int, typer.Option(help="The most tokens a request may ask for (max_tokens).")
+    ] = ServeConfig.max_tokens,
+    grace: Annotated[
+        float,
+        typer.Option(help="Seconds running requests get to finish after Ctrl-C or SIGTERM."),
+    ] = ServeConfig.grace,
+    device: Device = "auto",
+    checkpoints: Checkpoints = CHECKPOINTS,
+    threads: Threads = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Serve models over HTTP: OpenAI-style /v1/completions (streaming too), /score, /health."""
+    cfg = ServeConfig(host=host, port=port, api_key=api_key, max_batch=max_batch, queue=queue,
+                 max_tokens=max_tokens, grace=grace)  # fmt: skip
+    try:
+        from charlstm import serve as server
+    except ImportError as e:
+        raise CharlstmError(
+            f"serve needs the [serve] extra ({e.name} is missing): pip install 'charlstm[serve]'"
+        ) from None
+    from charlstm.device import resolve_device, set_threads
+
+    err = err_console(quiet)
+    set_threads(threads, streams=max_batch)
+    models = server.load_models(list(runs or []), checkpoints=checkpoints,
+                                device=resolve_device(device))  # fmt: skip
+    for name, model in models.items():
+        err.print(f"model {name}: {model.path}", style="dim")
+    server.run(models, cfg, _serve_report(quiet))
+
+
+def _serve_report(quiet: bool) -> Callable[[str, dict], None]:
+    """What the server reports, as plain lines on stderr: where it listens, one line per
+    request (status, method, path, model, tokens, seconds, seconds to the first token,
+    client), errors (even --quiet)."""
+
+    def report(event: str, data: dict) -> None:
+        line = ""
+        if event == "error":
+            line = f"charlstm serve: {data['message']}\n{data['traceback']}"
+        elif quiet:
+            return
+        elif event == "listening":
+            key = ", API key required" if data["api_key"] else ""
+            models = ", ".join(data["models"])
+            line = (f"listening on {data['url']} (models: {models}; batch {data['max_batch']}, "
+                    f"queue {data['queue']}{key}); Ctrl-C stops")  # fmt: skip
+        elif event == "request":
+            model = f" {data['model']}" if data["model"] else ""
+            tokens = "" if data["tokens"] is None else f" {data['tokens']} tokens"
+            first = "" if data["first"] is None else f" (first {data['first']:.3f} s)"
+            line = (f"{data['status']} {data['method']} {data['path']}{model}{tokens} "
+                    f"{data['seconds']:.3f} s{first} {data['client']}")  # fmt: skip
+        elif event == "stopped":
+            line = "stopped"
+        if line:
+            sys.stderr.write(line.rstrip("\n") + "\n")
+
+    return report
 
 
 # ----------------------------------------------------------------------------------- entry

@@ -382,3 +382,29 @@ def apply_preset(options: TrainOptions) -> tuple[TrainOptions, dict[str, object]
         and not (k == "tie_weights" and options.softmax == "adaptive")
     }
     return replace(options, **chosen), chosen
+
+
+@dataclass
+class ServeConfig:
+    """How `charlstm serve` listens and what it allows (serve.py)."""
+
+    host: str = "127.0.0.1"  # loopback only, unless told otherwise
+    port: int = 8000  # 0: any free port (the one taken is reported)
+    api_key: str | None = None  # when set, every request needs `Authorization: Bearer KEY`
+    max_batch: int = 32  # rows (samples) stepped together, per model; also the largest n
+    queue: int = 256  # requests waiting for rows; beyond it: 503 with Retry-After
+    max_tokens: int = 4096  # the most tokens a request may ask for, per sample
+    grace: float = 5.0  # seconds running streams get to finish after SIGINT/SIGTERM
+
+    def __post_init__(self) -> None:
+        _check(bool(self.host), "--host must not be empty")
+        _check(0 <= self.port <= 65535, f"--port must be between 0 and 65535, got {self.port}")
+        _check(self.api_key is None or self.api_key.strip() != "", "--api-key must not be empty")
+        _check(1 <= self.max_batch <= 4096,
+               f"--max-batch must be between 1 and 4096, got {self.max_batch}")  # fmt: skip
+        _check(self.queue >= 0, f"--queue must be 0 or more, got {self.queue}")
+        tokens = self.max_tokens
+        _check(1 <= tokens <= 100_000_000,
+               f"--max-tokens must be between 1 and 100,000,000, got {tokens}")  # fmt: skip
+        _check(math.isfinite(self.grace) and self.grace >= 0,
+               f"--grace must be 0 or more seconds, got {self.grace}")  # fmt: skip
