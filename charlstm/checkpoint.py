@@ -12,6 +12,7 @@ need no torch live in checks.py, shared with model.safetensors' reader, portable
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from charlstm.checks import config_from_dict as _config
 from charlstm.checks import number as _number
 from charlstm.checks import require as _require
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.files import FileWriteError, write_atomic
+from charlstm.files import FileWriteError, Fingerprinter, write_atomic
 from charlstm.model import LanguageModel
 from charlstm.tokenizer import AnyTokenizer
 from charlstm.tokens import CorpusInfo
@@ -139,6 +140,14 @@ def _validated(path: Path, data: dict[str, Any], resume: bool) -> Checkpoint:
     _require(isinstance(curve, list) and all(
         isinstance(p, dict) and isinstance(p.get("step"), int) and _number(p.get("train_loss"))
         for p in curve), "its training curve is damaged")  # fmt: skip
+    parent = data.get("parent")
+    _require(parent is None or (isinstance(parent, dict) and isinstance(parent.get("path"), str)),
+             "its parent (--init-from) is damaged")  # fmt: skip
+    keep = data.get("keep_eval")
+    _require(keep is None or (isinstance(keep, dict) and isinstance(keep.get("chars"), int)
+                              and isinstance(keep.get("tokens"), int)
+                              and isinstance(keep.get("sources"), list)),
+             "its keep-eval record is damaged")  # fmt: skip
     if data.get("corpus") is not None or resume:
         _config(CorpusInfo, data.get("corpus"), "corpus")
     _check_weights(data["model"], config)
@@ -226,6 +235,19 @@ def _check_optimizer(opt: object, config: ModelConfig, optimizer: str) -> None:
                      and (t.dim() == 0 or t.shape == ordered[i]), bad)  # fmt: skip
 
 
+def weights_fingerprint(ckpt: dict[str, Any]) -> str:
+    """A checkpoint's model, in 16 hex digits: its config, tokenizer and every weight's bytes
+    (the same model saved twice has the same fingerprint; any change of a weight changes it)."""
+    h = Fingerprinter()
+    h.update(json.dumps(ckpt["model_config"], sort_keys=True))
+    h.update(json.dumps(ckpt["tokenizer"], sort_keys=True))
+    for name in sorted(ckpt["model"]):
+        t = ckpt["model"][name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}")
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hex()
+
+
 def describe(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
     """What a checkpoint holds, as plain data (`charlstm info --json`)."""
     config = ckpt["model_config"]
@@ -247,5 +269,6 @@ def describe(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
         "train_config": ckpt.get("train_config"),
         "metrics": ckpt.get("metrics") or [],
         "train_curve": ckpt.get("train_curve") or [],
+        "parent": ckpt.get("parent"),
         "resumable": "resume" in ckpt,
     }

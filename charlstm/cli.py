@@ -387,6 +387,20 @@ def train(
     overwrite: Annotated[
         bool, _flag("--overwrite", help="Replace the run of the same --name, if there is one.")
     ] = False,
+    init_from: Annotated[
+        Path | None,
+        _opt(
+            "Fine-tune: start from this run's (or checkpoint's) weights and tokenizer instead of "
+            "random ones. Its shape is kept; fine-tuning's own defaults apply (see the README)."
+        ),
+    ] = None,
+    keep_eval: Annotated[
+        list[str] | None,
+        _opt(
+            "Also score this text at every validation (give it again for more), e.g. the base's "
+            "own held-out text: how much of the old skill fine-tuning costs."
+        ),
+    ] = None,
     resume: Annotated[
         Path | None,
         _opt(

@@ -157,7 +157,10 @@ class TrainDisplay:
         else:
             val = "no validation split"
         mark = " [green]best[/]" if d["best"] else ""
-        self.console.print(f"{step_line(d['step'], d['elapsed'], d['train_loss'])} · {val}{mark}")
+        keep = f" · keep-eval {d['keep_loss']:.4f}" if d.get("keep_loss") is not None else ""
+        self.console.print(
+            f"{step_line(d['step'], d['elapsed'], d['train_loss'])} · {val}{keep}{mark}"
+        )
 
     def close(self) -> None:
         for live in (self.progress, self.status):
@@ -205,6 +208,8 @@ def print_summary(err: Console, s: dict[str, Any]) -> None:
          f"{best:.4f} nats/{unit} · {s['best_val_bpc']:.3f} bits/char · "
          f"perplexity {math.exp(best):.2f}"),
         ("validation curve", _val_curve(s.get("val_losses") or [])),
+        ("keep-eval", _val_curve(s.get("keep_losses") or [])),
+        ("fine-tuned from", s.get("fine_tuned_from") or ""),
         ("checkpoints", f"{run_dir}/best.pt, last.pt, metrics.jsonl"),
         ("sample", f"charlstm sample -m {run_dir}"),
     ]  # fmt: skip
@@ -235,9 +240,17 @@ def info_lines(data: dict[str, Any]) -> str:
         f"tokenizer    {data['tokenizer']['kind']}, vocabulary {data['tokenizer']['vocab_size']:,}",
         f"corpus       {corpus.get('chars', 0):,} chars, fingerprint {corpus.get('fingerprint')}"
         + _files(corpus),
-        f"trained      {data['steps']:,} steps, {data['tokens_seen']:,} tokens",
+        f"trained      {data['steps'] or 0:,} steps, {data['tokens_seen'] or 0:,} tokens",
         "best val     " + ("—" if best is None else f"{best:.4f} nats/token"),
         f"resumable    {'yes (last.pt)' if data['resumable'] else 'no'}",
+        *(
+            [
+                f"fine-tuned   from {data['parent']['path']} (fingerprint "
+                f"{data['parent'].get('fingerprint')})"
+            ]
+            if data.get("parent")
+            else []
+        ),
     ]
     return "\n".join(lines) + "\n"
 
@@ -272,7 +285,8 @@ def plot_metrics(
         raise CharlstmError("the checkpoint holds no metrics to plot")
     fig, ax = plt.subplots(figsize=(7, 4))
     points = sorted([*curve, *metrics], key=lambda m: m["step"])
-    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+    keys = (("train_loss", "train"), ("val_loss", "validation"), ("keep_loss", "keep-eval"))
+    for key, label in keys:
         pts = [(m["step"], m[key]) for m in points
                if m.get(key) is not None and math.isfinite(m[key])]  # fmt: skip
         if pts:

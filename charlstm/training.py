@@ -163,6 +163,16 @@ def apply_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | 
 
 
 @dataclass
+class KeepEval:
+    """A text scored at every validation beside the validation split: for a fine-tuned model,
+    its base's domain, so the loss of the old skill shows as it happens (--keep-eval)."""
+
+    ids: np.ndarray
+    chars: int  # characters the predicted tokens spell: what its bits/char divide by
+    sources: list[str]
+
+
+@dataclass
 class Run:
     """Everything a training session works on; checkpoint() turns it into a file's dict."""
 
@@ -177,6 +187,8 @@ class Run:
     pos: Position = field(default_factory=Position)
     metrics: list[dict[str, Any]] = field(default_factory=list)  # one record per validation
     curve: list[dict[str, Any]] = field(default_factory=list)  # the training loss, steadily
+    parent: dict[str, Any] | None = None  # the run it was fine-tuned from
+    keep: KeepEval | None = None
     optimizer: torch.optim.Optimizer | None = None
     rnn_state: State | None = None  # this rank's streams only
     world: World = field(default_factory=World)  # the processes and the device
@@ -194,6 +206,14 @@ class Run:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "metrics": list(self.metrics),
             "train_curve": list(self.curve),
+            "parent": self.parent,
+            "keep_eval": None
+            if self.keep is None
+            else {
+                "sources": self.keep.sources,
+                "chars": self.keep.chars,
+                "tokens": len(self.keep.ids),
+            },
             "corpus": asdict(self.corpus),
             "step": self.pos.step,
             "tokens_seen": self.pos.tokens_seen,
@@ -423,6 +443,7 @@ def fit(
         "best_val_loss": best,
         "best_val_bpc": best_record["val_bpc"] if best_record else None,
         "val_losses": [m["val_loss"] for m in scored],
+        "keep_losses": [m["keep_loss"] for m in run.metrics if m.get("keep_loss") is not None],
         "tokenizer": run.tokenizer.get("kind", "char"),
         "last_train_loss": loss_value,
         "run_dir": str(run.run_dir),
@@ -467,6 +488,12 @@ def _validate(run: Run, train_loss: float, report: Report) -> float:
         chars = run.corpus.val_chars if run.corpus.val_chars is not None else n
         result = EvalResult(loss=total / n, tokens=n, chars=chars)
         record.update(val_loss=result.loss, val_bpc=result.bits_per_char)
+    if run.keep is not None:
+        part = loss_total(run.model, run.keep.ids, streams=cfg.eval_streams, part=world.rows)
+        total = distributed.sum_across(world, [part])[0]
+        n = len(run.keep.ids) - 1
+        keep = EvalResult(loss=total / n, tokens=n, chars=run.keep.chars)
+        record.update(keep_loss=keep.loss, keep_bpc=keep.bits_per_char)
     record.setdefault("eval_seconds", time.perf_counter() - t0)
     record["eval_seconds"] = round(record["eval_seconds"], 3)
     run.metrics.append(record)
@@ -516,6 +543,7 @@ def _write_run_json(run: Run, finished: bool) -> None:
         "best_val_bpc": best.get("val_bpc") if best else None,
         "limits": {"budget": cfg.budget, "steps": cfg.steps, "epochs": cfg.epochs},
         "finished": finished,
+        "parent": run.parent,
     }
     write_atomic(run.run_dir / "run.json", json.dumps(summary, indent=1) + "\n")
 
