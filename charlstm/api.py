@@ -16,25 +16,31 @@ Nothing here prints; expected failures raise CharlstmError subclasses whose mess
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from charlstm import runs
-from charlstm.checkpoint import describe, read_checkpoint, resolve_checkpoint
-from charlstm.choice import MAX_SEED, seeded
+from charlstm.checks import CheckpointError, resolve_checkpoint
+from charlstm.choice import check_seed, choose, seeded
 from charlstm.config import ADAPT, CHECKPOINTS, DynamicConfig, SampleConfig, TrainOptions
 from charlstm.errors import CharlstmError, UsageError
-from charlstm.evaluate import EvalResult, evaluate_ids, score_lines, token_losses
-from charlstm.model import LanguageModel
-from charlstm.sample import generate
+from charlstm.portable import Portable, fresh_portable, portable_path, read_portable
 from charlstm.tokenizer import AnyTokenizer
-from charlstm.tokens import spelled_chars
-from charlstm.training import Report
+
+if TYPE_CHECKING:  # these import torch: only the calls that need it load them
+    import torch
+
+    from charlstm.evaluate import EvalResult
+    from charlstm.model import LanguageModel
+    from charlstm.npstep import NumpyStepper
+    from charlstm.training import Report
+
+# How a model generates: numpy (from model.safetensors, no torch), torch, or auto: numpy when
+# the model file is there (and up to date) and the model runs on the CPU.
+ENGINES = ("auto", "numpy", "torch")
 
 
 def train(
@@ -51,6 +57,8 @@ def train(
     with last.pt saved."""
     if isinstance(corpus, str):
         corpus = [corpus]
+    from charlstm import runs
+
     opts = TrainOptions(corpus=list(corpus or []), **options)
     return runs.train(opts, report=report or runs._ignore, should_stop=should_stop or runs._never)
 
@@ -60,19 +68,71 @@ def load(
     *,
     checkpoints: str | Path = CHECKPOINTS,
     device: str | torch.device = "cpu",
+    engine: str = "auto",
 ) -> Model:
-    """The model in a run folder (its best.pt, else last.pt) or a checkpoint file; with no
-    path, the most recently written best.pt under `checkpoints`."""
+    """The model in a run folder (its best.pt, else last.pt), a checkpoint file or a model file
+    (.safetensors); with no path, the most recently written best.pt under `checkpoints`.
+
+    `engine` says what generates: "numpy" from the checkpoint's model.safetensors, without
+    importing torch (the CPU only); "torch"; "auto" (the default): numpy when that file is
+    there, up to date, and the device is the CPU. Evaluating and tracing always use torch,
+    loaded when first asked for."""
+    if engine not in ENGINES:
+        raise UsageError(f"--engine must be {', '.join(ENGINES)}; got {engine!r}")
     where = resolve_checkpoint(None if path is None else Path(path), Path(checkpoints))
+    on_cpu = str(device) == "cpu"
+    if engine == "numpy" and not on_cpu:
+        raise UsageError(f"--engine numpy runs on the CPU, not {device}; use --engine torch")
+    if where.suffix == ".safetensors":
+        model = read_portable(where)
+        if engine == "torch" or not on_cpu:
+            return Model.from_portable(model, engine="torch").to(device)
+        return Model.from_portable(model)
+    if engine != "torch" and on_cpu:
+        fresh = fresh_portable(where)
+        if fresh is not None:
+            return Model.from_portable(read_portable(fresh), checkpoint=where)
+        if engine == "numpy":
+            raise CheckpointError(
+                f"--engine numpy needs an up-to-date {portable_path(where).name} beside '{where}'; "
+                f"write it with: charlstm export {where}"
+            )
+    from charlstm.checkpoint import read_checkpoint
+
     ckpt = read_checkpoint(where)
     meta = {k: v for k, v in ckpt.data.items() if k != "model"}
     return Model(ckpt.model().to(device), ckpt.tokenizer, where, meta)
 
 
 def info(path: str | Path | None = None, *, checkpoints: str | Path = CHECKPOINTS) -> dict:
-    """What a checkpoint holds (as `charlstm info --json`), read without building the model."""
+    """What a checkpoint or model file holds (as `charlstm info --json`), read without building
+    the model."""
     where = resolve_checkpoint(None if path is None else Path(path), Path(checkpoints))
+    if where.suffix == ".safetensors":
+        from charlstm.portable import describe_portable
+
+        return describe_portable(read_portable(where))
+    from charlstm.checkpoint import describe, read_checkpoint
+
     return describe(read_checkpoint(where).data, where)
+
+
+def export(
+    path: str | Path | None = None,
+    *,
+    html: str | Path | None = None,
+    onnx: str | Path | None = None,
+    checkpoints: str | Path = CHECKPOINTS,
+) -> list[Path]:
+    """Write a checkpoint's model.safetensors (torch-free sampling), and with `html` a
+    self-contained browser page, with `onnx` a one-step ONNX graph (export.py). Given a
+    .safetensors file, only the page and the graph are written, and torch is not needed.
+    Returns the files written."""
+    from charlstm.export import export as export_files
+
+    where = resolve_checkpoint(None if path is None else Path(path), Path(checkpoints))
+    return export_files(where, html=None if html is None else Path(html),
+                        onnx=None if onnx is None else Path(onnx))  # fmt: skip
 
 
 def random_seed() -> int:
@@ -94,33 +154,94 @@ class Model:
     """A trained model with its tokenizer, ready to generate, score and trace text."""
 
     def __init__(
-        self, net: LanguageModel, tokenizer: AnyTokenizer, path: Path, meta: dict[str, Any]
+        self,
+        net: LanguageModel | None,
+        tokenizer: AnyTokenizer,
+        path: Path,
+        meta: dict[str, Any],
+        *,
+        portable: Portable | None = None,
+        checkpoint: Path | None = None,
     ) -> None:
-        self.net = net
+        assert net is not None or portable is not None, "a model needs its weights"
+        self._net = net
         self.tokenizer = tokenizer
-        self.path = path  # the checkpoint file it came from
+        self.path = path  # the checkpoint file it came from (or its model file alone)
         self.meta = meta  # the checkpoint's other entries: configs, metrics, corpus, step, ...
+        # The model file's weights when numpy generates; None when torch does.
+        self.portable = portable
+        # The checkpoint a numpy-engine model belongs to: torch's model is built from it when
+        # first needed (evaluate, trace), else from the model file itself.
+        self._checkpoint = checkpoint
+        self._config = net.cfg if net is not None else portable.config  # type: ignore[union-attr]
+        self._stepper: NumpyStepper | None = None
+
+    @classmethod
+    def from_portable(
+        cls, model: Portable, *, checkpoint: Path | None = None, engine: str = "numpy"
+    ) -> Model:
+        """A model read from a model file; `engine` "torch" builds torch's model from it now."""
+        assert model.path is not None
+        path = checkpoint if checkpoint is not None else model.path
+        meta = {"model_config": asdict(model.config), **model.run}
+        out = cls(None, model.tokenizer, path, meta, portable=model, checkpoint=checkpoint)
+        if engine == "torch":
+            out.portable = None
+            out._net = out._build_net(model)
+        return out
+
+    @property
+    def engine(self) -> str:
+        """What generates: "numpy" or "torch"."""
+        return "numpy" if self.portable is not None else "torch"
+
+    @property
+    def net(self) -> LanguageModel:
+        """torch's model (imports torch): built from the checkpoint, or the model file, when
+        first asked for."""
+        if self._net is None:
+            self._net = self._build_net(self.portable)
+        return self._net
+
+    def _build_net(self, model: Portable | None) -> LanguageModel:
+        if self._checkpoint is not None:
+            from charlstm.checkpoint import read_checkpoint
+
+            return read_checkpoint(self._checkpoint).model()
+        from charlstm.export import model_from_portable
+
+        assert model is not None
+        return model_from_portable(model)
 
     @property
     def config(self) -> Any:
-        return self.net.cfg
+        return self._config
 
     @property
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
     def to(self, device: str | torch.device) -> Model:
-        self.net.to(device)
+        """Move torch's model to `device`; on any device but the CPU, torch generates."""
+        if str(device) != "cpu":
+            self.portable = None
+        if self._net is not None or self.portable is None:
+            self.net.to(device)
         return self
 
     # ------------------------------------------------------------------------- generating
 
-    def encode_prime(self, prime: str | None, on_unknown: str = "error") -> torch.Tensor:
+    def encode_prime(self, prime: str | None, on_unknown: str = "error") -> np.ndarray:
         """The prime's ids (P,), P ≥ 1. Tokens the model never saw are an error naming them, or
         dropped (on_unknown="skip"); no prime starts after a newline, as at a line start."""
         if on_unknown not in ("error", "skip"):
             raise UsageError(f"--on-unknown must be error or skip, got {on_unknown!r}")
         tok = self.tokenizer
+        if prime and tok.kind == "word" and prime[0] not in " \n":
+            # Words are stored with the space before them, so a prime's first word is read as
+            # it occurs after a space, when the vocabulary knows it only that way.
+            if len(tok.unknown(" " + prime)) < len(tok.unknown(prime)):
+                prime = " " + prime
         if prime:
             unknown = tok.unknown(prime)
             if unknown and on_unknown == "error":
@@ -132,9 +253,9 @@ class Model:
                 )
             ids = tok.encode(prime, skip_unknown=True)
             if len(ids):
-                return torch.from_numpy(ids.astype("int64"))
+                return ids.astype(np.int64)
         newline = tok.encode("\n", skip_unknown=True)
-        return torch.tensor([int(newline[-1]) if len(newline) else 0])
+        return np.array([int(newline[-1]) if len(newline) else 0], dtype=np.int64)
 
     def generate(
         self,
@@ -147,19 +268,21 @@ class Model:
         greedy: bool = False,
         seed: int | None = None,
         on_unknown: str = "error",
+        stop: Sequence[str] = (),
         adapt: int = 0,
         dynamic: DynamicConfig | None = None,
     ) -> Iterator[str]:
-        """The generated text, piece by piece as it is made (the prime not included). Options
-        left at None take SampleConfig's defaults; a seed makes it reproducible. Bad options
-        and a prime the model cannot read raise here, before anything is generated.
+        """The generated text, piece by piece as it is made (the prime not included), ending
+        before the first of the `stop` texts if one comes. Options left at None take
+        SampleConfig's defaults; a seed makes it reproducible. Bad options and a prime the
+        model cannot read raise here, before anything is generated.
 
         `adapt` N first reads the prime N times learning from it, with dynamic evaluation's
         updates (`dynamic`; default: config.ADAPT's segments and decay): a page of text steers
-        the style. The model itself is not changed (a copy learns)."""
+        the style. The model itself is not changed (a copy learns, with torch)."""
         job = self._job(prime, length, temp, top_k, top_p, greedy, seed, on_unknown, adapt,
                         dynamic)  # fmt: skip
-        return self._pieces(*job)
+        return until_stop(self._pieces(*job), _stops(stop))
 
     def _job(
         self,
@@ -173,18 +296,19 @@ class Model:
         on_unknown: str = "error",
         adapt: int = 0,
         dynamic: DynamicConfig | None = None,
-    ) -> tuple[torch.Tensor, SampleConfig, np.random.Generator, LanguageModel]:
+    ) -> tuple[np.ndarray, SampleConfig, np.random.Generator, LanguageModel | None]:
         """What generating needs, every option checked: the prime's ids, the config, the RNG,
-        and the network to generate with (a copy that has learnt the prime, with `adapt`)."""
+        and with `adapt` a copy of torch's network that has learnt the prime (else None: the
+        model's own engine generates)."""
         cfg = SampleConfig.build(length, temp, top_k, top_p, greedy=greedy)
         if not 0 <= adapt <= 1000:
             raise UsageError(f"--adapt must be between 0 and 1,000 passes, got {adapt}")
         prime_ids, generator = self.encode_prime(prime, on_unknown), _generator(seed)
-        net = self.net
+        net = None
         if adapt:
             if len(prime_ids) < 2:
                 raise UsageError("--adapt learns from the prime: give a --prime text to learn")
-            net = self.adapted(prime_ids.numpy(), adapt, dynamic)
+            net = self.adapted(prime_ids, adapt, dynamic)
         return prime_ids, cfg, generator, net
 
     def adapted(
@@ -221,35 +345,58 @@ class Model:
             n_train = int(len(ids) * (1.0 - fraction)) if fraction > 0 else len(ids)
         return ids[:n_train] if n_train >= 2 else None
 
+    def _ids(
+        self,
+        prime_ids: np.ndarray,
+        cfg: SampleConfig,
+        rng: np.random.Generator,
+        batch: int = 1,
+        net: LanguageModel | None = None,
+    ) -> Iterator[np.ndarray]:
+        """The ids (batch,) of each new token, from whichever engine generates (torch with
+        `net`, an adapted copy)."""
+        if self.portable is not None and net is None:
+            from charlstm.npstep import NumpyStepper, generate
+
+            if self._stepper is None:  # the table and joined matrices, made once
+                self._stepper = NumpyStepper(self.portable)
+            return generate(self._stepper.fork(), prime_ids, cfg, rng, batch)
+        import torch
+
+        from charlstm.sample import generate as torch_generate
+
+        prime = torch.from_numpy(prime_ids).to(self.device)
+        return torch_generate(self.net if net is None else net, prime, cfg, rng, batch)
+
     def _pieces(
         self,
-        prime_ids: torch.Tensor,
+        prime_ids: np.ndarray,
         cfg: SampleConfig,
         generator: np.random.Generator,
-        net: LanguageModel,
+        net: LanguageModel | None = None,
     ) -> Iterator[str]:
-        decoder = self.tokenizer.stream_decoder()  # holds back a character split across tokens
-        for token in generate(net, prime_ids, cfg, generator):
-            piece = decoder.push(int(token[0]))
-            if piece:
-                yield piece
-        tail = decoder.flush()
-        if tail:
-            yield tail
+        tokens = (int(t[0]) for t in self._ids(prime_ids, cfg, generator, net=net))
+        return decoded(self.tokenizer, tokens)
 
     def samples(self, n: int, prime: str | None = None, **options: Any) -> list[str]:
         """`n` independent samples from the same prime, generated together as one batch; the
         options are generate()'s."""
         if not 1 <= n <= 10_000:
             raise UsageError(f"--num-samples must be between 1 and 10,000, got {n}")
+        stops = _stops(options.pop("stop", ()))
         prime_ids, cfg, generator, net = self._job(prime, **options)
         if n > 1 and cfg.length * n > 100_000_000:
             raise UsageError("--length × --num-samples must be at most 100,000,000 tokens")
         rows: list[list[int]] = [[] for _ in range(n)]
-        for tokens in generate(net, prime_ids, cfg, generator, batch=n):  # (n,)
+        for tokens in self._ids(prime_ids, cfg, generator, batch=n, net=net):  # (n,)
             for row, token in zip(rows, tokens.tolist(), strict=True):
                 row.append(token)
-        return [self.tokenizer.decode(row) for row in rows]
+        return ["".join(until_stop(iter([self.tokenizer.decode(row)]), stops)) for row in rows]
+
+    def session(self, **options: Any) -> Session:
+        """A conversation (see Session) with generate()'s sampling options."""
+        _, cfg, generator, _net = self._job(None, **options)
+        return Session(self, cfg, generator)
 
     # ------------------------------------------------------------------------- scoring
 
@@ -283,6 +430,8 @@ class Model:
         stream that learns from each segment after scoring it (dynamic.py); the result's
         `dynamic` says how. The weights are put back afterwards; the file is never touched."""
         from charlstm.device import autocast, check_precision
+        from charlstm.evaluate import evaluate_ids
+        from charlstm.tokens import spelled_chars
 
         if dynamic is True:
             dynamic = DynamicConfig()
@@ -335,6 +484,8 @@ class Model:
         the first token is not predicted). "line" is the line as written where the lines of
         the text and of the scored tokens match up (nothing skipped across a line). `dynamic`:
         the pass learns from the text as it reads it (see evaluate)."""
+        from charlstm.evaluate import score_lines, token_losses
+
         enc = text if isinstance(text, EncodedText) else self.encode_text(text)
         _need_two(enc.ids)
         if dynamic:
@@ -356,13 +507,15 @@ class Model:
     def trace(self, text: str, *, layer: int | None = None, max_chars: int = 2000) -> Trace:
         """The activations of one layer (default: the last) at each character of `text`'s
         first `max_chars` known characters (visualize.trace); char models only."""
+        import torch
+
         from charlstm.visualize import trace
 
         if self.tokenizer.kind != "char":
             raise CharlstmError(
                 f"visualize colours characters: it needs a char model, not {self.tokenizer.kind}"
             )
-        n_layers = self.net.cfg.num_layers
+        n_layers = self.config.num_layers
         layer = n_layers - 1 if layer is None else layer
         if not 0 <= layer < n_layers:
             raise UsageError(f"--layer must be between 0 and {n_layers - 1}, got {layer}")
@@ -377,6 +530,103 @@ class Model:
         return Trace(body, layer, trace(self.net, ids, layer=layer))
 
 
+class Session:
+    """A conversation with a model: text fed in and text generated continue one recurrent
+    state, so each turn reads all the turns before it.
+
+        chat = model.session(temp=0.8, seed=1)
+        chat.feed("ROMEO: Good morrow.\n")
+        for piece in chat.reply(length=300, stop=["\n\n"]):
+            print(piece, end="")
+    """
+
+    def __init__(self, model: Model, cfg: SampleConfig, rng: np.random.Generator) -> None:
+        from charlstm.step import Stepper
+
+        self.model, self.cfg, self.rng = model, cfg, rng
+        self.stepper = Stepper(model.net)
+        self.state = self.stepper.zero_state(1)
+        self.logits: torch.Tensor | None = None  # (1, V): the prediction after the last token
+
+    def feed(self, text: str) -> list[str]:
+        """Read `text` into the state (characters the model never saw are skipped; returned)."""
+        import torch
+
+        tok = self.model.tokenizer
+        unknown = tok.unknown(text)
+        ids = tok.encode(text, skip_unknown=True)
+        if len(ids):
+            x = torch.from_numpy(ids.astype("int64"))[None].to(self.model.device)
+            with torch.inference_mode():
+                logits, self.state = self.model.net(x, self.state)
+            self.logits = logits[:, -1]
+        return unknown
+
+    def reply(self, length: int | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
+        """Generate up to `length` tokens (default SampleConfig's), ending before the first of
+        `stop`; what is generated becomes part of the state."""
+        if self.logits is None:
+            self.feed("\n")  # nothing read yet: start as at the start of a line
+        n = self.cfg.length if length is None else length
+        return until_stop(decoded(self.model.tokenizer, self._tokens(n)), _stops(stop))
+
+    def _tokens(self, n: int) -> Iterator[int]:
+        import torch
+
+        self.stepper.start(self.state)
+        last = self.logits
+        assert last is not None
+        try:
+            for _ in range(n):
+                token = choose(last.float().cpu().numpy(), self.cfg, self.rng.random(1))
+                last = self.stepper.step(torch.from_numpy(token).to(last.device)).clone()
+                yield int(token[0])
+        finally:  # stopped early or not, the state holds everything generated
+            self.state, self.logits = self.stepper.state(), last
+
+
+def decoded(tokenizer: AnyTokenizer, tokens: Iterable[int]) -> Iterator[str]:
+    """Text pieces of sampled ids as they come; the stream decoder holds back a character split
+    across tokens (byte-level BPE) until it is whole."""
+    decoder = tokenizer.stream_decoder()
+    for token in tokens:
+        piece = decoder.push(token)
+        if piece:
+            yield piece
+    tail = decoder.flush()
+    if tail:
+        yield tail
+
+
+def until_stop(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
+    """The text of `pieces` up to the first of `stops` (left out), holding back only as much
+    as could still turn out to be the start of one."""
+    if not stops:
+        yield from pieces
+        return
+    keep = max(map(len, stops)) - 1
+    held = ""
+    for piece in pieces:
+        held += piece
+        found = [i for i in (held.find(s) for s in stops) if i >= 0]
+        if found:
+            if min(found):
+                yield held[: min(found)]
+            return
+        if len(held) > keep:
+            yield held[: len(held) - keep]
+            held = held[len(held) - keep :]
+    if held:
+        yield held
+
+
+def _stops(stop: Sequence[str] | str) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    if any(not s for s in stops):
+        raise UsageError("--stop needs a text that is not empty")
+    return stops
+
+
 @dataclass(frozen=True)
 class Trace:
     text: str  # the characters traced
@@ -385,8 +635,7 @@ class Trace:
 
 
 def _generator(seed: int | None) -> np.random.Generator:
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise UsageError(f"--seed must be between 0 and {MAX_SEED:,}, got {seed}")
+    check_seed(seed)
     return seeded(random_seed() if seed is None else seed)
 
 
@@ -395,4 +644,4 @@ def _need_two(ids: np.ndarray) -> None:
         raise CharlstmError("the text is too short to evaluate: it needs at least 2 known tokens")
 
 
-__all__ = ["EncodedText", "Model", "Trace", "info", "load", "train"]
+__all__ = ["ENGINES", "EncodedText", "Model", "Session", "Trace", "export", "info", "load", "train"]

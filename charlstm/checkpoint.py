@@ -6,14 +6,15 @@ A checkpoint is a dict of tensors and plain Python values:
 and, in last.pt only, "resume": optimizer state, data position, carried state. (The random
 draws of a step are a function of the seed and the step: no RNG state is needed to resume.)
 
-Nothing is built from a file before `read_checkpoint` has checked all of it.
+Nothing is built from a file before `read_checkpoint` has checked all of it (the checks that
+need no torch live in checks.py, shared with model.safetensors' reader, portable.py).
 """
 
 from __future__ import annotations
 
+import json
 import math
-import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +22,27 @@ import torch
 
 from charlstm import __version__
 from charlstm.cells import STATE_PARTS
+from charlstm.checks import (  # noqa: F401  (resolve_checkpoint, check_size: re-exported)
+    CheckpointError,
+    SizeError,
+    check_size,
+    check_tokenizer,
+    model_config,
+    parameter_count,
+    resolve_checkpoint,
+)
+from charlstm.checks import Invalid as _Invalid
+from charlstm.checks import config_from_dict as _config
+from charlstm.checks import number as _number
+from charlstm.checks import require as _require
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.errors import CharlstmError
-from charlstm.files import FileWriteError, write_atomic
+from charlstm.files import FileWriteError, Fingerprinter, write_atomic
 from charlstm.model import LanguageModel
-from charlstm.tokenizer import AnyTokenizer, tokenizer_from_dict
+from charlstm.tokenizer import AnyTokenizer
 from charlstm.tokens import CorpusInfo
 
 FORMAT = "charlstm"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(CharlstmError):
-    """A checkpoint that is missing or cannot be used; the message is one line for the user."""
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
@@ -74,27 +83,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def resolve_checkpoint(model: Path | None, root: Path = Path("checkpoints")) -> Path:
-    """A checkpoint file, a run folder (its best.pt, else last.pt), or, with none given,
-    the most recently written best.pt under `root`."""
-    if model is None:
-        found = sorted(root.glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise CheckpointError(
-                f"no trained model under '{root}/'; train one with `charlstm train CORPUS` "
-                "or pass --model PATH"
-            )
-        return found[-1]
-    if model.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (model / name).is_file():
-                return model / name
-        raise CheckpointError(f"'{model}' holds no best.pt or last.pt")
-    if not model.exists():
-        raise CheckpointError(f"no checkpoint at '{model}'")
-    return model
-
-
 # ------------------------------------------------------------------------------------ validation
 #
 # Everything built from a file is built from what `read_checkpoint` has checked: the types of
@@ -103,8 +91,6 @@ def resolve_checkpoint(model: Path | None, root: Path = Path("checkpoints")) -> 
 # training state. A file that fails any check is refused with one line saying what is wrong.
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-# Gate blocks per layer, by cell: what a layer's weights cost.
-_GATES = {"lstm": 4, "gru": 3, "rnn": 1, "peephole": 4, "coupled": 3, "mogrifier": 4, "slstm": 4}
 
 
 @dataclass
@@ -134,97 +120,10 @@ def read_checkpoint(path: Path, *, resume: bool = False) -> Checkpoint:
         raise CheckpointError(f"'{path}' is damaged or not usable: {e}") from None
 
 
-class _Invalid(Exception):
-    pass
-
-
-def _require(ok: bool, what: str) -> None:
-    if not ok:
-        raise _Invalid(what)
-
-
-def _typed(value: object, kind: str) -> bool:
-    """Whether `value` is of a dataclass field's declared type (as written in the source)."""
-    if value is None:
-        return "None" in kind
-    if isinstance(value, bool):
-        return kind.startswith("bool")
-    if isinstance(value, int):
-        return kind.startswith(("int", "float"))
-    if isinstance(value, float):
-        return kind.startswith("float") and math.isfinite(value)
-    if isinstance(value, str):
-        return kind.startswith("str")
-    if isinstance(value, list):
-        item = {"list[int]": int, "list[str]": str}.get(kind.split(" |")[0])
-        return item is not None and all(
-            isinstance(v, item) and not isinstance(v, bool) for v in value
-        )
-    return False
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _config(cls: type, d: object, name: str) -> Any:
-    """An instance of the config dataclass `cls` from a checkpoint's dict, every field typed."""
-    _require(isinstance(d, dict), f"{name} is {type(d).__name__}, not a dict")
-    assert isinstance(d, dict)
-    known = {f.name: f.type for f in fields(cls)}
-    for key, value in d.items():
-        _require(key in known, f"{name} has an unknown field {key!r}")
-        _require(_typed(value, str(known[key])), f"{name}.{key} = {value!r} is not a {known[key]}")
-    try:
-        return cls(**d)
-    except (TypeError, ValueError) as e:
-        raise _Invalid(f"{name}: {e}") from None
-
-
-def parameter_count(cfg: ModelConfig) -> int:
-    """The parameters a model of `cfg` holds, computed without building it."""
-    g, h, e, v = _GATES[cfg.cell], cfg.hidden_size, cfg.embed_size, cfg.vocab_size
-    layers = sum(g * h * ((e if k == 0 else h) + h + 2) for k in range(min(cfg.num_layers, 2)))
-    layers += max(cfg.num_layers - 2, 0) * g * h * (2 * h + 2)
-    if cfg.cell == "peephole":
-        layers += cfg.num_layers * 3 * h
-    if cfg.cell == "mogrifier":  # r matrices of (I, H) a layer: Q on odd rounds, R on even
-        layers += cfg.mogrifier_rounds * h * (e + h * (cfg.num_layers - 1))
-    return v * e + layers + (0 if cfg.tie_weights else v * h) + v
-
-
-def memory_bytes() -> int:
-    """This machine's physical memory."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 16 << 30
-
-
-def check_size(cfg: ModelConfig, what: str = "the model") -> None:
-    """Refuse, before anything is allocated, a model whose weights alone would fill half of this
-    machine's memory (training needs four times that)."""
-    n = parameter_count(cfg)
-    need, have = 4 * n, memory_bytes()
-    if need > have // 2:
-        raise CheckpointError(
-            f"{what} ({cfg.num_layers}×{cfg.hidden_size}, vocabulary {cfg.vocab_size:,}) needs "
-            f"{n:,} parameters, ~{_gb(need)} for its weights alone; this machine has {_gb(have)}"
-        )
-
-
-def _gb(n: float) -> str:
-    return f"{n / 2**30:,.1f} GB" if n >= 2**30 else f"{n / 2**20:,.0f} MB"
-
-
 def _validated(path: Path, data: dict[str, Any], resume: bool) -> Checkpoint:
     for key in ("model_config", "tokenizer", "model"):
         _require(key in data, f"it has no {key!r}")
-    config = _config(ModelConfig, data["model_config"], "model_config")
-    try:
-        check_size(config, "its model")
-    except CheckpointError as e:
-        raise _Invalid(str(e)) from None
+    config = model_config(data["model_config"])
     train_config = None
     if "train_config" in data or resume:
         train_config = _config(TrainConfig, data.get("train_config"), "train_config")
@@ -238,10 +137,22 @@ def _validated(path: Path, data: dict[str, Any], resume: bool) -> Checkpoint:
         _require(isinstance(m, dict) and isinstance(m.get("step"), int)
                  and all(m.get(k) is None or _number(m[k]) for k in numbers),
                  f"a metrics record is damaged: {str(m)[:80]}")  # fmt: skip
+    curve = data.get("train_curve") or []
+    _require(isinstance(curve, list) and all(
+        isinstance(p, dict) and isinstance(p.get("step"), int) and _number(p.get("train_loss"))
+        for p in curve), "its training curve is damaged")  # fmt: skip
+    parent = data.get("parent")
+    _require(parent is None or (isinstance(parent, dict) and isinstance(parent.get("path"), str)),
+             "its parent (--init-from) is damaged")  # fmt: skip
+    keep = data.get("keep_eval")
+    _require(keep is None or (isinstance(keep, dict) and isinstance(keep.get("chars"), int)
+                              and isinstance(keep.get("tokens"), int)
+                              and isinstance(keep.get("sources"), list)),
+             "its keep-eval record is damaged")  # fmt: skip
     if data.get("corpus") is not None or resume:
         _config(CorpusInfo, data.get("corpus"), "corpus")
     _check_weights(data["model"], config)
-    tokenizer = _tokenizer(data["tokenizer"], config)
+    tokenizer = check_tokenizer(data["tokenizer"], config)
     if resume:
         _check_resume(data.get("resume"), config, train_config.optimizer)
     return Checkpoint(path, data, config, tokenizer)
@@ -266,23 +177,6 @@ def _check_weights(weights: object, config: ModelConfig) -> None:
         _require(bool(torch.isfinite(t).all()), f"the weight {key!r} holds NaN or infinity")
     extra = sorted(set(weights) - set(expected))
     _require(not extra, f"it holds weights the model does not have: {extra[:3]}")
-
-
-def _tokenizer(d: object, config: ModelConfig) -> AnyTokenizer:
-    _require(isinstance(d, dict), "its tokenizer is no dict")
-    assert isinstance(d, dict)
-    kind = d.get("kind")
-    field_name = "chars" if kind == "char" else "json"
-    _require(kind in ("char", "word", "bpe"), f"unknown tokenizer kind {kind!r}")
-    _require(isinstance(d.get(field_name), str), f"the {kind} tokenizer's {field_name} is no text")
-    try:
-        tokenizer = tokenizer_from_dict(d)
-    except (CharlstmError, ValueError) as e:
-        raise _Invalid(f"its tokenizer: {str(e).splitlines()[0] if str(e) else e}") from None
-    _require(tokenizer.vocab_size == config.vocab_size,
-             f"its tokenizer has {tokenizer.vocab_size:,} tokens, the model "
-             f"{config.vocab_size:,}")  # fmt: skip
-    return tokenizer
 
 
 _POSITION = {"step": int, "epoch": int, "window": int, "tokens_seen": int,
@@ -350,6 +244,19 @@ def _check_optimizer(opt: object, config: ModelConfig, optimizer: str) -> None:
                      and (t.dim() == 0 or t.shape == ordered[i]), bad)  # fmt: skip
 
 
+def weights_fingerprint(ckpt: dict[str, Any]) -> str:
+    """A checkpoint's model, in 16 hex digits: its config, tokenizer and every weight's bytes
+    (the same model saved twice has the same fingerprint; any change of a weight changes it)."""
+    h = Fingerprinter()
+    h.update(json.dumps(ckpt["model_config"], sort_keys=True))
+    h.update(json.dumps(ckpt["tokenizer"], sort_keys=True))
+    for name in sorted(ckpt["model"]):
+        t = ckpt["model"][name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}")
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hex()
+
+
 def describe(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
     """What a checkpoint holds, as plain data (`charlstm info --json`)."""
     config = ckpt["model_config"]
@@ -370,5 +277,7 @@ def describe(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
         "best_val_loss": best if best is not None and math.isfinite(best) else None,
         "train_config": ckpt.get("train_config"),
         "metrics": ckpt.get("metrics") or [],
+        "train_curve": ckpt.get("train_curve") or [],
+        "parent": ckpt.get("parent"),
         "resumable": "resume" in ckpt,
     }

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -24,10 +24,16 @@ from charlstm import __version__
 from charlstm.config import (
     CELLS,
     CHECKPOINTS,
+    DECODE_ERRORS,
     DYNAMIC_LR,
+    OPTIMIZERS,
+    PRECISIONS,
+    SOFTMAXES,
+    TOKENIZERS,
     DynamicConfig,
     ModelConfig,
     SampleConfig,
+    ServeConfig,
     TrainConfig,
 )
 from charlstm.display import (
@@ -108,8 +114,37 @@ class _StdoutConsole(Console):
         raise typer.Exit(0)
 
 
+# Choices, shown in --help and offered by shell completion.
+Cell = Literal[CELLS]
+Tokenizer = Literal[TOKENIZERS]
+Optimizer = Literal[OPTIMIZERS]
+Softmax = Literal[SOFTMAXES]
+Precision = Literal[PRECISIONS]
+EvalPrecision = Literal["fp32", "bf16"]
+Errors = Literal[DECODE_ERRORS]
+Engine = Literal["auto", "numpy", "torch"]
+OnUnknown = Literal["error", "skip"]
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _flag(*names: str, help: str) -> Any:
+    """A boolean flag, shown without a value (`--json`, not `--json <bool>`)."""
+    return typer.Option(*names, help=help, metavar="")
+
+
+def _complete_device(incomplete: str) -> list[str]:
+    return [d for d in DEVICES if d.startswith(incomplete)]
+
+
+def _complete_activation(incomplete: str) -> list[str]:
+    kinds = ("hidden", "cell", "forget", "input", "output", "update", "reset", "normalizer",
+             "stabilizer")  # fmt: skip
+    return [k for k in kinds if k.startswith(incomplete)]
+
+
 # Options several commands share.
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+Quiet = Annotated[bool, _flag("--quiet", "-q", help="Print nothing but errors.")]
+Json = Annotated[bool, _flag("--json", help="Print one JSON object.")]
 Threads = Annotated[
     int,
     typer.Option(
@@ -120,25 +155,44 @@ Threads = Annotated[
 Device = Annotated[
     str,
     typer.Option(
-        help="auto (a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps."
+        help="auto (a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps.",
+        autocompletion=_complete_device,
     ),
 ]
 ModelPath = Annotated[
     Path | None,
     typer.Option(
         "--model", "-m",
-        help="Checkpoint file or run folder. Default: the newest best.pt under ./checkpoints.",
+        help="Checkpoint file or run folder. Default: the newest best.pt under --checkpoints.",
         show_default=False,
     ),
 ]  # fmt: skip
+Checkpoints = Annotated[
+    Path,
+    typer.Option(
+        envvar="CHARLSTM_CHECKPOINTS",
+        help="Folder that holds the run folders (every command looks there; "
+        "CHARLSTM_CHECKPOINTS sets it for all).",
+    ),
+]
 Encoding = Annotated[str, typer.Option(help="Text encoding of the files.")]
 DecodeErrors = Annotated[
-    str, typer.Option(help="Undecodable bytes: strict (stop), replace or ignore.")
+    Errors, typer.Option(help="Undecodable bytes: strict (stop), replace or ignore.")
 ]
 Texts = Annotated[
     list[str],
-    typer.Argument(help="Text: file(s), a folder, - for stdin, or a built-in corpus."),
+    typer.Argument(
+        help="Text: file(s), a folder, - for stdin, or a built-in corpus.",
+        metavar="TEXT...",
+        show_default=False,
+    ),
 ]
+
+
+def _stdin_note(args: list[str] | str | None, err: Console) -> None:
+    """Reading stdin from a terminal waits for the user: say so, and how to end it."""
+    if args and "-" in ([args] if isinstance(args, str) else args) and sys.stdin.isatty():
+        err.print("reading stdin; end with Ctrl-D", style="dim")
 
 
 def _opt(help: str, *names: str) -> Any:
@@ -171,7 +225,7 @@ def train(
         float | None, _opt("Stop after this many passes over the training split.")
     ] = None,
     tokenizer: Annotated[
-        str | None,
+        Tokenizer | None,
         _opt(
             "Tokens: char (one per character; the default), word (whitespace-separated words with "
             "their spacing, via Hugging Face tokenizers) or bpe (byte-level subwords learnt from "
@@ -189,9 +243,7 @@ def train(
         int | None,
         _opt("word/bpe: leave out words (merges) seen fewer times. Default: 1 word, 2 bpe."),
     ] = None,
-    cell: Annotated[
-        str | None, _opt(f"Recurrent cell: {', '.join(CELLS)}. Default: {ModelConfig.cell}.")
-    ] = None,
+    cell: Annotated[Cell | None, _opt(f"Recurrent cell. Default: {ModelConfig.cell}.")] = None,
     hidden: Annotated[
         int | None,
         _opt(
@@ -238,11 +290,12 @@ def train(
         typer.Option(
             "--tie-weights/--no-tie-weights",
             show_default=False,
+            metavar="",
             help="Share the embedding matrix with the output layer. Default: off; bpe: on.",
         ),
     ] = None,
     softmax: Annotated[
-        str | None,
+        Softmax | None,
         _opt(
             "Output layer: full (the default), or adaptive (frequent tokens get the full layer, "
             "rare ones smaller clusters: ~2.5x faster on a 13k-word vocabulary, but it overfit "
@@ -287,7 +340,7 @@ def train(
         _opt(f"AdamW weight decay on matrices. Default: {TrainConfig.weight_decay}; word, bpe: 0."),
     ] = None,
     optimizer: Annotated[
-        str | None,
+        Optimizer | None,
         _opt(
             "adamw, or sgd (plain SGD, as PyTorch's word_language_model: with --lr 20 it beat "
             "AdamW on word models). Default: adamw; word: sgd."
@@ -340,11 +393,30 @@ def train(
     name: Annotated[
         str | None, _opt("Run name: checkpoints go to CHECKPOINTS/NAME. Default: corpus-date-time.")
     ] = None,
-    checkpoints: Annotated[
-        Path, typer.Option(help="Folder that holds the run folders.")
-    ] = CHECKPOINTS,
+    checkpoints: Checkpoints = CHECKPOINTS,
+    overwrite: Annotated[
+        bool, _flag("--overwrite", help="Replace the run of the same --name, if there is one.")
+    ] = False,
+    init_from: Annotated[
+        Path | None,
+        _opt(
+            "Fine-tune: start from this run's (or checkpoint's) weights and tokenizer instead of "
+            "random ones. Its shape is kept; fine-tuning's own defaults apply (see the README)."
+        ),
+    ] = None,
+    keep_eval: Annotated[
+        list[str] | None,
+        _opt(
+            "Also score this text at every validation (give it again for more), e.g. the base's "
+            "own held-out text: how much of the old skill fine-tuning costs."
+        ),
+    ] = None,
     resume: Annotated[
-        Path | None, _opt("Continue the run in this folder from its last.pt.")
+        Path | None,
+        _opt(
+            "Continue the run in this folder from its last.pt: exactly where it stopped, or "
+            "with --steps/--budget/--epochs that much more (see the README, 'Resuming')."
+        ),
     ] = None,
     encoding: Encoding = "utf-8",
     errors: DecodeErrors = "strict",
@@ -353,7 +425,7 @@ def train(
     ] = 0,
     device: Device = "auto",
     precision: Annotated[
-        str,
+        Precision,
         typer.Option(
             help="auto (bf16 on a CPU with bf16 instructions, where it trains 1.25-1.45x faster "
             "to the same loss; fp32 elsewhere), fp32, or mixed precision: bf16, or fp16 on a GPU "
@@ -362,7 +434,7 @@ def train(
     ] = "auto",
     quiet: Quiet = False,
     json_out: Annotated[
-        bool, typer.Option("--json", help="Print the final summary as JSON on stdout.")
+        bool, _flag("--json", help="Print the final summary as JSON on stdout.")
     ] = False,
 ) -> None:
     """Train a model on CORPUS; checkpoints go to [bold]checkpoints/RUN/[/] (best.pt, last.pt,
@@ -372,17 +444,19 @@ def train(
     Several processes: [bold]torchrun --nproc-per-node N -m charlstm train ...[/] trains with
     DistributedDataParallel (the B streams split among the ranks; rank 0 prints and saves)."""
     options = {k: v for k, v in locals().items() if k not in ("quiet", "json_out")}
+    started = time.perf_counter()  # the budget is the whole run, this command's start on
     from charlstm.config import TrainOptions
 
     opts = TrainOptions(**{**options, "corpus": corpus or []})
+    err = err_console(quiet)
+    _stdin_note(corpus, err)
     from charlstm import runs  # imports torch: after the options are known to be good
 
-    err = err_console(quiet)
     display = TrainDisplay(err)
     stop = _StopFlag()
     previous = signal.signal(signal.SIGINT, stop.handle)
     try:
-        summary = runs.train(opts, report=display, should_stop=stop.is_set)
+        summary = runs.train(opts, report=display, should_stop=stop.is_set, started=started)
     finally:
         display.close()
         signal.signal(signal.SIGINT, previous)
@@ -422,6 +496,9 @@ def sample(
     prime: Annotated[
         str | None, _opt("Text that starts the sample and warms the state; - reads stdin.")
     ] = None,
+    prime_file: Annotated[
+        Path | None, _opt("Read the prime from this file (UTF-8) instead.")
+    ] = None,
     length: Annotated[
         int | None,
         _opt(
@@ -447,8 +524,15 @@ def sample(
         _opt("Sample among the most likely tokens whose probability sums to p. Default: 1 = all."),
     ] = None,
     greedy: Annotated[
-        bool, typer.Option(help="Always take the most likely token (= --temp 0).")
+        bool, _flag("--greedy", help="Always take the most likely token (= --temp 0).")
     ] = False,
+    stop: Annotated[
+        list[str] | None,
+        _opt(
+            "End the sample before this text (give it again for more); the text itself is not "
+            "printed. E.g. --stop $'\\n\\n' for one paragraph."
+        ),
+    ] = None,
     seed: Annotated[
         int | None, _opt("Random seed; random when absent and reported on stderr.")
     ] = None,
@@ -464,17 +548,20 @@ def sample(
     ] = 1,
     json_out: Annotated[
         bool,
-        typer.Option(
+        _flag(
             "--json",
             help='One JSON object per sample per line: {"sample": I, "seed": SEED, '
-            '"text": prime + generated text}.',
+            '"text": prime + generated text} (without the prime with --no-echo-prime).',
         ),
     ] = False,
     echo_prime: Annotated[
-        bool, typer.Option(help="Print the prime text before the sample.")
+        bool,
+        typer.Option(
+            "--echo-prime/--no-echo-prime", metavar="", help="Print the prime before the sample."
+        ),
     ] = True,
     on_unknown: Annotated[
-        str, typer.Option(help="Prime characters the model never saw: error or skip.")
+        OnUnknown, typer.Option(help="Prime characters the model never saw: error or skip.")
     ] = "error",
     adapt: Annotated[
         int,
@@ -485,67 +572,116 @@ def sample(
             metavar="PASSES",
         ),
     ] = 0,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help="What generates: numpy (from the run's model.safetensors, without loading "
+            "torch: the first character in a fraction of a second), torch, or auto: numpy when "
+            "model.safetensors is there and up to date."
+        ),
+    ] = "auto",
+    checkpoints: Checkpoints = CHECKPOINTS,
     threads: Threads = 0,
     quiet: Quiet = False,
 ) -> None:
     """Stream generated text to stdout, one token at a time."""
+    _blas_threads(threads, num_samples)  # before numpy loads (charlstm.api imports it)
     from charlstm.api import random_seed
+    from charlstm.choice import check_seed
 
     err = err_console(quiet)
     SampleConfig.build(length, temp, top_k, top_p, greedy=greedy)  # check before loading
-    if prime == "-":
-        prime = sys.stdin.read()
-    net = _load(model, threads, err, streams=num_samples)
+    check_seed(seed)
+    prime = _read_prime(prime, prime_file, err)
+    net = _load(model, threads, err, streams=num_samples, checkpoints=checkpoints, engine=engine)
     net.encode_prime(prime, on_unknown)  # a prime it cannot read ends here, before the seed
     if seed is None:
         seed = random_seed()
     err.print(f"seed {seed}")
     choice = {"length": length, "temp": temp, "top_k": top_k, "top_p": top_p, "greedy": greedy,
-              "seed": seed, "on_unknown": on_unknown, "adapt": adapt}  # fmt: skip
+              "seed": seed, "on_unknown": on_unknown, "stop": stop or (),
+              "adapt": adapt}  # fmt: skip
     if adapt:
         err.print(f"learning from the prime ({adapt} pass{'es' if adapt > 1 else ''})…")
+    head = (prime or "") if echo_prime else ""
     if num_samples == 1 and not json_out:
-        pieces = net.generate(prime, **choice)  # checks the prime before anything is written
-        if prime and echo_prime:
-            _write_stdout(prime)
+        pieces = net.generate(prime, **choice)  # checks the options before anything is written
+        if head:
+            _write_stdout(head)
         _stream(pieces)
         return
     texts = net.samples(num_samples, prime, **choice)
     for i, text in enumerate(texts, start=1):
         if json_out:
-            _write_stdout(
-                json.dumps({"sample": i, "seed": seed, "text": (prime or "") + text}) + "\n"
-            )
+            _write_stdout(json.dumps({"sample": i, "seed": seed, "text": head + text}) + "\n")
         else:
-            head = (prime or "") if echo_prime else ""
             _write_stdout(("\n" if i > 1 else "") + f"--- sample {i} ---\n{head}{text}\n")
+
+
+def _read_prime(prime: str | None, prime_file: Path | None, err: Console) -> str | None:
+    if prime is not None and prime_file is not None:
+        raise UsageError("give the prime with --prime or with --prime-file, not both")
+    if prime_file is not None:
+        try:
+            return prime_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            why = getattr(e, "strerror", None) or str(e).splitlines()[0]
+            raise CharlstmError(f"cannot read the prime from '{prime_file}': {why}") from None
+    if prime == "-":
+        _stdin_note("-", err)
+        return sys.stdin.read()
+    return prime
 
 
 def _stream(pieces: Any) -> None:
     """Write generated pieces as they come, every 20 ms rather than every token: as live to a
-    reader, with far fewer calls; a newline ends the text."""
+    reader, with far fewer calls; a newline ends the text, also one cut short by Ctrl-C (so the
+    shell's prompt and the message start on a line of their own)."""
     pending: list[str] = []
     due = time.perf_counter()
-    for piece in pieces:
-        pending.append(piece)
-        if time.perf_counter() >= due:
-            _write_stdout("".join(pending))
-            pending.clear()
-            due = time.perf_counter() + 0.02
-    _write_stdout("".join(pending) + "\n")
+    try:
+        for piece in pieces:
+            pending.append(piece)
+            if time.perf_counter() >= due:
+                _write_stdout("".join(pending))
+                pending.clear()
+                due = time.perf_counter() + 0.02
+    finally:
+        _write_stdout("".join(pending) + "\n")
 
 
 def _load(
-    model: Path | None, threads: int, err: Console, device: Any = "cpu", streams: int = 1
+    model: Path | None,
+    threads: int,
+    err: Console,
+    device: Any = "cpu",
+    streams: int = 1,
+    checkpoints: Path = CHECKPOINTS,
+    engine: str = "torch",
 ) -> Any:
     """The model, loaded through the API, on `threads` CPU threads (0: chosen for `streams`)."""
     from charlstm.api import load
-    from charlstm.device import set_threads
 
-    set_threads(threads, streams)
-    net = load(model, device=device)
-    err.print(f"model {net.path}", style="dim")
+    net = load(model, device=device, checkpoints=checkpoints, engine=engine)
+    if net.engine == "torch":
+        from charlstm.device import set_threads
+
+        set_threads(threads, streams)
+    used = f"numpy, {net.portable.path.name}" if net.engine == "numpy" else "torch"
+    err.print(f"model {net.path} ({used})", style="dim")
     return net
+
+
+def _blas_threads(threads: int, streams: int) -> None:
+    """numpy's BLAS takes its thread count from the environment once, when numpy loads: one
+    thread for a single stream (a second core does not speed up a matrix-vector product, and a
+    busy one slows it many times), `--threads` when given, else its own default."""
+    if "numpy" in sys.modules:
+        return
+    if threads > 0:
+        os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+    elif streams == 1:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 # ----------------------------------------------------------------------------------- evaluate
@@ -568,10 +704,10 @@ def evaluate(
     ] = 64,
     encoding: Encoding = "utf-8",
     errors: DecodeErrors = "strict",
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: Json = False,
     per_line: Annotated[
         bool,
-        typer.Option(
+        _flag(
             "--per-line",
             help='One JSON object per input line: {"line": TEXT, "tokens": N, "nats": TOTAL, '
             '"bits_per_char": BPC}. One sequential pass carries the state through the whole text; '
@@ -579,10 +715,10 @@ def evaluate(
         ),
     ] = False,
     precision: Annotated[
-        str,
+        EvalPrecision,
         typer.Option(
             help="fp32 (exact), or bf16: about twice as fast on a GPU or a CPU with bf16 "
-            "instructions, the loss within ~1e-4 of fp32's (BENCHMARKS.md)."
+            "instructions, the loss within 1e-4 of fp32's on a trained model (BENCHMARKS.md)."
         ),
     ] = "fp32",
     reset_every: Annotated[
@@ -629,6 +765,7 @@ def evaluate(
         int | None,
         _opt(f"--dynamic: tokens per gradient step. Default: {DynamicConfig.segment}."),
     ] = None,
+    checkpoints: Checkpoints = CHECKPOINTS,
     threads: Threads = 0,
     device: Device = "auto",
     quiet: Quiet = False,
@@ -645,7 +782,8 @@ def evaluate(
     from charlstm.device import resolve_device
 
     body = _read_texts(text, encoding, errors, err)
-    net = _load(model, threads, err, resolve_device(device), 1 if per_line or dynamic else streams)
+    net = _load(model, threads, err, resolve_device(device), 1 if per_line or dynamic else streams,
+                checkpoints)  # fmt: skip
     encoded = net.encode_text(body)
     _note_unknown(encoded, err)
     t0 = time.perf_counter()
@@ -681,6 +819,7 @@ def _read_texts(args: list[str], encoding: str, errors: str, err: Console) -> st
     from charlstm.config import CORPORA
     from charlstm.corpus import load_corpus
 
+    _stdin_note(args, err)
     with err.status("reading text…"):
         return load_corpus(args, cache_dir=CORPORA, encoding=encoding, errors=errors).text
 
@@ -702,9 +841,11 @@ def _note_unknown(encoded: Any, err: Console) -> None:
 def info(
     model: Annotated[
         Path | None,
-        typer.Argument(help="Checkpoint file or run folder. Default: the newest best.pt."),
+        typer.Argument(
+            help="Checkpoint file or run folder. Default: the newest best.pt under --checkpoints."
+        ),
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: Json = False,
     plot: Annotated[
         Path | None,
         _opt(
@@ -712,14 +853,15 @@ def info(
             "PDF; needs matplotlib: pip install 'charlstm\\[plot]')."
         ),
     ] = None,
+    checkpoints: Checkpoints = CHECKPOINTS,
     quiet: Quiet = False,
 ) -> None:
     """What a checkpoint holds, read without running any pickled code."""
     from charlstm.api import info as read_info
 
-    data = read_info(model)
+    data = read_info(model, checkpoints=checkpoints)
     if plot is not None:
-        plot_metrics(data["metrics"], plot, title=data["path"])
+        plot_metrics(data["metrics"], plot, title=data["path"], curve=data["train_curve"])
         err_console(quiet).print(f"wrote {plot}", style="dim")
     if json_out:
         _write_stdout(json.dumps(data) + "\n")
@@ -741,7 +883,8 @@ def visualize(
         str,
         typer.Option(
             help="What to colour by: hidden, cell, forget, input or output (gru: update, reset; "
-            "slstm also: normalizer, stabilizer)."
+            "slstm also: normalizer, stabilizer).",
+            autocompletion=_complete_activation,
         ),
     ] = "cell",
     unit: Annotated[
@@ -749,7 +892,7 @@ def visualize(
     ] = None,
     find: Annotated[
         bool,
-        typer.Option(
+        _flag(
             "--find",
             help="Rank every unit and gate by correlation with simple properties of the text (in "
             "quotes, in brackets, line position, word starts) and show the best 5.",
@@ -768,16 +911,13 @@ def visualize(
     ] = 2000,
     encoding: Encoding = "utf-8",
     errors: DecodeErrors = "strict",
+    checkpoints: Checkpoints = CHECKPOINTS,
     threads: Threads = 0,
     quiet: Quiet = False,
 ) -> None:
     """Colour a text by what a unit of the model holds at each character."""
-    kinds = ("hidden", "cell", "forget", "input", "output", "update", "reset", "normalizer",
-             "stabilizer")  # fmt: skip
-    if kind not in kinds:
-        raise UsageError(f"--kind must be one of {', '.join(kinds)}, got {kind!r}")
     err = err_console(quiet)
-    net = _load(model, threads, err)
+    net = _load(model, threads, err, checkpoints=checkpoints)
     body = _read_texts(text, encoding, errors, err)
     if net.tokenizer.kind == "char":
         _note_unknown(net.encode_text(body), err)
@@ -786,7 +926,7 @@ def visualize(
     acts, body = traced.activations, traced.text
     if kind not in acts:
         raise UsageError(
-            f"{net.config.cell} layers have no {kind!r}; choose one of {', '.join(acts)}"
+            f"--kind: {net.config.cell} layers have no {kind!r}; choose one of {', '.join(acts)}"
         )
     hidden = acts[kind].shape[1]
     if unit is not None and not 0 <= unit < hidden:
@@ -840,6 +980,434 @@ def _show_units(
         except OSError as e:
             raise CharlstmError(f"cannot write {html_out}: {e.strerror or e}") from None
         err.print(f"wrote {html_out}", style="dim")
+
+
+# ----------------------------------------------------------------------------------- runs
+
+
+@_command
+def runs(
+    delete: Annotated[
+        list[str] | None, _opt("Delete this run's folder (give it again for more runs).")
+    ] = None,
+    slim: Annotated[
+        list[str] | None,
+        _opt(
+            "Keep only this run's best.pt (all that sampling needs) and delete last.pt and "
+            "tokens.npy (only resuming needs them: about three quarters of a run's disk)."
+        ),
+    ] = None,
+    slim_finished: Annotated[
+        bool, _flag("--slim-finished", help="Slim every run that reached its limits.")
+    ] = False,
+    json_out: Annotated[bool, _flag("--json", help="One JSON object per run per line.")] = False,
+    checkpoints: Checkpoints = CHECKPOINTS,
+    quiet: Quiet = False,
+) -> None:
+    """The runs under the checkpoints folder (newest first): corpus, tokenizer, model, steps,
+    best validation, age and disk use; and taking away what is no longer wanted."""
+    from charlstm.folders import delete_run, list_runs, slim_run
+
+    err = err_console(quiet)
+    names = list(slim or [])
+    if slim_finished:
+        names += [r.name for r in list_runs(checkpoints) if r.finished and r.last_bytes]
+    for name in delete or []:
+        freed = delete_run(checkpoints, name)
+        err.print(f"deleted {checkpoints / name} ({_mb(freed)})")
+    for name in names:
+        freed = slim_run(checkpoints, name)
+        err.print(f"slimmed {checkpoints / name}: kept best.pt, freed {_mb(freed)}; it can no "
+                  "longer be resumed")  # fmt: skip
+    if delete or names:
+        return
+    found = list_runs(checkpoints)
+    if json_out:
+        _write_stdout("".join(json.dumps(r.to_dict()) + "\n" for r in found))
+        return
+    if not found:
+        err.print(f"no runs under '{checkpoints}'; train one with: charlstm train CORPUS")
+        return
+    _write_stdout(_runs_table(found))
+    total, resumable = sum(r.bytes for r in found), sum(r.last_bytes for r in found)
+    err.print(
+        f"{len(found)} runs, {_mb(total)}; {_mb(resumable)} of it is last.pt and tokens.npy, "
+        "which only resuming needs (charlstm runs --slim-finished frees it for finished runs)",
+        style="dim",
+    )
+
+
+def _runs_table(found: list[Any]) -> str:
+    from charlstm.folders import age
+
+    rows = [("name", "corpus", "tokens", "model", "steps", "best", "bits/char", "age", "disk")]
+    for r in found:
+        rows.append((r.name, r.corpus[:32], r.tokenizer, r.model,
+                     "—" if r.steps is None else f"{r.steps:,}",
+                     "—" if r.best_val_loss is None else f"{r.best_val_loss:.4f}",
+                     "—" if r.best_val_bpc is None else f"{r.best_val_bpc:.3f}",
+                     age(r.modified), _mb(r.bytes)))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
+                   for row in rows)  # fmt: skip
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.1f} MB"
+
+
+# ----------------------------------------------------------------------------------- chat
+
+
+@_command
+def chat(
+    model: ModelPath = None,
+    length: Annotated[int, typer.Option("--length", "-n", help="Tokens at most per reply.")] = 400,
+    stop: Annotated[
+        list[str] | None,
+        _opt("A reply ends before this text (give it again for more). Default: a blank line."),
+    ] = None,
+    temp: Annotated[
+        float | None, _opt(f"Temperature. Default: {SampleConfig.temperature}.", "--temp")
+    ] = None,
+    top_k: Annotated[int | None, _opt("Sample among the k most likely tokens.")] = None,
+    top_p: Annotated[
+        float | None, _opt("Sample among the most likely tokens whose probability sums to p.")
+    ] = None,
+    seed: Annotated[int | None, _opt("Random seed; random when absent.")] = None,
+    checkpoints: Checkpoints = CHECKPOINTS,
+    threads: Threads = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Talk with a model: each line you type, and each reply, continues one text, so every
+    turn reads all the turns before it. Ctrl-C cuts a reply short; Ctrl-D leaves. Lines can be
+    piped in too (one reply per line)."""
+    err = err_console(quiet)
+    net = _load(model, threads, err, checkpoints=checkpoints)
+    session = net.session(temp=temp, top_k=top_k, top_p=top_p, seed=seed)
+    stops = stop or ["\n\n"]
+    interactive = sys.stdin.isatty()
+    if interactive:
+        import readline  # noqa: F401 (line editing and history for input())
+
+        err.print("type a line and press Enter; Ctrl-D leaves", style="dim")
+    while True:
+        if interactive:
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+        try:
+            line = input()
+        except EOFError:
+            if interactive:
+                sys.stderr.write("\n")
+            return
+        unknown = session.feed(line + "\n")
+        if unknown:
+            err.print(f"[yellow]note:[/] skipped characters the model never saw: "
+                      f"{''.join(unknown[:20])!r}")  # fmt: skip
+        try:
+            _stream(session.reply(length, stops))
+        except KeyboardInterrupt:
+            sys.stderr.write("(cut short)\n")
+
+
+# ----------------------------------------------------------------------------------- compress
+# Two thin commands over charlstm.compress (the format and the coding) and charlstm.quantized
+# (the integer-exact model); only reading, writing and display live here.
+
+CompressInput = Annotated[str, typer.Argument(help="The file to read; - (default) reads stdin.")]
+ThreadsOption = Annotated[
+    int,
+    typer.Option(
+        help="CPU threads of the torch engine; 0 = all cores. (numpy's BLAS follows "
+        "OPENBLAS_NUM_THREADS.)"
+    ),
+]
+EngineOption = Annotated[
+    Literal["torch", "numpy"],
+    typer.Option(
+        help="torch or numpy: either one, on any machine and any number of threads, codes the "
+        "very same bytes (the model runs in exact integer arithmetic)."
+    ),
+]
+
+
+def _read_input(source: str) -> bytes:
+    if source == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(source).read_bytes()
+    except OSError as e:
+        raise CharlstmError(f"cannot read '{source}': {e.strerror or e}") from None
+
+
+def _write_stdout_bytes(data: bytes) -> None:
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(0) from None
+
+
+class _CodingBar:
+    """The library's progress callback: a bar on a terminal for long inputs, else nothing."""
+
+    def __init__(self, err: Console, what: str) -> None:
+        self.err, self.what, self.progress, self.task = err, what, None, None
+        self.started = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.started:
+            self.started = True
+            if self.err.is_terminal and not self.err.quiet and total >= 20_000:
+                from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self.progress = Progress(
+                    TextColumn(f"[bold]{self.what}"),
+                    BarColumn(),
+                    TextColumn("{task.percentage:>3.0f}%"),
+                    TimeRemainingColumn(),
+                    console=self.err,
+                    transient=True,
+                )
+                self.progress.start()
+                self.task = self.progress.add_task(self.what, total=total)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=done)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _load_codec(
+    model: Path | None, engine: str, threads: int, checkpoints: Path
+) -> tuple[Path, Any]:
+    """The checkpoint's path and the model ready to code. Quietly: a failure later must leave
+    one line on stderr, so the path is said in the summary instead."""
+    from charlstm.compress import Codec
+
+    net = _load(model, threads, err_console(quiet=True), streams=0, checkpoints=checkpoints)
+    return net.path, Codec(net.net, net.tokenizer, engine=engine)
+
+
+@_command
+def compress(
+    source: CompressInput = "-",
+    model: ModelPath = None,
+    segments: Annotated[
+        int,
+        typer.Option(
+            help="Code the input as this many segments side by side, each from a zero state "
+            "(several times faster in a batch; about 16 bits each). 0 = one per 2,048 tokens, "
+            "at most 256.",
+        ),
+    ] = 0,
+    engine: EngineOption = "torch",
+    checkpoints: Checkpoints = CHECKPOINTS,
+    threads: ThreadsOption = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Compress a text with the model (exactly decodable on any machine) to stdout."""
+    err = err_console(quiet)
+    if segments < 0:
+        raise UsageError(f"--segments must be 0 (from the length) or more, got {segments}")
+    if sys.stdout.isatty():  # as gzip does: binary on a terminal helps no one
+        raise CharlstmError(
+            "refusing to write compressed data to a terminal; redirect it: > FILE.clz"
+        )
+    from charlstm.compress import read_header, require_constriction
+
+    require_constriction()
+    data = _read_input(source)
+    path, codec = _load_codec(model, engine, threads, checkpoints)
+    bar = _CodingBar(err, "compress")
+    t0 = time.perf_counter()
+    try:
+        blob = codec.compress(data, segments=segments or None, progress=bar)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    _write_stdout_bytes(blob)
+    header = read_header(blob)
+    chars = len(data.decode("utf-8", errors="surrogateescape"))
+    err.print(
+        f"{path}: {len(data):,} → {len(blob):,} bytes "
+        f"({8 * len(blob) / max(chars, 1):.3f} bits/char) "
+        f"in {seconds:.1f}s ({len(data) / 1000 / max(seconds, 1e-9):,.1f} KB/s) · "
+        f"{header.segments} segments",
+        style="dim",
+        soft_wrap=True,
+    )
+
+
+@_command
+def decompress(
+    source: CompressInput = "-",
+    model: ModelPath = None,
+    engine: EngineOption = "torch",
+    checkpoints: Checkpoints = CHECKPOINTS,
+    threads: ThreadsOption = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Decompress a file made by `charlstm compress` with the same model, to stdout. Nothing is
+    written unless the whole text matches the checksum the file carries."""
+    err = err_console(quiet)
+    from charlstm.compress import read_header, require_constriction
+
+    require_constriction()
+    blob = _read_input(source)
+    read_header(blob)  # a file that is no compressed file fails before the model loads
+    path, codec = _load_codec(model, engine, threads, checkpoints)
+    bar = _CodingBar(err, "decompress")
+    t0 = time.perf_counter()
+    try:
+        data = codec.decompress(blob, progress=bar)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    _write_stdout_bytes(data)
+    err.print(
+        f"{path}: {len(blob):,} → {len(data):,} bytes in {seconds:.1f}s "
+        f"({len(data) / 1000 / max(seconds, 1e-9):,.1f} KB/s)",
+        style="dim",
+        soft_wrap=True,
+    )
+
+
+# ----------------------------------------------------------------------------------- export
+
+
+@_command
+def export(
+    model: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Checkpoint file, run folder or model.safetensors. Default: the newest best.pt.",
+            show_default=False,
+        ),
+    ] = None,
+    html_out: Annotated[
+        Path | None,
+        _opt(
+            "Also write one self-contained page that runs the model in a browser, offline: a "
+            "prime box, temperature and top-p, text streamed as it is made (char models).",
+            "--html",
+        ),
+    ] = None,
+    onnx_out: Annotated[
+        Path | None,
+        _opt(
+            "Also write the one-step graph as ONNX (token ids and state in; logits and state "
+            "out; needs pip install 'charlstm\\[onnx]').",
+            "--onnx",
+        ),
+    ] = None,
+    checkpoints: Checkpoints = CHECKPOINTS,
+    quiet: Quiet = False,
+) -> None:
+    """Write a checkpoint's model.safetensors (sampling without torch) beside it and, when asked,
+    a browser page and an ONNX graph. Given a model.safetensors, torch is not needed."""
+    from charlstm.api import export as export_model
+
+    err = err_console(quiet)
+    for path in export_model(model, html=html_out, onnx=onnx_out, checkpoints=checkpoints):
+        err.print(f"wrote {path}", style="dim")
+
+
+# ----------------------------------------------------------------------------------- serve
+
+
+@_command
+def serve(
+    runs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Run folders or checkpoint files to serve, each under its folder's name (the "
+            'request\'s "model"). Default: the newest run under --checkpoints.',
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 opens it to the network.")
+    ] = ServeConfig.host,
+    port: Annotated[int, typer.Option(help="Port; 0: any free one.")] = ServeConfig.port,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CHARLSTM_API_KEY",
+            help="Require 'Authorization: Bearer KEY' on every request.",
+            show_default=False,
+        ),
+    ] = None,
+    max_batch: Annotated[
+        int, typer.Option(help="Samples stepped together per model (also the largest n).")
+    ] = ServeConfig.max_batch,
+    queue: Annotated[
+        int, typer.Option(help="Requests that may wait for room; beyond: 503 + Retry-After.")
+    ] = ServeConfig.queue,
+    max_tokens: Annotated[
+        int, typer.Option(help="The most tokens a request may ask for (max_tokens).")
+    ] = ServeConfig.max_tokens,
+    grace: Annotated[
+        float,
+        typer.Option(help="Seconds running requests get to finish after Ctrl-C or SIGTERM."),
+    ] = ServeConfig.grace,
+    device: Device = "auto",
+    checkpoints: Checkpoints = CHECKPOINTS,
+    threads: Threads = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Serve models over HTTP: OpenAI-style /v1/completions (streaming too), /score, /health."""
+    cfg = ServeConfig(host=host, port=port, api_key=api_key, max_batch=max_batch, queue=queue,
+                 max_tokens=max_tokens, grace=grace)  # fmt: skip
+    try:
+        from charlstm import serve as server
+    except ImportError as e:
+        raise CharlstmError(
+            f"serve needs the [serve] extra ({e.name} is missing): pip install 'charlstm[serve]'"
+        ) from None
+    from charlstm.device import resolve_device, set_threads
+
+    err = err_console(quiet)
+    set_threads(threads, streams=max_batch)
+    models = server.load_models(list(runs or []), checkpoints=checkpoints,
+                                device=resolve_device(device))  # fmt: skip
+    for name, model in models.items():
+        err.print(f"model {name}: {model.path}", style="dim")
+    server.run(models, cfg, _serve_report(quiet))
+
+
+def _serve_report(quiet: bool) -> Callable[[str, dict], None]:
+    """What the server reports, as plain lines on stderr: where it listens, one line per
+    request (status, method, path, model, tokens, seconds, seconds to the first token,
+    client), errors (even --quiet)."""
+
+    def report(event: str, data: dict) -> None:
+        line = ""
+        if event == "error":
+            line = f"charlstm serve: {data['message']}\n{data['traceback']}"
+        elif quiet:
+            return
+        elif event == "listening":
+            key = ", API key required" if data["api_key"] else ""
+            models = ", ".join(data["models"])
+            line = (f"listening on {data['url']} (models: {models}; batch {data['max_batch']}, "
+                    f"queue {data['queue']}{key}); Ctrl-C stops")  # fmt: skip
+        elif event == "request":
+            model = f" {data['model']}" if data["model"] else ""
+            tokens = "" if data["tokens"] is None else f" {data['tokens']} tokens"
+            first = "" if data["first"] is None else f" (first {data['first']:.3f} s)"
+            line = (f"{data['status']} {data['method']} {data['path']}{model}{tokens} "
+                    f"{data['seconds']:.3f} s{first} {data['client']}")  # fmt: skip
+        elif event == "stopped":
+            line = "stopped"
+        if line:
+            sys.stderr.write(line.rstrip("\n") + "\n")
+
+    return report
 
 
 # ----------------------------------------------------------------------------------- entry

@@ -301,6 +301,14 @@ FIXED_BY_RUN = ("cell", "hidden", "layers", "embed", "dropout", "weight_drop", "
                 "softmax", "mogrifier_rounds", "tokenizer", "vocab_size", "min_frequency",
                 "batch_size", "window", "seed", "optimizer", "val_fraction", "val_tokens",
                 "name")  # fmt: skip
+# What `--init-from` takes from the base: the model's shape and its tokenizer.
+FIXED_BY_BASE = ("cell", "hidden", "layers", "embed", "weight_drop", "tie_weights", "softmax",
+                 "mogrifier_rounds", "tokenizer", "vocab_size", "min_frequency")  # fmt: skip
+# Fine-tuning's own defaults (a small text, a model that already knows a language): each
+# applies unless its option is given (BENCHMARKS.md, "Fine-tuning").
+FINE_TUNE_PRESET: dict[str, object] = {"lr": 2e-3, "warmup": 20, "min_lr_ratio": 0.1,
+                                       "weight_decay": 0.1, "dropout": 0.1}  # fmt: skip
+FINE_TUNE_BUDGET = 120.0  # seconds, when no --budget, --steps or --epochs is given
 # What `--resume` applies from the step it resumes at (TrainConfig's names), limits aside.
 CHANGEABLE_ON_RESUME = ("lr", "min_lr_ratio", "warmup_steps", "weight_decay", "clip",
                         "eval_every", "patience", "state_reset")  # fmt: skip
@@ -349,7 +357,12 @@ class TrainOptions:
     # where the run lives, and how the corpus is read
     name: str | None = None
     checkpoints: Path = CHECKPOINTS
+    overwrite: bool = False  # replace a finished or abandoned run of the same name
     resume: Path | None = None
+    # fine-tuning: start from this run's (or checkpoint's) weights and tokenizer
+    init_from: Path | None = None
+    # texts scored at every validation beside the validation split (e.g. the base's domain)
+    keep_eval: list[str] | None = None
     encoding: str = "utf-8"
     errors: str = "strict"
     # where it runs
@@ -360,6 +373,8 @@ class TrainOptions:
     def __post_init__(self) -> None:
         if isinstance(self.corpus, str):
             self.corpus = [self.corpus]
+        if isinstance(self.keep_eval, str):
+            self.keep_eval = [self.keep_eval]
         _check(
             bool(self.corpus) or self.resume is not None,
             "train needs a CORPUS: a file, folder, - for stdin, or shakespeare/python",
@@ -383,6 +398,17 @@ class TrainOptions:
             f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}",
         )
         _at_least("--threads", self.threads, 0)
+        _check(not (self.overwrite and self.resume), "--overwrite starts a run afresh; --resume "
+               "continues one: give one of them")  # fmt: skip
+        _check(not (self.init_from and self.resume), "--init-from starts a new run from another; "
+               "--resume continues one: give one of them")  # fmt: skip
+        _check(not (self.keep_eval and self.resume), "--keep-eval is chosen when a run starts; "
+               "--resume keeps the run's own")  # fmt: skip
+        if self.init_from is not None:
+            taken = self.given(*FIXED_BY_BASE)
+            flags = ", ".join("--" + n.replace("_", "-") for n in taken)
+            _check(not taken, f"--init-from takes the model's shape and tokenizer from the base; "
+                   f"drop {flags}")  # fmt: skip
         if self.resume is not None:
             fixed = self.given(*FIXED_BY_RUN)
             flags = ", ".join("--" + n.replace("_", "-") for n in fixed)
@@ -429,12 +455,39 @@ class TrainOptions:
 
 
 def apply_preset(options: TrainOptions) -> tuple[TrainOptions, dict[str, object]]:
-    """The tokenizer's preset (TOKENIZER_PRESETS) for every option not given; returns the new
-    options and what the preset chose."""
+    """The tokenizer's preset (TOKENIZER_PRESETS), or fine-tuning's (FINE_TUNE_PRESET), for
+    every option not given; returns the new options and what the preset chose."""
+    preset = FINE_TUNE_PRESET if options.init_from else TOKENIZER_PRESETS.get(options.kind, {})
     chosen = {
         k: v
-        for k, v in TOKENIZER_PRESETS.get(options.kind, {}).items()
+        for k, v in preset.items()
         if getattr(options, k) is None
         and not (k == "tie_weights" and options.softmax == "adaptive")
     }
     return replace(options, **chosen), chosen
+
+
+@dataclass
+class ServeConfig:
+    """How `charlstm serve` listens and what it allows (serve.py)."""
+
+    host: str = "127.0.0.1"  # loopback only, unless told otherwise
+    port: int = 8000  # 0: any free port (the one taken is reported)
+    api_key: str | None = None  # when set, every request needs `Authorization: Bearer KEY`
+    max_batch: int = 32  # rows (samples) stepped together, per model; also the largest n
+    queue: int = 256  # requests waiting for rows; beyond it: 503 with Retry-After
+    max_tokens: int = 4096  # the most tokens a request may ask for, per sample
+    grace: float = 5.0  # seconds running streams get to finish after SIGINT/SIGTERM
+
+    def __post_init__(self) -> None:
+        _check(bool(self.host), "--host must not be empty")
+        _check(0 <= self.port <= 65535, f"--port must be between 0 and 65535, got {self.port}")
+        _check(self.api_key is None or self.api_key.strip() != "", "--api-key must not be empty")
+        _check(1 <= self.max_batch <= 4096,
+               f"--max-batch must be between 1 and 4096, got {self.max_batch}")  # fmt: skip
+        _check(self.queue >= 0, f"--queue must be 0 or more, got {self.queue}")
+        tokens = self.max_tokens
+        _check(1 <= tokens <= 100_000_000,
+               f"--max-tokens must be between 1 and 100,000,000, got {tokens}")  # fmt: skip
+        _check(math.isfinite(self.grace) and self.grace >= 0,
+               f"--grace must be 0 or more seconds, got {self.grace}")  # fmt: skip

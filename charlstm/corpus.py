@@ -191,7 +191,7 @@ class CorpusStream:
     Arguments are resolved (and built-ins built) at once; each is, in this order: `-` (stdin, at
     most once, read whole now), an existing file or folder, or a built-in name. Sources are
     joined with "\\n" where one does not end in one. `sources` lists what the last full
-    iteration used (a folder's files that are not text are left out).
+    iteration used; `skipped`, the files of a folder it left out as not text, and why.
     """
 
     def __init__(
@@ -240,6 +240,7 @@ class CorpusStream:
                     f"(built-ins: {', '.join(BUILTIN_CORPORA)})"
                 )
         self.sources: tuple[str, ...] = tuple(s.name for _, group in self._groups for s in group)
+        self.skipped: tuple[tuple[str, str], ...] = ()  # (file, why): a folder's non-text files
 
     @property
     def size_bytes(self) -> int:
@@ -271,13 +272,15 @@ class CorpusStream:
 
     def __iter__(self) -> Iterator[str]:
         used: list[str] = []
+        skipped: list[tuple[str, str]] = []
         newline_due = False  # the text so far is not empty and does not end in "\n"
         for folder, group in self._groups:
             found = 0
             for source in group:
                 pieces = self._open(source)
-                if pieces is None:
-                    continue  # a folder's file that is not text
+                if isinstance(pieces, str):
+                    skipped.append((source.name, pieces))  # a folder's file that is not text
+                    continue
                 found += 1
                 used.append(source.name)
                 if newline_due:
@@ -288,11 +291,11 @@ class CorpusStream:
                     newline_due = not text.endswith("\n")
             if folder is not None and not found:
                 raise CorpusError(f"folder {folder!r} holds no text files")
-        self.sources = tuple(used)
+        self.sources, self.skipped = tuple(used), tuple(skipped)
 
-    def _open(self, source: _Source) -> Iterator[str] | None:
-        """The source's text pieces, or None for a folder's file that is not text. The first
-        piece is read (and checked) before this returns."""
+    def _open(self, source: _Source) -> Iterator[str] | str:
+        """The source's text pieces, or for a folder's file that is not text, why it is left
+        out. The first piece is read (and checked) before this returns."""
         if source.path is None:
             return iter([self._stdin_text])
         encoding, errors, name = self.encoding, self.errors, source.name
@@ -304,24 +307,25 @@ class CorpusStream:
             f = open(source.path, "rb")  # noqa: SIM115 (closed by _pieces)
         except OSError as e:
             if source.kind == "folder":
-                return None
+                return f"unreadable: {e.strerror or e}"
             raise CorpusError(f"cannot read {name!r}: {e.strerror or e}") from None
         try:
             if source.kind == "folder" and _size(f) <= _WHOLE_FOLDER_FILE:
                 data = _read(f, name)
                 f.close()
-                if _nul_offset(data, encoding) is not None:
-                    return None
+                nul = _nul_offset(data, encoding)
+                if nul is not None:
+                    return f"binary: a NUL byte at offset {nul}"
                 try:
                     return iter([_normalise(data.decode(encoding, errors))])
-                except UnicodeDecodeError:
-                    return None  # a folder may hold stray non-text files; a named file may not
+                except UnicodeDecodeError as e:  # a folder may hold stray non-text files
+                    return f"not {encoding} at byte {e.start}"
             first = _read(f, name, self.chunk_bytes)
             nul = _nul_offset(first, encoding) if source.kind != "builtin" else None
             if nul is not None:
                 f.close()
                 if source.kind == "folder":
-                    return None
+                    return f"binary: a NUL byte at offset {nul}"
                 raise CorpusError(
                     f"{name!r} looks like a binary file (NUL byte at offset {nul}), not text"
                 )

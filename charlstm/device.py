@@ -91,6 +91,14 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: fewer than the machine's under taskset, a cgroup
+    cpuset or a container's CPU list."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1  # pragma: no cover - macOS, Windows
+
+
 def set_threads(threads: int, streams: int | None = None) -> int:
     """CPU threads for torch: the number given, or for 0 all cores (shared among the processes
     torchrun started on this machine), except for the work of one stream (a sample, a
@@ -100,7 +108,7 @@ def set_threads(threads: int, streams: int | None = None) -> int:
     from charlstm.distributed import local_size
 
     if threads <= 0:
-        cores = max(1, (os.cpu_count() or 1) // local_size())
+        cores = max(1, usable_cores() // local_size())
         threads = 1 if streams == 1 else cores
     torch.set_num_threads(threads)
     return threads

@@ -16,8 +16,12 @@ from charlstm.errors import CharlstmError
 
 def err_console(quiet: bool = False) -> Console:
     """The console for logs, progress and errors. NO_COLOR and non-terminals are honoured by
-    Rich itself."""
-    return Console(stderr=True, quiet=quiet, highlight=False)
+    Rich itself; off a terminal (a log file, a pipe) lines are never wrapped, so that each
+    event stays one line for grep."""
+    console = Console(stderr=True, quiet=quiet, highlight=False)
+    if not console.is_terminal:
+        console = Console(stderr=True, quiet=quiet, highlight=False, width=100_000)
+    return console
 
 
 def sparkline(values: list[float]) -> str:
@@ -153,7 +157,10 @@ class TrainDisplay:
         else:
             val = "no validation split"
         mark = " [green]best[/]" if d["best"] else ""
-        self.console.print(f"{step_line(d['step'], d['elapsed'], d['train_loss'])} · {val}{mark}")
+        keep = f" · keep-eval {d['keep_loss']:.4f}" if d.get("keep_loss") is not None else ""
+        self.console.print(
+            f"{step_line(d['step'], d['elapsed'], d['train_loss'])} · {val}{keep}{mark}"
+        )
 
     def close(self) -> None:
         for live in (self.progress, self.status):
@@ -188,7 +195,10 @@ def print_summary(err: Console, s: dict[str, Any]) -> None:
         ("parameters", f"{s['parameters']:,}"),
         ("steps", f"{s['steps']:,} ({s['epochs']:.2f} epochs)"),
         ("tokens seen", f"{s['tokens_seen']:,}"),
-        ("time", fmt_seconds(s["elapsed"])),
+        ("time", fmt_seconds(s.get("total_seconds") or s["elapsed"])
+         + (f" in all: {fmt_seconds(s['setup_seconds'])} setting up, "
+            f"{fmt_seconds(s['elapsed'])} training and validating"
+            if s.get("setup_seconds") is not None else "")),
         ("speed", f"{s['tokens_per_s'] or 0:,.0f} tokens/s training · "
          f"{s['tokens_seen'] / max(s['elapsed'], 1e-9):,.0f} with validation"),
         ("device", f"{s['device']}" + (f" × {s['processes']} processes" if s["processes"] > 1
@@ -198,6 +208,8 @@ def print_summary(err: Console, s: dict[str, Any]) -> None:
          f"{best:.4f} nats/{unit} · {s['best_val_bpc']:.3f} bits/char · "
          f"perplexity {math.exp(best):.2f}"),
         ("validation curve", _val_curve(s.get("val_losses") or [])),
+        ("keep-eval", _val_curve(s.get("keep_losses") or [])),
+        ("fine-tuned from", s.get("fine_tuned_from") or ""),
         ("checkpoints", f"{run_dir}/best.pt, last.pt, metrics.jsonl"),
         ("sample", f"charlstm sample -m {run_dir}"),
     ]  # fmt: skip
@@ -226,16 +238,42 @@ def info_lines(data: dict[str, Any]) -> str:
         f"tied {m['tie_weights']}",
         f"parameters   {data['parameters']:,}",
         f"tokenizer    {data['tokenizer']['kind']}, vocabulary {data['tokenizer']['vocab_size']:,}",
-        f"corpus       {corpus.get('chars', 0):,} chars, fingerprint {corpus.get('fingerprint')}",
-        f"trained      {data['steps']:,} steps, {data['tokens_seen']:,} tokens",
+        f"corpus       {corpus.get('chars', 0):,} chars, fingerprint {corpus.get('fingerprint')}"
+        + _files(corpus),
+        f"trained      {data['steps'] or 0:,} steps, {data['tokens_seen'] or 0:,} tokens",
         "best val     " + ("—" if best is None else f"{best:.4f} nats/token"),
         f"resumable    {'yes (last.pt)' if data['resumable'] else 'no'}",
+        *(
+            [
+                f"fine-tuned   from {data['parent']['path']} (fingerprint "
+                f"{data['parent'].get('fingerprint')})"
+            ]
+            if data.get("parent")
+            else []
+        ),
     ]
     return "\n".join(lines) + "\n"
 
 
-def plot_metrics(metrics: list[dict[str, Any]], out: Path, title: str) -> None:
-    """Training and validation loss against step, into an image file (needs matplotlib)."""
+def _files(corpus: dict[str, Any]) -> str:
+    """', 12 files (2 left out: a.bin (binary...), ...)' for a corpus read from files."""
+    n, skipped = corpus.get("n_sources") or 0, corpus.get("skipped") or []
+    if n <= 1 and not skipped:
+        return ""
+    out = f", {n:,} files"
+    if skipped:
+        shown = ", ".join(f"{name} ({why})" for name, why in skipped[:3])
+        more = corpus.get("n_skipped", len(skipped)) - min(len(skipped), 3)
+        out += f" ({corpus.get('n_skipped', len(skipped)):,} left out as not text: {shown}"
+        out += f" and {more} more)" if more > 0 else ")"
+    return out
+
+
+def plot_metrics(
+    metrics: list[dict[str, Any]], out: Path, title: str, curve: list[dict[str, Any]] = ()
+) -> None:
+    """Training and validation loss against step, into an image file (needs matplotlib):
+    the training loss recorded steadily through the run (`curve`), and at each validation."""
     try:
         import matplotlib
     except ImportError:
@@ -243,11 +281,13 @@ def plot_metrics(metrics: list[dict[str, Any]], out: Path, title: str) -> None:
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
-    if not metrics:
+    if not metrics and not curve:
         raise CharlstmError("the checkpoint holds no metrics to plot")
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-        pts = [(m["step"], m[key]) for m in metrics
+    points = sorted([*curve, *metrics], key=lambda m: m["step"])
+    keys = (("train_loss", "train"), ("val_loss", "validation"), ("keep_loss", "keep-eval"))
+    for key, label in keys:
+        pts = [(m["step"], m[key]) for m in points
                if m.get(key) is not None and math.isfinite(m[key])]  # fmt: skip
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="." if len(pts) < 50 else None, label=label)

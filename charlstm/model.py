@@ -8,6 +8,9 @@ in cells.py; the one-token fast path over this model is step.py.
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,3 +100,34 @@ class LanguageModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def with_vocabulary(model: LanguageModel, vocab_size: int) -> LanguageModel:
+    """A copy of `model` for a vocabulary grown to `vocab_size`: the old tokens keep their ids and
+    weights; each new one gets the mean of the old embeddings as input, and as output a zero
+    weight row and a bias far below every old one, so it starts as rare, not as noise: the
+    old tokens' probabilities do not move (to ~1e-9) until training teaches the new ones."""
+    old_v, cfg = model.cfg.vocab_size, model.cfg
+    if vocab_size == old_v:
+        return model
+    if vocab_size < old_v or cfg.softmax_cutoffs:
+        raise ValueError("a vocabulary only grows, and only under a full softmax")
+    grown = LanguageModel(replace(cfg, vocab_size=vocab_size))
+    new = grown.state_dict()
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            target = new[key]
+            if target.shape == value.shape:
+                target.copy_(value)
+                continue
+            target[:old_v] = value  # embed.weight, head.weight (V, ·) or head.bias (V,)
+            if key == "embed.weight":
+                target[old_v:] = value.mean(dim=0)
+            elif key == "head.weight":
+                target[old_v:] = 0.0
+            elif key == "head.bias":
+                target[old_v:] = value.min() - 20.0 - math.log(vocab_size - old_v)
+        if cfg.tie_weights:  # one matrix for both: the new rows stay zero, as outputs must
+            new["embed.weight"][old_v:] = 0.0
+    grown.load_state_dict(new)
+    return grown

@@ -25,11 +25,19 @@ import numpy as np
 import torch
 
 from charlstm import distributed, sizing
-from charlstm.checkpoint import CheckpointError, read_checkpoint
+from charlstm.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    check_size,
+    read_checkpoint,
+    resolve_checkpoint,
+    weights_fingerprint,
+)
 from charlstm.config import (
     CHANGEABLE_ON_RESUME,
     CORPORA,
     DEFAULT_BUDGET,
+    FINE_TUNE_BUDGET,
     ModelConfig,
     TrainConfig,
     TrainOptions,
@@ -48,7 +56,7 @@ from charlstm.device import (
 )
 from charlstm.distributed import World
 from charlstm.errors import UsageError
-from charlstm.model import LanguageModel
+from charlstm.model import LanguageModel, with_vocabulary
 from charlstm.tokenizer import AnyTokenizer
 from charlstm.tokens import (
     CorpusInfo,
@@ -57,7 +65,7 @@ from charlstm.tokens import (
     spelled_chars,
     tokenize_corpus,
 )
-from charlstm.training import Position, Report, Run, fit, progress_of
+from charlstm.training import KeepEval, Position, Report, Run, fit, progress_of
 
 
 def _ignore(event: str, data: dict[str, Any]) -> None:
@@ -82,12 +90,15 @@ def train(
     *,
     report: Report = _ignore,
     should_stop: Callable[[], bool] = _never,
+    started: float | None = None,
 ) -> dict[str, Any]:
     """Set up the run the options describe (or resume one), train it, and return the summary.
 
     Under torchrun every rank calls this; rank 0 alone reports and writes. `should_stop` is
-    polled before each step: a True ends the run there, with last.pt saved."""
-    t_start = time.perf_counter()
+    polled before each step: a True ends the run there, with last.pt saved. A budget is the
+    whole run from `started` (a time.perf_counter() reading; default: now): what setting up
+    took (importing, tokenizing, sizing) comes out of it, and the final validation fits in it."""
+    t_start = time.perf_counter() if started is None else started
     set_threads(options.threads)
     device = resolve_device(options.device)
     if options.precision != "auto":
@@ -110,37 +121,35 @@ def train(
             prepared = new_run(options, world, precision, report)
         run = prepared.run
         run.world, run.precision = world, precision
-        report("ready", {"seconds": time.perf_counter() - t_start})
+        setup = time.perf_counter() - t_start
+        budget = run.train_cfg.budget
+        if budget and (options.resume is None or options.budget is not None):  # a new budget
+            run.train_cfg = replace(run.train_cfg, budget=max(1.0, budget - setup))
+        report("ready", {"seconds": setup})
         summary = fit(run, report=report, should_stop=should_stop, resume=prepared.resume_state)
         finished = True
     finally:
         distributed.shutdown(world, clean=finished)
-    summary.update(prepared.info)
-    summary["rank"] = world.rank
+    summary.update(prepared.info, rank=world.rank, setup_seconds=round(setup, 3),
+                   total_seconds=round(time.perf_counter() - t_start, 3))  # fmt: skip
     return summary
 
 
 def new_run(options: TrainOptions, world: World, precision: str, report: Report) -> Prepared:
     """Tokenize the corpus, choose the model (preset, budget sizing, defaults), make the run
-    folder and build the model."""
+    folder and build the model; with --init-from, start from the base's instead (fine_tune)."""
     opts, preset = apply_preset(options)
+    base = read_checkpoint(resolve_checkpoint(opts.init_from)) if opts.init_from else None
     if preset:
         chosen = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in preset.items())
-        report("message", {"text": f"{opts.kind} model defaults: {chosen} (override with their "
-                                   "flags)"})  # fmt: skip
+        what = "fine-tuning" if base else f"{opts.kind} model"
+        report("message", {"text": f"{what} defaults: {chosen} (override with their flags)"})
     if opts.budget is None and opts.steps is None and opts.epochs is None:
-        opts = replace(opts, budget=DEFAULT_BUDGET)
+        opts = replace(opts, budget=FINE_TUNE_BUDGET if base else DEFAULT_BUDGET)
     train_cfg = TrainConfig(**opts.train_fields())
-    # The default name has a time in it: every rank takes rank 0's.
-    run_dir = distributed.broadcast(
-        world, opts.checkpoints / (opts.name or default_run_name(opts.corpus))
-    )
-    if (run_dir / "last.pt").exists():
-        raise CheckpointError(
-            f"'{run_dir}' already holds a run; continue it with --resume {run_dir} "
-            "or choose another --name"
-        )
-    tokenized, corpus, seconds = tokenize(opts, train_cfg.val_fraction, report)
+    run_dir = _run_dir(opts, world)
+    tokenized, corpus, seconds = tokenize(opts, train_cfg.val_fraction, report,
+                                          base=base.tokenizer if base else None)  # fmt: skip
     train_ids, val_ids = tokenized.train_ids, tokenized.val_ids
     if len(val_ids) < 2 and train_cfg.val_fraction > 0:
         raise DataError(
@@ -150,55 +159,153 @@ def new_run(options: TrainOptions, world: World, precision: str, report: Report)
     val_ids, corpus.val_chars = validation_part(
         val_ids, tokenized.val_chars, train_cfg.val_tokens, tokenized.tokenizer, report
     )
-    vocab = tokenized.tokenizer.vocab_size
-    cutoffs = adaptive_cutoffs(vocab) if opts.softmax == "adaptive" else None
-    model_cfg = ModelConfig(vocab_size=vocab, softmax_cutoffs=cutoffs, **opts.model_fields())
     info: dict[str, Any] = {"tokenize_seconds": round(seconds, 3),
                             "tokens_from_cache": tokenized.cached}  # fmt: skip
-    sized_by_user = len(opts.given("hidden", "layers", "lr", "dropout")) == 4
-    if opts.kind == "char" and train_cfg.budget and not sized_by_user:
-        if world.active:
-            note = ("budget-aware sizing runs in one process only; using the default size (set "
-                    "--hidden, --layers, --lr, --dropout)")  # fmt: skip
-            report("note", {"message": note})
-        else:
-            model_cfg, train_cfg, info["chosen"] = size_to_budget(
-                model_cfg, train_cfg, opts, len(train_ids), world.device, precision, report
-            )
     torch.manual_seed(train_cfg.seed)
-    model = LanguageModel(model_cfg)
+    parent = None
+    if base is not None:
+        model, parent = fine_tune(base, tokenized, opts, report)
+        model_cfg = model.cfg
+        info["fine_tuned_from"] = parent["path"]
+    else:
+        vocab = tokenized.tokenizer.vocab_size
+        cutoffs = adaptive_cutoffs(vocab) if opts.softmax == "adaptive" else None
+        model_cfg = ModelConfig(vocab_size=vocab, softmax_cutoffs=cutoffs, **opts.model_fields())
+        sized_by_user = len(opts.given("hidden", "layers", "lr", "dropout")) == 4
+        if opts.kind == "char" and train_cfg.budget and not sized_by_user:
+            if world.active:
+                note = ("budget-aware sizing runs in one process only; using the default size "
+                        "(set --hidden, --layers, --lr, --dropout)")  # fmt: skip
+                report("note", {"message": note})
+            else:
+                model_cfg, train_cfg, info["chosen"] = size_to_budget(
+                    model_cfg, train_cfg, opts, len(train_ids), world.device, precision, report
+                )
+        check_size(model_cfg, training=True)  # one line now, not an allocation failure later
+        model = LanguageModel(model_cfg)
+    keep = keep_texts(opts, tokenized.tokenizer, report)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         keep_tokens(tokenized.ids, tokenized.path, run_dir / "tokens.npy")  # resume needs no corpus
+        if keep is not None:
+            np.save(run_dir / "keep.npy", keep.ids)
     run = Run(
         model=model, model_cfg=model_cfg, train_cfg=train_cfg,
         tokenizer=tokenized.tokenizer.to_dict(), train_ids=train_ids, val_ids=val_ids,
-        corpus=corpus, run_dir=run_dir,
+        corpus=corpus, run_dir=run_dir, parent=parent, keep=keep,
     )  # fmt: skip
     return Prepared(run, None, info)
 
 
+def _run_dir(opts: TrainOptions, world: World) -> Path:
+    """The run's folder under --checkpoints, free (or freed with --overwrite)."""
+    # The default name has a time in it: every rank takes rank 0's.
+    run_dir = distributed.broadcast(
+        world, opts.checkpoints / (opts.name or default_run_name(opts.corpus))
+    )
+    if (run_dir / "last.pt").exists() or (run_dir / "best.pt").exists():
+        if not opts.overwrite:
+            raise CheckpointError(
+                f"'{run_dir}' already holds a run; continue it with --resume {run_dir}, "
+                "replace it with --overwrite, or choose another --name"
+            )
+        if world.is_main:
+            for old in run_dir.iterdir():  # the old run's files; nothing else is ours to touch
+                if old.name in RUN_FILES:
+                    old.unlink()
+    return run_dir
+
+
+def fine_tune(
+    base: Checkpoint, tokenized: TokenizedCorpus, opts: TrainOptions, report: Report
+) -> tuple[LanguageModel, dict[str, Any]]:
+    """The base's model for the new text: its weights, its tokenizer (a char vocabulary grown
+    by the characters the base never saw), the dropout asked for; and where it came from."""
+    tok, cfg = tokenized.tokenizer, base.config
+    model = with_vocabulary(base.model(), tok.vocab_size)
+    dropout = opts.dropout if opts.dropout is not None else cfg.dropout
+    model.cfg.dropout = dropout
+    model.drop.p = dropout
+    if cfg.num_layers > 1:
+        model.rnn.dropout = dropout  # between layers: torch's and our cells read it each call
+    check_size(model.cfg, training=True)
+    shape = f"{cfg.cell} {cfg.num_layers}×{cfg.hidden_size}"
+    said = [f"fine-tuning {base.path} ({shape}, {tok.kind}, step {base.data.get('step', 0):,}); "
+            "the budget sizing does not apply"]  # fmt: skip
+    added = tok.vocab_size - cfg.vocab_size
+    if added:
+        new = "".join(tok.chars[cfg.vocab_size :])  # type: ignore[union-attr]
+        said.append(f"added {added} characters the base never saw: {new[:40]!r}")
+    ids = np.asarray(tokenized.ids)
+    if tok.kind == "word":
+        unknown = float(np.isin(ids, tok.unknown_ids).mean()) if len(ids) else 0.0
+        said.append(f"{unknown:.1%} of the new text's words are outside the base's vocabulary "
+                    "(read as its unknown token)")  # fmt: skip
+    elif tok.kind == "bpe":
+        said.append(f"{len(ids) / max(tokenized.chars, 1):.3f} tokens per character")
+    report("message", {"text": "; ".join(said)})
+    parent = {"path": str(base.path), "fingerprint": weights_fingerprint(base.data),
+              "step": base.data.get("step"), "corpus": (base.data.get("corpus") or {}).get(
+                  "fingerprint")}  # fmt: skip
+    return model, parent
+
+
+def keep_texts(opts: TrainOptions, tokenizer: AnyTokenizer, report: Report) -> KeepEval | None:
+    """The --keep-eval texts as ids of the run's tokenizer (characters it cannot read are
+    left out, words it cannot read are its unknown token), scored at every validation."""
+    if not opts.keep_eval:
+        return None
+    stream = CorpusStream(opts.keep_eval, cache_dir=CORPORA, encoding=opts.encoding,
+                          errors=opts.errors)  # fmt: skip
+    text = "".join(stream)
+    if tokenizer.kind == "word":
+        ids = tokenizer.encode(text, on_unknown="token")
+    else:
+        ids = tokenizer.encode(text, skip_unknown=True)
+    if len(ids) < 2:
+        raise DataError("--keep-eval: the text holds fewer than 2 tokens the model can read")
+    chars = spelled_chars(tokenizer, ids, None if tokenizer.kind == "char" else len(text))
+    report("message", {"text": f"keep-eval: {len(ids):,} tokens of {', '.join(stream.sources)} "
+                               "scored at every validation"})  # fmt: skip
+    return KeepEval(ids=ids, chars=chars, sources=list(stream.sources))
+
+
+# What a run folder holds (training writes these; --overwrite deletes them).
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "tokens.npy", "run.json", "model.safetensors")
+
+
 def tokenize(
-    opts: TrainOptions, val_fraction: float, report: Report
+    opts: TrainOptions, val_fraction: float, report: Report, base: AnyTokenizer | None = None
 ) -> tuple[TokenizedCorpus, CorpusInfo, float]:
     """Read the corpus a piece at a time (a corpus larger than memory streams into the id
-    file) and tokenize it through the cache under corpora/cache."""
+    file) and tokenize it through the cache under corpora/cache (with the `base` tokenizer's
+    vocabulary when fine-tuning)."""
     t0 = time.perf_counter()
-    report("stage", {"message": f"reading and tokenizing ({opts.kind})…"})
+    kind = base.kind if base is not None else opts.kind
+    report("stage", {"message": f"reading and tokenizing ({kind})…"})
     stream = CorpusStream(
         opts.corpus, cache_dir=CORPORA, encoding=opts.encoding, errors=opts.errors
     )
     tokenized = tokenize_corpus(
-        stream, kind=opts.kind, vocab_size=opts.vocab_size, min_frequency=opts.min_frequency,
+        stream, kind=kind, vocab_size=opts.vocab_size, min_frequency=opts.min_frequency,
         val_fraction=val_fraction, cache_dir=CORPORA / "cache", signature=stream.signature(),
+        base=base,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
-    sources = list(stream.sources)
+    sources = list(tokenized.sources or stream.sources)
+    skipped = [list(pair) for pair in tokenized.skipped]
     corpus = CorpusInfo(
         fingerprint=tokenized.fingerprint, chars=tokenized.chars, sources=sources[:20],
-        n_sources=len(sources), tokenizer=opts.kind, n_train=tokenized.n_train,
+        n_sources=len(sources), tokenizer=kind, n_train=tokenized.n_train,
+        skipped=skipped[:20], n_skipped=len(skipped),
     )  # fmt: skip
-    report("tokenized", {"kind": opts.kind, "vocab_size": tokenized.tokenizer.vocab_size,
+    if skipped:
+        shown = "; ".join(f"{name} ({why})" for name, why in skipped[:5])
+        more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        files = f"{len(sources):,} file{'s' if len(sources) != 1 else ''}"
+        report("note", {"message": f"read {files}; left out {len(skipped):,} that are not "
+                                   f"text: {shown}{more}"})  # fmt: skip
+    report("tokenized", {"kind": kind, "vocab_size": tokenized.tokenizer.vocab_size,
                          "tokens": len(tokenized.ids), "chars": tokenized.chars,
                          "seconds": seconds, "cached": tokenized.cached})  # fmt: skip
     return tokenized, corpus, seconds
@@ -266,7 +373,7 @@ def size_to_budget(
     spent = time.perf_counter() - t0
     lr = train_cfg.lr if opts.lr is not None else sizing.cell_lr(rung, model_cfg.cell)
     dropout = model_cfg.dropout if opts.dropout is not None else sizing.dropout_for(epochs)
-    train_cfg = replace(train_cfg, budget=max(1.0, train_cfg.budget - spent), lr=lr)
+    train_cfg = replace(train_cfg, lr=lr)
     model_cfg = sizing.sized(model_cfg, rung, embed_size=opts.embed or 0, dropout=dropout)
     chosen = (f"{rung}, lr {lr:g}, dropout {dropout:g}, batch {train_cfg.batch_size} × window "
               f"{train_cfg.window}")  # fmt: skip
@@ -315,9 +422,23 @@ def resume_run(options: TrainOptions, report: Report) -> Prepared:
     run = Run(
         model=model, model_cfg=model.cfg, train_cfg=train_cfg, tokenizer=ckpt["tokenizer"],
         train_ids=train_ids, val_ids=val_ids, corpus=corpus, run_dir=run_dir,
-        metrics=list(ckpt.get("metrics") or []),
+        metrics=list(ckpt.get("metrics") or []), curve=list(ckpt.get("train_curve") or []),
+        parent=ckpt.get("parent"), keep=_resumed_keep(run_dir, ckpt.get("keep_eval")),
     )  # fmt: skip
     return Prepared(run, ckpt["resume"], {})
+
+
+def _resumed_keep(run_dir: Path, saved: dict[str, Any] | None) -> KeepEval | None:
+    """A run's --keep-eval text, from its keep.npy."""
+    if not saved:
+        return None
+    try:
+        ids = np.load(run_dir / "keep.npy")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot resume: the run's keep.npy cannot be read ({e})") from None
+    if len(ids) != saved["tokens"]:
+        raise CheckpointError("cannot resume: the run's keep.npy does not match its last.pt")
+    return KeepEval(ids=ids, chars=saved["chars"], sources=list(saved["sources"]))
 
 
 def resumed_config(

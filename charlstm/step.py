@@ -44,10 +44,7 @@ from torch import Tensor, nn
 
 from charlstm.cells import STATE_PARTS, State
 from charlstm.model import LanguageModel
-
-# Fold layer 0 into a table while it holds at most this many numbers (64 MB in fp32): a char
-# vocabulary always fits; a 50,000-word one at 4×200 gates would take 160 MB.
-_MAX_TABLE = 1 << 24
+from charlstm.npstep import table_fits  # when layer 0 becomes a table: one rule for both engines
 
 
 @dataclass
@@ -141,7 +138,7 @@ class Stepper:
         self.mogrifier = w.cell == "mogrifier"
         with torch.no_grad():
             self.table = None
-            fits = w.vocab_size * width <= max(_MAX_TABLE, w.embed.numel() + layer0["w_x"].numel())
+            fits = table_fits(w.vocab_size, width, w.embed.numel(), layer0["w_x"].numel())
             if fits and not self.mogrifier:
                 self.table = torch.addmm(layer0["b"], w.embed, layer0["w_x"])  # (V, G·H)
             # [w_x; w_h] for one multiply per layer after the first (not gru: see above).

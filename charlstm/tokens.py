@@ -20,7 +20,7 @@ import json
 import re
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ class CorpusInfo:
     tokenizer: str = "char"
     n_train: int | None = None  # ids[:n_train] train; None: runs that split the ids instead
     val_chars: int | None = None  # characters spelled by the validation tokens after the first
+    skipped: list[list[str]] = field(default_factory=list)  # [file, why]: a folder's non-text files
+    n_skipped: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CorpusInfo:
@@ -74,6 +76,8 @@ class TokenizedCorpus:
     fingerprint: str = ""  # of the corpus text (sha256, 16 hex digits)
     chars: int = 0  # characters in the corpus
     path: Path | None = None  # the cache file holding `ids`, when there is one
+    sources: tuple[str, ...] = ()  # the files read (as CorpusStream.sources)
+    skipped: tuple[tuple[str, str], ...] = ()  # a folder's files left out as not text, and why
 
     @property
     def train_ids(self) -> np.ndarray:
@@ -173,8 +177,12 @@ def tokenize_corpus(
     val_fraction: float,
     cache_dir: Path | None,
     signature: list[object] | None = None,
+    base: AnyTokenizer | None = None,
 ) -> TokenizedCorpus:
     """Tokenize a corpus for training, through the cache when `cache_dir` is given.
+
+    With a `base` tokenizer (fine-tuning), none is learnt: a word or BPE corpus is encoded with
+    the base's, and a char corpus keeps the base's ids and numbers its new characters after.
 
     `corpus` is the text, or an iterable of its pieces that can be iterated more than once (a
     `CorpusStream`). `fingerprint` None: computed from the text. `signature` (the sources'
@@ -184,6 +192,8 @@ def tokenize_corpus(
     pieces: Iterable[str] = [corpus] if isinstance(corpus, str) else corpus
     settings = {"format": CACHE_FORMAT, "kind": kind, "vocab_size": vocab_size,
                 "min_frequency": min_frequency, "val_fraction": val_fraction}  # fmt: skip
+    if base is not None:
+        settings["base"] = base.fingerprint()
     if cache_dir is not None and signature is not None:
         found = _read_by_signature(cache_dir, settings, signature)
         if found is not None:
@@ -191,21 +201,29 @@ def tokenize_corpus(
     if cache_dir is not None:
         _sweep(cache_dir)
     if kind == "char":
-        result = _tokenize_chars(pieces, fingerprint, settings, cache_dir)
+        known = base.chars if isinstance(base, CharTokenizer) else ""
+        result = _tokenize_chars(pieces, fingerprint, settings, cache_dir, known)
     else:
-        result = _tokenize_learnt(pieces, fingerprint, settings, cache_dir)
+        result = _tokenize_learnt(pieces, fingerprint, settings, cache_dir, base)
+    result = replace(result, sources=tuple(getattr(pieces, "sources", ())),
+                     skipped=tuple(getattr(pieces, "skipped", ())))  # fmt: skip
     if cache_dir is not None and signature is not None and result.path is not None:
-        _write_signature(cache_dir, settings, signature, result.path.stem)
+        _write_signature(cache_dir, settings, signature, result)
     return result
 
 
 def _tokenize_chars(
-    pieces: Iterable[str], fingerprint: str | None, settings: dict, cache_dir: Path | None
+    pieces: Iterable[str],
+    fingerprint: str | None,
+    settings: dict,
+    cache_dir: Path | None,
+    known: str = "",
 ) -> TokenizedCorpus:
-    """Characters in one pass: hash, number each new character as it first appears, and write
-    the ids as they come. Characters of the validation tail that never occur in training still
-    get an id; only a word vocabulary is learnt from the training part alone."""
-    numbering = _CharNumbering()
+    """Characters in one pass: hash, number each new character as it first appears (after the
+    `known` ones, which keep their ids), and write the ids as they come. Characters of the
+    validation tail that never occur in training still get an id; only a word vocabulary is
+    learnt from the training part alone."""
+    numbering = _CharNumbering(known)
     h = files.Fingerprinter()
     n, anything = 0, False
     sink = _Sink(cache_dir, np.dtype(np.uint16))
@@ -241,9 +259,11 @@ def _tokenize_chars(
 class _CharNumbering:
     """Numbers characters in the order they first appear; encode() gives a piece's ids."""
 
-    def __init__(self) -> None:
+    def __init__(self, known: str = "") -> None:
         self.table = np.full(256, -1, dtype=np.int32)  # code point -> id
         self.chars: list[str] = []
+        if known:
+            self.encode(known)  # the first ids, in the given order
 
     def encode(self, piece: str) -> np.ndarray:
         points = code_points(piece)
@@ -269,9 +289,14 @@ class _CharNumbering:
 
 
 def _tokenize_learnt(
-    pieces: Iterable[str], fingerprint: str | None, settings: dict, cache_dir: Path | None
+    pieces: Iterable[str],
+    fingerprint: str | None,
+    settings: dict,
+    cache_dir: Path | None,
+    base: AnyTokenizer | None = None,
 ) -> TokenizedCorpus:
-    """Word and BPE: hash and measure, learn the vocabulary from the training part, encode."""
+    """Word and BPE: hash and measure, learn the vocabulary from the training part (unless a
+    `base` tokenizer is given), encode."""
     found_print, n_chars = _survey(pieces)
     fingerprint = fingerprint or found_print
     key = _key(settings, fingerprint)
@@ -287,7 +312,7 @@ def _tokenize_learnt(
         return _split_pieces(pieces, fraction, n_chars, at_line=True)
 
     train_part = (text for _, text in itertools.takewhile(lambda pair: pair[0] == 0, parts()))
-    tokenizer = train_tokenizer(
+    tokenizer = base or train_tokenizer(
         kind,
         _safe_pieces(train_part, kind),
         vocab_size=settings["vocab_size"],  # type: ignore[arg-type]
@@ -387,16 +412,26 @@ def _signature_path(cache_dir: Path, settings: dict, signature: list[object]) ->
 def _read_by_signature(
     cache_dir: Path, settings: dict, signature: list[object]
 ) -> TokenizedCorpus | None:
+    """The entry the same files (paths, sizes, times) made, with the files it read and left
+    out; None when there is none or it is damaged."""
     try:
-        key = _signature_path(cache_dir, settings, signature).read_text(encoding="utf-8").strip()
-    except OSError:
+        entry = json.loads(_signature_path(cache_dir, settings, signature).read_text("utf-8"))
+        key = str(entry["key"])
+        sources = tuple(str(name) for name in entry["sources"])
+        skipped = tuple((str(name), str(why)) for name, why in entry["skipped"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return _read_cache(cache_dir, key) if re.fullmatch(r"[0-9a-f]{20}", key) else None
+    found = _read_cache(cache_dir, key) if re.fullmatch(r"[0-9a-f]{20}", key) else None
+    return None if found is None else replace(found, sources=sources, skipped=skipped)
 
 
-def _write_signature(cache_dir: Path, settings: dict, signature: list[object], key: str) -> None:
+def _write_signature(
+    cache_dir: Path, settings: dict, signature: list[object], t: TokenizedCorpus
+) -> None:
+    assert t.path is not None
+    entry = {"key": t.path.stem, "sources": t.sources, "skipped": t.skipped}
     try:
-        files.write_atomic(_signature_path(cache_dir, settings, signature), key)
+        files.write_atomic(_signature_path(cache_dir, settings, signature), json.dumps(entry))
     except files.FileWriteError:
         pass  # a cache that cannot be written only costs time next run
 

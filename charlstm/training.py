@@ -20,6 +20,7 @@ import torch
 from charlstm import distributed
 from charlstm.cells import State, detach_state
 from charlstm.checkpoint import save_checkpoint
+from charlstm.checks import PORTABLE_NAME
 from charlstm.config import TrainConfig
 from charlstm.data import (
     StreamLayout,
@@ -31,8 +32,10 @@ from charlstm.device import autocast, grad_scaler
 from charlstm.distributed import World
 from charlstm.errors import CharlstmError
 from charlstm.evaluate import EvalResult, loss_total
+from charlstm.export import write_model_file
 from charlstm.files import write_atomic
 from charlstm.model import LanguageModel, ModelConfig
+from charlstm.portable import no_portable_form
 from charlstm.tokens import CorpusInfo
 
 Report = Callable[[str, dict[str, Any]], None]  # (event, data): "note", "start", "progress", "eval"
@@ -40,6 +43,29 @@ Report = Callable[[str, dict[str, Any]], None]  # (event, data): "note", "start"
 
 class TrainingDiverged(CharlstmError):
     """The loss became NaN or exploded; the message says what to try."""
+
+
+class TrainingOutOfMemory(CharlstmError):
+    """A step did not fit in memory; the message says what was saved and what to try."""
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or "allocate" in text and "memory" in text
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:120] if lines else type(e).__name__
+
+
+def _save_last(run: Run) -> bool:
+    """Write last.pt for where the run stands; False if even that fails."""
+    try:
+        save_checkpoint(run.checkpoint(with_resume=True), run.run_dir / "last.pt")
+        return True
+    except (CharlstmError, RuntimeError, MemoryError):
+        return False
 
 
 @dataclass
@@ -69,16 +95,22 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def progress_of(cfg: TrainConfig, pos: Position, layout: StreamLayout) -> float:
-    """Fraction of the run done: the largest of the limits' fractions (whichever ends first)."""
+def progress_of(
+    cfg: TrainConfig, pos: Position, layout: StreamLayout, reserve: float = 0.0
+) -> float:
+    """Fraction of the run done: the largest of the limits' fractions (whichever ends first).
+    `reserve` seconds of the budget count as spent already (the last validation's)."""
     parts = [0.0]
     if cfg.steps:
         parts.append(pos.step / cfg.steps)
     if cfg.epochs:
         parts.append(pos.step / (cfg.epochs * layout.windows_per_epoch))
     if cfg.budget:
-        parts.append(pos.elapsed / cfg.budget)
+        parts.append((pos.elapsed + reserve) / cfg.budget)
     return max(parts)
+
+
+RECORD_EVERY = 0.02  # of a run, between training-loss records in the metrics
 
 
 def make_optimizer(model: LanguageModel, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -132,6 +164,16 @@ def apply_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | 
 
 
 @dataclass
+class KeepEval:
+    """A text scored at every validation beside the validation split: for a fine-tuned model,
+    its base's domain, so the loss of the old skill shows as it happens (--keep-eval)."""
+
+    ids: np.ndarray
+    chars: int  # characters the predicted tokens spell: what its bits/char divide by
+    sources: list[str]
+
+
+@dataclass
 class Run:
     """Everything a training session works on; checkpoint() turns it into a file's dict."""
 
@@ -144,7 +186,10 @@ class Run:
     corpus: CorpusInfo
     run_dir: Path
     pos: Position = field(default_factory=Position)
-    metrics: list[dict[str, Any]] = field(default_factory=list)
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # one record per validation
+    curve: list[dict[str, Any]] = field(default_factory=list)  # the training loss, steadily
+    parent: dict[str, Any] | None = None  # the run it was fine-tuned from
+    keep: KeepEval | None = None
     optimizer: torch.optim.Optimizer | None = None
     rnn_state: State | None = None  # this rank's streams only
     world: World = field(default_factory=World)  # the processes and the device
@@ -161,6 +206,15 @@ class Run:
             "tokenizer": self.tokenizer,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "metrics": list(self.metrics),
+            "train_curve": list(self.curve),
+            "parent": self.parent,
+            "keep_eval": None
+            if self.keep is None
+            else {
+                "sources": self.keep.sources,
+                "chars": self.keep.chars,
+                "tokens": len(self.keep.ids),
+            },
             "corpus": asdict(self.corpus),
             "step": self.pos.step,
             "tokens_seen": self.pos.tokens_seen,
@@ -251,8 +305,13 @@ def fit(
     window_start, window_tokens = time.perf_counter(), 0
     stop_reason = "limit reached"
     loss_value = math.nan
+    # The training loss is recorded at a steady cadence (every RECORD_EVERY of the run),
+    # averaged since the last record, so that even a short run has a curve to plot.
+    next_record = (int(progress_of(cfg, pos, layout) / RECORD_EVERY) + 1) * RECORD_EVERY
+    recorded_sum, recorded_n = 0.0, 0
 
-    while progress_of(cfg, pos, layout) < 1.0:
+    # A budget covers the last validation too: the loop ends when only its cost is left.
+    while progress_of(cfg, pos, layout, reserve=last_eval_cost) < 1.0:
         # Stop between steps, before any of the next window's random numbers are drawn, so
         # last.pt holds exactly where an uninterrupted run stands; every rank stops alike.
         if distributed.sum_across(world, [float(should_stop())])[0]:
@@ -274,9 +333,24 @@ def fit(
         for group in run.optimizer.param_groups:
             group["lr"] = lr
 
-        loss, state, grad_norm = train_step(
-            net, run.optimizer, scaler, x, y, run.rnn_state, cfg.clip, run.precision
-        )
+        try:
+            loss, state, grad_norm = train_step(
+                net, run.optimizer, scaler, x, y, run.rnn_state, cfg.clip, run.precision
+            )
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not _out_of_memory(e):
+                raise
+            # Nothing of this step was applied yet: last.pt can hold exactly where the run is.
+            saved = not world.active and _save_last(run)
+            raise TrainingOutOfMemory(
+                f"out of memory at step {pos.step + 1} ({_first_line(e)}); "
+                + (
+                    f"last.pt holds step {pos.step}: resume with --resume {run.run_dir}"
+                    if saved
+                    else "the last validation's last.pt is kept"
+                )
+                + "; a smaller --batch-size or --window needs less"
+            ) from None
         # One small all-reduce: the mean loss and rank 0's clock, so every rank takes the same
         # decisions.
         loss_value, elapsed = distributed.sum_across(
@@ -323,6 +397,12 @@ def fit(
             window_start, window_tokens = now, 0
 
         pos.train_seconds += time.perf_counter() - step_start
+        recorded_sum, recorded_n = recorded_sum + loss_value, recorded_n + 1
+        if progress >= next_record:
+            run.curve.append({"step": pos.step, "elapsed": round(pos.elapsed, 3),
+                              "train_loss": recorded_sum / recorded_n})  # fmt: skip
+            recorded_sum, recorded_n = 0.0, 0
+            next_record = (int(progress / RECORD_EVERY) + 1) * RECORD_EVERY
         decile = int(progress * 10)
         # On multiples of eval_every (not "since the last"), so a resumed run validates at the
         # same steps as an uninterrupted one.
@@ -347,6 +427,8 @@ def fit(
 
     if pos.step > last_eval_step or not run.metrics:
         _validate(run, loss_value, report)
+    if world.is_main:
+        _write_run_json(run, finished=stop_reason != "interrupted")
     scored = [m for m in run.metrics if m.get("val_loss") is not None]
     best_record = min(scored, key=lambda m: m["val_loss"], default=None)
     best = best_record["val_loss"] if best_record else None
@@ -362,6 +444,7 @@ def fit(
         "best_val_loss": best,
         "best_val_bpc": best_record["val_bpc"] if best_record else None,
         "val_losses": [m["val_loss"] for m in scored],
+        "keep_losses": [m["keep_loss"] for m in run.metrics if m.get("keep_loss") is not None],
         "tokenizer": run.tokenizer.get("kind", "char"),
         "last_train_loss": loss_value,
         "run_dir": str(run.run_dir),
@@ -406,6 +489,12 @@ def _validate(run: Run, train_loss: float, report: Report) -> float:
         chars = run.corpus.val_chars if run.corpus.val_chars is not None else n
         result = EvalResult(loss=total / n, tokens=n, chars=chars)
         record.update(val_loss=result.loss, val_bpc=result.bits_per_char)
+    if run.keep is not None:
+        part = loss_total(run.model, run.keep.ids, streams=cfg.eval_streams, part=world.rows)
+        total = distributed.sum_across(world, [part])[0]
+        n = len(run.keep.ids) - 1
+        keep = EvalResult(loss=total / n, tokens=n, chars=run.keep.chars)
+        record.update(keep_loss=keep.loss, keep_bpc=keep.bits_per_char)
     record.setdefault("eval_seconds", time.perf_counter() - t0)
     record["eval_seconds"] = round(record["eval_seconds"], 3)
     run.metrics.append(record)
@@ -420,7 +509,12 @@ def _validate(run: Run, train_loss: float, report: Report) -> float:
     full_state = [distributed.gather_rows(world, s, dim=1) for s in run.rnn_state or ()]
     if world.is_main:
         if improved:
-            save_checkpoint(run.checkpoint(with_resume=False), run.run_dir / "best.pt")
+            best = run.checkpoint(with_resume=False)
+            save_checkpoint(best, run.run_dir / "best.pt")
+            if no_portable_form(run.model_cfg) is None:
+                # After best.pt, so a crash between the two leaves a model file older than
+                # best.pt, which is not used (portable.fresh_portable).
+                write_model_file(run.run_dir / PORTABLE_NAME, run.model, run.tokenizer, best)
         save_checkpoint(
             run.checkpoint(with_resume=True, full_state=full_state), run.run_dir / "last.pt"
         )
@@ -428,8 +522,31 @@ def _validate(run: Run, train_loss: float, report: Report) -> float:
         write_atomic(
             run.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in run.metrics)
         )
+        _write_run_json(run, finished=False)
     report("eval", {**record, "best": improved})
     return record["eval_seconds"]
+
+
+def _write_run_json(run: Run, finished: bool) -> None:
+    """run.json: what `charlstm runs` lists, readable without torch (the checkpoints need it)."""
+    scored = [m for m in run.metrics if m.get("val_loss") is not None]
+    best = min(scored, key=lambda m: m["val_loss"], default=None)
+    cfg = run.train_cfg
+    summary = {
+        "model": asdict(run.model_cfg),
+        "parameters": run.model.num_parameters(),
+        "tokenizer": run.tokenizer.get("kind", "char"),
+        "corpus": asdict(run.corpus),
+        "step": run.pos.step,
+        "tokens_seen": run.pos.tokens_seen,
+        "elapsed": round(run.pos.elapsed, 3),
+        "best_val_loss": best["val_loss"] if best else None,
+        "best_val_bpc": best.get("val_bpc") if best else None,
+        "limits": {"budget": cfg.budget, "steps": cfg.steps, "epochs": cfg.epochs},
+        "finished": finished,
+        "parent": run.parent,
+    }
+    write_atomic(run.run_dir / "run.json", json.dumps(summary, indent=1) + "\n")
 
 
 def _reset_some(state: State, cfg: TrainConfig, step: int, streams: int, rows: slice) -> State:

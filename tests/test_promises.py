@@ -178,9 +178,11 @@ def _mutated(value: object, how: str) -> object:
         if how == "dtype":
             return t.to(torch.int64)
         if how == "shape":
-            return t.reshape(-1)[1:] if t.dim() == 1 else t[..., :-1]
+            return (
+                t.reshape(1) if t.dim() == 0 else t.reshape(-1)[1:] if t.dim() == 1 else t[..., :-1]
+            )
         if how == "bigger":
-            return torch.cat([t, t], dim=0)
+            return torch.cat([t.reshape(-1), t.reshape(-1)]) if t.dim() == 0 else torch.cat([t, t])
     if isinstance(value, str) and how == "truncate":
         return value[: len(value) // 2]
     if isinstance(value, str) and how == "list":

@@ -145,7 +145,7 @@ def test_bpe_model_trains_samples_and_evaluates(tmp_path, play_file, monkeypatch
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--tokenizer", "sentencepiece"], "--tokenizer must be char, word, bpe"),
+        (["--tokenizer", "sentencepiece"], "Invalid value for '--tokenizer'"),
         (["--vocab-size", "100"], "--vocab-size and --min-frequency are for --tokenizer word"),
     ],
 )

@@ -1,0 +1,138 @@
+"""A trained model, taken out of torch: model.safetensors, a browser page, an ONNX graph.
+
+    export(Path("checkpoints/run/best.pt"), html=Path("play.html"), onnx=Path("model.onnx"))
+
+    best.pt ──(torch: step.step_weights)──▶ model.safetensors (portable.py)
+                                                 ├──▶ numpy engine (npstep.py)
+                                                 ├──▶ play.html   (playground.py)
+                                                 └──▶ model.onnx  (onnxgraph.py)
+
+Only the first arrow needs torch: given a model.safetensors, everything else runs without it.
+The way back (`model_from_portable`) rebuilds the torch model from a model file alone, for
+evaluating or tracing a model that came without its checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from charlstm.errors import CharlstmError
+from charlstm.files import write_atomic
+from charlstm.portable import (
+    Portable,
+    no_portable_form,
+    portable_path,
+    read_portable,
+    write_portable,
+)
+
+if TYPE_CHECKING:
+    from charlstm.model import LanguageModel
+
+# What a model file keeps of a checkpoint besides the model: what `info` shows.
+RUN_KEYS = ("step", "tokens_seen", "best_val_loss", "corpus", "train_config")
+
+
+def portable_weights(model: LanguageModel) -> dict[str, np.ndarray]:
+    """A torch model's weights in the step layout, by the model file's names, float32."""
+    from charlstm.step import step_weights
+
+    w = step_weights(model)
+    assert w.w_out is not None and w.b_out is not None, "an adaptive head has no portable form"
+    out = {"embed": w.embed}
+    for k, layer in enumerate(w.layers):
+        out.update({f"layer{k}.{name}": t for name, t in layer.items()})
+    out.update({"head.w": w.w_out, "head.b": w.b_out})
+    return {k: v.detach().float().cpu().numpy() for k, v in out.items()}
+
+
+def write_model_file(
+    path: Path, model: LanguageModel, tokenizer: dict[str, Any], run: dict[str, Any]
+) -> Path:
+    """Write `model` as a model file (portable.py) at `path`; `run` as in a checkpoint (only
+    RUN_KEYS are kept)."""
+    kept = {k: run[k] for k in RUN_KEYS if run.get(k) is not None}
+    if "best_val_loss" in kept and not np.isfinite(kept["best_val_loss"]):
+        del kept["best_val_loss"]  # inf before the first validation: not JSON
+    return write_portable(path, portable_weights(model), model.cfg, tokenizer, kept)
+
+
+def model_from_portable(model: Portable) -> LanguageModel:
+    """The torch model a model file describes (the inverse of `portable_weights`), eval mode."""
+    import torch
+
+    from charlstm.model import LanguageModel
+
+    cfg, w = model.config, model.weights
+    net = LanguageModel(cfg)
+    t = {k: torch.from_numpy(v.copy()) for k, v in w.items()}
+    state = {"embed.weight": t["embed"], "head.weight": t["head.w"].T, "head.bias": t["head.b"]}
+    hid = cfg.hidden_size
+    for k in range(cfg.num_layers):
+        w_x, w_h, b = t[f"layer{k}.w_x"], t[f"layer{k}.w_h"], t[f"layer{k}.b"]
+        if cfg.cell in ("peephole", "coupled"):
+            state.update({f"rnn.weight_x_l{k}": w_x, f"rnn.weight_h_l{k}": w_h,
+                          f"rnn.bias_l{k}": b})  # fmt: skip
+            if cfg.cell == "peephole":
+                state[f"rnn.peephole_l{k}"] = t[f"layer{k}.p"]
+            continue
+        w_ih, w_hh, b_hh = w_x.T, w_h.T, t.get(f"layer{k}.b_h", torch.zeros_like(b))
+        if cfg.cell == "lstm":  # the step layout's (i, f, o, g) back to torch's (i, f, g, o)
+            w_ih, w_hh, b = (_swap_last_two(x, hid) for x in (w_ih, w_hh, b))
+        state.update({f"rnn.weight_ih_l{k}": w_ih, f"rnn.weight_hh_l{k}": w_hh,
+                      f"rnn.bias_ih_l{k}": b, f"rnn.bias_hh_l{k}": b_hh})  # fmt: skip
+    net.load_state_dict({k: v.contiguous() for k, v in state.items()})
+    return net.eval()
+
+
+def _swap_last_two(w: Any, hid: int) -> Any:
+    import torch
+
+    i, f, a, b = w.split(hid, dim=0)
+    return torch.cat([i, f, b, a])
+
+
+def portable_from_checkpoint(where: Path) -> Portable:
+    """A checked checkpoint file's model in memory as a model file would hold it."""
+    from charlstm.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(where)
+    why = no_portable_form(ckpt.config)
+    if why is not None:
+        raise CharlstmError(f"'{where}': {why}; sample it with torch")
+    run = {k: ckpt.data.get(k) for k in RUN_KEYS if ckpt.data.get(k) is not None}
+    if not np.isfinite(run.get("best_val_loss", 0.0)):
+        del run["best_val_loss"]
+    return Portable(ckpt.config, ckpt.tokenizer, portable_weights(ckpt.model()), run, where)
+
+
+def export(where: Path, *, html: Path | None = None, onnx: Path | None = None) -> list[Path]:
+    """Export a checkpoint file (.pt) or a model file (.safetensors). A checkpoint's model file
+    is (re)written beside it (portable.portable_path); then the page and the ONNX graph, when
+    asked. Returns the files written."""
+    written: list[Path] = []
+    if where.suffix == ".safetensors":
+        model = read_portable(where)
+    else:
+        model = portable_from_checkpoint(where)
+        target = portable_path(where)
+        write_portable(target, model.weights, model.config, model.tokenizer.to_dict(), model.run)
+        written.append(target)
+        model.path = target
+    if html is not None:
+        from charlstm.playground import build_page
+
+        write_atomic(html, build_page(model))
+        written.append(html)
+    if onnx is not None:
+        from charlstm.onnxgraph import onnx_bytes
+
+        write_atomic(onnx, onnx_bytes(model))
+        written.append(onnx)
+    return written
+
+
+__all__ = ["export", "model_from_portable", "portable_weights", "write_model_file"]

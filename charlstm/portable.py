@@ -1,0 +1,278 @@
+"""model.safetensors: a trained model in the step layout, read without torch and without pickle.
+
+    write_portable(path, weights, config, tokenizer_dict, run)   # at every new best; `export`
+    model = read_portable(path)       # everything checked, then model.weights["layer0.w_h"] ...
+
+Training writes it beside best.pt at every new best; `charlstm export` writes it for any
+checkpoint. The numpy engine (npstep.py), the browser page (playground.py) and the ONNX graph
+(onnxgraph.py) are all built from it, so none of them needs torch.
+
+The tensors are step.py's `StepWeights`, by name, all float32 (G gate blocks, H hidden, E
+embedding, V vocabulary; I = E for layer 0, H above it):
+
+    embed          (V, E)
+    layer{k}.w_x   (I, G·H)    gate blocks as step.py orders them (lstm: i f o g)
+    layer{k}.w_h   (H, G·H)
+    layer{k}.b     (G·H,)      the input and hidden biases summed (gru: the input bias alone)
+    layer{k}.b_h   (G·H,)      gru only: the hidden bias, which the reset gate scales
+    layer{k}.p     (3, H)      peephole only: p_i, p_f, p_o
+    head.w         (H, V)      a copy of embed's transpose when the weights are tied
+    head.b         (V,)
+
+Its metadata (safetensors keeps string values) is "format" = charlstm-step, "format_version",
+"charlstm_version", and as JSON "model_config", "tokenizer" and "run" (step, tokens_seen,
+best_val_loss, corpus, train_config: what `info` shows), plus "fingerprint": files.fingerprint
+of the model_config, the tokenizer and every tensor's name, dtype, shape and bytes, so a file
+whose tensors were changed after it was written is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from charlstm import __version__
+from charlstm.checks import (
+    GATES,
+    PORTABLE_NAME,
+    CheckpointError,
+    Invalid,
+    check_tokenizer,
+    model_config,
+    require,
+)
+from charlstm.config import ModelConfig
+from charlstm.errors import CharlstmError
+from charlstm.files import FileWriteError, Fingerprinter, write_atomic
+from charlstm.tokenizer import AnyTokenizer
+
+FORMAT = "charlstm-step"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Portable:
+    """A model file whose contents have been checked (or that is about to be written)."""
+
+    config: ModelConfig
+    tokenizer: AnyTokenizer
+    weights: dict[str, np.ndarray]  # the layout above, float32
+    run: dict[str, Any] = field(default_factory=dict)  # step, best_val_loss, corpus, ...
+    path: Path | None = None
+    fingerprint: str = ""
+    charlstm_version: str = __version__  # the charlstm that wrote it
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(w.nbytes for w in self.weights.values())
+
+
+# The cells the model file, the numpy engine, the page and the ONNX graph carry; the Mogrifier
+# and the sLSTM (their extra matrices and stabilised state) run on torch only, for now.
+PORTABLE_CELLS = ("lstm", "gru", "rnn", "peephole", "coupled")
+
+
+def no_portable_form(cfg: ModelConfig) -> str | None:
+    """Why a model of `cfg` has no model file (None when it has one)."""
+    if cfg.softmax_cutoffs is not None:
+        return "an adaptive softmax has no portable form (its output layer is not one matrix)"
+    if cfg.cell not in PORTABLE_CELLS:
+        return (f"the {cfg.cell} cell has no portable form yet (model files, the numpy engine, "
+                f"the page and ONNX carry {', '.join(PORTABLE_CELLS)})")  # fmt: skip
+    return None
+
+
+def portable_path(checkpoint: Path) -> Path:
+    """Where the model file of a checkpoint goes: model.safetensors beside best.pt, X.safetensors
+    beside any other X.pt."""
+    if checkpoint.name == "best.pt":
+        return checkpoint.with_name(PORTABLE_NAME)
+    return checkpoint.with_suffix(".safetensors")
+
+
+def fresh_portable(checkpoint: Path) -> Path | None:
+    """The checkpoint's model file if it exists and was written after the checkpoint (training
+    writes best.pt first: a model file older than its best.pt is a stale one, left by a crash
+    between the two writes, and is not used)."""
+    path = portable_path(checkpoint)
+    try:
+        if path.stat().st_mtime_ns >= checkpoint.stat().st_mtime_ns:
+            return path
+    except OSError:
+        pass
+    return None
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a model file of `cfg` holds, with its shape."""
+    g, h, e, v = GATES[cfg.cell], cfg.hidden_size, cfg.embed_size, cfg.vocab_size
+    shapes: dict[str, tuple[int, ...]] = {"embed": (v, e)}
+    for k in range(cfg.num_layers):
+        shapes[f"layer{k}.w_x"] = (e if k == 0 else h, g * h)
+        shapes[f"layer{k}.w_h"] = (h, g * h)
+        shapes[f"layer{k}.b"] = (g * h,)
+        if cfg.cell == "gru":
+            shapes[f"layer{k}.b_h"] = (g * h,)
+        if cfg.cell == "peephole":
+            shapes[f"layer{k}.p"] = (3, h)
+    shapes["head.w"] = (h, v)
+    shapes["head.b"] = (v,)
+    return shapes
+
+
+def fingerprint_of(
+    weights: dict[str, np.ndarray], config: dict[str, Any], tokenizer: dict[str, Any]
+) -> str:
+    f = Fingerprinter()
+    f.update(json.dumps(config, sort_keys=True))
+    f.update(json.dumps(tokenizer, sort_keys=True))
+    for name in sorted(weights):
+        w = np.ascontiguousarray(weights[name])
+        f.update(f"\0{name}\0{w.dtype.str}\0{list(w.shape)}\0")
+        f.update(w.data.cast("B"))  # the bytes, without a copy
+    return f.hex()
+
+
+def portable_bytes(
+    weights: dict[str, np.ndarray],
+    config: ModelConfig,
+    tokenizer: dict[str, Any],
+    run: dict[str, Any] | None = None,
+) -> bytes:
+    """The model file's bytes: the step-layout tensors (float32) and the metadata above."""
+    from safetensors.numpy import save
+
+    if config.softmax_cutoffs is not None:
+        raise CharlstmError(
+            "a model with an adaptive softmax has no portable form (its output layer is not one "
+            "matrix); sample it with --engine torch"
+        )
+    weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
+    shapes = expected_shapes(config)
+    assert {k: v.shape for k, v in weights.items()} == shapes, "not the step layout"
+    cfg = asdict(config)
+    meta = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "charlstm_version": __version__,
+        "model_config": json.dumps(cfg),
+        "tokenizer": json.dumps(tokenizer),
+        "run": json.dumps(run or {}),
+        "fingerprint": fingerprint_of(weights, cfg, tokenizer),
+    }
+    return save(weights, metadata=meta)
+
+
+def write_portable(
+    path: Path,
+    weights: dict[str, np.ndarray],
+    config: ModelConfig,
+    tokenizer: dict[str, Any],
+    run: dict[str, Any] | None = None,
+) -> Path:
+    """Write the model file atomically (files.write_atomic): the old file or the new, never a
+    torn one."""
+    try:
+        write_atomic(path, portable_bytes(weights, config, tokenizer, run))
+    except FileWriteError as e:
+        raise CheckpointError(str(e)) from e
+    return path
+
+
+def read_portable(path: Path) -> Portable:
+    """Read a model file and check all of it before anything is built: its metadata (format,
+    version, model_config, tokenizer), every tensor's name, dtype, shape and finiteness against
+    the config, and the fingerprint. Raises CheckpointError naming the first problem."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no model file at '{path}'")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise CheckpointError(
+                    f"'{path}' is a safetensors file but not a charlstm model (it has no "
+                    f"charlstm metadata)"
+                )
+            return _validated(path, meta, f)
+    except SafetensorError as e:
+        raise CheckpointError(f"'{path}' is truncated or not a safetensors file") from e
+    except Invalid as e:
+        raise CheckpointError(f"'{path}' is damaged or not usable: {e}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read '{path}': {e.strerror or e}") from None
+
+
+def _json(meta: dict[str, str], key: str) -> Any:
+    require(key in meta, f"its metadata has no {key!r}")
+    try:
+        return json.loads(meta[key])
+    except ValueError:
+        raise Invalid(f"its metadata's {key!r} is not JSON") from None
+
+
+def _validated(path: Path, meta: dict[str, str], f: Any) -> Portable:
+    version = meta.get("format_version", "")
+    require(version.isdigit(), f"its format_version is {version!r}")
+    if int(version) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"'{path}' has model file format {version}, newer than this charlstm {__version__} "
+            f"reads ({FORMAT_VERSION}); upgrade charlstm"
+        )
+    cfg_dict = _json(meta, "model_config")
+    config = model_config(cfg_dict)
+    why = no_portable_form(config)
+    require(why is None, str(why))
+    tok_dict = _json(meta, "tokenizer")
+    tokenizer = check_tokenizer(tok_dict, config)
+    run = _json(meta, "run") if "run" in meta else {}
+    require(isinstance(run, dict), "its metadata's 'run' is no JSON object")
+    shapes = expected_shapes(config)
+    names = set(f.keys())
+    missing = [k for k in shapes if k not in names]
+    if missing:
+        raise Invalid(f"the tensor {missing[0]!r} that its model_config needs is missing")
+    extra = sorted(names - set(shapes))
+    require(not extra, f"it holds tensors the model does not have: {extra[:3]}")
+    weights = {}
+    for name, shape in shapes.items():
+        piece = f.get_slice(name)
+        dtype, got = piece.get_dtype(), tuple(piece.get_shape())
+        require(dtype == "F32", f"the tensor {name!r} holds {dtype}, not float32")
+        require(got == shape, f"the tensor {name!r} is {got}, its model_config needs {shape}")
+        w = f.get_tensor(name)
+        require(bool(np.isfinite(w).all()), f"the tensor {name!r} holds NaN or infinity")
+        weights[name] = w
+    digest = fingerprint_of(weights, cfg_dict, tok_dict)
+    require(meta.get("fingerprint") == digest,
+            "its tensors or metadata were changed after it was written (fingerprint "
+            f"{meta.get('fingerprint')!r}, contents {digest!r})")  # fmt: skip
+    return Portable(config, tokenizer, weights, run, path, digest, meta.get("charlstm_version", ""))
+
+
+def describe_portable(model: Portable) -> dict[str, Any]:
+    """What a model file holds, as checkpoint.describe says it of a checkpoint (`info --json`)."""
+    cfg, run = model.config, model.run
+    n_params = sum(w.size for k, w in model.weights.items() if k != "head.w" or not cfg.tie_weights)
+    return {
+        "path": str(model.path),
+        "charlstm_version": model.charlstm_version,
+        "format_version": FORMAT_VERSION,
+        "model": asdict(cfg),
+        "parameters": n_params,
+        "tokenizer": {"kind": model.tokenizer.kind, "vocab_size": cfg.vocab_size},
+        "corpus": run.get("corpus"),
+        "steps": run.get("step"),
+        "tokens_seen": run.get("tokens_seen"),
+        "best_val_loss": run.get("best_val_loss"),
+        "train_config": run.get("train_config"),
+        "metrics": [],
+        "resumable": False,
+        "fingerprint": model.fingerprint,
+    }

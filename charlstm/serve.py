@@ -1,0 +1,612 @@
+"""`charlstm serve`: trained models behind an OpenAI-style HTTP API, every request one or more
+rows of a batched recurrent step (batching.py). Needs the `[serve]` extra (Starlette, uvicorn
+with httptools and uvloop, pydantic).
+
+    POST /v1/completions   {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k",
+                            "seed", "n", "stop", "stream", "on_unknown"} → OpenAI's completion
+                           object, or with "stream": true server-sent events ending `[DONE]`
+    GET  /v1/models        the models served, by name
+    GET  /health           {"status", "models", "rows", "prefilling", "queued", "steps"}
+    POST /score            {"model", "text"} → bits per character of each line (evaluate
+                           --per-line)
+
+    models = load_models(["checkpoints/big"])        # {"big": Model}
+    run(models, ServeConfig(port=8000), report)      # until SIGINT/SIGTERM; then exit cleanly
+
+The event loop (uvicorn) parses, checks and answers; it never runs the model. Jobs go to the
+engine's decode thread, whose events come back every 20 ms (at once for a first token or an
+end) through call_soon_threadsafe into each request's queue; a stream sends whatever has
+gathered since its last write, so a busy server writes fewer, longer chunks. A watch on each
+request's connection cancels its job the moment the client goes away, and its rows leave the
+batch at the next step.
+
+Every failure is a JSON body {"error": {"message", "type", "code", "param"}} as OpenAI's:
+400 a bad request (body, types, ranges, a prompt the model cannot read), 401 no or a wrong API
+key, 404 an unknown model or path, 413 a body over MAX_BODY, 503 + Retry-After when the queue
+is full or the server is stopping. Nothing a request says is ever used as a path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any, Literal
+
+import uvicorn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from charlstm.api import Model, load, random_seed
+from charlstm.batching import Done, Engine, Event, Failed, Job, QueueFull, ShuttingDown, Text
+from charlstm.choice import MAX_SEED
+from charlstm.config import CHECKPOINTS, SampleConfig, ServeConfig
+from charlstm.errors import CharlstmError, UsageError
+
+MAX_BODY = 1 << 20  # bytes in a request body
+MAX_PROMPT_TOKENS = 16_384  # a prompt's tokens (a char LSTM remembers far less than that)
+MAX_SCORE_TOKENS = 200_000  # tokens /score reads in one request (~10 s of a 2×512 on a CPU)
+MAX_STOPS, MAX_STOP_CHARS = 4, 256  # as OpenAI: at most 4 stop strings
+
+Report = Callable[[str, dict[str, Any]], None]
+
+
+def _ignore(event: str, data: dict[str, Any]) -> None:
+    pass
+
+
+# ----------------------------------------------------------------------------------- requests
+
+
+class _Strict(BaseModel):
+    # Wrong types are refused, not converted ("5" is no integer); unknown fields too, so that a
+    # misspelt or unsupported option (logprobs, echo, best_of…) is an error, not ignored.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CompletionRequest(_Strict):
+    model: str | None = None  # may be left out when one model is served
+    prompt: str | None = None  # "" or absent: start as at the beginning of a line
+    max_tokens: int | None = Field(None, ge=1)  # default: SampleConfig.length, capped
+    temperature: float | None = Field(None, ge=0, allow_inf_nan=False)  # 0: greedy
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)  # not OpenAI's; 0 = all
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)  # absent: random, returned as "seed"
+    n: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    stream: bool | None = None
+    on_unknown: Literal["error", "skip"] | None = None  # prompt characters the model never saw
+    user: str | None = None  # accepted and ignored, as OpenAI's clients may send it
+
+
+class ScoreRequest(_Strict):
+    model: str | None = None
+    text: str
+
+
+class ApiError(Exception):
+    """A request that gets an error response (never a 500: those are bugs)."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:  # fmt: skip
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+        self.code, self.param, self.headers = code, param, headers
+
+    def response(self) -> JSONResponse:
+        body = {"message": self.message, "type": self.kind, "code": self.code, "param": self.param}
+        return JSONResponse({"error": body}, self.status, headers=self.headers)
+
+
+async def _parse(request: Request, cls: type[_Strict]) -> Any:
+    """The body as `cls`, read at most MAX_BODY bytes far."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY:
+        raise _too_large()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise _too_large()
+    try:
+        return cls.model_validate_json(bytes(body))
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        message = f"{where}: {first['msg']}" if where else first["msg"]
+        raise ApiError(400, message, param=str(first["loc"][0]) if first["loc"] else None) from e
+
+
+def _too_large() -> ApiError:
+    return ApiError(413, f"the request body is over {MAX_BODY:,} bytes", code="request_too_large")
+
+
+def _bad(message: str, param: str) -> ApiError:
+    return ApiError(400, message, param=param)
+
+
+# ----------------------------------------------------------------------------------- the app
+
+
+class _Channel:
+    """Where one request's events arrive (on the event loop), and the watch on its client."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[list[Event] | None] = asyncio.Queue()
+        self.watch: asyncio.Task[None] | None = None
+
+    async def get(self) -> list[Event] | None:
+        """The events gathered since the last call (waiting for one); None: the client left."""
+        first = await self.queue.get()
+        if first is None:
+            return None
+        events = list(first)
+        while not self.queue.empty():
+            more = self.queue.get_nowait()
+            if more is None:
+                return None
+            events.extend(more)
+        return events
+
+
+class _Server:
+    """The endpoints, over one engine and the loaded models."""
+
+    def __init__(self, models: Mapping[str, Model], cfg: ServeConfig, report: Report) -> None:
+        self.models = dict(models)
+        self.cfg = cfg
+        self.report = report
+        self.engine = Engine(self.models, max_batch=cfg.max_batch, max_queue=cfg.queue)
+        self.created = int(time.time())
+        self.scoring = 0  # /score requests running or waiting
+        self.score_lock = asyncio.Lock()  # one at a time: each may take seconds of CPU
+
+    # ------------------------------------------------------------------- small endpoints
+
+    async def health(self, request: Request) -> Response:
+        stats = self.engine.stats()
+        status = "stopping" if self.engine.closing else "ok"
+        return JSONResponse({"status": status, "models": list(self.models), **stats})
+
+    async def list_models(self, request: Request) -> Response:
+        data = [{"id": name, "object": "model", "created": self.created, "owned_by": "charlstm"}
+                for name in self.models]  # fmt: skip
+        return JSONResponse({"object": "list", "data": data})
+
+    def _model(self, name: str | None) -> tuple[str, Model]:
+        if name is None:
+            if len(self.models) == 1:
+                return next(iter(self.models.items()))
+            raise _bad(f"model is required: one of {', '.join(self.models)}", "model")
+        if name not in self.models:
+            served = ", ".join(self.models)
+            raise ApiError(404, f"no model named {name!r}; this server has {served}",
+                           code="model_not_found", param="model")  # fmt: skip
+        return name, self.models[name]
+
+    # ------------------------------------------------------------------- completions
+
+    def _job(self, name: str, model: Model, req: CompletionRequest) -> tuple[Job, int]:
+        """The request as an engine job, every option checked against this server's limits,
+        and the prompt's length in tokens."""
+        cfg = self.cfg
+        max_tokens = req.max_tokens or min(SampleConfig.length, cfg.max_tokens)
+        if max_tokens > cfg.max_tokens:
+            raise _bad(f"max_tokens must be at most {cfg.max_tokens:,}, got {max_tokens:,}",
+                       "max_tokens")  # fmt: skip
+        n = req.n or 1
+        if n > cfg.max_batch:
+            raise _bad(f"n must be at most {cfg.max_batch}, got {n}", "n")
+        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+        if len(stop) > MAX_STOPS or any(not 1 <= len(s) <= MAX_STOP_CHARS for s in stop):
+            raise _bad(f"stop takes at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} "
+                       "characters", "stop")  # fmt: skip
+        sample = SampleConfig(
+            length=max_tokens,
+            temperature=SampleConfig.temperature if req.temperature is None else req.temperature,
+            top_k=req.top_k or 0,
+            top_p=1.0 if req.top_p is None else req.top_p,
+        )
+        prompt = req.prompt or ""
+        tok = model.tokenizer
+        unknown = tok.unknown(prompt) if req.on_unknown != "skip" else []
+        if unknown:
+            what = "words" if tok.kind == "word" else "characters"
+            shown = " ".join(unknown[:10]) if tok.kind == "word" else "".join(unknown[:20])
+            raise _bad(f"the prompt has {what} the model never saw: {shown!r}; remove them or "
+                       'send "on_unknown": "skip"', "prompt")  # fmt: skip
+        ids = model.encode_prime(prompt, "skip")
+        if len(ids) > MAX_PROMPT_TOKENS:
+            raise _bad(f"the prompt is {len(ids):,} tokens; at most {MAX_PROMPT_TOKENS:,}",
+                       "prompt")  # fmt: skip
+        seed = random_seed() if req.seed is None else req.seed
+        job = Job(name, ids, sample, seed, n=n, stop=stop, handle=_Channel())
+        return job, len(ids) if prompt else 0  # no prompt: the newline it starts from is ours
+
+    async def completions(self, request: Request) -> Any:
+        t0 = time.perf_counter()
+        req = await _parse(request, CompletionRequest)
+        name, model = self._model(req.model)
+        try:
+            job, prompt_tokens = self._job(name, model, req)
+        except CharlstmError as e:  # a range the config checks (config.py)
+            raise ApiError(400, str(e)) from e
+        request.state.model = name
+        channel: _Channel = job.handle
+        try:
+            self.engine.submit(job)
+        except QueueFull as e:
+            raise ApiError(503, f"{e}; try again shortly", "server_error", "queue_full",
+                           headers={"Retry-After": "1"}) from e  # fmt: skip
+        except ShuttingDown as e:
+            raise ApiError(503, str(e), "server_error", "shutting_down") from e
+        channel.watch = asyncio.create_task(self._watch(request.receive, job))
+        reply: _Reply | None = _Reply(self, job, name, prompt_tokens, request.state)
+        try:
+            first = await channel.get()  # the first tokens: what a status code can still say
+            request.state.first = time.perf_counter() - t0
+            if first is None:
+                return reply.gone()
+            failure = next((e for e in first if isinstance(e, Failed)), None)
+            if failure is not None:
+                raise _failure(failure)
+            if req.stream:
+                stream, reply = reply.stream(first), None  # the stream finishes the job
+                return stream
+            return await reply.collect(first)
+        finally:
+            if reply is not None:
+                reply.close()
+
+    async def _watch(self, receive: Receive, job: Job) -> None:
+        """Cancel the job when its client disconnects."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.engine.cancel(job)
+        job.handle.queue.put_nowait(None)
+
+    def deliver(self, updates: list[tuple[Job, list[Event]]]) -> None:
+        """Events from the decode loop, on the event loop: into each request's channel."""
+        for job, events in updates:
+            job.handle.queue.put_nowait(events)
+
+    # ------------------------------------------------------------------- scoring
+
+    async def score(self, request: Request) -> Response:
+        req = await _parse(request, ScoreRequest)
+        name, model = self._model(req.model)
+        request.state.model = name
+        encoded = model.encode_text(req.text)
+        if len(encoded.ids) > MAX_SCORE_TOKENS:
+            raise _bad(f"the text is {len(encoded.ids):,} tokens; at most "
+                       f"{MAX_SCORE_TOKENS:,} per request", "text")  # fmt: skip
+        if len(encoded.ids) < 2:
+            raise _bad("the text is too short to score: it needs at least 2 tokens the model "
+                       "knows", "text")  # fmt: skip
+        if self.scoring >= max(1, self.cfg.queue):
+            raise ApiError(503, "too many texts waiting to be scored; try again shortly",
+                           "server_error", "queue_full", headers={"Retry-After": "1"})  # fmt: skip
+        self.scoring += 1
+        try:
+            async with self.score_lock:  # beside the decode loop, in a worker thread
+                lines = await asyncio.to_thread(model.score_lines, encoded)
+        finally:
+            self.scoring -= 1
+        request.state.tokens = len(encoded.ids)
+        return JSONResponse({"object": "score", "model": name, "lines": lines,
+                             "tokens": len(encoded.ids), "skipped_chars": encoded.skipped_chars,
+                             "unknown_words": encoded.unknown_words})  # fmt: skip
+
+
+def _failure(failed: Failed) -> ApiError:
+    if failed.code == "shutting_down":
+        return ApiError(503, failed.message, "server_error", failed.code)
+    return ApiError(500, failed.message, "server_error", failed.code)
+
+
+class _Reply:
+    """One completion's answer: collected whole, or streamed as server-sent events."""
+
+    def __init__(self, server: _Server, job: Job, name: str, prompt_tokens: int,
+                 state: Any) -> None:  # fmt: skip
+        self.server, self.job, self.state = server, job, state
+        self.prompt_tokens = prompt_tokens
+        self.rows_done = 0
+        self.around: tuple[bytes, bytes] | None = None  # a stream chunk's bytes, less its choice
+        self.channel: _Channel = job.handle
+        self.head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+                     "created": int(time.time()), "model": name}  # fmt: skip
+        self.state.tokens = 0
+
+    def close(self) -> None:
+        """The request is over: stop watching its client, free its rows if it still runs."""
+        if self.channel.watch is not None:
+            self.channel.watch.cancel()
+        self.server.engine.cancel(self.job)
+
+    def gone(self) -> Response:
+        self.state.gone = True
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+
+    def _usage(self) -> dict[str, int]:
+        done = self.state.tokens
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": done,
+                "total_tokens": self.prompt_tokens + done}  # fmt: skip
+
+    async def collect(self, events: list[Event] | None) -> Response:
+        n = self.job.n
+        texts: list[list[str]] = [[] for _ in range(n)]
+        reasons: list[str | None] = [None] * n
+        while True:
+            if events is None:
+                return self.gone()
+            for e in events:
+                if isinstance(e, Text):
+                    texts[e.index].append(e.text)
+                elif isinstance(e, Done):
+                    reasons[e.index] = e.reason
+                    self.state.tokens += e.tokens
+                else:
+                    raise _failure(e)
+            if None not in reasons:
+                break
+            events = await self.channel.get()
+        choices = [{"text": "".join(texts[i]), "index": i, "logprobs": None,
+                    "finish_reason": reasons[i]} for i in range(n)]  # fmt: skip
+        return JSONResponse({**self.head, "choices": choices, "usage": self._usage(),
+                             "seed": self.job.seed})  # fmt: skip
+
+    def stream(self, first: list[Event]) -> ASGIApp:
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            try:
+                await send({"type": "http.response.start", "status": 200, "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]})  # fmt: skip
+                events: list[Event] | None = first
+                while events is not None:
+                    body, finished = self._chunks(events)
+                    await send({"type": "http.response.body", "body": body,
+                                "more_body": not finished})  # fmt: skip
+                    if finished:
+                        return
+                    events = await self.channel.get()
+                self.state.gone = True
+            except OSError:  # a server on ASGI 2.4 says so when the client has gone
+                self.state.gone = True
+            finally:
+                self.close()
+
+        return app
+
+    def _chunks(self, events: list[Event]) -> tuple[bytes, bool]:
+        """Server-sent events for what gathered: one chunk per choice that has news; after the
+        last choice's end (or an error), `data: [DONE]`."""
+        texts: dict[int, list[str]] = {}
+        reasons: dict[int, str] = {}
+        out = []
+        for e in events:
+            if isinstance(e, Text):
+                texts.setdefault(e.index, []).append(e.text)
+            elif isinstance(e, Done):
+                reasons[e.index] = e.reason
+                self.state.tokens += e.tokens
+                self.rows_done += 1
+            else:
+                error = _failure(e)
+                body = {"message": error.message, "type": error.kind, "code": error.code}
+                out.append(_sse({"error": body}))
+                out.append(b"data: [DONE]\n\n")
+                return b"".join(out), True
+        if self.around is None:  # what every chunk of this stream has around its choice
+            before = b"data: " + _json(self.head)[:-1] + b',"choices":['
+            self.around = before, b'],"seed":%d}\n\n' % self.job.seed
+        before, after = self.around
+        for i in sorted(texts.keys() | reasons.keys()):
+            choice = {"text": "".join(texts.get(i, ())), "index": i, "logprobs": None,
+                      "finish_reason": reasons.get(i)}  # fmt: skip
+            out.append(before + _json(choice) + after)
+        finished = self.rows_done == self.job.n
+        if finished:
+            out.append(b"data: [DONE]\n\n")
+        return b"".join(out), finished
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + _json(obj) + b"\n\n"
+
+
+# ----------------------------------------------------------------------------------- middleware
+
+
+class _Guard:
+    """With an API key, every request must carry `Authorization: Bearer KEY`."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
+        self.app = app
+        self.expected = None if api_key is None else f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.expected is not None:
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(given, self.expected):
+                error = ApiError(401, "a valid API key is required: send the header "
+                                 "'Authorization: Bearer KEY'", code="invalid_api_key",
+                                 headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _AccessLog:
+    """One report per request when it ends: status, model, tokens, seconds to the first
+    token, seconds in all."""
+
+    def __init__(self, app: ASGIApp, report: Report) -> None:
+        self.app, self.report = app, report
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            state = scope.get("state", {})
+            client = scope.get("client") or ("-", 0)
+            self.report("request", {
+                "client": client[0], "method": scope["method"], "path": scope["path"],
+                "status": 499 if state.get("gone") else status, "model": state.get("model"),
+                "tokens": state.get("tokens"), "first": state.get("first"),
+                "seconds": time.perf_counter() - t0})  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------- assembly
+
+
+def create_app(
+    models: Mapping[str, Model], cfg: ServeConfig | None = None, report: Report | None = None
+) -> Starlette:
+    """The ASGI app serving `models` (name → Model); its engine runs with the app's lifespan
+    (app.state.engine)."""
+    if not models:
+        raise UsageError("serve needs at least one model")
+    cfg = cfg or ServeConfig()
+    report = report or _ignore
+    server = _Server(models, cfg, report)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        loop = asyncio.get_running_loop()
+
+        def publish(updates: list[tuple[Job, list[Event]]]) -> None:  # the decode thread
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
+                loop.call_soon_threadsafe(server.deliver, updates)
+
+        server.engine.start(publish)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(server.engine.stop)
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return exc.response()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return ApiError(exc.status_code, str(exc.detail), code=code,
+                        headers=exc.headers).response()  # fmt: skip
+
+    async def bug(request: Request, exc: Exception) -> Response:
+        report("error", {"message": f"{type(exc).__name__}: {exc}",
+                         "traceback": traceback.format_exc()})  # fmt: skip
+        return ApiError(500, "internal error", "server_error", "internal_error").response()
+
+    routes = [
+        Route("/v1/completions", server.completions, methods=["POST"]),
+        Route("/v1/models", server.list_models, methods=["GET"]),
+        Route("/health", server.health, methods=["GET"]),
+        Route("/score", server.score, methods=["POST"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(_AccessLog, report=report), Middleware(_Guard, api_key=cfg.api_key)],
+        exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: bug},
+        lifespan=lifespan,
+    )
+    app.state.engine = server.engine
+    return app
+
+
+def load_models(
+    paths: list[Path], *, checkpoints: Path = CHECKPOINTS, device: Any = "cpu"
+) -> dict[str, Model]:
+    """Each run (folder or checkpoint file) by its name: the run folder's name (a file's stem
+    when it is not best.pt or last.pt); with no paths, the newest run under `checkpoints`."""
+    models: dict[str, Model] = {}
+    for path in paths or [None]:
+        model = load(path, checkpoints=checkpoints, device=device, engine="torch")
+        file = model.path
+        name = file.parent.name if file.name in ("best.pt", "last.pt") else file.stem
+        if name in models:
+            raise UsageError(f"two runs are named {name!r}; serve each name once")
+        models[name] = model
+    return models
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (0: any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as e:
+        raise CharlstmError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn, stopping our way: the first SIGINT/SIGTERM stops taking requests and gives the
+    running ones `grace` seconds before they are cut; a second cuts them at once. The process
+    then exits 0 (uvicorn itself would re-raise the signal)."""
+
+    def __init__(self, config: uvicorn.Config, engine: Engine, grace: float) -> None:
+        super().__init__(config)
+        self.engine, self.grace = engine, grace
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # In a signal handler: plain assignments only (engine.close takes no lock).
+        if self.should_exit:
+            self.force_exit = True
+            self.engine.close(0.0)
+        else:
+            self.should_exit = True
+            self.engine.close(self.grace)
+
+
+def run(models: Mapping[str, Model], cfg: ServeConfig, report: Report | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then stop cleanly (see _Uvicorn); returns normally."""
+    report = report or _ignore
+    sock = listen(cfg.host, cfg.port)
+    app = create_app(models, cfg, report)
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=int(cfg.grace) + 5)  # fmt: skip
+    server = _Uvicorn(config, app.state.engine, cfg.grace)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    report("listening", {"url": f"http://{shown}:{port}", "models": list(models),
+                         "max_batch": cfg.max_batch, "queue": cfg.queue,
+                         "api_key": cfg.api_key is not None})  # fmt: skip
+    try:
+        server.run(sockets=[sock])
+    finally:
+        app.state.engine.stop()
+        sock.close()
+    report("stopped", {})

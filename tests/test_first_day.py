@@ -1,0 +1,302 @@
+"""A new user's first day: each rough edge they hit, with the test that would have caught it.
+(Resuming to train longer: tests/test_promises.py::test_resume_limits_mean_that_much_more...)"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.main import get_command
+from typer.testing import CliRunner
+
+import charlstm
+from charlstm.cli import app
+from charlstm.device import set_threads
+from tests.conftest import PLAY
+
+runner = CliRunner()
+TINY = ["--hidden", "16", "--layers", "1", "-b", "4", "-t", "16", "--threads", "1", "--lr",
+        "1e-2", "--warmup", "5", "-q"]  # fmt: skip
+
+
+def one_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("charlstm: "), stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    """A folder with a play and a tiny char run under ./ck, shared by the tests that read it."""
+    root = tmp_path_factory.mktemp("day")
+    (root / "play.txt").write_text(PLAY)
+    r = runner.invoke(app, ["train", str(root / "play.txt"), "--steps", "40", "--name", "r",
+                            "--checkpoints", str(root / "ck"), *TINY])  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    return root
+
+
+# ----------------------------------------------------------------------------- defects
+
+
+def test_a_word_models_prime_may_start_with_a_word_seen_only_after_a_space(tmp_path):
+    (tmp_path / "play.txt").write_text(PLAY)
+    r = runner.invoke(app, ["train", str(tmp_path / "play.txt"), "--tokenizer", "word",
+                            "--steps", "10", "--name", "w", "--checkpoints", str(tmp_path / "ck"),
+                            "--hidden", "16", "--threads", "1", "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    # "soft," occurs only as " soft," (after "But"): the first word of a prime must still match.
+    ok = runner.invoke(app, ["sample", "-m", str(tmp_path / "ck" / "w"), "--prime",
+                             "soft, what light", "--length", "5", "--seed", "1"])  # fmt: skip
+    assert ok.exit_code == 0, ok.stderr
+    assert ok.stdout.startswith("soft, what light")
+
+
+def test_huge_seeds_and_models_too_big_for_the_machine_are_one_line(home):
+    model = str(home / "ck" / "r")
+    r = runner.invoke(app, ["sample", "-m", model, "--seed", "99999999999999999999"])
+    assert r.exit_code == 2 and "--seed" in one_error_line(r.stderr)
+    t0 = time.perf_counter()
+    r = runner.invoke(app, ["train", str(home / "play.txt"), "--hidden", "100000", "--steps", "1",
+                            "--checkpoints", str(home / "big"), "--threads", "1"])  # fmt: skip
+    line = one_error_line(r.stderr)
+    assert r.exit_code == 1 and "parameters" in line and "this machine has" in line, line
+    assert time.perf_counter() - t0 < 30  # refused before anything was allocated
+
+
+def test_running_out_of_memory_in_training_saves_last_pt_and_says_so(tmp_path, monkeypatch):
+    from charlstm import training
+
+    (tmp_path / "play.txt").write_text(PLAY)
+    real, calls = training.train_step, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate "
+                               "68719476736 bytes.")  # fmt: skip
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_step", step)
+    r = runner.invoke(app, ["train", str(tmp_path / "play.txt"), "--steps", "50", "--name", "m",
+                            "--checkpoints", str(tmp_path / "ck"), *TINY])  # fmt: skip
+    line = one_error_line(r.stderr)
+    assert r.exit_code == 1 and "out of memory at step 6" in line and "last.pt holds step 5" in line
+    assert charlstm.info(tmp_path / "ck" / "m" / "last.pt")["steps"] == 5
+
+
+def test_a_folder_says_which_files_it_left_out_and_why(tmp_path):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text(PLAY)
+    (notes / "latin.txt").write_bytes(b"caf\xe9\n" * 10)
+    (notes / "blob.bin").write_bytes(b"\x00\x01\x02" * 10)
+    r = runner.invoke(app, ["train", str(notes), "--steps", "2", "--name", "f",
+                            "--checkpoints", str(tmp_path / "ck"), *TINY[:-1]])  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    note = next(line for line in r.stderr.splitlines() if "left out" in line)
+    assert "latin.txt (not utf-8 at byte 3)" in note and "blob.bin (binary" in note
+    assert "read 1 file;" in note
+    shown = runner.invoke(app, ["info", str(tmp_path / "ck" / "f")])
+    assert "2 left out as not text" in shown.stdout and "latin.txt" in shown.stdout
+
+
+def _help(*args: str) -> str:
+    text = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "200"}).stdout
+    return re.sub(r"[\s│]+", " ", text)
+
+
+def test_help_says_what_really_happens_and_shows_choices():
+    train = _help("train")
+    assert "Units per recurrent layer. Default: sized to the budget (char), 256" in train
+    assert "Default: 32; word: 20; bpe: 8" in train and "Default: adamw; word: sgd" in train
+    assert "<char|word|bpe>" in train and "<lstm|gru|rnn|peephole|coupled" in train
+    assert "<adamw|sgd>" in train and "<full|adaptive>" in train
+    assert "<bool>" not in train.replace("--help -h <bool>", "")  # flags take no value
+    assert "pip install 'charlstm[plot]'" in _help("info")
+
+
+def test_completion_offers_the_choices_of_cell_and_tokenizer():
+    command = get_command(app)
+    ctx = command.make_context("charlstm", ["train"], resilient_parsing=True)
+    train = command.get_command(ctx, "train")
+    sub = train.make_context("train", [], parent=ctx, resilient_parsing=True)
+    params = {p.name: p for p in train.params}
+    assert [c.value for c in params["cell"].shell_complete(sub, "")] == list(charlstm.config.CELLS)
+    assert [c.value for c in params["tokenizer"].shell_complete(sub, "b")] == ["bpe"]
+    assert [c.value for c in params["device"].shell_complete(sub, "c")] == ["cpu", "cuda"]
+
+
+def test_small_things(home, tmp_path):
+    play = str(home / "play.txt")
+    # A --name already used is refused before any work; --overwrite replaces it.
+    again = runner.invoke(app, ["train", play, "--steps", "2", "--name", "r",
+                                "--checkpoints", str(home / "ck")])  # fmt: skip
+    assert again.exit_code == 1 and "--overwrite" in one_error_line(again.stderr)
+    ck = tmp_path / "ck"
+    first = runner.invoke(app, ["train", play, "--steps", "3", "--name", "o",
+                                "--checkpoints", str(ck), *TINY])  # fmt: skip
+    over = runner.invoke(app, ["train", play, "--steps", "5", "--name", "o", "--overwrite",
+                               "--checkpoints", str(ck), *TINY])  # fmt: skip
+    assert first.exit_code == over.exit_code == 0, over.stderr
+    assert charlstm.info(ck / "o")["steps"] == 5
+    # Bad values are usage errors (2), every one.
+    for flags, named in ((["--val-fraction", "1.0"], "--val-fraction"),
+                         (["--threads", "-1"], "--threads")):  # fmt: skip
+        bad = runner.invoke(app, ["train", play, "--steps", "1", *flags])
+        assert bad.exit_code == 2 and named in one_error_line(bad.stderr), flags
+    # evaluate --json says how many characters it skipped.
+    (tmp_path / "emoji.txt").write_text("ROMEO: 🙂🙂 hi\n" * 20)
+    ev = runner.invoke(app, ["evaluate", str(tmp_path / "emoji.txt"), "-m", str(home / "ck/r"),
+                             "--json", "--threads", "1"])  # fmt: skip
+    assert ev.exit_code == 0 and json.loads(ev.stdout)["skipped_chars"] == 40, ev.stderr
+    # --no-echo-prime holds for --json too.
+    quiet = ["--no-echo-prime", "--json", "--length", "10", "--seed", "1"]
+    js = runner.invoke(app, ["sample", "-m", str(home / "ck/r"), "--prime", "ROMEO:", *quiet])
+    assert js.exit_code == 0 and len(json.loads(js.stdout)["text"]) == 10
+
+
+def test_ctrl_c_while_streaming_ends_the_texts_line(home):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "charlstm", "sample", "-m", str(home / "ck" / "r"), "--length",
+         "10000000", "--seed", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    proc.stdout.read(100)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and out.endswith(b"\n")
+    assert err.decode().strip().splitlines()[-1] == "charlstm: interrupted"
+
+
+# ----------------------------------------------------------------------------- friction
+
+
+def test_one_checkpoints_folder_for_every_command(home, tmp_path):
+    env = {"CHARLSTM_CHECKPOINTS": str(home / "ck")}
+    for args in (["sample", "--length", "5", "--seed", "1"], ["info"],
+                 ["evaluate", str(home / "play.txt"), "--threads", "1"],
+                 ["visualize", str(home / "play.txt"), "--max-chars", "10"]):  # fmt: skip
+        r = runner.invoke(app, args, env=env)
+        assert r.exit_code == 0, (args, r.stderr)
+    folder = runner.invoke(app, ["sample", "-m", str(home / "ck")])
+    line = one_error_line(folder.stderr)
+    assert folder.exit_code == 1 and "folder of runs" in line and " r" in line
+
+
+def test_runs_lists_slims_and_deletes(home, tmp_path):
+    ck = tmp_path / "ck"
+    for name in ("one", "two"):
+        r = runner.invoke(app, ["train", str(home / "play.txt"), "--steps", "3", "--name", name,
+                                "--checkpoints", str(ck), *TINY])  # fmt: skip
+        assert r.exit_code == 0, r.stderr
+    listed = runner.invoke(app, ["runs", "--checkpoints", str(ck), "--json"])
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert {r["name"] for r in rows} == {"one", "two"}
+    assert all(r["steps"] == 3 and r["finished"] and r["tokenizer"] == "char" for r in rows)
+    table = runner.invoke(app, ["runs", "--checkpoints", str(ck)])
+    assert table.stdout.splitlines()[0].split()[:3] == ["name", "corpus", "tokens"]
+    slim = runner.invoke(app, ["runs", "--checkpoints", str(ck), "--slim-finished"])
+    assert slim.exit_code == 0 and not (ck / "one" / "last.pt").exists()
+    assert (ck / "one" / "best.pt").exists()
+    gone = runner.invoke(app, ["runs", "--checkpoints", str(ck), "--delete", "two"])
+    assert gone.exit_code == 0 and not (ck / "two").exists()
+    bad = runner.invoke(app, ["runs", "--checkpoints", str(ck), "--delete", "../x"])
+    assert bad.exit_code == 2
+
+
+def test_one_stream_runs_on_one_thread_a_batch_on_all():
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(0, streams=1) == 1
+        assert set_threads(0, streams=64) == max(1, os.cpu_count() or 1)
+        assert set_threads(3, streams=1) == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_short_run_still_has_a_curve_to_plot(home):
+    info = charlstm.info(home / "ck" / "r")
+    assert len(info["train_curve"]) >= 40  # a 40-step run: a point every 2% of it
+    assert [p["step"] for p in info["train_curve"]] == sorted(
+        p["step"] for p in info["train_curve"]
+    )
+
+
+def test_the_budget_is_the_whole_run(tmp_path):
+    (tmp_path / "play.txt").write_text(PLAY * 4)
+    r = subprocess.run([sys.executable, "-m", "charlstm", "train", "play.txt", "--budget", "6s",
+                        "--json", *TINY], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    # Setting up (importing torch, tokenizing) and the last validation are inside the budget.
+    assert summary["setup_seconds"] > 0.5 and summary["total_seconds"] <= 6 + 1.0
+    assert summary["elapsed"] <= 6 - summary["setup_seconds"] + 1.0
+
+
+def test_logs_in_a_pipe_are_one_line_per_event(tmp_path):
+    (tmp_path / "play.txt").write_text(PLAY)
+    r = subprocess.run([sys.executable, "-m", "charlstm", "train", "play.txt", "--budget", "3s",
+                        "--threads", "1", "-b", "4", "-t", "16"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    sized = [line for line in r.stderr.splitlines() if line.startswith("sized for the budget:")]
+    assert sized and sized[0].endswith("(--hidden, --layers, --lr, --dropout).")
+    assert max(len(line) for line in r.stderr.splitlines()) > 120  # not wrapped at 80
+
+
+def test_reading_stdin_from_a_terminal_says_so(home):
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "charlstm", "sample", "-m", str(home / "ck" / "r"), "--prime",
+             "-", "--length", "3"], stdin=terminal, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        os.write(controller, b"ROMEO:\n\x04")  # a line, then Ctrl-D
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert proc.returncode == 0, err
+    assert b"reading stdin; end with Ctrl-D" in err and out.startswith(b"ROMEO:")
+
+
+def test_stop_texts_and_a_prime_from_a_file(home, tmp_path):
+    model = charlstm.load(home / "ck" / "r")
+    full = "".join(model.generate("ROMEO:", length=300, seed=3))
+    stop = full[40:42]
+    cut = "".join(model.generate("ROMEO:", length=300, seed=3, stop=[stop]))
+    assert cut == full[: full.index(stop)]
+    (tmp_path / "prime.txt").write_text("ROMEO:")
+    r = runner.invoke(app, ["sample", "-m", str(home / "ck" / "r"), "--prime-file",
+                            str(tmp_path / "prime.txt"), "--length", "300", "--seed", "3",
+                            "--stop", stop])  # fmt: skip
+    assert r.exit_code == 0 and r.stdout == "ROMEO:" + cut + "\n"
+    batch = runner.invoke(app, ["sample", "-m", str(home / "ck" / "r"), "-N", "2", "--json",
+                                "--length", "300", "--seed", "3", "--stop", "\n"])  # fmt: skip
+    assert all("\n" not in json.loads(line)["text"] for line in batch.stdout.splitlines())
+
+
+def test_chat_continues_one_state_line_after_line(home):
+    r = subprocess.run(
+        [sys.executable, "-m", "charlstm", "chat", "-m", str(home / "ck" / "r"), "--seed", "5",
+         "--length", "40", "--threads", "1"],
+        input="ROMEO: hello\nJULIET: and you\n", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    session = charlstm.load(home / "ck" / "r").session(seed=5)
+    expected = ""
+    for line in ("ROMEO: hello", "JULIET: and you"):
+        session.feed(line + "\n")
+        expected += "".join(session.reply(40, ["\n\n"])) + "\n"
+    assert r.stdout == expected
