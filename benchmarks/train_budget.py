@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--budget", default="135s")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--keep", type=Path, help="keep the runs in this folder (default: deleted)")
     parser.add_argument("extra", nargs="*", help="more `charlstm train` options, after --")
     args = parser.parse_args()
     print(
@@ -45,9 +46,10 @@ def main() -> None:
     print("| run | options | chosen | steps (epochs) | tokens/s | best val nats/char | bits/char "
           "| reset every 64 |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = str(args.keep or scratch)
         text = args.corpus.read_text(encoding="utf-8")
-        tail = Path(tmp) / "validation.txt"
+        tail = Path(scratch) / "validation.txt"
         tail.write_text(text[int(len(text) * 0.9) :], encoding="utf-8")
         for i in range(args.repeats):
             cmd = [sys.executable, "-m", "charlstm", "train", str(args.corpus), "--budget",

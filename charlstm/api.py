@@ -430,7 +430,7 @@ class Model:
         stream that learns from each segment after scoring it (dynamic.py); the result's
         `dynamic` says how. The weights are put back afterwards; the file is never touched."""
         from charlstm.device import autocast, check_precision
-        from charlstm.evaluate import evaluate_ids
+        from charlstm.evaluate import EvalResult, evaluate_ids
         from charlstm.tokens import spelled_chars
 
         if dynamic is True:
