@@ -250,7 +250,9 @@ def test_logs_in_a_pipe_are_one_line_per_event(tmp_path):
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
     sized = [line for line in r.stderr.splitlines() if line.startswith("sized for the budget:")]
-    assert sized and sized[0].endswith("(--hidden, --layers, --lr, --dropout, --batch-size, --window).")  # noqa: E501
+    assert sized and sized[0].endswith(
+        "(--hidden, --layers, --lr, --dropout, --batch-size, --window)."
+    )
     assert max(len(line) for line in r.stderr.splitlines()) > 120  # not wrapped at 80
 
 
