@@ -56,14 +56,20 @@ def pair(kind: str, args: argparse.Namespace, target: Path, held_out: Path) -> d
     base = Path(getattr(args, f"base_{kind}") or ck / f"ft-base-{kind}")
     if kind == "char":
         base_corpus = ["shakespeare"]
-        own = tail([Path("corpora/shakespeare.txt")], WORK / "shakespeare-tail.txt")
     else:
         base_corpus = [str(SHARED / "ptb.valid.txt"), str(SHARED / "ptb.test.txt")]
-        own = None
     if not (base / "best.pt").exists():
         run(["train", *base_corpus, *word, "--budget", args.base_budget, "--name", base.name,
              "--overwrite", "-q"])  # fmt: skip
-    if own is None:
+    # The base's own held-out text: the tail of its corpus, as its run split it.
+    if kind == "char":
+        from charlstm.corpus import load_corpus
+
+        built = WORK / "shakespeare.txt"
+        text = load_corpus(["shakespeare"], cache_dir=Path("corpora")).text
+        built.write_text(text, encoding="utf-8")
+        own = tail([built], WORK / "shakespeare-tail.txt")
+    else:
         own = tail([SHARED / "ptb.valid.txt", SHARED / "ptb.test.txt"], WORK / "ptb-tail.txt")
     extra = shlex.split(args.extra)
     scratch = ck / f"ft-scratch-{kind}"
