@@ -81,7 +81,8 @@ class LanguageModel(nn.Module):
         """Unnormalised scores (…, V) from the top layer's output (…, H). For an adaptive head
         these are log-probabilities, which softmax and cross-entropy treat alike."""
         if isinstance(self.head, nn.AdaptiveLogSoftmaxWithLoss):
-            flat = self.head.log_prob(out.reshape(-1, out.shape[-1]).float())
+            with _full_precision(out):
+                flat = self.head.log_prob(out.reshape(-1, out.shape[-1]).float())
             return flat.view(*out.shape[:-1], -1)
         return self.head(out)
 
@@ -93,7 +94,8 @@ class LanguageModel(nn.Module):
             losses = out.new_zeros(flat_t.shape, dtype=torch.float32)
             if bool(keep.any()):
                 picked = out.reshape(-1, out.shape[-1])[keep].float()
-                losses[keep] = -self.head(picked, flat_t[keep]).output
+                with _full_precision(out):
+                    losses[keep] = -self.head(picked, flat_t[keep]).output
             return losses.view(targets.shape)
         logits = self.head(out)
         return F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
@@ -131,3 +133,9 @@ def with_vocabulary(model: LanguageModel, vocab_size: int) -> LanguageModel:
             new["embed.weight"][old_v:] = 0.0
     grown.load_state_dict(new)
     return grown
+
+
+def _full_precision(x: torch.Tensor) -> torch.autocast:
+    """No autocast: the adaptive head copies its clusters' bf16 outputs into float32 tensors
+    (index_copy_), which refuses mixed dtypes; its few small products run in float32."""
+    return torch.autocast(device_type=x.device.type, enabled=False)

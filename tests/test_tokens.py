@@ -178,6 +178,13 @@ def test_adaptive_softmax_loss_path_matches_its_full_distribution():
     assert len(out) == 5 and all(0 <= int(t[0]) < 300 for t in out)
     with pytest.raises(ValueError, match="tie-weights"):
         ModelConfig(vocab_size=300, softmax_cutoffs=[50], tie_weights=True)
+    # Under bf16 autocast (the default on CPUs with bf16 instructions) the head runs in float32:
+    # its clusters' outputs are copied into float32 tensors, which mixed dtypes broke.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_losses, _ = model(ids, None, targets)
+        bf16_logits, _ = model(ids)
+    bf16_losses.sum().backward()
+    assert torch.allclose(bf16_losses, full, atol=0.1) and bf16_logits.dtype == torch.float32
 
 
 @pytest.mark.parametrize("kind", ["char", "word", "bpe"])
