@@ -601,7 +601,7 @@ def sample(
     choice = {"length": length, "temp": temp, "top_k": top_k, "top_p": top_p, "greedy": greedy,
               "seed": seed, "on_unknown": on_unknown, "stop": stop or (),
               "adapt": adapt}  # fmt: skip
-    if adapt:
+    if 0 < adapt <= 1000 and prime:  # (generate refuses the rest; no line before its error)
         err.print(f"learning from the prime ({adapt} pass{'es' if adapt > 1 else ''})…")
     head = (prime or "") if echo_prime else ""
     if num_samples == 1 and not json_out:
