@@ -333,9 +333,9 @@ def size_to_budget(
     precision: str,
     report: Report,
 ) -> tuple[ModelConfig, TrainConfig, str]:
-    """Choose the size, learning rate, dropout, batch and window for the budget (sizing.py),
-    keeping what the user gave; the time spent measuring comes out of the budget. Returns the
-    new configs and one line saying what was chosen."""
+    """Choose the size, learning rate, dropout, weight decay, batch and window for the budget
+    (sizing.py), keeping what the user gave; the time spent measuring comes out of the budget.
+    Returns the new configs and one line saying what was chosen."""
     t0 = time.perf_counter()
     rungs, small = sizing.LADDER, sizing.SMALL_LADDER
     if opts.hidden is not None or opts.layers is not None:
@@ -373,14 +373,18 @@ def size_to_budget(
     spent = time.perf_counter() - t0
     lr = train_cfg.lr if opts.lr is not None else sizing.cell_lr(rung, model_cfg.cell)
     dropout = model_cfg.dropout if opts.dropout is not None else sizing.dropout_for(epochs)
-    train_cfg = replace(train_cfg, lr=lr)
+    decay = train_cfg.weight_decay
+    if opts.weight_decay is None:
+        decay = sizing.weight_decay_for(epochs, model_cfg.cell, decay)
+    train_cfg = replace(train_cfg, lr=lr, weight_decay=decay)
     model_cfg = sizing.sized(model_cfg, rung, embed_size=opts.embed or 0, dropout=dropout)
-    chosen = (f"{rung}, lr {lr:g}, dropout {dropout:g}, batch {train_cfg.batch_size} × window "
-              f"{train_cfg.window}")  # fmt: skip
+    chosen = (f"{rung}, lr {lr:g}, dropout {dropout:g}, weight decay {decay:g}, batch "
+              f"{train_cfg.batch_size} × window {train_cfg.window}")  # fmt: skip
     report("message", {"text": (
         f"sized for the budget: {chosen} (~{epochs:.1f} passes over the training split); "
         f"{choice.why}{layout_note}; {spent:.1f}s measuring, counted in the budget. Each yields "
-        "to its flag (--hidden, --layers, --lr, --dropout, --batch-size, --window).")})  # fmt: skip
+        "to its flag (--hidden, --layers, --lr, --dropout, --weight-decay, --batch-size, "
+        "--window).")})  # fmt: skip
     return model_cfg, train_cfg, chosen
 
 

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from charlstm import sizing
+from charlstm.checkpoint import read_checkpoint
 from charlstm.cli import app
 from charlstm.sizing import Rung
 
@@ -50,6 +51,37 @@ def test_a_small_corpus_caps_the_size():
 def test_dropout_grows_with_passes():
     drops = [sizing.dropout_for(e) for e in (1, 10, 20, 40, 1000)]
     assert drops == sorted(drops) and drops[0] == 0
+
+
+def test_an_lstm_making_few_passes_gets_the_stronger_weight_decay():
+    few, many = sizing.FEW_PASSES - 1, sizing.FEW_PASSES + 1
+    assert sizing.weight_decay_for(few, "lstm", 0.1) == sizing.FEW_PASSES_WEIGHT_DECAY > 0.1
+    assert sizing.weight_decay_for(many, "lstm", 0.1) == 0.1  # dropout's regime: unchanged
+    assert sizing.weight_decay_for(few, "gru", 0.1) == 0.1  # measured for the LSTM only
+
+
+def test_the_budget_sizing_sets_the_weight_decay_and_the_flag_wins(
+    tmp_path, play_file, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sizing, "LADDER", (Rung(16, 1, 1e-2),))
+    common = ["train", str(play_file), "--budget", "2s", "-b", "4", "-t", "16", "--threads",
+              "1", "--json", "--val-fraction", "0.2"]  # fmt: skip
+
+    def decay_of(name: str) -> float:
+        return read_checkpoint(tmp_path / "checkpoints" / name / "last.pt").data[
+            "train_config"]["weight_decay"]  # fmt: skip
+
+    monkeypatch.setattr(sizing, "FEW_PASSES", 1e9)  # every run makes "few" passes
+    few = runner.invoke(app, [*common, "--name", "few"])
+    assert few.exit_code == 0, few.stderr
+    assert ", weight decay 0.2, " in json.loads(few.stdout)["chosen"]
+    assert decay_of("few") == sizing.FEW_PASSES_WEIGHT_DECAY
+    flag = runner.invoke(app, [*common, "--name", "flag", "--weight-decay", "0.05"])
+    assert ", weight decay 0.05, " in json.loads(flag.stdout)["chosen"] and decay_of("flag") == 0.05
+    monkeypatch.setattr(sizing, "FEW_PASSES", 0.0)
+    many = runner.invoke(app, [*common, "--name", "many"])
+    assert ", weight decay 0.1, " in json.loads(many.stdout)["chosen"] and decay_of("many") == 0.1
 
 
 def test_the_cli_sizes_a_budgeted_run_and_flags_win(tmp_path, play_file, monkeypatch):
