@@ -57,6 +57,7 @@ def test_an_lstm_making_few_passes_gets_the_stronger_weight_decay():
     few, many = sizing.FEW_PASSES - 1, sizing.FEW_PASSES + 1
     assert sizing.weight_decay_for(few, "lstm", 0.1) == sizing.FEW_PASSES_WEIGHT_DECAY > 0.1
     assert sizing.weight_decay_for(many, "lstm", 0.1) == 0.1  # dropout's regime: unchanged
+    assert sizing.weight_decay_for(sizing.MIN_EPOCHS - 1, "lstm", 0.1) == 0.1  # not measured
     assert sizing.weight_decay_for(few, "gru", 0.1) == 0.1  # measured for the LSTM only
 
 
