@@ -25,7 +25,14 @@ import numpy as np
 
 from charlstm.checks import CheckpointError, resolve_checkpoint
 from charlstm.choice import check_seed, choose, seeded
-from charlstm.config import ADAPT, CHECKPOINTS, DynamicConfig, SampleConfig, TrainOptions
+from charlstm.config import (
+    ADAPT,
+    CHECKPOINTS,
+    MAX_ADAPT_PASSES,
+    DynamicConfig,
+    SampleConfig,
+    TrainOptions,
+)
 from charlstm.errors import CharlstmError, UsageError
 from charlstm.portable import Portable, fresh_portable, portable_path, read_portable
 from charlstm.tokenizer import AnyTokenizer
@@ -301,8 +308,10 @@ class Model:
         and with `adapt` a copy of torch's network that has learnt the prime (else None: the
         model's own engine generates)."""
         cfg = SampleConfig.build(length, temp, top_k, top_p, greedy=greedy)
-        if not 0 <= adapt <= 1000:
-            raise UsageError(f"--adapt must be between 0 and 1,000 passes, got {adapt}")
+        if not 0 <= adapt <= MAX_ADAPT_PASSES:
+            raise UsageError(
+                f"--adapt must be between 0 and {MAX_ADAPT_PASSES:,} passes, got {adapt}"
+            )
         prime_ids, generator = self.encode_prime(prime, on_unknown), _generator(seed)
         net = None
         if adapt:

@@ -26,6 +26,7 @@ from charlstm.config import (
     CHECKPOINTS,
     DECODE_ERRORS,
     DYNAMIC_LR,
+    MAX_ADAPT_PASSES,
     OPTIMIZERS,
     PRECISIONS,
     SOFTMAXES,
@@ -601,7 +602,7 @@ def sample(
     choice = {"length": length, "temp": temp, "top_k": top_k, "top_p": top_p, "greedy": greedy,
               "seed": seed, "on_unknown": on_unknown, "stop": stop or (),
               "adapt": adapt}  # fmt: skip
-    if 0 < adapt <= 1000 and prime:  # (generate refuses the rest; no line before its error)
+    if 0 < adapt <= MAX_ADAPT_PASSES and prime:  # generate refuses the rest: no line before
         err.print(f"learning from the prime ({adapt} pass{'es' if adapt > 1 else ''})…")
     head = (prime or "") if echo_prime else ""
     if num_samples == 1 and not json_out:

@@ -156,7 +156,10 @@ class TrainConfig:
             f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}",
         )
         _at_least("--warmup", self.warmup_steps, 0)
-        _check(self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}")
+        _check(
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            f"--weight-decay must be a number, 0 or more, got {self.weight_decay}",
+        )
         _check(
             self.optimizer in OPTIMIZERS,
             f"--optimizer must be {' or '.join(OPTIMIZERS)}; got {self.optimizer!r}",
@@ -232,6 +235,7 @@ DYNAMIC_LR = {"rms": 2e-4, "sgd": 0.1}
 # balance: shorter segments (more steps a pass) and no pull back towards the trained weights,
 # which would cap how far repeated passes can move them.
 ADAPT = {"segment": 20, "decay": 0.0}
+MAX_ADAPT_PASSES = 1000  # `sample --adapt`: more passes over a prime only memorise it
 
 
 @dataclass

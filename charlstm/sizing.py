@@ -128,7 +128,7 @@ def dropout_for(epochs: float) -> float:
 # for 5,000 steps of 128 × 16 (1.4163 against 1.4227; 0.05 lost 0.03, 0.3 lost 0.015), and
 # three 135 s runs each gave a median of 1.4188 against 1.4255 (BENCHMARKS.md, "Weight decay at
 # the new learning rates"). Measured at 7.7-11.2 passes and for the LSTM only, so it applies
-# from MIN_EPOCHS to FEW_PASSES: longer runs (which add dropout), a big corpus seen only a few
+# from MIN_EPOCHS to FEW_PASSES: longer runs (dropout starts at 16), a big corpus seen only a few
 # times (the built-in Shakespeare in 2 minutes, 3.1 passes, gave 1.4570 with it against 1.4460
 # without, one run each), and the other cells (at other learning rates) keep TrainConfig's 0.1.
 FEW_PASSES_WEIGHT_DECAY = 0.2

@@ -73,6 +73,7 @@ def test_the_budget_sizing_sets_the_weight_decay_and_the_flag_wins(
         return read_checkpoint(tmp_path / "checkpoints" / name / "last.pt").data[
             "train_config"]["weight_decay"]  # fmt: skip
 
+    monkeypatch.setattr(sizing, "MIN_EPOCHS", 0.0)  # whatever this machine's speed:
     monkeypatch.setattr(sizing, "FEW_PASSES", 1e9)  # every run makes "few" passes
     few = runner.invoke(app, [*common, "--name", "few"])
     assert few.exit_code == 0, few.stderr
@@ -83,6 +84,9 @@ def test_the_budget_sizing_sets_the_weight_decay_and_the_flag_wins(
     monkeypatch.setattr(sizing, "FEW_PASSES", 0.0)
     many = runner.invoke(app, [*common, "--name", "many"])
     assert ", weight decay 0.1, " in json.loads(many.stdout)["chosen"] and decay_of("many") == 0.1
+    # An infinite decay is refused in one line (it made the loss NaN at the second step).
+    bad = runner.invoke(app, [*common, "--name", "bad", "--weight-decay", "1e400"])
+    assert bad.exit_code == 2 and "--weight-decay must be a number, 0 or more" in bad.stderr
 
 
 def test_the_cli_sizes_a_budgeted_run_and_flags_win(tmp_path, play_file, monkeypatch):
