@@ -1175,8 +1175,8 @@ class _CodingBar:
                 )
                 self.progress.start()
                 self.task = self.progress.add_task(self.what, total=total)
-        if self.progress is not None:
-            self.progress.update(self.task, completed=done)
+        if self.progress is not None:  # the total grows when compress makes a second pass
+            self.progress.update(self.task, completed=done, total=total)
 
     def close(self) -> None:
         if self.progress is not None:
@@ -1238,7 +1238,9 @@ def compress(
         f"{path}: {len(data):,} → {len(blob):,} bytes "
         f"({8 * len(blob) / max(chars, 1):.3f} bits/char) "
         f"in {seconds:.1f}s ({len(data) / 1000 / max(seconds, 1e-9):,.1f} KB/s) · "
-        f"{header.segments} segments",
+        f"{header.segments} segments"
+        + (f", {header.raw_segments} stored raw (the model cannot predict them)"
+           if header.raw_segments else ""),  # fmt: skip
         style="dim",
         soft_wrap=True,
     )

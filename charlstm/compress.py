@@ -13,21 +13,37 @@ Characters the model cannot spell (for a char model: not in its vocabulary; for 
 bytes that are not UTF-8, which arrive as surrogate escapes) are coded as the escape symbol, then
 their code point, uniform over 0x110000; an escaped stream keeps its state.
 
+A segment the model codes in more bytes than it has (binary data, a script it never saw) is
+stored raw instead: its bytes follow the coder's words, and a table in the header says which
+segments they are. So the file is never more than the header (a few bytes per segment) larger
+than its input.
+
 A compressed file:
 
     offset  size  field
     0       4     magic b"\\x89CLZ" (a non-text first byte, so it is never taken for text)
-    4       1     format version (1)
-    5       1     flags (0; reserved)
+    4       1     format version (2; version 1 files, which have no table, are read too)
+    5       1     flags: 1 = the segment table below is present; no other bit is defined
     6       8     fingerprint of the model and of the integer arithmetic (Codec.fingerprint)
     14      8     SHA-256 of the original bytes, its first 8
-    22      var   original length in bytes, tokens N, segments S, payload length in 32-bit
-                  words: four unsigned LEB128 numbers
+    22      var   original length in bytes L, tokens N coded with the model, segments S, payload
+                  length in 32-bit words W: four unsigned LEB128 numbers
+    …       var   (flag 1) the segment table: per segment, one LEB128 of 2·n + r, r = 1 for a
+                  raw segment of n bytes, r = 0 for a coded one of n tokens. Without it, the S
+                  segments are all coded, N tokens cut into S lengths differing by at most one,
+                  longest first
     …       4     CRC-32 of the header bytes before it
     …       4·W   the range coder's words, little-endian
+    …       R     the raw segments' bytes, in order
 
-Decoding checks the header, the model's fingerprint and the length before it starts, and the
-original's SHA-256 before it returns anything: wrong text is never returned.
+Every claim is checked against what the file can hold before anything is allocated: the payload
+is exactly 4·W + R bytes, S ≤ 256, N ≤ L − R, and N ≤ 1,024·W. The last holds for every file
+the encoder writes (when the model predicts so well that fewer words would do, it pads with zero
+words, which the decoder never reads), so decoding costs at most 256 model steps per byte of the
+file. While decoding, the information of the symbols decoded so far (−log₂ of each one's coded
+probability) must stay within the 32·W bits the words hold, so a damaged payload stops early.
+Decoding then checks the original's SHA-256 before it returns anything: wrong text is never
+returned.
 """
 
 from __future__ import annotations
@@ -43,15 +59,23 @@ from typing import Any
 import numpy as np
 
 from charlstm.errors import CharlstmError
-from charlstm.quantized import ExactLSTM, QuantizeError
+from charlstm.quantized import CODER_BITS, ExactLSTM, QuantizeError
 
 MAGIC = b"\x89CLZ"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: raw segments and the segment table (flag 1); 1 had neither
+READS = (1, 2)  # the format versions this charlstm decompresses
+TABLE = 1  # the flag saying a segment table follows the four numbers
 # Segments of at least this many tokens: each starts from a zero state, which costs a trained
 # character model about 7 bits (0.2% at this length; BENCHMARKS.md).
 MIN_SEGMENT = 2048
-MAX_SEGMENTS = 256
+MAX_SEGMENTS = 256  # also the most a file may claim: the batch the decoder allocates
+# A file holds at least one 32-bit word of coded data per this many tokens (the encoder pads):
+# 0.03 bits per token, far below any text's, so the pad costs real inputs nothing, and decoding
+# costs at most 256 model steps per byte of the file.
+MAX_TOKENS_PER_WORD = 1024
 LITERALS = 0x110000  # every Unicode code point
+_LITERAL_BITS = float(np.log2(LITERALS))
+_SLACK_BITS = 64  # the coder's own overhead, far more than measured (under 1 bit)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 Progress = Callable[[int, int], None]  # (tokens coded so far, all tokens)
@@ -76,15 +100,33 @@ def require_constriction() -> Any:
 class Header:
     fingerprint: bytes  # 8 bytes: Codec.fingerprint() of the model that compressed
     checksum: bytes  # 8 bytes: SHA-256 of the original
-    length: int  # original bytes
+    length: int  # L: original bytes
     tokens: int  # N: symbols coded with the model (escapes included, literals not)
-    segments: int  # S
-    words: int  # payload length in 32-bit words
-    size: int  # header bytes
+    words: int  # W: the range coder's payload in 32-bit words
+    parts: tuple[tuple[int, bool], ...]  # per segment: (tokens, False) coded, (bytes, True) raw
+    size: int = 0  # header bytes
+    version: int = FORMAT_VERSION
+
+    @property
+    def segments(self) -> int:
+        return len(self.parts)
+
+    @property
+    def raw_segments(self) -> int:
+        return sum(raw for _, raw in self.parts)
+
+    @property
+    def raw_bytes(self) -> int:
+        return sum(n for n, raw in self.parts if raw)
 
     def pack(self) -> bytes:
-        head = MAGIC + bytes([FORMAT_VERSION, 0]) + self.fingerprint + self.checksum
-        head += b"".join(_leb128(v) for v in (self.length, self.tokens, self.segments, self.words))
+        table = self.parts != _plain_parts(self.tokens, self.segments)
+        head = MAGIC + bytes([FORMAT_VERSION, TABLE if table else 0])
+        head += self.fingerprint + self.checksum
+        numbers = [self.length, self.tokens, self.segments, self.words]
+        if table:
+            numbers += [2 * n + raw for n, raw in self.parts]
+        head += b"".join(_leb128(v) for v in numbers)
         return head + struct.pack("<I", zlib.crc32(head))
 
 
@@ -97,19 +139,34 @@ def _leb128(value: int) -> bytes:
             return bytes(out)
 
 
+def _plain_parts(tokens: int, segments: int) -> tuple[tuple[int, bool], ...]:
+    """The segments of a file without a table: all coded, N tokens cut by _layout."""
+    if not segments:
+        return ()
+    return tuple((int(n), False) for n in _layout(tokens, segments))
+
+
 def read_header(blob: bytes) -> Header:
-    """The header of a compressed file; CompressError when it is not one, or is damaged."""
+    """The header of a compressed file, every claim in it checked against the file's size;
+    CompressError when it is not one, or is damaged, truncated or crafted."""
     if len(blob) < 4 or blob[:4] != MAGIC:
         raise CompressError("not a charlstm compressed file")
     if len(blob) < 6:
         raise CompressError("the compressed file is truncated (in its header)")
-    if blob[4] > FORMAT_VERSION:
+    version, flags = blob[4], blob[5]
+    if version > FORMAT_VERSION:
         raise CompressError(
-            f"compressed with format {blob[4]}, newer than this charlstm reads "
+            f"compressed with format {version}, newer than this charlstm reads "
             f"({FORMAT_VERSION}); upgrade charlstm"
         )
-    pos, numbers = 22, []
-    for _ in range(4):
+    if version not in READS:
+        raise CompressError(f"the compressed file's header is damaged (format {version})")
+    if flags & ~(TABLE if version >= 2 else 0):
+        raise CompressError(f"the compressed file uses features this charlstm lacks ({flags})")
+    pos = 22
+
+    def number() -> int:
+        nonlocal pos
         value, shift = 0, 0
         while True:
             if pos >= len(blob):
@@ -119,20 +176,53 @@ def read_header(blob: bytes) -> Header:
             value |= (byte & 0x7F) << shift
             shift += 7
             if not byte & 0x80:
-                break
+                return value
             if shift > 63:
                 raise CompressError("the compressed file's header is damaged")
-        numbers.append(value)
+
+    length, tokens, segments, words = (number() for _ in range(4))
+    if segments > MAX_SEGMENTS:  # before reading a table of that many entries
+        raise CompressError(
+            f"the compressed file's header is damaged: it claims {segments:,} segments "
+            f"(at most {MAX_SEGMENTS})"
+        )
+    entries = [number() for _ in range(segments)] if flags & TABLE else None
     if len(blob) < pos + 4:
         raise CompressError("the compressed file is truncated (in its header)")
     if struct.unpack("<I", blob[pos : pos + 4])[0] != zlib.crc32(blob[:pos]):
         raise CompressError("the compressed file's header is damaged (its checksum fails)")
-    if blob[5] != 0:
-        raise CompressError(f"the compressed file uses features this charlstm lacks ({blob[5]})")
-    length, tokens, segments, words = numbers
-    if tokens > length or segments > max(tokens, 0) or (tokens and not segments):
-        raise CompressError("the compressed file's header is damaged")
-    return Header(blob[6:14], blob[14:22], length, tokens, segments, words, pos + 4)
+    size = pos + 4
+    if entries is None:
+        if (tokens == 0) != (segments == 0) or segments > tokens:
+            raise CompressError("the compressed file's header is damaged")
+        raw = 0
+    else:
+        if not entries or any(e >> 1 == 0 for e in entries):
+            raise CompressError("the compressed file's segment table is damaged")
+        if sum(e >> 1 for e in entries if not e & 1) != tokens:
+            raise CompressError("the compressed file's segment table is damaged")
+        raw = sum(e >> 1 for e in entries if e & 1)
+    payload, written = len(blob) - size, 4 * words + raw
+    if payload < written:
+        raise CompressError(
+            f"the compressed file is truncated: {payload:,} bytes of data where {written:,} "
+            "were written"
+        )
+    if payload > written:
+        raise CompressError(
+            f"the compressed file is damaged: {payload - written:,} bytes after its end"
+        )
+    if tokens > MAX_TOKENS_PER_WORD * words or tokens + raw > length:
+        raise CompressError(
+            f"the compressed file's header is damaged: it claims {tokens:,} tokens and "
+            f"{length:,} bytes, more than its {4 * words:,} bytes of coded data can hold"
+        )
+    # Only now, every number bounded by the file's size, is anything built from them.
+    if entries is None:
+        parts = _plain_parts(tokens, segments)
+    else:
+        parts = tuple((e >> 1, bool(e & 1)) for e in entries)
+    return Header(blob[6:14], blob[14:22], length, tokens, words, parts, size, version)
 
 
 def segment_count(tokens: int) -> int:
@@ -145,6 +235,44 @@ def _layout(tokens: int, segments: int) -> np.ndarray:
     """Segment lengths (S,), longest first, differing by at most one."""
     base, extra = divmod(tokens, segments)
     return base + (np.arange(segments) < extra)
+
+
+def _blocks(lengths: list[int]) -> list[tuple[int, int, int]]:
+    """For segments of these lengths (longest first), the runs of steps in which the same rows
+    are still running: (first step, end step, rows). Tokens are coded step by step, row by row
+    within a step ("step-major"), so each run is a (steps, rows) block of the coded sequence:
+
+        lengths 3 3 1    step 0: a0 b0 c0 │ block (0, 1, 3)
+                         step 1: a1 b1    │ block (1, 3, 2)
+                         step 2: a2 b2    │
+    """
+    blocks, start = [], 0
+    for rows in range(len(lengths), 0, -1):
+        end = lengths[rows - 1]
+        if end > start:
+            blocks.append((start, end, rows))
+            start = end
+    return blocks
+
+
+def _step_major(segments: list[np.ndarray]) -> np.ndarray:
+    """The tokens of segments (longest first) in the order they are coded."""
+    lengths = [len(seg) for seg in segments]
+    parts = [np.stack([seg[a:b] for seg in segments[:rows]], axis=1).ravel()
+             for a, b, rows in _blocks(lengths)]  # fmt: skip
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+
+def _segment_major(coded: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
+    """The inverse of _step_major: each segment's tokens."""
+    pieces: list[list[np.ndarray]] = [[] for _ in lengths]
+    pos = 0
+    for a, b, rows in _blocks(lengths):
+        block = coded[pos : pos + (b - a) * rows].reshape(b - a, rows)
+        pos += (b - a) * rows
+        for row in range(rows):
+            pieces[row].append(block[:, row])
+    return [np.concatenate(p) for p in pieces]
 
 
 class Codec:
@@ -170,6 +298,14 @@ class Codec:
             points = np.frombuffer(tokenizer.chars.encode("utf-32-le"), dtype=np.uint32)
             self._ids = np.full(int(points.max(initial=0)) + 1, -1, dtype=np.int64)
             self._ids[points] = np.arange(len(points))
+            # A surrogate in the vocabulary stands for the byte it escapes; no input makes the
+            # others, so they spell nothing (a file decoding to one fails its checksum).
+            spelled = [_char_bytes(ch) for ch in tokenizer.chars]
+        else:
+            spelled = list(tokenizer._bytes)  # byte-level BPE: each token's own bytes
+        self._token_bytes = spelled
+        self._token_sizes = np.array([len(b) for b in spelled], dtype=np.int64)
+        self._max_size = max(4, int(self._token_sizes.max(initial=0)))  # a literal: 4 at most
         newline = tokenizer.encode("\n", skip_unknown=True)
         start = int(newline[-1]) if len(newline) else 0  # each segment starts as after a line
         try:
@@ -178,6 +314,7 @@ class Codec:
             raise CompressError(str(e)) from e
         self.tokenizer, self.engine, self.device = tokenizer, engine, device
         self.escape = self.exact.vocab_size  # the symbol after the vocabulary
+        self._token_bytes += [b""] * (self.escape - len(self._token_bytes))  # ids it never makes
         self.exact.start(1, engine, device)  # fail now on a bad engine or device
 
     def fingerprint(self) -> bytes:
@@ -218,59 +355,134 @@ class Codec:
 
     def text(self, symbols: np.ndarray, literals: np.ndarray) -> bytes:
         """The bytes `symbols` and `literals` spell (the inverse of `symbols`)."""
-        where = np.flatnonzero(symbols == self.escape)
-        pieces, start = [], 0
-        for k, at in enumerate(where.tolist()):
-            pieces.append(self.tokenizer.decode(symbols[start:at].tolist()))
-            pieces.append(chr(int(literals[k])))
-            start = at + 1
-        pieces.append(self.tokenizer.decode(symbols[start:].tolist()))
-        return "".join(pieces).encode("utf-8", errors="surrogateescape")
+        return self._spell(_merge(symbols, literals, self.escape))
+
+    def _spell(self, merged: np.ndarray) -> bytes:
+        """The bytes of merged symbols: token ids (≥ 0), and literals as −1 − code point. Each
+        token spells its own bytes, so any run of tokens spells a run of the input, even one
+        that starts or ends inside a character (a BPE token may)."""
+        table = self._token_bytes
+        return b"".join([table[v] if v >= 0 else _literal_bytes(v) for v in merged.tolist()])
+
+    def _sizes(self, merged: np.ndarray) -> np.ndarray:
+        """The bytes each merged symbol spells, (N,)."""
+        sizes = np.zeros(len(merged), dtype=np.int64)
+        known = merged >= 0
+        sizes[known] = self._token_sizes[merged[known]]
+        points = -1 - merged[~known]
+        sizes[~known] = np.where(
+            (points >= 0xD800) & (points < 0xE000),  # surrogate escapes: one byte each
+            1,
+            1 + (points >= 0x80) + (points >= 0x800) + (points >= 0x10000),
+        )
+        return sizes
 
     # ---------------------------------------------------------------- coding
 
     def compress(
         self, data: bytes, *, segments: int | None = None, progress: Progress | None = None
     ) -> bytes:
-        """The compressed file (header + payload) of `data`."""
+        """The compressed file (header + payload) of `data`: every segment coded with the
+        model, except those it would make larger, which are stored raw."""
         c = require_constriction()
         symbols, literals = self.symbols(data)
+        merged = _merge(symbols, literals, self.escape)
         try:
-            same = self.text(symbols, literals) == data
+            same = self._spell(merged) == data
         except (UnicodeEncodeError, ValueError):
             same = False
         if not same:  # never write a file that would not decode to the input
             raise CompressError(f"this {self.tokenizer.kind} model cannot spell the input exactly")
-        n = len(symbols)
+        n = len(merged)
         s = segment_count(n) if segments is None else segments
-        if n and not 1 <= s <= n:
-            raise CompressError(f"segments must be between 1 and {n:,} for this input, got {s}")
-        words = np.zeros(0, dtype=np.uint32)
-        if n:
-            lengths = _layout(n, s)
-            escaped_points = np.zeros(n, dtype=np.int64)
-            escaped_points[symbols == self.escape] = literals
-            grid, lits = _to_grid(symbols, lengths), _to_grid(escaped_points, lengths)
-            encoder = c.stream.queue.RangeEncoder()
-            categorical, uniform = _models(c)
+        if n and not 1 <= s <= min(n, MAX_SEGMENTS):
+            raise CompressError(
+                f"segments must be between 1 and {min(n, MAX_SEGMENTS):,} for this input, got {s}"
+            )
+        if not n:
+            return Header(self.fingerprint(), _checksum(data), len(data), 0, 0, ()).pack()
+        lengths = [int(x) for x in _layout(n, s)]
+        starts = np.cumsum([0, *lengths])
+        pieces = np.split(merged, starts[1:-1])
+        sizes = [int(x) for x in np.add.reduceat(self._sizes(merged), starts[:-1])]
+        base, total = 0, n  # the progress of both passes, as one
 
-            def code(t: int, freqs: np.ndarray) -> np.ndarray:
-                row_syms = grid[: len(freqs), t]
-                encoder.encode(row_syms.astype(np.int32), categorical, freqs)
-                escaped = row_syms == self.escape
-                if escaped.any():
-                    encoder.encode(lits[: len(freqs), t][escaped].astype(np.int32), uniform)
-                return row_syms
+        def report(done: int, _: int) -> None:
+            if progress is not None:
+                progress(base + done, total)
 
-            self._run(lengths, code, progress)
-            words = encoder.get_compressed()
-        header = Header(self.fingerprint(), _checksum(data), len(data), n, s if n else 0,
-                        len(words), 0)  # fmt: skip
-        return header.pack() + words.astype("<u4").tobytes()
+        # Pass 1: every segment coded, measuring what each costs.
+        words, bits = self._encode(c, pieces, report)
+        best = self._pack(data, pieces, [False] * s, words)
+        raw = [b > 8 * size for b, size in zip(bits, sizes, strict=True)]
+        saving = sum(b / 8 - size for b, size, r in zip(bits, sizes, raw, strict=True) if r)
+        if saving > 3 * s:  # more than the segment table costs
+            # Pass 2: the other segments coded again without them (a segment's code does not
+            # depend on the others), the raw ones stored as they are.
+            coded = [p for p, r in zip(pieces, raw, strict=True) if not r]
+            base, total = n, n + sum(len(p) for p in coded)
+            words, _ = self._encode(c, coded, report)
+            parts = [(size, True) if r else (len(p), False)
+                     for p, r, size in zip(pieces, raw, sizes, strict=True)]  # fmt: skip
+            best = min(best, self._pack(data, pieces, raw, words, parts), key=len)
+        if progress is not None:
+            progress(total, total)
+        return best
+
+    def _pack(
+        self,
+        data: bytes,
+        pieces: list[np.ndarray],
+        raw: list[bool],
+        words: np.ndarray,
+        parts: list[tuple[int, bool]] | None = None,
+    ) -> bytes:
+        """Header, words and raw bytes; zero words padded until N ≤ MAX_TOKENS_PER_WORD · W."""
+        tokens = sum(len(p) for p, r in zip(pieces, raw, strict=True) if not r)
+        need = -(-tokens // MAX_TOKENS_PER_WORD)
+        if len(words) < need:
+            words = np.concatenate([words, np.zeros(need - len(words), dtype=np.uint32)])
+        if parts is None:
+            parts = [(len(p), False) for p in pieces]
+        header = Header(self.fingerprint(), _checksum(data), len(data), tokens, len(words),
+                        tuple(parts))  # fmt: skip
+        stored = b"".join(self._spell(p) for p, r in zip(pieces, raw, strict=True) if r)
+        return header.pack() + words.astype("<u4").tobytes() + stored
+
+    def _encode(
+        self, c: Any, pieces: list[np.ndarray], progress: Progress | None
+    ) -> tuple[np.ndarray, list[float]]:
+        """Range-code segments (longest first) together: (the coder's words, each segment's
+        cost in bits, −log₂ of the probability of each of its symbols and literals)."""
+        if not pieces:
+            return np.zeros(0, dtype=np.uint32), []
+        lengths = [len(p) for p in pieces]
+        coded = _step_major(pieces)
+        encoder = c.stream.queue.RangeEncoder()
+        categorical, uniform = _models(c)
+        bits = np.zeros(len(pieces))
+        pos = 0
+
+        def code(freqs: np.ndarray) -> np.ndarray:
+            nonlocal pos
+            a = len(freqs)
+            step = coded[pos : pos + a]
+            pos += a
+            escaped = step < 0
+            row_syms = np.where(escaped, self.escape, step)
+            encoder.encode(row_syms.astype(np.int32), categorical, freqs)
+            bits[:a] += _bits(freqs, row_syms) + escaped * _LITERAL_BITS
+            if escaped.any():
+                encoder.encode((-1 - step[escaped]).astype(np.int32), uniform)
+            return row_syms
+
+        self._run(lengths, code, progress)
+        return encoder.get_compressed(), bits.tolist()
 
     def decompress(self, blob: bytes, *, progress: Progress | None = None) -> bytes:
         """The original bytes of a compressed file, checked against its SHA-256; CompressError
-        (one line) for another model's file, a truncated or a damaged one."""
+        (one line) for another model's file, a truncated, damaged or crafted one. Time and
+        memory are bounded by the file's size (read_header)."""
         c = require_constriction()
         h = read_header(blob)
         if h.fingerprint != self.fingerprint():
@@ -278,77 +490,131 @@ class Codec:
                 f"compressed with another model (fingerprint {h.fingerprint.hex()}; this one "
                 f"is {self.fingerprint().hex()}): decompress with the model that compressed it"
             )
-        payload = blob[h.size :]
-        if len(payload) < 4 * h.words:
+        if h.length > h.raw_bytes + h.tokens * self._max_size:
             raise CompressError(
-                f"the compressed file is truncated: {len(payload):,} bytes of data where "
-                f"{4 * h.words:,} were written"
+                f"the compressed file's header is damaged: {h.tokens:,} tokens of this model "
+                f"cannot spell {h.length:,} bytes"
             )
-        if len(payload) > 4 * h.words:
-            raise CompressError(
-                f"the compressed file is damaged: {len(payload) - 4 * h.words:,} bytes after "
-                "its end"
-            )
-        data: bytes | None = b""
+        damaged = CompressError(
+            "the compressed file is damaged: the text it decodes to fails its checksum"
+        )
+        coded: list[np.ndarray] = []
         if h.tokens:
-            lengths = _layout(h.tokens, h.segments)
-            grid = np.zeros((h.segments, int(lengths[0])), dtype=np.int64)
-            lits = np.zeros_like(grid)
-            categorical, uniform = _models(c)
-            decoder = c.stream.queue.RangeDecoder(np.frombuffer(payload, "<u4").copy())
-
-            def decode(model: Any, arg: Any) -> np.ndarray:
-                try:
-                    return np.asarray(decoder.decode(model, arg), dtype=np.int64)
-                except Exception as e:  # constriction's complaint about data not its own
-                    raise CompressError(f"the compressed file is damaged ({e})") from e
-
-            def code(t: int, freqs: np.ndarray) -> np.ndarray:
-                row_syms = decode(categorical, freqs)
-                grid[: len(freqs), t] = row_syms
-                rows = np.flatnonzero(row_syms == self.escape)
-                if len(rows):
-                    lits[rows, t] = decode(uniform, len(rows))
-                return row_syms
-
-            self._run(lengths, code, progress)
-            symbols, points = _from_grid(grid, lengths), _from_grid(lits, lengths)
-            try:
-                data = self.text(symbols, points[symbols == self.escape])
-            except (UnicodeEncodeError, ValueError, IndexError):
-                data = None
-        if data is None or len(data) != h.length or _checksum(data) != h.checksum:
-            raise CompressError(
-                "the compressed file is damaged: the text it decodes to fails its checksum"
-            )
+            coded = self._decode(c, blob, h, progress)
+        out, at, k = [], h.size + 4 * h.words, 0
+        try:
+            for n, raw in h.parts:
+                if raw:
+                    out.append(blob[at : at + n])
+                    at += n
+                else:
+                    out.append(self._spell(coded[k]))
+                    k += 1
+        except (UnicodeEncodeError, ValueError):
+            raise damaged from None
+        data = b"".join(out)
+        if len(data) != h.length or _checksum(data) != h.checksum:
+            raise damaged
         return data
+
+    def _decode(
+        self, c: Any, blob: bytes, h: Header, progress: Progress | None
+    ) -> list[np.ndarray]:
+        """The merged symbols of each coded segment, in the file's order."""
+        lengths = [n for n, raw in h.parts if not raw]
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # longest first, stable
+        sorted_lengths = [lengths[i] for i in order]
+        words = np.frombuffer(blob, "<u4", count=h.words, offset=h.size).copy()
+        decoder = c.stream.queue.RangeDecoder(words)
+        categorical, uniform = _models(c)
+        # Grown as symbols arrive, so a damaged file stopped early never costs its claims.
+        coded = np.zeros(min(h.tokens, 1 << 16), dtype=np.int32)
+        pos, info, limit = 0, 0.0, 32.0 * h.words + _SLACK_BITS
+
+        def decode(model: Any, arg: Any) -> np.ndarray:
+            try:
+                return np.asarray(decoder.decode(model, arg), dtype=np.int64)
+            except Exception as e:  # constriction's complaint about data not its own
+                raise CompressError(f"the compressed file is damaged ({e})") from e
+
+        def code(freqs: np.ndarray) -> np.ndarray:
+            nonlocal coded, pos, info
+            a = len(freqs)
+            row_syms = decode(categorical, freqs)
+            escaped = row_syms == self.escape
+            step = row_syms.copy()
+            if escaped.any():
+                step[escaped] = -1 - decode(uniform, int(escaped.sum()))
+            info += float(_bits(freqs, row_syms).sum()) + int(escaped.sum()) * _LITERAL_BITS
+            if info > limit:
+                raise CompressError(
+                    "the compressed file is damaged: it decodes to more than its data can hold"
+                )
+            if pos + a > len(coded):
+                coded = np.concatenate([coded, np.zeros(min(len(coded), h.tokens - pos),
+                                                        dtype=np.int32)])  # fmt: skip
+            coded[pos : pos + a] = step
+            pos += a
+            return row_syms
+
+        self._run(sorted_lengths, code, progress)
+        segments = _segment_major(coded[:pos], sorted_lengths)
+        out: list[np.ndarray] = [np.zeros(0, dtype=np.int32)] * len(lengths)
+        for row, i in enumerate(order):
+            out[i] = segments[row]
+        return out
 
     def _run(
         self,
-        lengths: np.ndarray,
-        code: Callable[[int, np.ndarray], np.ndarray],
+        lengths: list[int],
+        code: Callable[[np.ndarray], np.ndarray],
         progress: Progress | None,
     ) -> None:
-        """Step the S segments together: at step t, `code(t, freqs)` codes (or decodes) the
-        token of each segment still running (the first A rows: lengths fall) and returns
-        them; the escaped ones keep their state."""
-        s, total = len(lengths), int(lengths.sum())
+        """Step the segments (longest first) together: at each step, `code(freqs)` codes (or
+        decodes) the token of each segment still running (the first rows: lengths fall) and
+        returns them; the escaped ones keep their state."""
+        s, total, steps = len(lengths), sum(lengths), lengths[0]
         run = self.exact.start(s, self.engine, self.device)
-        active = np.searchsorted(-lengths, -np.arange(int(lengths[0])))  # rows with length > t
         fill = np.full(s, self.exact.start_token, dtype=np.int64)
-        done, every = 0, max(1, int(lengths[0]) // 200)
-        for t, a in enumerate(active.tolist()):
-            freqs = run.frequencies()[:a].astype(np.float64)  # exact: integers below 2^24
-            row_syms = code(t, freqs)
-            done += a
-            if progress is not None and (t % every == 0 or done == total):
-                progress(done, total)
-            if t + 1 < len(active):
-                escaped = np.zeros(s, dtype=bool)
-                escaped[:a] = row_syms == self.escape
-                tokens = fill.copy()
-                tokens[:a] = np.where(escaped[:a], fill[:a], row_syms)
-                run.advance(tokens, escaped)
+        done, every = 0, max(1, steps // 200)
+        for first, end, a in _blocks(lengths):
+            for t in range(first, end):
+                freqs = run.frequencies()[:a].astype(np.float64)  # exact: integers below 2^24
+                row_syms = code(freqs)
+                done += a
+                if progress is not None and (t % every == 0 or done == total):
+                    progress(done, total)
+                if t + 1 < steps:
+                    escaped = np.zeros(s, dtype=bool)
+                    escaped[:a] = row_syms == self.escape
+                    tokens = fill.copy()
+                    tokens[:a] = np.where(escaped[:a], fill[:a], row_syms)
+                    run.advance(tokens, escaped)
+
+
+def _merge(symbols: np.ndarray, literals: np.ndarray, escape: int) -> np.ndarray:
+    """One int32 array: token ids, and each escape replaced by −1 − its literal's code point."""
+    merged = symbols.astype(np.int32)
+    merged[symbols == escape] = -1 - np.asarray(literals, dtype=np.int32)
+    return merged
+
+
+def _char_bytes(ch: str) -> bytes:
+    try:
+        return ch.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:
+        return b""
+
+
+def _literal_bytes(v: int) -> bytes:
+    """The bytes of a literal (−1 − code point): a surrogate escape is the byte it stands for.
+    UnicodeEncodeError for a lone surrogate no input makes (a damaged file)."""
+    return chr(-1 - v).encode("utf-8", errors="surrogateescape")
+
+
+def _bits(freqs: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+    """−log₂ of the probability the coder gives each row's symbol: (frequency + 1) / 2^24."""
+    return CODER_BITS - np.log2(freqs[np.arange(len(freqs)), symbols] + 1)
 
 
 def _checksum(data: bytes) -> bytes:
@@ -360,17 +626,3 @@ def _models(c: Any) -> tuple[Any, Any]:
     perfect=False is constriction's "fast" quantisation, which keeps integer weights that
     already sum to 2^24 − n as they are (+1 each): no floating point reaches the coder."""
     return c.stream.model.Categorical(perfect=False), c.stream.model.Uniform(LITERALS)
-
-
-def _to_grid(flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """(N,) → (S, max length): segment s in row s, padded with zeros."""
-    grid = np.zeros((len(lengths), int(lengths[0])), dtype=np.int64)
-    start = 0
-    for row, ln in enumerate(lengths.tolist()):
-        grid[row, :ln] = flat[start : start + ln]
-        start += ln
-    return grid
-
-
-def _from_grid(grid: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    return np.concatenate([grid[row, :ln] for row, ln in enumerate(lengths.tolist())])
