@@ -3,13 +3,21 @@
 
     write_atomic(path, "text")                 # or bytes, or a function that writes to the file
     with AtomicFile(path) as f: f.write(...)   # commit on success, nothing left on failure
+    link_atomic(source, path)                  # a hard link (or a copy) replacing what was there
+    lock = try_lock(path / ".lock")            # None while another process holds it
     fingerprint("some", b"parts")              # 16 hex digits of sha256
+
+Every write replaces the name it writes (a rename over it): a symbolic link there is replaced,
+never written through, so a link planted in a folder cannot make a write land outside it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +25,15 @@ from types import TracebackType
 from typing import BinaryIO
 
 from charlstm.errors import CharlstmError
+
+try:  # the OS lock a killed process cannot leave held: flock on POSIX, msvcrt on Windows
+    import fcntl
+except ImportError:  # pragma: no cover (Windows)
+    fcntl = None  # type: ignore[assignment]
+try:
+    import msvcrt
+except ImportError:
+    msvcrt = None  # type: ignore[assignment]
 
 FINGERPRINT_DIGITS = 16  # 64 bits of sha256: collisions are out of reach for cache keys
 
@@ -135,6 +152,99 @@ def write_atomic(path: Path | str, content: str | bytes | Callable[[BinaryIO], N
         atomic.abandon()
         raise
     atomic.commit()
+
+
+def link_atomic(source: Path | str, path: Path | str) -> None:
+    """Make `path` a hard link to `source` (no second copy on disk), or a copy of it where no
+    link can be made (another file system); whatever was at `path`, a symbolic link included,
+    is replaced, never written through."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        os.link(source, tmp)
+    except OSError:
+        try:
+            with open(source, "rb") as src:
+                write_atomic(path, lambda f: shutil.copyfileobj(src, f, 2**20))
+        except OSError as e:  # the source cannot be read
+            raise _write_error(path, e) from e
+        return
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, e) from e
+
+
+TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{12}\.tmp")  # AtomicFile's names: .NAME.RANDOM.tmp
+
+
+def remove_temporaries(
+    folder: Path, names: tuple[str, ...], others_after: float = 3600.0
+) -> list[Path]:
+    """Delete the temporary files that killed writers left in `folder` (a kill -9 leaves its
+    AtomicFile behind): those of `names` at once, for a caller that knows no writer of them is
+    at work (one holding the folder's lock); any other once untouched for `others_after`
+    seconds (a live writer keeps writing it). Returns the files deleted."""
+    removed, now = [], time.time()
+    for tmp in folder.glob(".*.tmp"):
+        match = TEMPORARY.fullmatch(tmp.name)
+        if not match:
+            continue
+        try:
+            if match.group(1) in names or now - tmp.lstat().st_mtime > others_after:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            pass  # gone already, or not ours to delete
+    return removed
+
+
+class Lock:
+    """An exclusive lock held through an open lock file: the OS drops it when the process ends,
+    however it ends (kill -9 included), so a lock never outlives its holder."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Drop the lock and delete the lock file (where the system allows it)."""
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink()  # still held: a waiter that opened this file sees it was removed
+        except OSError:
+            pass  # Windows keeps an open file; gone already
+        os.close(self._fd)
+        self._fd = None
+
+
+def try_lock(path: Path | str) -> Lock | None:
+    """The lock of the lock file `path` (made if missing), or None while another process holds
+    it. A symbolic link at `path` is refused (OSError), never followed. Without an OS lock
+    (neither fcntl nor msvcrt: no such system in use) every call gets the lock."""
+    path = Path(path)
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    while True:
+        fd = os.open(path, flags, 0o666)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            elif msvcrt is not None:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            os.close(fd)
+            return None
+        # The holder before us deletes the file as it lets go: if it did so between our open
+        # and our lock, we hold a deleted file's lock, which no one else sees. Take the new one.
+        try:
+            same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except OSError:
+            same = False
+        if same:
+            return Lock(path, fd)
+        os.close(fd)
 
 
 def _write_error(path: Path, e: BaseException) -> FileWriteError:

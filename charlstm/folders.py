@@ -5,6 +5,7 @@ so listing needs no torch; runs from before run.json existed are listed from the
     for run in list_runs(Path("checkpoints")): print(run.name, run.best_val_loss, run.bytes)
     delete_run(root, "old-run")          # the whole folder
     slim_run(root, "done-run")           # keep best.pt: last.pt and tokens.npy go
+    held = hold_run(folder, new=True)    # one training process per folder, until held.release()
 """
 
 from __future__ import annotations
@@ -16,11 +17,101 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from charlstm import files
 from charlstm.errors import CharlstmError, UsageError
+
+# What a run folder holds (training writes these; --overwrite deletes them).
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "tokens.npy", "keep.npy", "run.json",
+             "model.safetensors")  # fmt: skip
+RESUME_READS = ("last.pt", "tokens.npy", "keep.npy")  # what resuming reads from the folder
+# `charlstm export` writes model.safetensors too, maybe now: its temporary file may be live.
+ONLY_TRAINING_WRITES = tuple(name for name in RUN_FILES if name != "model.safetensors")
+LOCK_FILE = ".lock"  # held by the one process training the run (files.try_lock)
 
 
 class RunsError(CharlstmError):
     """A run that cannot be found or changed."""
+
+
+class RunBusy(RunsError):
+    """Another process is training the run now."""
+
+
+class HeldRun:
+    """A run folder held by the one process training in it: locked against every other
+    charlstm process until release(), or until this process ends, however it ends."""
+
+    def __init__(self, path: Path, lock: files.Lock, *, new: bool, made: bool) -> None:
+        self.path, self.lock, self.new, self.made = path, lock, new, made
+
+    def release(self, failed: bool = False) -> None:
+        """Let go of the folder. A new run that failed before its first checkpoint takes what
+        it wrote with it, and the folder if it made it: a folder without last.pt could not be
+        resumed, and would only stand in the way of the next run of the name."""
+        try:
+            if failed and self.new and not _is_run(self.path):
+                for name in RUN_FILES:
+                    (self.path / name).unlink(missing_ok=True)
+                files.remove_temporaries(self.path, RUN_FILES)
+        except OSError:
+            pass  # what cannot be deleted stays; the next run of the name replaces it
+        finally:
+            self.lock.release()
+        if failed and self.made and not _is_run(self.path):
+            try:
+                self.path.rmdir()  # only if empty: anything else in it is not ours
+            except OSError:
+                pass
+
+
+def hold_run(folder: Path, *, new: bool, overwrite: bool = False) -> HeldRun:
+    """Hold `folder` for training (HeldRun); while another process trains in it, refuse in one
+    line (RunBusy). A new run's folder is made, and must hold no run unless `overwrite` (then
+    the old run's files go); a resumed run's files must be its own, not symbolic links that
+    could lead its reads anywhere. Temporary files that killed writers left are deleted.
+    Every write into the folder replaces the name it writes (files.py): links are never
+    written through."""
+    if not new and not (folder / "last.pt").is_file():
+        raise RunsError(f"cannot resume: no last.pt in '{folder}'")
+    made = new and not folder.is_dir()
+    lock = None
+    for _ in range(10):  # a failed run may be deleting the folder as we make it
+        try:
+            if new:
+                folder.mkdir(parents=True, exist_ok=True)
+            lock = files.try_lock(folder / LOCK_FILE)
+            break
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise RunsError(f"cannot train in '{folder}': {e.strerror or e}") from None
+    else:
+        raise RunsError(f"cannot train in '{folder}': it keeps vanishing")
+    if lock is None:
+        what = "choose another --name, or wait for it to end" if new else "wait for it to end"
+        raise RunBusy(f"another process is training '{folder}' now; {what}")
+    try:
+        if new and _is_run(folder):
+            if not overwrite:
+                raise RunsError(
+                    f"'{folder}' already holds a run; continue it with --resume {folder}, "
+                    "replace it with --overwrite, or choose another --name"
+                )
+            for name in RUN_FILES:  # the old run's files; nothing else is ours to touch
+                (folder / name).unlink(missing_ok=True)
+        if not new:
+            for name in RESUME_READS:
+                if (folder / name).is_symlink():
+                    raise RunsError(f"cannot resume: '{folder / name}' is a symbolic link; "
+                                    "a run folder's files must be its own")  # fmt: skip
+        files.remove_temporaries(folder, ONLY_TRAINING_WRITES)  # others' once an hour old
+    except OSError as e:
+        lock.release()
+        raise RunsError(f"cannot train in '{folder}': {e.strerror or e}") from None
+    except BaseException:
+        lock.release()
+        raise
+    return HeldRun(folder, lock, new=new, made=made)
 
 
 @dataclass(frozen=True)
@@ -95,12 +186,36 @@ def _run_folder(root: Path, name: str) -> Path:
     return folder
 
 
+def _not_training(folder: Path) -> files.Lock:
+    """The run's lock, for changing it: refused while a process trains it."""
+    try:
+        lock = files.try_lock(folder / LOCK_FILE)
+    except OSError as e:
+        raise RunsError(f"could not change '{folder}': {e.strerror or e}") from None
+    if lock is None:
+        raise RunBusy(f"'{folder}' is being trained now; wait for it to end")
+    return lock
+
+
 def delete_run(root: Path, name: str) -> int:
     """Delete the run folder `root/name`; returns the bytes freed."""
     folder = _run_folder(root, name)
-    freed = _record(folder).bytes
+    lock = _not_training(folder)
     try:
-        shutil.rmtree(folder)
+        freed = _record(folder).bytes
+        for entry in folder.iterdir():  # all but the lock, which goes as it is let go
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    except OSError as e:
+        lock.release()
+        raise RunsError(f"could not delete '{folder}': {e.strerror or e}") from None
+    lock.release()
+    try:
+        folder.rmdir()
     except OSError as e:
         raise RunsError(f"could not delete '{folder}': {e.strerror or e}") from None
     return freed
@@ -112,12 +227,16 @@ def slim_run(root: Path, name: str) -> int:
     folder = _run_folder(root, name)
     if not (folder / "best.pt").is_file():
         raise RunsError(f"'{folder}' has no best.pt to keep; delete the run instead")
+    lock = _not_training(folder)
     freed = 0
-    for part in ("last.pt", "tokens.npy"):
-        path = folder / part
-        if path.is_file():
-            freed += path.stat().st_size
-            path.unlink()
+    try:
+        for part in ("last.pt", "tokens.npy"):
+            path = folder / part
+            if path.is_file():
+                freed += path.stat().st_size
+                path.unlink()
+    finally:
+        lock.release()
     return freed
 
 

@@ -11,9 +11,7 @@ reported as events (training.Report) for the caller to show or ignore.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -24,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from charlstm import distributed, sizing
+from charlstm import distributed, files, sizing
 from charlstm.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -55,7 +53,8 @@ from charlstm.device import (
     set_threads,
 )
 from charlstm.distributed import World
-from charlstm.errors import UsageError
+from charlstm.errors import CharlstmError, UsageError
+from charlstm.folders import HeldRun, hold_run
 from charlstm.model import LanguageModel, with_vocabulary
 from charlstm.tokenizer import AnyTokenizer
 from charlstm.tokens import (
@@ -108,8 +107,10 @@ def train(
     if not world.is_main:
         report = _ignore  # rank 0 speaks for all
     finished = False
+    held: HeldRun | None = None  # the run folder, locked by rank 0 against other processes
     try:
         if options.resume is not None:
+            held = _hold(world, Path(options.resume), new=False)
             prepared = resume_run(options, report)
             # A resumed run keeps its precision unless told otherwise, where the device has it.
             wanted, saved = options.precision, prepared.resume_state.get("precision")
@@ -118,7 +119,9 @@ def train(
             precision = resolve_precision(wanted, world.device)
         else:
             precision = resolve_precision(options.precision, world.device)
-            prepared = new_run(options, world, precision, report)
+            run_dir = _run_dir(options, world)
+            held = _hold(world, run_dir, new=True, overwrite=options.overwrite)
+            prepared = new_run(options, world, precision, report, run_dir)
         run = prepared.run
         run.world, run.precision = world, precision
         setup = time.perf_counter() - t_start
@@ -129,15 +132,20 @@ def train(
         summary = fit(run, report=report, should_stop=should_stop, resume=prepared.resume_state)
         finished = True
     finally:
+        if held is not None:
+            held.release(failed=not finished)  # a new run failed before last.pt leaves nothing
         distributed.shutdown(world, clean=finished)
     summary.update(prepared.info, rank=world.rank, setup_seconds=round(setup, 3),
                    total_seconds=round(time.perf_counter() - t_start, 3))  # fmt: skip
     return summary
 
 
-def new_run(options: TrainOptions, world: World, precision: str, report: Report) -> Prepared:
-    """Tokenize the corpus, choose the model (preset, budget sizing, defaults), make the run
-    folder and build the model; with --init-from, start from the base's instead (fine_tune)."""
+def new_run(
+    options: TrainOptions, world: World, precision: str, report: Report, run_dir: Path
+) -> Prepared:
+    """Tokenize the corpus, choose the model (preset, budget sizing, defaults), fill the run
+    folder (held: _hold) and build the model; with --init-from, start from the base's instead
+    (fine_tune)."""
     opts, preset = apply_preset(options)
     base = read_checkpoint(resolve_checkpoint(opts.init_from)) if opts.init_from else None
     if preset:
@@ -147,7 +155,6 @@ def new_run(options: TrainOptions, world: World, precision: str, report: Report)
     if opts.budget is None and opts.steps is None and opts.epochs is None:
         opts = replace(opts, budget=FINE_TUNE_BUDGET if base else DEFAULT_BUDGET)
     train_cfg = TrainConfig(**opts.train_fields())
-    run_dir = _run_dir(opts, world)
     tokenized, corpus, seconds = tokenize(opts, train_cfg.val_fraction, report,
                                           base=base.tokenizer if base else None)  # fmt: skip
     train_ids, val_ids = tokenized.train_ids, tokenized.val_ids
@@ -188,7 +195,7 @@ def new_run(options: TrainOptions, world: World, precision: str, report: Report)
         run_dir.mkdir(parents=True, exist_ok=True)
         keep_tokens(tokenized.ids, tokenized.path, run_dir / "tokens.npy")  # resume needs no corpus
         if keep is not None:
-            np.save(run_dir / "keep.npy", keep.ids)
+            files.write_atomic(run_dir / "keep.npy", lambda f: np.save(f, keep.ids))
     run = Run(
         model=model, model_cfg=model_cfg, train_cfg=train_cfg,
         tokenizer=tokenized.tokenizer.to_dict(), train_ids=train_ids, val_ids=val_ids,
@@ -198,22 +205,26 @@ def new_run(options: TrainOptions, world: World, precision: str, report: Report)
 
 
 def _run_dir(opts: TrainOptions, world: World) -> Path:
-    """The run's folder under --checkpoints, free (or freed with --overwrite)."""
+    """The run's folder under --checkpoints."""
     # The default name has a time in it: every rank takes rank 0's.
-    run_dir = distributed.broadcast(
+    return distributed.broadcast(
         world, opts.checkpoints / (opts.name or default_run_name(opts.corpus))
     )
-    if (run_dir / "last.pt").exists() or (run_dir / "best.pt").exists():
-        if not opts.overwrite:
-            raise CheckpointError(
-                f"'{run_dir}' already holds a run; continue it with --resume {run_dir}, "
-                "replace it with --overwrite, or choose another --name"
-            )
-        if world.is_main:
-            for old in run_dir.iterdir():  # the old run's files; nothing else is ours to touch
-                if old.name in RUN_FILES:
-                    old.unlink()
-    return run_dir
+
+
+def _hold(world: World, folder: Path, *, new: bool, overwrite: bool = False) -> HeldRun | None:
+    """Rank 0 holds the run folder for this run alone (folders.hold_run: a second process is
+    refused, a new run's folder made free); a refusal stops every rank alike."""
+    held, refused = None, None
+    if world.is_main:
+        try:
+            held = hold_run(folder, new=new, overwrite=overwrite)
+        except CharlstmError as e:
+            refused = e
+    refused = distributed.broadcast(world, refused)
+    if refused is not None:
+        raise refused
+    return held
 
 
 def fine_tune(
@@ -268,10 +279,6 @@ def keep_texts(opts: TrainOptions, tokenizer: AnyTokenizer, report: Report) -> K
     report("message", {"text": f"keep-eval: {len(ids):,} tokens of {', '.join(stream.sources)} "
                                "scored at every validation"})  # fmt: skip
     return KeepEval(ids=ids, chars=chars, sources=list(stream.sources))
-
-
-# What a run folder holds (training writes these; --overwrite deletes them).
-RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "tokens.npy", "run.json", "model.safetensors")
 
 
 def tokenize(
@@ -506,11 +513,9 @@ def default_run_name(corpus: list[str]) -> str:
 
 def keep_tokens(ids: np.ndarray, cached: Path | None, dest: Path) -> None:
     """The run's own copy of its token ids: a hard link to the cache file where one can be made
-    (no second copy of a big corpus on disk), else a copy."""
+    (no second copy of a big corpus on disk), else a copy; either replaces what was at `dest`
+    (a symbolic link too: never written through)."""
     if cached is not None:
-        try:
-            os.link(cached, dest)
-        except OSError:
-            shutil.copyfile(cached, dest)  # another file system, or no hard links there
+        files.link_atomic(cached, dest)
         return
-    np.save(dest, ids)
+    files.write_atomic(dest, lambda f: np.save(f, ids))

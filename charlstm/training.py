@@ -276,7 +276,10 @@ def fit(
         run.rnn_state = tuple(s[:, rows].to(device) for s in resume["rnn_state"]) or None
     pos = run.pos
     eval_every = cfg.eval_every
+    # An explosion is growth: past max(10, 3 ln V) and twice where this session started. A
+    # fine-tune onto new characters starts far above the first (they start rare, on purpose).
     explode_at = max(10.0, 3.0 * math.log(run.model_cfg.vocab_size))
+    first_step = pos.step
     report(
         "start",
         {
@@ -360,12 +363,14 @@ def fit(
                 time.perf_counter() - session_start if world.is_main else 0.0,
             ],
         )
+        if pos.step == first_step and math.isfinite(loss_value):
+            explode_at = max(explode_at, 2.0 * loss_value)
         if not math.isfinite(loss_value) or loss_value > explode_at:
             what = "NaN" if math.isnan(loss_value) else f"{loss_value:.3g} (exploded)"
+            kept = "the last good checkpoint is kept" if run.metrics else "no checkpoint was made"
             raise TrainingDiverged(
-                f"the training loss became {what} at step {pos.step + 1}; the last good "
-                f"checkpoint is kept. Try a lower --lr (now {cfg.lr:g}) "
-                f"or --clip (now {cfg.clip:g})"
+                f"the training loss became {what} at step {pos.step + 1}; {kept}. "
+                f"Try a lower --lr (now {cfg.lr:g}) or --clip (now {cfg.clip:g})"
             )
         apply_step(run.optimizer, scaler)
         run.rnn_state = state

@@ -4,6 +4,7 @@ vocabulary grown without moving the old predictions, forgetting made visible, ex
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import charlstm
 from charlstm.checkpoint import load_checkpoint, read_checkpoint, weights_fingerprint
 from charlstm.cli import app
 from charlstm.model import with_vocabulary
+from charlstm.training import TrainingDiverged
 from tests.conftest import PLAY
 
 runner = CliRunner()
@@ -117,3 +119,34 @@ def test_a_word_or_bpe_base_keeps_its_tokenizer(home, tmp_path, kind):
         assert "tokens per character" in said
     sample = charlstm.load(tmp_path / "ft").generate("Caf", length=5, seed=1, on_unknown="skip")
     assert "".join(sample)
+
+
+LATIN, GREEK = "abcdefghijklmnopqrstuvwxyz", "αβψδεφγηιξκλμνοπκρστθωςχυζ"
+IN_GREEK = str.maketrans(LATIN + LATIN.upper(), GREEK + GREEK.upper())
+
+
+def test_fine_tuning_onto_a_new_alphabet_learns_it(home):
+    """The play in Greek letters: nearly every character is new to the base, so the first loss
+    (~20 nats: new characters start rare) is far above an absolute explosion threshold."""
+    greek = home / "greek.txt"
+    greek.write_text(PLAY.translate(IN_GREEK))
+    summary = charlstm.train(
+        str(greek), init_from=home / "ck" / "base", steps=150, eval_every=50, lr=1e-2,
+        name="greek", checkpoints=home / "ck", **SMALL,
+    )  # fmt: skip
+    ft = load_checkpoint(home / "ck" / "greek" / "best.pt")
+    start = ft["train_curve"][0]["train_loss"]  # the first steps'
+    assert start > 3 * math.log(ft["model_config"]["vocab_size"]) > 10  # the old threshold
+    assert summary["val_losses"][-1] < 3.5, summary["val_losses"]  # learned it
+    text = "".join(charlstm.load(home / "ck" / "greek").generate(length=300, seed=1))
+    assert sum(c in GREEK + GREEK.upper() for c in text) > 100, text
+
+
+def test_a_fine_tune_that_fails_before_its_first_checkpoint_leaves_no_folder(home):
+    greek = home / "greek-nan.txt"
+    greek.write_text(PLAY.translate(IN_GREEK))
+    with pytest.raises(TrainingDiverged, match="no checkpoint was made"):
+        charlstm.train(str(greek), init_from=home / "ck" / "base", steps=50, eval_every=40,
+                       lr=1e4, warmup=1, clip=1e9, name="nan", checkpoints=home / "ck",
+                       **SMALL)  # fmt: skip
+    assert not (home / "ck" / "nan").exists()
