@@ -607,16 +607,15 @@ def sample(
     head = (prime or "") if echo_prime else ""
     if num_samples == 1 and not json_out:
         pieces = net.generate(prime, **choice)  # checks the options before anything is written
-        if head:
-            _write_stdout(head)
-        _stream(pieces)
+        _stream(pieces, head)
         return
     texts = net.samples(num_samples, prime, **choice)
     for i, text in enumerate(texts, start=1):
         if json_out:
             _write_stdout(json.dumps({"sample": i, "seed": seed, "text": head + text}) + "\n")
-        else:
-            _write_stdout(("\n" if i > 1 else "") + f"--- sample {i} ---\n{head}{text}\n")
+        else:  # a sample's own last newline ends its line: no second one (--json is exact)
+            end = "" if (head + text).endswith("\n") else "\n"
+            _write_stdout(("\n" if i > 1 else "") + f"--- sample {i} ---\n{head}{text}{end}")
 
 
 def _read_prime(prime: str | None, prime_file: Path | None, err: Console) -> str | None:
@@ -634,21 +633,40 @@ def _read_prime(prime: str | None, prime_file: Path | None, err: Console) -> str
     return prime
 
 
-def _stream(pieces: Any) -> None:
-    """Write generated pieces as they come, every 20 ms rather than every token: as live to a
-    reader, with far fewer calls; a newline ends the text, also one cut short by Ctrl-C (so the
-    shell's prompt and the message start on a line of their own)."""
+def _stream(pieces: Any, head: str = "", end_line: bool = False) -> None:
+    """Write `head`, then generated pieces as they come, every 20 ms rather than every token:
+    as live to a reader, with far fewer calls. stdout gets exactly that text; a newline ends a
+    text that lacks one only on a terminal (so the shell's prompt and a Ctrl-C message start
+    on a line of their own), or always with `end_line` (chat's turns, one after another)."""
     pending: list[str] = []
+    last = _flush_pending([head], "")
     due = time.perf_counter()
     try:
         for piece in pieces:
             pending.append(piece)
             if time.perf_counter() >= due:
-                _write_stdout("".join(pending))
-                pending.clear()
+                last = _flush_pending(pending, last)
                 due = time.perf_counter() + 0.02
     finally:
-        _write_stdout("".join(pending) + "\n")
+        last = _flush_pending(pending, last)
+        if last != "\n" and (end_line or (last and _stdout_is_terminal())):
+            _write_stdout("\n")
+
+
+def _flush_pending(pending: list[str], last: str) -> str:
+    """Write what is pending; the last character written so far."""
+    text = "".join(pending)
+    pending.clear()
+    if text:
+        _write_stdout(text)
+    return text[-1:] or last
+
+
+def _stdout_is_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _load(
@@ -1107,7 +1125,7 @@ def chat(
             err.print(f"[yellow]note:[/] skipped characters the model never saw: "
                       f"{''.join(unknown[:20])!r}")  # fmt: skip
         try:
-            _stream(session.reply(length, stops))
+            _stream(session.reply(length, stops), end_line=True)
         except KeyboardInterrupt:
             sys.stderr.write("(cut short)\n")
 
@@ -1416,6 +1434,10 @@ def _serve_report(quiet: bool) -> Callable[[str, dict], None]:
 
 def main() -> None:
     """Console entry point: expected errors become one stderr line and an exit code."""
+    # Ctrl-C ends every command (status 130), also when this process was started with SIGINT
+    # ignored, as a shell script's background job (`cmd &`) is: Python then keeps it ignored,
+    # and a stream sent SIGINT would run on to its end.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = app(standalone_mode=False)
     except Exception as e:
