@@ -177,7 +177,11 @@ def test_ctrl_c_while_streaming_ends_the_stream(home, inherited):
         preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore else None,
     )  # fmt: skip
     try:
-        first = proc.stdout.read(100)  # the process is streaming: past imports and loading
+        first = b""  # raw reads: communicate() reads the pipe itself, past any read buffer
+        while len(first) < 100:  # the process is streaming: past imports and loading
+            chunk = os.read(proc.stdout.fileno(), 100)
+            assert chunk, proc.stderr.read()
+            first += chunk
         proc.send_signal(signal.SIGINT)
         rest, err = proc.communicate(timeout=120)
     finally:
