@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from charlstm.config import SampleConfig
-from charlstm.errors import CharlstmError, UsageError
+from charlstm.errors import CharlstmError, OptionError
 
 MAX_SEED = 2**63 - 1
 
@@ -23,8 +23,10 @@ class ModelOutputError(CharlstmError):
 
 
 def check_seed(seed: int | None) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)):
+        raise OptionError(f"{{seed}} must be a whole number or None, not {type(seed).__name__}")
     if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise UsageError(f"--seed must be between 0 and {MAX_SEED:,}, got {seed}")
+        raise OptionError(f"{{seed}} must be between 0 and {MAX_SEED:,}, got {seed}")
 
 
 def seeded(seed: int) -> np.random.Generator:

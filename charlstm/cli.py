@@ -26,7 +26,6 @@ from charlstm.config import (
     CHECKPOINTS,
     DECODE_ERRORS,
     DYNAMIC_LR,
-    MAX_ADAPT_PASSES,
     OPTIMIZERS,
     PRECISIONS,
     SOFTMAXES,
@@ -44,7 +43,13 @@ from charlstm.display import (
     plot_metrics,
     print_summary,
 )
-from charlstm.errors import EXIT_INTERRUPTED, EXIT_USAGE, CharlstmError, UsageError
+from charlstm.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CharlstmError,
+    OptionError,
+    UsageError,
+)
 
 app = typer.Typer(
     name="charlstm",
@@ -64,7 +69,8 @@ def _command(func: Callable[..., None]) -> Callable[..., None]:
         try:
             func(*args, **kwargs)
         except CharlstmError as e:
-            sys.stderr.write(f"charlstm: error: {e}\n")
+            what = e.for_cli() if isinstance(e, OptionError) else e  # named as flags here
+            sys.stderr.write(f"charlstm: error: {what}\n")
             raise typer.Exit(e.code) from None
         except KeyboardInterrupt:
             # A second Ctrl-C (the first one only asks training to stop): no traceback.
@@ -587,22 +593,27 @@ def sample(
 ) -> None:
     """Stream generated text to stdout, one token at a time."""
     _blas_threads(threads, num_samples)  # before numpy loads (charlstm.api imports it)
-    from charlstm.api import random_seed
+    from charlstm.api import check_adapt, random_seed
     from charlstm.choice import check_seed
 
     err = err_console(quiet)
     SampleConfig.build(length, temp, top_k, top_p, greedy=greedy)  # check before loading
     check_seed(seed)
     prime = _read_prime(prime, prime_file, err)
+    if adapt and engine == "numpy":
+        raise OptionError("{adapt} learns with torch; drop {engine=numpy}")
+    # Adapting learns and samples with torch: load torch's model (and say so), not numpy's.
+    engine = "torch" if adapt else engine
     net = _load(model, threads, err, streams=num_samples, checkpoints=checkpoints, engine=engine)
-    net.encode_prime(prime, on_unknown)  # a prime it cannot read ends here, before the seed
+    ids = net.encode_prime(prime, on_unknown)  # a prime it cannot read ends here, before the seed
+    check_adapt(adapt, prime, ids)  # before the line that says it learns
     if seed is None:
         seed = random_seed()
     err.print(f"seed {seed}")
     choice = {"length": length, "temp": temp, "top_k": top_k, "top_p": top_p, "greedy": greedy,
               "seed": seed, "on_unknown": on_unknown, "stop": stop or (),
               "adapt": adapt}  # fmt: skip
-    if 0 < adapt <= MAX_ADAPT_PASSES and prime:  # generate refuses the rest: no line before
+    if adapt:
         err.print(f"learning from the prime ({adapt} pass{'es' if adapt > 1 else ''})…")
     head = (prime or "") if echo_prime else ""
     if num_samples == 1 and not json_out:

@@ -244,6 +244,25 @@ def test_stdout_is_exactly_prime_and_generated_text(home):
     assert many == "\n".join(blocks).encode()
 
 
+def test_adapt_checks_the_prime_first_and_names_the_engine_it_runs_on(home):
+    m = str(home / "ck" / "r")
+    short = runner.invoke(app, ["sample", "-m", m, "--prime", "R", "--adapt", "3", "-q"])
+    line = one_error_line(short.stderr)  # not "learning from the prime…", then "no prime"
+    assert short.exit_code == 2 and "--adapt" in line and "'R'" in line and "2 tokens" in line
+    none = runner.invoke(app, ["sample", "-m", m, "--adapt", "3", "-q"])
+    assert none.exit_code == 2 and "give a --prime" in one_error_line(none.stderr)
+    ok = runner.invoke(app, ["sample", "-m", m, "--prime", "ROMEO:", "--adapt", "1", "-n", "5",
+                             "--seed", "1"])  # fmt: skip
+    assert ok.exit_code == 0, ok.stderr
+    assert "(torch)" in ok.stderr and "numpy" not in ok.stderr  # the engine that adapts
+    assert "learning from the prime (1 pass)" in ok.stderr
+    plain = runner.invoke(app, ["sample", "-m", m, "-n", "5", "--seed", "1"])
+    assert "(numpy, model.safetensors)" in plain.stderr
+    numpy = runner.invoke(app, ["sample", "-m", m, "--prime", "ROMEO:", "--adapt", "1",
+                                "--engine", "numpy", "-q"])  # fmt: skip
+    assert numpy.exit_code == 2 and "--engine numpy" in one_error_line(numpy.stderr)
+
+
 # ----------------------------------------------------------------------------- friction
 
 
