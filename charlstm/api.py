@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from charlstm.checks import CheckpointError, resolve_checkpoint
-from charlstm.choice import check_seed, choose, seeded
+from charlstm.choice import Utf8Rows, check_seed, choose, seeded
 from charlstm.config import (
     ADAPT,
     CHECKPOINTS,
@@ -413,13 +413,19 @@ class Model:
 
             if self._stepper is None:  # the table and joined matrices, made once
                 self._stepper = NumpyStepper(self.portable)
-            return generate(self._stepper.fork(), prime_ids, cfg, rng, batch)
+            return generate(self._stepper.fork(), prime_ids, cfg, rng, batch, self.utf8_rows(batch))
         import torch
 
         from charlstm.sample import generate as torch_generate
 
         prime = torch.from_numpy(prime_ids).to(self.device)
-        return torch_generate(self.net if net is None else net, prime, cfg, rng, batch)
+        return torch_generate(self.net if net is None else net, prime, cfg, rng, batch,
+                              self.utf8_rows(batch))  # fmt: skip
+
+    def utf8_rows(self, batch: int = 1) -> Utf8Rows | None:
+        """What keeps `batch` sampled rows valid UTF-8, for a byte-level vocabulary (BPE);
+        None for the others, whose every token is whole characters."""
+        return self.tokenizer.utf8_rows(batch) if self.tokenizer.kind == "bpe" else None
 
     def _pieces(
         self,
@@ -444,7 +450,7 @@ class Model:
         for tokens in self._ids(prime_ids, cfg, generator, batch=n, net=net):  # (n,)
             for row, token in zip(rows, tokens.tolist(), strict=True):
                 row.append(token)
-        return ["".join(until_stop(iter([self.tokenizer.decode(row)]), stops)) for row in rows]
+        return ["".join(until_stop(decoded(self.tokenizer, row), stops)) for row in rows]
 
     def session(self, **options: Any) -> Session:
         """A conversation (see Session) with generate()'s sampling options."""
@@ -598,6 +604,7 @@ class Session:
 
         self.model, self.cfg, self.rng = model, cfg, rng
         self.stepper = Stepper(model.net)
+        self.utf8 = model.utf8_rows(1)
         self.state = self.stepper.zero_state(1)
         self.logits: torch.Tensor | None = None  # (1, V): the prediction after the last token
 
@@ -615,6 +622,8 @@ class Session:
             with torch.inference_mode():
                 logits, self.state = self.model.net(x, self.state)
             self.logits = logits[:, -1]
+            if self.utf8 is not None:
+                self.utf8.reset()  # whole text: an unfinished character was left out
         return unknown
 
     def reply(
@@ -637,13 +646,23 @@ class Session:
         self.stepper.start(self.state)
         last = self.logits
         assert last is not None
+        utf8 = self.utf8
         try:
-            for _ in range(n):
-                token = choose(last.float().cpu().numpy(), self.cfg, self.rng.random(1))
+            made = 0
+            # A character begun by the n-th token is finished (at most 3 more byte tokens): the
+            # reply's text is whole, and so is the text the state goes on from.
+            while made < n or (utf8 is not None and utf8.pending[0]):
+                allowed = None if utf8 is None else utf8.allowed()
+                token = choose(last.float().cpu().numpy(), self.cfg, self.rng.random(1), allowed)
+                if utf8 is not None:
+                    utf8.push(token)
                 last = self.stepper.step(torch.from_numpy(token).to(last.device)).clone()
+                made += 1
                 yield int(token[0])
         finally:  # stopped early or not, the state holds everything generated
             self.state, self.logits = self.stepper.state(), last
+            if utf8 is not None:
+                utf8.reset()  # cut short inside a character: the next reply starts afresh
 
 
 def check_adapt(adapt: int, prime: str | None, prime_ids: np.ndarray) -> None:
