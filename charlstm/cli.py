@@ -131,6 +131,7 @@ EvalPrecision = Literal["fp32", "bf16"]
 Errors = Literal[DECODE_ERRORS]
 Engine = Literal["auto", "numpy", "torch"]
 OnUnknown = Literal["error", "skip"]
+VisualFormat = Literal["ansi", "tsv", "json"]  # visualize.FORMATS
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -939,13 +940,24 @@ def visualize(
         int,
         typer.Option(help="Trace only the first N characters (one step each: slow on long text)."),
     ] = 2000,
+    output_format: Annotated[
+        VisualFormat | None,
+        _opt(
+            "What stdout gets: ansi (the text coloured by each unit), tsv (a header, then one "
+            "row per character: position, the character escaped, each unit's value) or json "
+            "(one object per character). Default: ansi on a terminal, tsv otherwise.",
+            "--format",
+        ),
+    ] = None,
     encoding: Encoding = "utf-8",
     errors: DecodeErrors = "strict",
     checkpoints: Checkpoints = CHECKPOINTS,
     threads: Threads = 0,
     quiet: Quiet = False,
 ) -> None:
-    """Colour a text by what a unit of the model holds at each character."""
+    """Colour a text by what a unit of the model holds at each character (the values
+    themselves into a pipe or a file)."""
+    form = output_format or ("ansi" if _stdout_is_terminal() else "tsv")
     err = err_console(quiet)
     net = _load(model, threads, err, checkpoints=checkpoints)
     body = _read_texts(text, encoding, errors, err)
@@ -964,7 +976,7 @@ def visualize(
     shown = [{"kind": kind, "unit": unit or 0}]
     if find:
         shown = _find(acts, body, traced.layer, unit, err) or shown
-    _show_units(body, acts, shown, traced.layer, net.config.cell, html_out, err)
+    _show_units(body, acts, shown, traced.layer, net.config.cell, html_out, err, form)
 
 
 def _find(acts: dict, body: str, layer: int, unit: int | None, err: Console) -> list[dict]:
@@ -986,10 +998,11 @@ def _find(acts: dict, body: str, layer: int, unit: int | None, err: Console) -> 
 
 def _show_units(
     body: str, acts: dict, shown: list[dict], layer: int, cell: str, html_out: Path | None,
-    err: Console,
+    err: Console, form: str = "ansi",
 ) -> None:  # fmt: skip
-    """The text coloured by each shown unit, on stdout; and the same as a page with --html."""
-    from charlstm.visualize import render_html, render_terminal
+    """The text coloured by each shown unit on stdout (or their values, `form` tsv or json);
+    and the coloured text as a page with --html."""
+    from charlstm.visualize import render_html, render_terminal, value_lines
 
     rows = []
     for s in shown:
@@ -997,8 +1010,18 @@ def _show_units(
         if "correlation" in s:
             label += f" · r={s['correlation']:+.2f} with {s['property']}"
         rows.append((label, acts[s["kind"]][:, s["unit"]], s["kind"]))
-    out = _StdoutConsole(file=sys.stdout, highlight=False)  # Rich drops the colour when piped
-    for label, values, k in rows:
+    if form != "ansi":
+        columns = [(f"{s['kind']} {s['unit']}", values) for s, (_, values, _) in zip(shown, rows,
+                   strict=True)]  # fmt: skip
+        pending: list[str] = []
+        for line in value_lines(body, columns, form):
+            pending.append(line)
+            if len(pending) >= 1000:
+                _flush_pending(pending, "")
+        _flush_pending(pending, "")
+    # Colours also into a pipe when asked for (--format ansi); NO_COLOR still drops them.
+    out = _StdoutConsole(file=sys.stdout, highlight=False, force_terminal=form == "ansi")
+    for label, values, k in rows if form == "ansi" else ():
         out.print(label, style="bold", markup=False)
         end = "" if body.endswith("\n") else "\n"  # the text's own last newline ends it
         out.print(render_terminal(body, values, kind=k), soft_wrap=True, end=end)
