@@ -15,6 +15,7 @@ Nothing here prints; expected failures raise CharlstmError subclasses whose mess
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from charlstm.checks import CheckpointError, resolve_checkpoint
-from charlstm.choice import check_seed, choose, seeded
+from charlstm.choice import Utf8Rows, check_seed, choose, seeded
 from charlstm.config import (
     ADAPT,
     CHECKPOINTS,
@@ -33,7 +34,7 @@ from charlstm.config import (
     SampleConfig,
     TrainOptions,
 )
-from charlstm.errors import CharlstmError, UsageError
+from charlstm.errors import CharlstmError, OptionError
 from charlstm.portable import Portable, fresh_portable, portable_path, read_portable
 from charlstm.tokenizer import AnyTokenizer
 
@@ -48,6 +49,10 @@ if TYPE_CHECKING:  # these import torch: only the calls that need it load them
 # How a model generates: numpy (from model.safetensors, no torch), torch, or auto: numpy when
 # the model file is there (and up to date) and the model runs on the CPU.
 ENGINES = ("auto", "numpy", "torch")
+MAX_LENGTH = 100_000_000  # tokens one reply may ask for, as SampleConfig's length
+# Training's events, as lines at INFO (and every progress event at DEBUG): a library user sees
+# a run's life with logging.basicConfig(level=logging.INFO), nothing otherwise.
+log = logging.getLogger("charlstm")
 
 
 def train(
@@ -60,14 +65,54 @@ def train(
     """Train a model on `corpus` (files, folders, "-" or a built-in name) with the options of
     `charlstm train` as keywords (budget="2m", hidden=512, resume="checkpoints/run", ...; see
     config.TrainOptions) and return the summary. `report(event, data)` sees what happens
-    (print shows it all); `should_stop()` returning True ends the run before its next step
+    (print shows it all); the "charlstm" logger says it too, in lines at INFO (progress every
+    10%, each validation). `should_stop()` returning True ends the run before its next step
     with last.pt saved."""
     if isinstance(corpus, str):
         corpus = [corpus]
     from charlstm import runs
 
     opts = TrainOptions(corpus=list(corpus or []), **options)
-    return runs.train(opts, report=report or runs._ignore, should_stop=should_stop or runs._never)
+    return runs.train(opts, report=_logging(report), should_stop=should_stop or runs._never)
+
+
+def _logging(report: Report | None) -> Report:
+    """`report`, after each event is logged (see `log`)."""
+    shown = {"progress": 0.0}
+
+    def both(event: str, data: dict[str, Any]) -> None:
+        line = _log_line(event, data)
+        if event == "progress":
+            due = data["progress"] >= shown["progress"] + 0.1
+            log.log(logging.INFO if due else logging.DEBUG, "%s", line)
+            if due:
+                shown["progress"] = data["progress"] // 0.1 * 0.1
+        elif line is not None:
+            log.info("%s", line)
+        if report is not None:
+            report(event, data)
+
+    return both
+
+
+def _log_line(event: str, d: dict[str, Any]) -> str | None:
+    """One event as one line of text (None: not worth a line)."""
+    if event in ("message", "note", "stage"):
+        return d.get("text") or d.get("message")
+    if event == "tokenized":
+        return f"{d['kind']} tokenizer: vocabulary {d['vocab_size']:,}, {d['tokens']:,} tokens"
+    if event == "start":
+        resumed = f", resumed at step {d['resumed_at']:,}" if d["resumed_at"] is not None else ""
+        return (f"training {d['parameters']:,} parameters on {d['train_tokens']:,} tokens, "
+                f"{d['tokens_per_step']:,} tokens a step, on {d['where']}{resumed}")  # fmt: skip
+    if event == "progress":
+        return (f"step {d['step']:,}: train loss {d['loss']:.4f}, {d['tokens_per_s']:,.0f} "
+                f"tokens/s, {d['progress']:.0%} done")  # fmt: skip
+    if event == "eval":
+        val = "no validation split" if d["val_loss"] is None else f"val loss {d['val_loss']:.4f}"
+        best = " (best)" if d.get("best") else ""
+        return f"step {d['step']:,}: train loss {d['train_loss']:.4f}, {val}{best}"
+    return None
 
 
 def load(
@@ -85,11 +130,12 @@ def load(
     there, up to date, and the device is the CPU. Evaluating and tracing always use torch,
     loaded when first asked for."""
     if engine not in ENGINES:
-        raise UsageError(f"--engine must be {', '.join(ENGINES)}; got {engine!r}")
+        raise OptionError(f"{{engine}} must be {', '.join(ENGINES)}; got {_lit(engine)}")
     where = resolve_checkpoint(None if path is None else Path(path), Path(checkpoints))
     on_cpu = str(device) == "cpu"
     if engine == "numpy" and not on_cpu:
-        raise UsageError(f"--engine numpy runs on the CPU, not {device}; use --engine torch")
+        raise OptionError(f"{{engine=numpy}} runs on the CPU, not {OptionError.literal(device)}; "
+                          "use {engine=torch}")  # fmt: skip
     if where.suffix == ".safetensors":
         model = read_portable(where)
         if engine == "torch" or not on_cpu:
@@ -242,7 +288,9 @@ class Model:
         """The prime's ids (P,), P ≥ 1. Tokens the model never saw are an error naming them, or
         dropped (on_unknown="skip"); no prime starts after a newline, as at a line start."""
         if on_unknown not in ("error", "skip"):
-            raise UsageError(f"--on-unknown must be error or skip, got {on_unknown!r}")
+            raise OptionError(f"{{on_unknown}} must be error or skip, got {_lit(on_unknown)}")
+        if prime is not None and not isinstance(prime, str):
+            raise OptionError(f"{{prime}} must be a text or None, not {type(prime).__name__}")
         tok = self.tokenizer
         if prime and tok.kind == "word" and prime[0] not in " \n":
             # Words are stored with the space before them, so a prime's first word is read as
@@ -254,9 +302,10 @@ class Model:
             if unknown and on_unknown == "error":
                 what = "words" if tok.kind == "word" else "characters"
                 shown = " ".join(unknown[:10]) if tok.kind == "word" else "".join(unknown[:20])
-                raise CharlstmError(
-                    f"the prime text has {what} the model never saw: {shown!r}; "
-                    "remove them or pass --on-unknown skip"
+                raise OptionError(
+                    f"the prime text has {what} the model never saw: {_lit(shown)}; "
+                    "remove them or pass {on_unknown=skip}",
+                    code=1,
                 )
             ids = tok.encode(prime, skip_unknown=True)
             if len(ids):
@@ -275,7 +324,7 @@ class Model:
         greedy: bool = False,
         seed: int | None = None,
         on_unknown: str = "error",
-        stop: Sequence[str] = (),
+        stop: Sequence[str] | str | None = (),
         adapt: int = 0,
         dynamic: DynamicConfig | None = None,
     ) -> Iterator[str]:
@@ -308,15 +357,10 @@ class Model:
         and with `adapt` a copy of torch's network that has learnt the prime (else None: the
         model's own engine generates)."""
         cfg = SampleConfig.build(length, temp, top_k, top_p, greedy=greedy)
-        if not 0 <= adapt <= MAX_ADAPT_PASSES:
-            raise UsageError(
-                f"--adapt must be between 0 and {MAX_ADAPT_PASSES:,} passes, got {adapt}"
-            )
         prime_ids, generator = self.encode_prime(prime, on_unknown), _generator(seed)
+        check_adapt(adapt, prime, prime_ids)
         net = None
         if adapt:
-            if len(prime_ids) < 2:
-                raise UsageError("--adapt learns from the prime: give a --prime text to learn")
             net = self.adapted(prime_ids, adapt, dynamic)
         return prime_ids, cfg, generator, net
 
@@ -369,13 +413,19 @@ class Model:
 
             if self._stepper is None:  # the table and joined matrices, made once
                 self._stepper = NumpyStepper(self.portable)
-            return generate(self._stepper.fork(), prime_ids, cfg, rng, batch)
+            return generate(self._stepper.fork(), prime_ids, cfg, rng, batch, self.utf8_rows(batch))
         import torch
 
         from charlstm.sample import generate as torch_generate
 
         prime = torch.from_numpy(prime_ids).to(self.device)
-        return torch_generate(self.net if net is None else net, prime, cfg, rng, batch)
+        return torch_generate(self.net if net is None else net, prime, cfg, rng, batch,
+                              self.utf8_rows(batch))  # fmt: skip
+
+    def utf8_rows(self, batch: int = 1) -> Utf8Rows | None:
+        """What keeps `batch` sampled rows valid UTF-8, for a byte-level vocabulary (BPE);
+        None for the others, whose every token is whole characters."""
+        return self.tokenizer.utf8_rows(batch) if self.tokenizer.kind == "bpe" else None
 
     def _pieces(
         self,
@@ -390,17 +440,17 @@ class Model:
     def samples(self, n: int, prime: str | None = None, **options: Any) -> list[str]:
         """`n` independent samples from the same prime, generated together as one batch; the
         options are generate()'s."""
-        if not 1 <= n <= 10_000:
-            raise UsageError(f"--num-samples must be between 1 and 10,000, got {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10_000:
+            raise OptionError(f"{{n}} must be between 1 and 10,000, got {_lit(n)}", flags=_N)
         stops = _stops(options.pop("stop", ()))
         prime_ids, cfg, generator, net = self._job(prime, **options)
         if n > 1 and cfg.length * n > 100_000_000:
-            raise UsageError("--length × --num-samples must be at most 100,000,000 tokens")
+            raise OptionError("{length} × {n} must be at most 100,000,000 tokens", flags=_N)
         rows: list[list[int]] = [[] for _ in range(n)]
         for tokens in self._ids(prime_ids, cfg, generator, batch=n, net=net):  # (n,)
             for row, token in zip(rows, tokens.tolist(), strict=True):
                 row.append(token)
-        return ["".join(until_stop(iter([self.tokenizer.decode(row)]), stops)) for row in rows]
+        return ["".join(until_stop(decoded(self.tokenizer, row), stops)) for row in rows]
 
     def session(self, **options: Any) -> Session:
         """A conversation (see Session) with generate()'s sampling options."""
@@ -445,14 +495,14 @@ class Model:
         if dynamic is True:
             dynamic = DynamicConfig()
         if dynamic and reset_every:
-            raise UsageError("--dynamic reads the text as one stream; drop --reset-every")
+            raise OptionError("{dynamic} reads the text as one stream; drop {reset_every}")
         if streams < 1:
-            raise UsageError(f"--streams must be at least 1, got {streams}")
+            raise OptionError(f"{{streams}} must be at least 1, got {streams}")
         if reset_every < 0:
-            raise UsageError(f"--reset-every must be 0 (never) or more, got {reset_every}")
+            raise OptionError(f"{{reset_every}} must be 0 (never) or more, got {reset_every}")
         check_precision(precision, self.device)
         if precision == "fp16":
-            raise UsageError("evaluate takes --precision fp32 or bf16")
+            raise OptionError("evaluate takes {precision=fp32} or bf16")
         enc = text if isinstance(text, EncodedText) else self.encode_text(text)
         _need_two(enc.ids)
         chars = spelled_chars(self.tokenizer, enc.ids, None if self.tokenizer.kind == "char"
@@ -527,9 +577,9 @@ class Model:
         n_layers = self.config.num_layers
         layer = n_layers - 1 if layer is None else layer
         if not 0 <= layer < n_layers:
-            raise UsageError(f"--layer must be between 0 and {n_layers - 1}, got {layer}")
+            raise OptionError(f"{{layer}} must be between 0 and {n_layers - 1}, got {layer}")
         if max_chars < 1:
-            raise UsageError(f"--max-chars must be at least 1, got {max_chars}")
+            raise OptionError(f"{{max_chars}} must be at least 1, got {max_chars}")
         unknown = set(self.tokenizer.unknown(text))
         body = "".join(ch for ch in text if ch not in unknown) if unknown else text
         body = body[:max_chars]
@@ -554,6 +604,7 @@ class Session:
 
         self.model, self.cfg, self.rng = model, cfg, rng
         self.stepper = Stepper(model.net)
+        self.utf8 = model.utf8_rows(1)
         self.state = self.stepper.zero_state(1)
         self.logits: torch.Tensor | None = None  # (1, V): the prediction after the last token
 
@@ -561,6 +612,8 @@ class Session:
         """Read `text` into the state (characters the model never saw are skipped; returned)."""
         import torch
 
+        if not isinstance(text, str):
+            raise OptionError(f"{{text}} must be a text, not {type(text).__name__}")
         tok = self.model.tokenizer
         unknown = tok.unknown(text)
         ids = tok.encode(text, skip_unknown=True)
@@ -569,15 +622,23 @@ class Session:
             with torch.inference_mode():
                 logits, self.state = self.model.net(x, self.state)
             self.logits = logits[:, -1]
+            if self.utf8 is not None:
+                self.utf8.reset()  # whole text: an unfinished character was left out
         return unknown
 
-    def reply(self, length: int | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
+    def reply(
+        self, length: int | None = None, stop: Sequence[str] | str | None = ()
+    ) -> Iterator[str]:
         """Generate up to `length` tokens (default SampleConfig's), ending before the first of
         `stop`; what is generated becomes part of the state."""
+        n = self.cfg.length if length is None else length
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_LENGTH:
+            raise OptionError(f"{{length}} must be a whole number from 0 to {MAX_LENGTH:,} or "
+                              f"None, not {_lit(n)}")  # fmt: skip
+        stops = _stops(stop)
         if self.logits is None:
             self.feed("\n")  # nothing read yet: start as at the start of a line
-        n = self.cfg.length if length is None else length
-        return until_stop(decoded(self.model.tokenizer, self._tokens(n)), _stops(stop))
+        return until_stop(decoded(self.model.tokenizer, self._tokens(n)), stops)
 
     def _tokens(self, n: int) -> Iterator[int]:
         import torch
@@ -585,13 +646,41 @@ class Session:
         self.stepper.start(self.state)
         last = self.logits
         assert last is not None
+        utf8 = self.utf8
         try:
-            for _ in range(n):
-                token = choose(last.float().cpu().numpy(), self.cfg, self.rng.random(1))
+            made = 0
+            # A character begun by the n-th token is finished (at most 3 more byte tokens): the
+            # reply's text is whole, and so is the text the state goes on from.
+            while made < n or (utf8 is not None and utf8.pending[0]):
+                allowed = None if utf8 is None else utf8.allowed()
+                token = choose(last.float().cpu().numpy(), self.cfg, self.rng.random(1), allowed)
+                if utf8 is not None:
+                    utf8.push(token)
                 last = self.stepper.step(torch.from_numpy(token).to(last.device)).clone()
+                made += 1
                 yield int(token[0])
         finally:  # stopped early or not, the state holds everything generated
             self.state, self.logits = self.stepper.state(), last
+            if utf8 is not None:
+                utf8.reset()  # cut short inside a character: the next reply starts afresh
+
+
+def check_adapt(adapt: int, prime: str | None, prime_ids: np.ndarray) -> None:
+    """`adapt` passes over a prime read as `prime_ids` (Model.encode_prime) can be made: a whole
+    number of passes in range, and a prime of at least two tokens (one prediction to learn)."""
+    if isinstance(adapt, bool) or not isinstance(adapt, int | np.integer):
+        raise OptionError(f"{{adapt}} must be a whole number of passes, not {_lit(adapt)}")
+    if not 0 <= adapt <= MAX_ADAPT_PASSES:
+        raise OptionError(
+            f"{{adapt}} must be between 0 and {MAX_ADAPT_PASSES:,} passes, got {adapt}"
+        )
+    if adapt and not prime:
+        raise OptionError("{adapt} learns from the prime: give a {prime} text to learn from")
+    if adapt and len(prime_ids) < 2:
+        raise OptionError(
+            f"{{adapt}} learns from the prime: it needs at least 2 tokens the model knows, and "
+            f"{_lit(prime)} reads as {len(prime_ids)}"
+        )
 
 
 def decoded(tokenizer: AnyTokenizer, tokens: Iterable[int]) -> Iterator[str]:
@@ -629,11 +718,22 @@ def until_stop(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
         yield held
 
 
-def _stops(stop: Sequence[str] | str) -> list[str]:
-    stops = [stop] if isinstance(stop, str) else list(stop)
+def _stops(stop: Sequence[str] | str | None) -> list[str]:
+    """The stop texts: one text, a sequence of them, or None (no stop)."""
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list | tuple) or not all(isinstance(s, str) for s in stops):
+        raise OptionError(
+            f"{{stop}} must be a text, a list of texts or None, not {_lit(stop)}"
+        )
     if any(not s for s in stops):
-        raise UsageError("--stop needs a text that is not empty")
-    return stops
+        raise OptionError("{stop} needs a text that is not empty")
+    return list(stops)
+
+
+# The options whose flag is not their keyword with dashes.
+_N = {"n": "--num-samples"}
 
 
 @dataclass(frozen=True)
@@ -641,6 +741,11 @@ class Trace:
     text: str  # the characters traced
     layer: int
     activations: dict[str, np.ndarray]  # kind -> (T, H): hidden, cell, forget, ...
+
+
+def _lit(value: object) -> str:
+    """A value the caller gave, quoted, as literal text in an OptionError."""
+    return OptionError.literal(repr(value) if isinstance(value, str) else value)
 
 
 def _generator(seed: int | None) -> np.random.Generator:

@@ -26,7 +26,6 @@ from charlstm.config import (
     CHECKPOINTS,
     DECODE_ERRORS,
     DYNAMIC_LR,
-    MAX_ADAPT_PASSES,
     OPTIMIZERS,
     PRECISIONS,
     SOFTMAXES,
@@ -44,7 +43,13 @@ from charlstm.display import (
     plot_metrics,
     print_summary,
 )
-from charlstm.errors import EXIT_INTERRUPTED, EXIT_USAGE, CharlstmError, UsageError
+from charlstm.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CharlstmError,
+    OptionError,
+    UsageError,
+)
 
 app = typer.Typer(
     name="charlstm",
@@ -64,7 +69,8 @@ def _command(func: Callable[..., None]) -> Callable[..., None]:
         try:
             func(*args, **kwargs)
         except CharlstmError as e:
-            sys.stderr.write(f"charlstm: error: {e}\n")
+            what = e.for_cli() if isinstance(e, OptionError) else e  # named as flags here
+            sys.stderr.write(f"charlstm: error: {what}\n")
             raise typer.Exit(e.code) from None
         except KeyboardInterrupt:
             # A second Ctrl-C (the first one only asks training to stop): no traceback.
@@ -125,6 +131,7 @@ EvalPrecision = Literal["fp32", "bf16"]
 Errors = Literal[DECODE_ERRORS]
 Engine = Literal["auto", "numpy", "torch"]
 OnUnknown = Literal["error", "skip"]
+VisualFormat = Literal["ansi", "tsv", "json"]  # visualize.FORMATS
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -587,36 +594,40 @@ def sample(
 ) -> None:
     """Stream generated text to stdout, one token at a time."""
     _blas_threads(threads, num_samples)  # before numpy loads (charlstm.api imports it)
-    from charlstm.api import random_seed
+    from charlstm.api import check_adapt, random_seed
     from charlstm.choice import check_seed
 
     err = err_console(quiet)
     SampleConfig.build(length, temp, top_k, top_p, greedy=greedy)  # check before loading
     check_seed(seed)
     prime = _read_prime(prime, prime_file, err)
+    if adapt and engine == "numpy":
+        raise OptionError("{adapt} learns with torch; drop {engine=numpy}")
+    # Adapting learns and samples with torch: load torch's model (and say so), not numpy's.
+    engine = "torch" if adapt else engine
     net = _load(model, threads, err, streams=num_samples, checkpoints=checkpoints, engine=engine)
-    net.encode_prime(prime, on_unknown)  # a prime it cannot read ends here, before the seed
+    ids = net.encode_prime(prime, on_unknown)  # a prime it cannot read ends here, before the seed
+    check_adapt(adapt, prime, ids)  # before the line that says it learns
     if seed is None:
         seed = random_seed()
     err.print(f"seed {seed}")
     choice = {"length": length, "temp": temp, "top_k": top_k, "top_p": top_p, "greedy": greedy,
               "seed": seed, "on_unknown": on_unknown, "stop": stop or (),
               "adapt": adapt}  # fmt: skip
-    if 0 < adapt <= MAX_ADAPT_PASSES and prime:  # generate refuses the rest: no line before
+    if adapt:
         err.print(f"learning from the prime ({adapt} pass{'es' if adapt > 1 else ''})…")
     head = (prime or "") if echo_prime else ""
     if num_samples == 1 and not json_out:
         pieces = net.generate(prime, **choice)  # checks the options before anything is written
-        if head:
-            _write_stdout(head)
-        _stream(pieces)
+        _stream(pieces, head)
         return
     texts = net.samples(num_samples, prime, **choice)
     for i, text in enumerate(texts, start=1):
         if json_out:
             _write_stdout(json.dumps({"sample": i, "seed": seed, "text": head + text}) + "\n")
-        else:
-            _write_stdout(("\n" if i > 1 else "") + f"--- sample {i} ---\n{head}{text}\n")
+        else:  # a sample's own last newline ends its line: no second one (--json is exact)
+            end = "" if (head + text).endswith("\n") else "\n"
+            _write_stdout(("\n" if i > 1 else "") + f"--- sample {i} ---\n{head}{text}{end}")
 
 
 def _read_prime(prime: str | None, prime_file: Path | None, err: Console) -> str | None:
@@ -634,21 +645,40 @@ def _read_prime(prime: str | None, prime_file: Path | None, err: Console) -> str
     return prime
 
 
-def _stream(pieces: Any) -> None:
-    """Write generated pieces as they come, every 20 ms rather than every token: as live to a
-    reader, with far fewer calls; a newline ends the text, also one cut short by Ctrl-C (so the
-    shell's prompt and the message start on a line of their own)."""
+def _stream(pieces: Any, head: str = "", end_line: bool = False) -> None:
+    """Write `head`, then generated pieces as they come, every 20 ms rather than every token:
+    as live to a reader, with far fewer calls. stdout gets exactly that text; a newline ends a
+    text that lacks one only on a terminal (so the shell's prompt and a Ctrl-C message start
+    on a line of their own), or always with `end_line` (chat's turns, one after another)."""
     pending: list[str] = []
+    last = _flush_pending([head], "")
     due = time.perf_counter()
     try:
         for piece in pieces:
             pending.append(piece)
             if time.perf_counter() >= due:
-                _write_stdout("".join(pending))
-                pending.clear()
+                last = _flush_pending(pending, last)
                 due = time.perf_counter() + 0.02
     finally:
-        _write_stdout("".join(pending) + "\n")
+        last = _flush_pending(pending, last)
+        if last != "\n" and (end_line or (last and _stdout_is_terminal())):
+            _write_stdout("\n")
+
+
+def _flush_pending(pending: list[str], last: str) -> str:
+    """Write what is pending; the last character written so far."""
+    text = "".join(pending)
+    pending.clear()
+    if text:
+        _write_stdout(text)
+    return text[-1:] or last
+
+
+def _stdout_is_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _load(
@@ -910,13 +940,24 @@ def visualize(
         int,
         typer.Option(help="Trace only the first N characters (one step each: slow on long text)."),
     ] = 2000,
+    output_format: Annotated[
+        VisualFormat | None,
+        _opt(
+            "What stdout gets: ansi (the text coloured by each unit), tsv (a header, then one "
+            "row per character: position, the character escaped, each unit's value) or json "
+            "(one object per character). Default: ansi on a terminal, tsv otherwise.",
+            "--format",
+        ),
+    ] = None,
     encoding: Encoding = "utf-8",
     errors: DecodeErrors = "strict",
     checkpoints: Checkpoints = CHECKPOINTS,
     threads: Threads = 0,
     quiet: Quiet = False,
 ) -> None:
-    """Colour a text by what a unit of the model holds at each character."""
+    """Colour a text by what a unit of the model holds at each character (the values
+    themselves into a pipe or a file)."""
+    form = output_format or ("ansi" if _stdout_is_terminal() else "tsv")
     err = err_console(quiet)
     net = _load(model, threads, err, checkpoints=checkpoints)
     body = _read_texts(text, encoding, errors, err)
@@ -935,7 +976,7 @@ def visualize(
     shown = [{"kind": kind, "unit": unit or 0}]
     if find:
         shown = _find(acts, body, traced.layer, unit, err) or shown
-    _show_units(body, acts, shown, traced.layer, net.config.cell, html_out, err)
+    _show_units(body, acts, shown, traced.layer, net.config.cell, html_out, err, form)
 
 
 def _find(acts: dict, body: str, layer: int, unit: int | None, err: Console) -> list[dict]:
@@ -957,10 +998,11 @@ def _find(acts: dict, body: str, layer: int, unit: int | None, err: Console) -> 
 
 def _show_units(
     body: str, acts: dict, shown: list[dict], layer: int, cell: str, html_out: Path | None,
-    err: Console,
+    err: Console, form: str = "ansi",
 ) -> None:  # fmt: skip
-    """The text coloured by each shown unit, on stdout; and the same as a page with --html."""
-    from charlstm.visualize import render_html, render_terminal
+    """The text coloured by each shown unit on stdout (or their values, `form` tsv or json);
+    and the coloured text as a page with --html."""
+    from charlstm.visualize import render_html, render_terminal, value_lines
 
     rows = []
     for s in shown:
@@ -968,8 +1010,18 @@ def _show_units(
         if "correlation" in s:
             label += f" · r={s['correlation']:+.2f} with {s['property']}"
         rows.append((label, acts[s["kind"]][:, s["unit"]], s["kind"]))
-    out = _StdoutConsole(file=sys.stdout, highlight=False)  # Rich drops the colour when piped
-    for label, values, k in rows:
+    if form != "ansi":
+        columns = [(f"{s['kind']} {s['unit']}", values) for s, (_, values, _) in zip(shown, rows,
+                   strict=True)]  # fmt: skip
+        pending: list[str] = []
+        for line in value_lines(body, columns, form):
+            pending.append(line)
+            if len(pending) >= 1000:
+                _flush_pending(pending, "")
+        _flush_pending(pending, "")
+    # Colours also into a pipe when asked for (--format ansi); NO_COLOR still drops them.
+    out = _StdoutConsole(file=sys.stdout, highlight=False, force_terminal=form == "ansi")
+    for label, values, k in rows if form == "ansi" else ():
         out.print(label, style="bold", markup=False)
         end = "" if body.endswith("\n") else "\n"  # the text's own last newline ends it
         out.print(render_terminal(body, values, kind=k), soft_wrap=True, end=end)
@@ -1107,7 +1159,7 @@ def chat(
             err.print(f"[yellow]note:[/] skipped characters the model never saw: "
                       f"{''.join(unknown[:20])!r}")  # fmt: skip
         try:
-            _stream(session.reply(length, stops))
+            _stream(session.reply(length, stops), end_line=True)
         except KeyboardInterrupt:
             sys.stderr.write("(cut short)\n")
 
@@ -1418,6 +1470,10 @@ def _serve_report(quiet: bool) -> Callable[[str, dict], None]:
 
 def main() -> None:
     """Console entry point: expected errors become one stderr line and an exit code."""
+    # Ctrl-C ends every command (status 130), also when this process was started with SIGINT
+    # ignored, as a shell script's background job (`cmd &`) is: Python then keeps it ignored,
+    # and a stream sent SIGINT would run on to its end.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = app(standalone_mode=False)
     except Exception as e:

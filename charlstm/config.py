@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from charlstm.errors import UsageError
+from charlstm.errors import OptionError
 
 CELLS = ("lstm", "gru", "rnn", "peephole", "coupled", "mogrifier", "slstm")
 TOKENIZERS = ("char", "word", "bpe")
@@ -45,8 +45,14 @@ TOKENIZER_PRESETS: dict[str, dict[str, object]] = {
 }  # fmt: skip
 
 
-class ConfigError(UsageError, ValueError):
-    """A setting out of range or a contradiction between settings (exit status 2)."""
+class ConfigError(OptionError, ValueError):
+    """A setting out of range or a contradiction between settings (exit status 2). Its message
+    is written with flags (--top-p); str(e) names them as keywords (top_p) for Python."""
+
+    def __init__(self, message: str) -> None:
+        escaped = OptionError.literal(message)
+        super().__init__(re.sub(r"(?<![\w-])--([a-z][a-z-]*)",
+                                lambda m: "{" + m.group(1).replace("-", "_") + "}", escaped))
 
 
 def _check(ok: bool, message: str) -> None:

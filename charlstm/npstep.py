@@ -26,7 +26,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from charlstm.choice import choose
+from charlstm.choice import Utf8Rows, choose
 from charlstm.config import SampleConfig
 from charlstm.portable import Portable
 
@@ -249,16 +249,19 @@ def generate(
     cfg: SampleConfig,
     rng: np.random.Generator,
     batch: int = 1,
+    utf8: Utf8Rows | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield the ids (batch,) of each new token as soon as it is chosen, exactly as
     sample.generate does: the prime's last prediction is the first choice, then one step and
-    one choice (choice.choose, one draw per row from `rng`) per token."""
+    one choice (choice.choose, one draw per row from `rng`, within `utf8`'s tokens) per token."""
     stepper = model if isinstance(model, NumpyStepper) else NumpyStepper(model)
     last = stepper.prime(prime_ids)  # (1, V)
     if batch > 1:  # the rows share the prime: warm one, then copy its state
         stepper.start(tuple(np.repeat(s, batch, axis=1) for s in stepper.state()))
         last = np.repeat(last, batch, axis=0)
     for _ in range(cfg.length):
-        token = choose(last, cfg, rng.random(batch))  # (B,)
+        token = choose(last, cfg, rng.random(batch), None if utf8 is None else utf8.allowed())
+        if utf8 is not None:
+            utf8.push(token)
         yield token
         last = stepper.step(token)

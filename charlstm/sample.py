@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from charlstm.choice import choose
+from charlstm.choice import Utf8Rows, choose
 from charlstm.config import SampleConfig
 from charlstm.model import LanguageModel
 from charlstm.step import Stepper
@@ -22,9 +22,10 @@ def generate(
     cfg: SampleConfig,
     rng: np.random.Generator,
     batch: int = 1,
+    utf8: Utf8Rows | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield the ids (batch,) of each new token as soon as it is chosen; `rng` gives each
-    step's draws, one per row.
+    step's draws, one per row; `utf8` keeps a byte-level vocabulary's rows valid UTF-8.
 
     prime_ids (P,) with P >= 1 warms the state; its last token's prediction is the first choice.
     """
@@ -35,6 +36,9 @@ def generate(
     stepper = Stepper(model)
     stepper.start(state)
     for _ in range(cfg.length):
-        token = choose(last.float().cpu().numpy(), cfg, rng.random(batch))  # (B,)
+        allowed = None if utf8 is None else utf8.allowed()
+        token = choose(last.float().cpu().numpy(), cfg, rng.random(batch), allowed)  # (B,)
+        if utf8 is not None:
+            utf8.push(token)
         yield token
         last = stepper.step(torch.from_numpy(token).to(last.device))

@@ -29,6 +29,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from charlstm import files
+from charlstm.choice import Utf8Rows, Utf8Table
 from charlstm.config import TOKENIZERS
 from charlstm.errors import CharlstmError
 
@@ -92,8 +93,9 @@ class PieceStream:
 class ByteStream:
     """Stream decoder for byte-level tokens: holds back a character split across tokens.
 
-    Invalid UTF-8 becomes U+FFFD, as in `decode`, so the pushed pieces plus `flush()` always
-    concatenate to `decode(ids)`.
+    Invalid UTF-8 becomes U+FFFD, as in `decode`; a character still unfinished at the end is
+    left out by `flush()` (a sample cut short by its length mid-character ends before it), so
+    the pieces are `decode(ids)` less that. Sampling never makes invalid UTF-8 (choice.py).
     """
 
     def __init__(self, token_bytes: list[bytes]) -> None:
@@ -104,7 +106,8 @@ class ByteStream:
         return self._utf8.decode(self._bytes[token_id])
 
     def flush(self) -> str:
-        return self._utf8.decode(b"", final=True)
+        self._utf8.reset()  # all it holds is the start of a character (invalid bytes are out)
+        return ""
 
 
 def _resolve_mode(skip_unknown: bool, on_unknown: OnUnknown | None) -> OnUnknown:
@@ -488,6 +491,7 @@ class BpeTokenizer(_HFBase):
         self._bytes = [b""] * self.vocab_size
         for key, i in vocab.items():
             self._bytes[i] = bytes(to_byte[c] for c in key)
+        self._utf8: Utf8Table | None = None
 
     @classmethod
     def train(
@@ -525,6 +529,12 @@ class BpeTokenizer(_HFBase):
 
     def stream_decoder(self) -> StreamDecoder:
         return ByteStream(self._bytes)
+
+    def utf8_rows(self, batch: int = 1) -> Utf8Rows:
+        """What keeps `batch` rows sampled from this vocabulary valid UTF-8 (choice.py)."""
+        if self._utf8 is None:
+            self._utf8 = Utf8Table(self._bytes)  # built once: a pass over the vocabulary
+        return Utf8Rows(self._utf8, batch)
 
 
 AnyTokenizer = CharTokenizer | WordTokenizer | BpeTokenizer

@@ -6,6 +6,7 @@ the units that track them, and colourings of the text by a unit (terminal and HT
     best = find_units(acts, props, top=5)    # [{"kind", "unit", "property", "correlation"}]
     render_terminal(text, acts["cell"][:, best[0]["unit"]], kind="cell")   # rich.text.Text
     render_html(text, [(label, values)], title, kinds=["cell"])           # one HTML page
+    value_lines(text, [("cell 3", values)], "tsv")   # the values, a line per character
 
 `trace` runs each cell's reference equations (cells.py) instead of the fused modules, because
 those never expose their gates: a Python loop, one step per character, written to be checked
@@ -15,7 +16,8 @@ rather than fast. Nothing here prints; cli.py decides where the text and pages g
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -302,3 +304,29 @@ def render_html(
         )
     parts.append("</body>\n</html>\n")
     return "".join(parts)
+
+
+FORMATS = ("ansi", "tsv", "json")  # `visualize --format`: colours for a terminal, or the values
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def value_lines(text: str, columns: Sequence[tuple[str, np.ndarray]], form: str) -> Iterator[str]:
+    """The values of the shown units at each character, for a pipe or a file: one line per
+    character (each ending in a newline). "tsv": a header `position char NAME…`, then the
+    position (from 0), the character (\\t, \\n, \\r and \\\\ escaped) and the values; "json":
+    {"position", "char", NAME: value, …} per line. Columns of one name are one column."""
+    named = dict(columns)  # one kind and unit: the same values
+    for values in named.values():
+        _check_lengths(text, values)
+    names, table = list(named), np.stack(list(named.values()), axis=1)  # (T, units)
+    if form == "tsv":
+        yield "\t".join(["position", "char", *names]) + "\n"
+        for i, (ch, row) in enumerate(zip(text, table, strict=True)):
+            shown = _ESCAPES.get(ch, ch)
+            yield "\t".join([str(i), shown, *(f"{v:.6g}" for v in row)]) + "\n"
+    elif form == "json":
+        for i, (ch, row) in enumerate(zip(text, table, strict=True)):
+            values = {n: float(f"{v:.6g}") for n, v in zip(names, row, strict=True)}
+            yield json.dumps({"position": i, "char": ch, **values}, ensure_ascii=False) + "\n"
+    else:
+        raise ValueError(f"no value format {form!r}")

@@ -3,6 +3,7 @@ as exceptions, nothing printed."""
 
 from __future__ import annotations
 
+import logging
 import math
 import subprocess
 import sys
@@ -89,14 +90,44 @@ def test_errors_are_exceptions_with_exit_codes(tmp_path: Path, play_file: Path, 
     with pytest.raises(CharlstmError, match="no checkpoint") as e:
         charlstm.load(tmp_path / "missing.pt")
     assert e.value.code == 1
-    with pytest.raises(ConfigError, match="--hidden") as e:
+    with pytest.raises(ConfigError, match="^hidden must") as e:
         charlstm.train(str(play_file), hidden=0)
     assert e.value.code == 2
     model = charlstm.load(run_dir)
     with pytest.raises(CharlstmError, match="'✈'"):
         model.generate("ROMEO ✈")
-    with pytest.raises(CharlstmError, match="--top-p"):
+    with pytest.raises(CharlstmError, match="^top_p must"):
         model.generate(top_p=0)
+
+
+def test_api_errors_name_keywords_and_take_none_for_no_stop(run_dir: Path) -> None:
+    """The API's messages name its keyword arguments, the CLI's the flags: one message each."""
+    model = charlstm.load(run_dir)
+    with pytest.raises(CharlstmError) as e:
+        model.generate("ROMEO ✈")
+    assert str(e.value).endswith('pass on_unknown="skip"') and "--" not in str(e.value)
+    assert e.value.for_cli().endswith("pass --on-unknown skip")
+    for call, name in ((lambda: model.samples(0), "n must"), (lambda: model.generate(seed=-1),
+                       "seed must"), (lambda: model.generate("ROMEO:", adapt=-1), "adapt must"),
+                       (lambda: model.generate(stop=[""]), "stop needs")):  # fmt: skip
+        with pytest.raises(CharlstmError, match=f"^{name}"):
+            call()
+    session = model.session(seed=1)
+    assert "".join(session.reply(20, None)) == "".join(model.session(seed=1).reply(20))
+    for bad in ((20, 5), ("20", None), (-1, None), (20, [None])):
+        with pytest.raises(CharlstmError, match="^(stop|length) must"):
+            session.reply(*bad)
+    assert list(model.generate("ROMEO:", length=5, seed=1, stop=None))
+    with pytest.raises(CharlstmError, match="^prime must be a text"):
+        model.generate(42)
+
+
+def test_train_logs_progress_for_library_users(tmp_path: Path, play_file: Path, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="charlstm"):
+        charlstm.train(str(play_file), steps=20, name="log", checkpoints=tmp_path, **TINY)
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("charlstm")]
+    assert any("parameters" in line for line in said), said  # the start
+    assert any(line.startswith("step 20") for line in said), said  # the end, with its loss
 
 
 def test_importing_charlstm_imports_no_torch() -> None:

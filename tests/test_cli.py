@@ -67,7 +67,7 @@ def test_train_sample_evaluate_info_through_clirunner(trained, play_file):
     second = runner.invoke(app, ["sample", "--seed", "7", "--length", "60", "--prime", "ROMEO:"])
     assert first.exit_code == second.exit_code == 0, first.stderr + second.stderr
     assert first.stdout == second.stdout  # reproducible with a seed
-    assert first.stdout.startswith("ROMEO:") and len(first.stdout) == len("ROMEO:") + 60 + 1
+    assert first.stdout.startswith("ROMEO:") and len(first.stdout) == len("ROMEO:") + 60
     assert "seed 7" in first.stderr and "seed" not in first.stdout
 
     ev = runner.invoke(app, ["evaluate", str(play_file), "--json"])
@@ -88,13 +88,13 @@ def test_greedy_is_temperature_zero(trained):
     a = runner.invoke(app, ["sample", "--greedy", "--length", "40", "--seed", "1"])
     b = runner.invoke(app, ["sample", "--temp", "0", "--length", "40", "--seed", "2"])
     assert a.exit_code == b.exit_code == 0, a.stderr + b.stderr
-    assert a.stdout == b.stdout and len(a.stdout) == 41
+    assert a.stdout == b.stdout and len(a.stdout) == 40
 
 
 def test_subprocess_stdout_holds_only_text(trained, tmp_path):
     result = charlstm("sample", "--seed", "3", "--length", "30", "--prime", "JULIET:", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("JULIET:") and len(result.stdout) == len("JULIET:") + 31
+    assert result.stdout.startswith("JULIET:") and len(result.stdout) == len("JULIET:") + 30
     assert "seed 3" in result.stderr
     piped = charlstm("sample", "--seed", "3", "--length", "30", "--prime", "-", cwd=tmp_path,
                      stdin="JULIET:")  # fmt: skip

@@ -125,7 +125,7 @@ def test_adapt_learns_the_prime_and_leaves_the_model(trained):
                                      dynamic=DynamicConfig(lr=1e-3)))  # fmt: skip
     assert steered != plain
     assert steered.startswith("What light")
-    with pytest.raises(Exception, match="--adapt"):
+    with pytest.raises(Exception, match="adapt learns from the prime"):
         list(model.generate(None, adapt=1))
 
 

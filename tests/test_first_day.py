@@ -165,16 +165,102 @@ def test_small_things(home, tmp_path):
     assert js.exit_code == 0 and len(json.loads(js.stdout)["text"]) == 10
 
 
-def test_ctrl_c_while_streaming_ends_the_texts_line(home):
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_ctrl_c_while_streaming_ends_the_stream(home, inherited):
+    """SIGINT after the first 100 bytes ends the stream with status 130, also in a process
+    started with SIGINT ignored (a shell script's background job, `cmd &`, is: Python keeps
+    that, and the stream ran on). What came out is exactly the start of the seeded text."""
+    ignore = inherited == "ignored"
     proc = subprocess.Popen(
         [sys.executable, "-m", "charlstm", "sample", "-m", str(home / "ck" / "r"), "--length",
          "10000000", "--seed", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore else None,
     )  # fmt: skip
-    proc.stdout.read(100)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and out.endswith(b"\n")
+    try:
+        first = b""  # raw reads: communicate() reads the pipe itself, past any read buffer
+        while len(first) < 100:  # the process is streaming: past imports and loading
+            chunk = os.read(proc.stdout.fileno(), 100)
+            assert chunk, proc.stderr.read()
+            first += chunk
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    out = (first + rest).decode()
+    assert proc.returncode == 130, err
     assert err.decode().strip().splitlines()[-1] == "charlstm: interrupted"
+    seeded = _sample_stdout(home, "--length", str(len(out)), "--seed", "1").decode()
+    assert out == seeded  # into a pipe: no newline the model did not make
+
+
+def _sample_stdout(home, *args: str, terminal: bool = False) -> bytes:
+    """`charlstm sample` on the home model: its stdout as bytes, from a pipe or a terminal."""
+    cmd = [sys.executable, "-m", "charlstm", "sample", "-m", str(home / "ck" / "r"), "-q", *args]
+    if not terminal:
+        r = subprocess.run(cmd, capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+    controller, tty = pty.openpty()
+    proc = subprocess.Popen(cmd, stdout=tty, stderr=subprocess.PIPE)
+    os.close(tty)
+    out = b""
+    try:
+        while chunk := os.read(controller, 4096):
+            out += chunk
+    except OSError:  # EIO: the child closed the terminal
+        pass
+    finally:
+        os.close(controller)
+    assert proc.wait(timeout=60) == 0
+    return out.replace(b"\r\n", b"\n")  # the terminal's own line discipline
+
+
+def test_stdout_is_exactly_prime_and_generated_text(home):
+    def exact(*args: str) -> list[str]:  # the texts as --json gives them, from the same engine
+        out = _sample_stdout(home, "--prime", "ROMEO", "--seed", "3", "--json", *args)
+        return [json.loads(line)["text"] for line in out.decode().splitlines()]
+
+    full, line = exact("-n", "300")[0], exact("-n", "300", "--stop", "\n")[0]
+    assert line == full[: full.index("\n")] and len(line) < len(full)
+    piped = _sample_stdout(home, "--prime", "ROMEO", "-n", "300", "--seed", "3", "--stop", "\n")
+    assert piped == line.encode()  # the stop text's newline is not printed, nor one added
+    ends = full.index("\n") + 1 - len("ROMEO")  # a sample ending in a newline: one, not two
+    assert _sample_stdout(home, "--prime", "ROMEO", "-n", str(ends), "--seed", "3") == (
+        full[: len("ROMEO") + ends].encode()
+    )
+    bare = _sample_stdout(home, "--prime", "ROMEO", "-n", "300", "--seed", "3", "--no-echo-prime")
+    assert bare == full[len("ROMEO") :].encode()
+    # On a terminal alone, a text that does not end a line gets a newline for the prompt.
+    shown = _sample_stdout(home, "--prime", "ROMEO", "-n", "300", "--seed", "3", "--stop", "\n",
+                           terminal=True)  # fmt: skip
+    assert shown == (line + "\n").encode()
+    shown = _sample_stdout(home, "--prime", "ROMEO", "-n", str(ends), "--seed", "3", terminal=True)
+    assert shown == full[: len("ROMEO") + ends].encode()
+    # -N: each sample whole under its header, its own last newline not doubled.
+    texts = exact("-n", str(ends), "-N", "2")
+    many = _sample_stdout(home, "--prime", "ROMEO", "-n", str(ends), "--seed", "3", "-N", "2")
+    blocks = [f"--- sample {i} ---\n{t}" + ("" if t.endswith("\n") else "\n")
+              for i, t in enumerate(texts, start=1)]  # fmt: skip
+    assert many == "\n".join(blocks).encode()
+
+
+def test_adapt_checks_the_prime_first_and_names_the_engine_it_runs_on(home):
+    m = str(home / "ck" / "r")
+    short = runner.invoke(app, ["sample", "-m", m, "--prime", "R", "--adapt", "3", "-q"])
+    line = one_error_line(short.stderr)  # not "learning from the prime…", then "no prime"
+    assert short.exit_code == 2 and "--adapt" in line and "'R'" in line and "2 tokens" in line
+    none = runner.invoke(app, ["sample", "-m", m, "--adapt", "3", "-q"])
+    assert none.exit_code == 2 and "give a --prime" in one_error_line(none.stderr)
+    ok = runner.invoke(app, ["sample", "-m", m, "--prime", "ROMEO:", "--adapt", "1", "-n", "5",
+                             "--seed", "1"])  # fmt: skip
+    assert ok.exit_code == 0, ok.stderr
+    assert "(torch)" in ok.stderr and "numpy" not in ok.stderr  # the engine that adapts
+    assert "learning from the prime (1 pass)" in ok.stderr
+    plain = runner.invoke(app, ["sample", "-m", m, "-n", "5", "--seed", "1"])
+    assert "(numpy, model.safetensors)" in plain.stderr
+    numpy = runner.invoke(app, ["sample", "-m", m, "--prime", "ROMEO:", "--adapt", "1",
+                                "--engine", "numpy", "-q"])  # fmt: skip
+    assert numpy.exit_code == 2 and "--engine numpy" in one_error_line(numpy.stderr)
 
 
 # ----------------------------------------------------------------------------- friction
@@ -283,7 +369,7 @@ def test_stop_texts_and_a_prime_from_a_file(home, tmp_path):
     r = runner.invoke(app, ["sample", "-m", str(home / "ck" / "r"), "--prime-file",
                             str(tmp_path / "prime.txt"), "--length", "300", "--seed", "3",
                             "--stop", stop])  # fmt: skip
-    assert r.exit_code == 0 and r.stdout == "ROMEO:" + cut + "\n"
+    assert r.exit_code == 0 and r.stdout == "ROMEO:" + cut
     batch = runner.invoke(app, ["sample", "-m", str(home / "ck" / "r"), "-N", "2", "--json",
                                 "--length", "300", "--seed", "3", "--stop", "\n"])  # fmt: skip
     assert all("\n" not in json.loads(line)["text"] for line in batch.stdout.splitlines())
@@ -300,5 +386,6 @@ def test_chat_continues_one_state_line_after_line(home):
     expected = ""
     for line in ("ROMEO: hello", "JULIET: and you"):
         session.feed(line + "\n")
-        expected += "".join(session.reply(40, ["\n\n"])) + "\n"
+        reply = "".join(session.reply(40, ["\n\n"]))
+        expected += reply if reply.endswith("\n") else reply + "\n"  # a reply's line, once
     assert r.stdout == expected

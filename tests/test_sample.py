@@ -93,3 +93,74 @@ def test_fused_lstm_step_gives_the_training_models_probabilities():
     for t in range(5, 20):
         logits = fused.step(seq[:, t])
         assert torch.allclose(F.softmax(logits, -1), F.softmax(full[:, t], -1), atol=1e-5), t
+
+
+# ------------------------------------------------------------------------- valid UTF-8 only
+
+ASCII_TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\n\n" * 30
+GREEK_TEXT = "ΡΩΜΑΙΟΣ: Αλλά σιγά, τι φως από το παράθυρο εκεί; 世界你好\n\n" * 30
+
+
+def _bpe_run(tmp_path, text: str, name: str):
+    from typer.testing import CliRunner
+
+    import charlstm
+    from charlstm.cli import app
+
+    (tmp_path / f"{name}.txt").write_text(text, encoding="utf-8")
+    r = CliRunner().invoke(app, ["train", str(tmp_path / f"{name}.txt"), "--tokenizer", "bpe",
+                                 "--vocab-size", "300", "--steps", "5", "--name", name,
+                                 "--checkpoints", str(tmp_path / "ck"), "--hidden", "16",
+                                 "--layers", "1", "-b", "4", "-t", "16", "--threads", "1",
+                                 "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    return charlstm.load(tmp_path / "ck" / name, engine="torch"), tmp_path / "ck" / name
+
+
+def test_a_bpe_model_of_ascii_text_samples_only_valid_text(tmp_path):
+    """A byte-level vocabulary holds every byte; a model that saw only ASCII, sampled wildly,
+    must still write valid UTF-8 (no U+FFFD), by every door: torch, numpy, a batch, a session."""
+    import charlstm
+
+    model, run = _bpe_run(tmp_path, ASCII_TEXT, "ascii")
+    numpy = charlstm.load(run, engine="numpy")
+    texts = []
+    for seed in range(6):
+        for net in (model, numpy):
+            texts.append("".join(net.generate("ROMEO", length=300, temp=3.0, seed=seed)))
+        texts += model.samples(4, "ROMEO", length=200, temp=3.0, seed=seed)
+        session = model.session(temp=3.0, seed=seed)
+        session.feed("ROMEO: ")
+        texts += ["".join(session.reply(50)) for _ in range(3)]
+    assert sum(map(len, texts)) > 10_000
+    for text in texts:
+        assert "\ufffd" not in text and text.encode("utf-8").decode("utf-8") == text
+        assert text.isascii()  # bytes it never saw are not written either
+
+
+def test_a_bpe_model_of_greek_and_chinese_still_samples_their_characters(tmp_path):
+    model, _ = _bpe_run(tmp_path, GREEK_TEXT, "greek")
+    text = "".join("".join(model.generate("Α", length=300, temp=1.5, seed=s)) for s in range(3))
+    assert "\ufffd" not in text
+    multi = {ch for ch in text if len(ch.encode("utf-8")) > 1}
+    assert len(multi & set(GREEK_TEXT)) >= 10, multi
+
+
+def test_the_utf8_mask_allows_only_what_continues_valid_text():
+    from charlstm.choice import Utf8Rows, Utf8Table, unfinished, utf8_so_far
+
+    tokens = [bytes([b]) for b in range(256)] + ["é".encode(), b"\xe4\xb8", b"\xad x"]
+    rows = Utf8Rows(Utf8Table(tokens), batch=2)
+    start = rows.allowed()[0]
+    assert start[ord("a")] and start[0xE4] and start[256] and not start[0x80] and not start[0xFF]
+    rows.push(np.array([257, ord("a")]))  # row 0: E4 B8 begun; row 1: done
+    both = rows.allowed()
+    assert both.shape == (2, len(tokens)) and both[0, 258] and not both[0, ord("a")]
+    assert not both[1, 258] and both[1, ord("a")]
+    assert unfinished("a中".encode()[:-1]) == "中".encode()[:-1] and unfinished(b"ab") == b""
+    assert not utf8_so_far(b"\xed\xa0") and utf8_so_far(b"\xf0\x9f") and not utf8_so_far(b"\xc0")
+    # choose never picks what the mask leaves out, greedy or not.
+    logits = np.zeros((1, len(tokens)))
+    logits[0, 0x80] = 50.0
+    for cfg in (SampleConfig(temperature=0), SampleConfig(temperature=5.0)):
+        assert choose(logits, cfg, np.array([0.3]), start[None])[0] != 0x80

@@ -176,7 +176,7 @@ def test_adaptive_softmax_loss_path_matches_its_full_distribution():
     assert torch.allclose(losses, full, atol=1e-5) and bool((losses[0, :4] == 0).all())
     out = list(generate(model, ids[0, :3], SampleConfig(length=5), seeded(1)))
     assert len(out) == 5 and all(0 <= int(t[0]) < 300 for t in out)
-    with pytest.raises(ValueError, match="tie-weights"):
+    with pytest.raises(ValueError, match="tie_weights"):
         ModelConfig(vocab_size=300, softmax_cutoffs=[50], tie_weights=True)
     # Under bf16 autocast (the default on CPUs with bf16 instructions) the head runs in float32:
     # its clusters' outputs are copied into float32 tensors, which mixed dtypes broke.

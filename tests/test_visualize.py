@@ -188,13 +188,49 @@ def test_visualize_command_find_and_html(tmp_path, play_file, monkeypatch):
     trained = runner.invoke(app, ["train", str(play_file), "--steps", "30", "--name", "v", *tiny])
     assert trained.exit_code == 0, trained.stderr
     page = tmp_path / "units.html"
-    r = runner.invoke(
-        app, ["visualize", str(play_file), "--find", "--html", str(page), "--max-chars", "300"]
-    )
+    r = runner.invoke(app, ["visualize", str(play_file), "--find", "--html", str(page),
+                            "--max-chars", "300", "--format", "ansi"])  # fmt: skip
     assert r.exit_code == 0, r.stderr
     assert "line_position" in r.stderr or "in_quotes" in r.stderr or "word_start" in r.stderr
-    assert "layer 1 · " in r.stdout and "ROMEO" in r.stdout
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", r.stdout)  # --format ansi: coloured into a pipe too
+    assert "layer 1 · " in plain and "ROMEO" in plain and "\x1b[" in r.stdout
     html = page.read_text()
     assert html.count("layer 1 · ") >= 1 and "http" not in html
     bad = runner.invoke(app, ["visualize", str(play_file), "--kind", "nonsense"])
     assert bad.exit_code == 2 and "--kind" in bad.stderr
+
+
+def test_visualize_into_a_pipe_writes_the_values(tmp_path) -> None:
+    """Not a terminal: one TSV row per character with the unit's value (or JSON lines, or the
+    colours when asked for), not the plain text once per unit."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import charlstm
+    from charlstm.cli import app
+
+    text = 'He said "stop (now)"\tand\nshe didn\'t.\\\n' * 20
+    (tmp_path / "t.txt").write_text(text)
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", str(tmp_path / "t.txt"), "--steps", "5", "--hidden", "16",
+                            "--layers", "1", "-b", "4", "-t", "16", "--threads", "1", "--name",
+                            "v", "--checkpoints", str(tmp_path / "ck"), "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    run = str(tmp_path / "ck" / "v")
+    args = ["visualize", str(tmp_path / "t.txt"), "-m", run, "--max-chars", "40", "-q"]
+    tsv = runner.invoke(app, [*args, "--unit", "3", "--kind", "hidden"])
+    assert tsv.exit_code == 0, tsv.stderr
+    rows = [line.split("\t") for line in tsv.stdout.split("\n")[:-1]]
+    assert rows[0] == ["position", "char", "hidden 3"] and len(rows) == 41
+    unescape = {"\\t": "\t", "\\n": "\n", "\\\\": "\\"}
+    assert "".join(unescape.get(row[1], row[1]) for row in rows[1:]) == text[:40]
+    assert [int(row[0]) for row in rows[1:]] == list(range(40))
+    expected = charlstm.load(run).trace(text[:40]).activations["hidden"][:, 3]
+    assert np.allclose([float(row[2]) for row in rows[1:]], expected, atol=1e-5)
+    js = runner.invoke(app, [*args, "--format", "json", "--find"])
+    assert js.exit_code == 0, js.stderr
+    objects = [json.loads(line) for line in js.stdout.splitlines()]
+    assert "".join(o["char"] for o in objects) == text[:40] and len(objects[0]) >= 3
+    ansi = runner.invoke(app, [*args, "--format", "ansi"])
+    assert ansi.exit_code == 0 and "\x1b[" in ansi.stdout and "layer 0" in ansi.stdout
