@@ -724,7 +724,7 @@ class _Protocol(HttpToolsProtocol):
         super().connection_made(transport)  # type: ignore[arg-type]
         self._timer: asyncio.TimerHandle | None = None
         self._head: int | None = 0  # bytes of the current request line and headers; None: past
-        self._began = False  # a request began during the current data_received
+        self._began = self._ended = False  # a request began, ended in this data_received
         self._limit(self.head_timeout, 408, "the request line and headers did not arrive within "
                     f"{self.head_timeout:g} s")  # fmt: skip
 
@@ -758,11 +758,12 @@ class _Protocol(HttpToolsProtocol):
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        self._began = False
+        self._began = self._ended = False
         super().data_received(data)
-        # Bytes of a head are counted once the chunk is parsed; a chunk in which a request
-        # began may also hold the end of the one before, so it is not counted (one chunk more).
-        if self._head is not None and not self._began and not self.transport.is_closing():
+        # Bytes of a head are counted once the chunk is parsed; a chunk in which one request
+        # ended and the next began (pipelined) is not counted: at most a chunk more is held.
+        mixed = self._began and self._ended
+        if self._head is not None and not mixed and not self.transport.is_closing():
             self._head += len(data)
             if self._head > MAX_HEAD:
                 self._refuse(431, f"the request line and headers are over {MAX_HEAD:,} bytes")
@@ -782,6 +783,7 @@ class _Protocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._unlimit()
+        self._ended = True
         super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
