@@ -1362,6 +1362,7 @@ def serve(
             help="Also answer requests whose Host header is this name (repeatable; '*': any). "
             "Others than the loopback names and --host are refused, so that no web page can "
             "reach the server through a name of its own (DNS rebinding).",
+            metavar="HOST",
             show_default=False,
         ),
     ] = None,
@@ -1371,6 +1372,7 @@ def serve(
             help="Let web pages from this origin call the server from a browser, e.g. "
             "http://localhost:3000 (repeatable; '*': any). Requests from other pages are "
             "refused.",
+            metavar="ORIGIN",
             show_default=False,
         ),
     ] = None,
