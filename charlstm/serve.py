@@ -137,20 +137,24 @@ async def _parse(request: Request, cls: type[_Strict], timeout: float) -> Any:
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > MAX_BODY:
         raise _too_large()
-    body = bytearray()
+
+    async def read() -> bytes:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise _too_large()
+        return bytes(body)
+
     try:
-        async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_BODY:
-                    raise _too_large()
-    except TimeoutError:
+        body = await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
         raise ApiError(408, f"the request body did not arrive within {timeout:g} s",
                        code="request_timeout", headers={"Connection": "close"}) from None
     except ClientDisconnect:
         raise _Gone() from None
     try:
-        return cls.model_validate_json(bytes(body))
+        return cls.model_validate_json(body)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
