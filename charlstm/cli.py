@@ -1403,7 +1403,14 @@ def serve(
                                 device=resolve_device(device))  # fmt: skip
     for name, model in models.items():
         err.print(f"model {name}: {model.path}", style="dim")
-    server.run(models, cfg, _serve_report(quiet), signals)
+    try:
+        server.run(models, cfg, _serve_report(quiet), signals)
+    finally:
+        # Stopped: a further signal has nothing to stop. Ignored, not recorded: Python resets
+        # handlers written in Python while it exits, and a signal then (torch takes a moment
+        # to unload) would end the process by that signal instead of with status 0.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _serve_report(quiet: bool) -> Callable[[str, dict], None]:
