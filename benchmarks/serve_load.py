@@ -20,7 +20,15 @@ run, side by side:
    and whole, n = 2), malformed ones (bad JSON, wrong types, out-of-range options, an unknown
    model, a 2 MB body, a wrong method) and clients that disconnect mid-stream or before their
    answer. Counted: responses by status, 5xx (must be 0), rows still live once the server is
-   idle (/health: must be 0), the server's resident memory before and after (VmRSS).
+   idle (/health: must be 0), the server's resident memory before and after (VmRSS). The mix
+   also holds requests a hostile client or web page sends (issue #27): a text/plain body, a
+   foreign Host, a foreign Origin, and a client that hangs up mid-body.
+4. Hostile connections, each bounded: --slow (200) slowloris connections sending a header line
+   a second, and --big-headers (30) sending endless headers (up to 8 MB each): seconds until
+   the server cut each one (must be within seconds), what it answered, and its resident memory
+   before, at its peak meanwhile, and after.
+
+`--faults-only` skips 1 and 2 (a quick check of 3 and 4).
 
 The load generator (async httpx) runs on the same machine and takes CPU from the server: on a
 2-core machine the server gets one thread (--threads 1) and the clients the other core.
@@ -168,10 +176,24 @@ async def fault(client: httpx.AsyncClient, url: str, i: int) -> str:
             return str((await client.post(f"{url}/v1/completions", json=body)).status_code)
         if kind in (3, 4):  # malformed
             content = BAD_BODIES[i % len(BAD_BODIES)]
-            return str((await client.post(f"{url}/v1/completions", content=content)).status_code)
-        if kind == 5:  # a wrong method or path
-            path = ("/v1/completions", "/nowhere", "/score")[i % 3]
-            return str((await client.get(url + path)).status_code)
+            r = await client.post(f"{url}/v1/completions", content=content, headers=JSON)
+            return str(r.status_code)
+        if kind == 5:  # a wrong method or path, or what a hostile page or client sends
+            j = (i // 8) % 6
+            if j < 3:
+                path = ("/v1/completions", "/nowhere", "/score")[j]
+                return str((await client.get(url + path)).status_code)
+            if j == 3:  # a page's text/plain POST, from a foreign origin through a foreign name
+                headers = {"Content-Type": "text/plain", "Host": "evil.example",
+                           "Origin": "http://evil.example"}  # fmt: skip
+                body = b'{"max_tokens": 5}'
+                r = await client.post(f"{url}/v1/completions", content=body, headers=headers)
+                return str(r.status_code)
+            if j == 4:
+                r = await client.post(f"{url}/v1/completions", content=b'{"max_tokens": 5}',
+                                      headers={"Content-Type": "text/plain"})  # fmt: skip
+                return str(r.status_code)
+            return await mid_body(url)
         if kind == 6:  # leaves mid-stream
             body = {"prompt": "ROMEO:", "max_tokens": 4000, "stream": True}
             async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
@@ -191,6 +213,86 @@ async def fault(client: httpx.AsyncClient, url: str, i: int) -> str:
         return str(task.result().status_code)
     except httpx.TransportError as e:
         return f"transport error {type(e).__name__}"
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
+async def mid_body(url: str) -> str:
+    """A client that sends its headers and part of its body, then hangs up."""
+    reader, writer = await asyncio.open_connection(*_address(url))
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                 b"application/json\r\nContent-Length: 1000\r\n\r\n{\"prompt\": \"RO")  # fmt: skip
+    await writer.drain()
+    await asyncio.sleep(0.02)
+    writer.close()
+    return "left mid-body"
+
+
+async def hostile(url: str, slow: int, big: int, seconds: float, pid: int) -> dict:
+    """`slow` slowloris connections (a header line a second) and `big` ones sending endless
+    headers (64 KB at a time, 8 MB at most), all at once, for `seconds` at most: when the
+    server cut each, what it answered, and its memory meanwhile."""
+    address = _address(url)
+    t0 = time.perf_counter()
+    until = t0 + seconds
+    cut: dict[str, list[float]] = {"slow": [], "big": []}
+    answers: dict[str, int] = {}
+    peak = [rss_mb(pid)]
+
+    async def client(kind: str) -> None:
+        reader, writer = await asyncio.open_connection(*address)
+        head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        writer.write(head if kind == "slow" else head + b"X-Big: ")
+        reply = asyncio.ensure_future(reader.read())  # until the server closes
+        sent, i = 0, 0
+        try:
+            while not reply.done() and time.perf_counter() < until:
+                if kind == "slow":
+                    writer.write(b"X-%d: slow\r\n" % i)
+                    i += 1
+                elif sent < 8 << 20:
+                    writer.write(b"a" * 65536)
+                    sent += 65536
+                try:
+                    await writer.drain()
+                except OSError:
+                    break
+                await asyncio.wait([reply], timeout=1.0 if kind == "slow" else 0.01)
+            try:
+                got = await asyncio.wait_for(reply, max(0.0, until - time.perf_counter()))
+                status = got.split(b" ", 2)[1].decode() if got.startswith(b"HTTP/") else "closed"
+            except asyncio.TimeoutError:
+                status = "still open"
+            except OSError:  # the server reset the connection (still sending: that ends here)
+                status = "reset"
+            if status != "still open":
+                cut[kind].append(time.perf_counter() - t0)
+            answers[f"{kind} {status}"] = answers.get(f"{kind} {status}", 0) + 1
+        finally:
+            reply.cancel()
+            writer.close()
+
+    async def watch() -> None:
+        while time.perf_counter() < until:
+            peak.append(rss_mb(pid))
+            await asyncio.sleep(0.2)
+
+    before = rss_mb(pid)
+    watcher = asyncio.ensure_future(watch())
+    await asyncio.gather(*(client("slow") for _ in range(slow)),
+                         *(client("big") for _ in range(big)))  # fmt: skip
+    watcher.cancel()
+    return {"slow": slow, "big": big, "answers": answers,
+            "slow_cut_max_s": max(cut["slow"], default=float("nan")),
+            "big_cut_max_s": max(cut["big"], default=float("nan")),
+            "rss_before_mb": before, "rss_peak_mb": max(peak),
+            "rss_after_mb": rss_mb(pid)}  # fmt: skip
 
 
 async def faults(url: str, requests: int, clients: int, seconds: float) -> dict[str, int]:
@@ -236,6 +338,9 @@ def main() -> None:
     ap.add_argument("--sample-length", type=int, default=1000)
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--slow", type=int, default=200, help="slowloris connections")
+    ap.add_argument("--big-headers", type=int, default=30, help="endless-header connections")
+    ap.add_argument("--faults-only", action="store_true", help="skip the throughput rounds")
     ap.add_argument("--json", action="store_true", help="also one JSON line with every figure")
     args = ap.parse_args()
 
@@ -251,7 +356,7 @@ def main() -> None:
             asyncio.run(throughput(url, 2, 50, 1.0))  # warm-up
             one, many, sampled, ttft, many_cpu, sampled_cpu = [], [], [], [], [], []
             server_ttft: list[float] = []
-            for r in range(args.repeats):
+            for r in range(0 if args.faults_only else args.repeats):
                 one.append(asyncio.run(throughput(url, 1, args.tokens, args.seconds))[0])
                 cpu = cpu_seconds(proc.pid)
                 t0 = time.perf_counter()
@@ -274,14 +379,19 @@ def main() -> None:
             fault_seconds = time.perf_counter() - t0
             leaked = idle_rows(url)
             after = rss_mb(proc.pid)
+            attack = asyncio.run(hostile(url, args.slow, args.big_headers, 60.0, proc.pid))
+            served = httpx.get(f"{url}/health", timeout=10).status_code  # and it still answers
         finally:
             proc.terminate()
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    one_m, many_m, sample_m = (statistics.median(x) for x in (one, many, sampled))
-    many_c, sample_c = statistics.median(many_cpu), statistics.median(sampled_cpu)
+    def median(values: list[float]) -> float:
+        return statistics.median(values) if values else float("nan")
+
+    one_m, many_m, sample_m = (median(x) for x in (one, many, sampled))
+    many_c, sample_c = median(many_cpu), median(sampled_cpu)
     fivexx = sum(v for k, v in counts.items() if k.startswith("5"))
     figures = {
         "run": str(args.run or "2×512, 30 steps"), "threads": args.threads,
@@ -295,7 +405,9 @@ def main() -> None:
         "server_ttft_p99_ms": 1000 * percentile(server_ttft, 0.99),
         "fault_requests": args.requests, "fault_seconds": fault_seconds, "statuses": counts,
         "5xx": fivexx, "rows_left": leaked, "rss_before_mb": before, "rss_after_mb": after,
-        "server_exit": proc.returncode, "log_lines": len(log),
+        "server_exit": proc.returncode, "log_lines": len(log), "hostile": attack,
+        "health_after_hostile": served,
+        "tracebacks": sum("Traceback" in line for line in log),
     }  # fmt: skip
     print(f"1 client:              {one_m:10,.0f} chars/s   (median of {args.repeats})")
     print(f"{args.clients} clients:            {many_m:10,.0f} chars/s   "
@@ -316,6 +428,12 @@ def main() -> None:
     print(f"5xx responses: {fivexx}; rows left when idle: {leaked}; resident memory "
           f"{before:.0f} → {after:.0f} MB ({100 * (after / before - 1):+.1f}%); server exit "
           f"status {proc.returncode}")  # fmt: skip
+    print(f"hostile: {args.slow} slowloris connections cut within "
+          f"{attack['slow_cut_max_s']:.1f} s, {args.big_headers} endless headers within "
+          f"{attack['big_cut_max_s']:.1f} s (" + ", ".join(f"{k}: {v}" for k, v in
+          sorted(attack["answers"].items())) + f"); resident memory {attack['rss_before_mb']:.0f}"
+          f" → peak {attack['rss_peak_mb']:.0f} → {attack['rss_after_mb']:.0f} MB; /health "
+          f"then {served}; tracebacks in the log: {figures['tracebacks']}")  # fmt: skip
     if args.json:
         print(json.dumps(figures))
 

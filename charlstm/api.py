@@ -489,7 +489,7 @@ class Model:
         stream that learns from each segment after scoring it (dynamic.py); the result's
         `dynamic` says how. The weights are put back afterwards; the file is never touched."""
         from charlstm.device import autocast, check_precision
-        from charlstm.evaluate import EvalResult, evaluate_ids
+        from charlstm.evaluate import EvalResult, evaluate_ids, predictions
         from charlstm.tokens import spelled_chars
 
         if dynamic is True:
@@ -510,7 +510,7 @@ class Model:
         if dynamic:
             with autocast(self.device, precision):
                 losses, how = self._dynamic_losses(enc.ids, dynamic)
-            n = len(enc.ids) - 1
+            n = predictions(len(enc.ids))
             result = EvalResult(float(losses.sum()) / n, n, n if chars is None else chars,
                                 dynamic=how)  # fmt: skip
         else:

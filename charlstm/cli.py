@@ -1410,14 +1410,39 @@ def serve(
         float,
         typer.Option(help="Seconds running requests get to finish after Ctrl-C or SIGTERM."),
     ] = ServeConfig.grace,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also answer requests whose Host header is this name (repeatable; '*': any). "
+            "Others than the loopback names and --host are refused, so that no web page can "
+            "reach the server through a name of its own (DNS rebinding).",
+            metavar="HOST",
+            show_default=False,
+        ),
+    ] = None,
+    allow_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Let web pages from this origin call the server from a browser, e.g. "
+            "http://localhost:3000 (repeatable; '*': any). Requests from other pages are "
+            "refused.",
+            metavar="ORIGIN",
+            show_default=False,
+        ),
+    ] = None,
     device: Device = "auto",
     checkpoints: Checkpoints = CHECKPOINTS,
     threads: Threads = 0,
     quiet: Quiet = False,
 ) -> None:
     """Serve models over HTTP: OpenAI-style /v1/completions (streaming too), /score, /health."""
+    # From here on SIGINT and SIGTERM only stop the server (status 0), even while models load.
+    signals: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda s, _frame: signals.append(s))
     cfg = ServeConfig(host=host, port=port, api_key=api_key, max_batch=max_batch, queue=queue,
-                 max_tokens=max_tokens, grace=grace)  # fmt: skip
+                      max_tokens=max_tokens, grace=grace, allow_hosts=tuple(allow_host or ()),
+                      allow_origins=tuple(allow_origin or ()))  # fmt: skip
     try:
         from charlstm import serve as server
     except ImportError as e:
@@ -1432,7 +1457,14 @@ def serve(
                                 device=resolve_device(device))  # fmt: skip
     for name, model in models.items():
         err.print(f"model {name}: {model.path}", style="dim")
-    server.run(models, cfg, _serve_report(quiet))
+    try:
+        server.run(models, cfg, _serve_report(quiet), signals)
+    finally:
+        # Stopped: a further signal has nothing to stop. Ignored, not recorded: Python resets
+        # handlers written in Python while it exits, and a signal then (torch takes a moment
+        # to unload) would end the process by that signal instead of with status 0.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _serve_report(quiet: bool) -> Callable[[str, dict], None]:

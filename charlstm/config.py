@@ -489,9 +489,30 @@ class ServeConfig:
     queue: int = 256  # requests waiting for rows; beyond it: 503 with Retry-After
     max_tokens: int = 4096  # the most tokens a request may ask for, per sample
     grace: float = 5.0  # seconds running streams get to finish after SIGINT/SIGTERM
+    # Host headers answered besides the loopback names and --host ("*": any); others get 403,
+    # so that a web page cannot reach the server through a name it controls (DNS rebinding).
+    allow_hosts: tuple[str, ...] = ()
+    # Web pages (origins, "http://localhost:3000") allowed to call the server from a browser
+    # ("*": any; "null": local files); requests from other pages get 403.
+    allow_origins: tuple[str, ...] = ()
+    head_timeout: float = 10.0  # seconds a request line and its headers may take to arrive
+    body_timeout: float = 30.0  # seconds a request body may take to arrive
 
     def __post_init__(self) -> None:
         _check(bool(self.host), "--host must not be empty")
+        self.allow_hosts = tuple(h.strip().lower() for h in self.allow_hosts)
+        self.allow_origins = tuple(o.strip().lower().rstrip("/") for o in self.allow_origins)
+        for h in self.allow_hosts:
+            _check(bool(h) and not any(c in h for c in "/ @"),
+                   f"--allow-host takes a host name such as example.local, got {h!r}")  # fmt: skip
+        for o in self.allow_origins:
+            _check(o in ("*", "null") or re.fullmatch(r"https?://[^/\s@]+", o) is not None,
+                   f"--allow-origin takes a page's origin such as http://localhost:3000 "
+                   f"(scheme://host[:port]), got {o!r}")  # fmt: skip
+        for name in ("head_timeout", "body_timeout"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and value > 0,
+                   f"{name} must be a positive number of seconds, got {value}")  # fmt: skip
         _check(0 <= self.port <= 65535, f"--port must be between 0 and 65535, got {self.port}")
         _check(self.api_key is None or self.api_key.strip() != "", "--api-key must not be empty")
         _check(1 <= self.max_batch <= 4096,

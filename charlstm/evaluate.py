@@ -51,6 +51,12 @@ WARMUP = 256
 Rows = Callable[[int], slice]  # which of the S streams to run (a rank's share), given S
 
 
+def predictions(n_ids: int) -> int:
+    """The tokens a pass over `n_ids` ids scores: every one but the first, which nothing
+    before it predicts. `evaluate`'s and `/score`'s "tokens" are this count."""
+    return max(0, n_ids - 1)
+
+
 def _window_losses(
     model: LanguageModel,
     ids: np.ndarray,
@@ -108,7 +114,7 @@ def evaluate_ids(
     """Exact mean cross-entropy over all next-token predictions of `ids`; with `block`, each
     block of that many predictions starts from a zero state (a context of at most `block`)."""
     total = loss_total(model, ids, streams=streams, window=window, block=block)
-    n = len(ids) - 1
+    n = predictions(len(ids))
     return EvalResult(loss=total / n, tokens=n, chars=n if chars is None else chars)
 
 
@@ -131,7 +137,7 @@ def token_losses(model: LanguageModel, ids: np.ndarray, *, window: int = 256) ->
     """The loss (nats) of every next-token prediction of `ids` (len(ids) - 1 values), in one
     sequential pass (one stream) that carries the state through the whole text."""
     losses = torch.cat([loss[0] for loss in _window_losses(model, ids, 1, window)])
-    return losses.cpu().numpy()[: len(ids) - 1]
+    return losses.cpu().numpy()[: predictions(len(ids))]
 
 
 @dataclass(frozen=True)

@@ -457,6 +457,31 @@ def test_page_screenshot_shows_its_controls(page, tmp_path):
     assert (inside("out").max(axis=1) < 160).mean() > 0.003, "no text in the output panel"
 
 
+@pytest.mark.skipif(CHROMIUM is None and not IN_CI, reason="needs chromium (.ci/run installs it)")
+def test_page_url_cannot_run_an_uncapped_loop(page, tmp_path):
+    """Every value the page reads from its URL is capped as the form caps it (length, temp,
+    top_p, seed, the primes and their number), and a run the URL asks for works at most ~2 s
+    at once, then in slices: `?run=sync&length=1e9` froze the page in a loop of 10^9 steps."""
+    from urllib.parse import urlencode
+
+    long = "ROMEO:" * 2000  # 12,000 characters: the form takes 10,000
+    query = urlencode([("run", "sync"), ("length", "1e9"), ("temp", "1e9"), ("top_p", "-3"),
+                       ("seed", "-5"), ("prime", long)] + [("prime", "R")] * 19)  # fmt: skip
+    data = _body_data(_chromium(tmp_path, f"{page.as_uri()}?{query}", "--dump-dom"))
+    settings = json.loads(data["settings"])
+    assert (settings["length"], settings["temperature"], settings["topP"], settings["seed"],
+            settings["primes"], len(settings["prime"])) == (1_000_000, 2, 0.05, 0, 16, 10_000)
+    assert data["state"] in ("running", "done")  # (it goes on in slices after the page loads)
+    # garbage gives the form's defaults, not NaN
+    query = urlencode([("run", "sync"), ("length", "x"), ("temp", "NaN"), ("top_p", ""),
+                       ("seed", "99999999999"), ("prime", "ROMEO:")])  # fmt: skip
+    data = _body_data(_chromium(tmp_path, f"{page.as_uri()}?{query}", "--dump-dom"))
+    settings = json.loads(data["settings"])
+    assert (settings["length"], settings["temperature"], settings["topP"],
+            settings["seed"]) == (1, 0.8, 1, 2**31 - 1)
+    assert data["state"] == "done" and len(json.loads(data["results"])[0]) == 1
+
+
 class _DevTools:
     """Chromium driven over the DevTools protocol on a pipe (fds 3 and 4): no port, no npm."""
 

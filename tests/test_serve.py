@@ -28,7 +28,7 @@ import charlstm
 from charlstm.batching import Done, Engine, Failed, Job, Text
 from charlstm.cli import app as cli
 from charlstm.config import SampleConfig, ServeConfig
-from charlstm.serve import MAX_BODY, create_app, listen, load_models
+from charlstm.serve import MAX_BODY, MAX_HEAD, create_app, listen, load_models, uvicorn_config
 
 from .conftest import PLAY
 
@@ -36,6 +36,7 @@ TINY = {"hidden": 24, "layers": 2, "batch_size": 4, "window": 16, "lr": 1e-2, "w
         "threads": 1, "precision": "fp32"}  # fmt: skip
 LONG = 1_000_000  # max_tokens of a request that must not finish by itself during a test
 T = 10.0  # seconds any one call may take
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +51,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextlib.contextmanager
-def serving(models: dict, **options) -> Iterator[str]:
+def serving(models: dict, report=None, **options) -> Iterator[str]:
     """A real uvicorn serving `models` in a thread on a free loopback port; yields its URL."""
     cfg = ServeConfig(**{"max_tokens": LONG, **options})
     sock = listen("127.0.0.1", 0)
-    app = create_app(models, cfg)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
+    app = create_app(models, cfg, report)
+    server = uvicorn.Server(uvicorn_config(app, cfg))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + T
@@ -302,7 +303,8 @@ def test_a_client_that_leaves_frees_its_row_at_once(url: str) -> None:
     for n in (1, 4):
         body = json.dumps({"model": "tiny", "max_tokens": LONG, "n": n}).encode()
         with socket.create_connection(("127.0.0.1", port), timeout=T) as s:
-            head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+            head = (b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n")
             s.sendall(head % len(body) + body)
             assert rows(url, want=n) == n
         assert rows(url) == 0
@@ -367,15 +369,15 @@ def test_every_malformed_request_gets_a_4xx_with_a_json_error(url: str) -> None:
         for method, path, body, status in BAD:
             if isinstance(body, dict):
                 body = json.dumps({"model": "tiny", **body}).encode()
-            r = client.request(method, url + path, content=body)
+            r = client.request(method, url + path, content=body, headers=JSON)
             assert r.status_code == status, (path, body and body[:80], r.text)
             error = r.json()["error"]
             assert error["message"] and error["type"], error
     # a client that says it sends 10 MB is answered before it has sent them
     port = int(url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=T) as s:
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n{"
-                  % (10 << 20))  # fmt: skip
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                  b"application/json\r\nContent-Length: %d\r\n\r\n{" % (10 << 20))  # fmt: skip
         assert s.recv(1000).startswith(b"HTTP/1.1 413 ")
     assert rows(url) == 0
     ok = complete(url, prompt="ROMEO: \u00e9", on_unknown="skip", max_tokens=3)
@@ -392,6 +394,9 @@ def test_models_health_and_score(url: str, models: dict) -> None:
     text = "ROMEO:\nBut soft, what light\nJULIET:\n"
     r = httpx.post(f"{url}/score", json={"model": "other", "text": text}, timeout=T)
     assert r.status_code == 200
+    # "tokens" counts what is scored (all but the first token), as `evaluate --json` does
+    scored = models["other"].evaluate(text).tokens
+    assert r.json()["tokens"] == scored == sum(line["tokens"] for line in r.json()["lines"])
     assert r.json()["lines"] == models["other"].score_lines(text)
     assert [line["line"] for line in r.json()["lines"]] == ["ROMEO:", "But soft, what light",
                                                             "JULIET:"]  # fmt: skip
@@ -452,6 +457,143 @@ def test_the_api_key_is_required_on_every_request(models: dict) -> None:
         assert r.status_code == 200 and len(r.json()["choices"][0]["text"]) == 4
 
 
+# ------------------------------------------------------------------------------- hostile clients
+
+
+def _closed(s: socket.socket) -> bytes:
+    """What the server sends on `s` until it closes the connection (T seconds at most)."""
+    s.settimeout(T)
+    got = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := s.recv(65536):
+            got += chunk
+    return got
+
+
+def test_slow_endless_and_vanishing_clients_are_cut_off(models: dict) -> None:
+    """Before any check of the request: a client that sends its headers too slowly or without
+    end is answered 408 or 431 and cut off (uvicorn kept both forever, buffering the headers);
+    a body that does not arrive in time is a 408; a client that leaves mid-body is one 499
+    line, not a 500 with tracebacks. The server then answers as before."""
+    events = []
+    with serving({"tiny": models["tiny"]}, report=lambda e, d: events.append((e, d)),
+                 head_timeout=0.5, body_timeout=0.5, api_key="k") as base:  # fmt: skip
+        port = int(base.rsplit(":", 1)[1])
+        address = ("127.0.0.1", port)
+        quiet = [socket.create_connection(address, timeout=T) for _ in range(10)]
+        slow = [socket.create_connection(address, timeout=T) for _ in range(10)]
+        t0 = time.monotonic()
+        for s in slow:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        with contextlib.suppress(OSError):  # a header line every 0.1 s, until the server cuts
+            for i in range(30):
+                for s in slow:
+                    s.sendall(b"X-%d: slow\r\n" % i)
+                time.sleep(0.1)
+        for s in quiet + slow:
+            reply = _closed(s)
+            assert reply.startswith(b"HTTP/1.1 408 "), reply[:100]
+            assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+            s.close()
+        assert time.monotonic() - t0 < T
+        # headers without end: 431 once they pass MAX_HEAD, long before they end
+        with socket.create_connection(address, timeout=T) as s:
+            sent = 0
+            with contextlib.suppress(OSError):
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+                while sent < 64 * MAX_HEAD:
+                    s.sendall(b"a" * 16384)
+                    sent += 16384
+            assert _closed(s).startswith(b"HTTP/1.1 431 ")
+        # a body that does not come: 408 from the app, and the connection closes
+        with socket.create_connection(address, timeout=T) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: "
+                      b"Bearer k\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
+                      b"\r\n{")  # fmt: skip
+            assert _closed(s).startswith(b"HTTP/1.1 408 ")
+        # a body nobody reads (refused for its key) that does not come: closed soon after
+        with socket.create_connection(address, timeout=T) as s:
+            s.sendall(b"POST /score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")
+            assert _closed(s).startswith(b"HTTP/1.1 401 ")
+        # a client that leaves mid-body
+        events.clear()
+        for path in (b"/v1/completions", b"/score"):
+            with socket.create_connection(address, timeout=T) as s:
+                s.sendall(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer k\r\n"
+                          b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"pr"
+                          % path)  # fmt: skip
+                time.sleep(0.1)
+        deadline = time.monotonic() + T
+        while len(events) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [(e, d["status"]) for e, d in events] == [("request", 499)] * 2, events
+        key = {"Authorization": "Bearer k"}
+        r = httpx.post(f"{base}/v1/completions", json={"max_tokens": 3}, headers=key, timeout=T)
+        assert r.status_code == 200
+
+
+def test_foreign_hosts_pages_and_bodies_that_are_not_json_are_refused(models: dict) -> None:
+    """A web page cannot drive a local server: a Host that does not name it (DNS rebinding), an
+    Origin it does not allow and a body that is not JSON (a form, text/plain: what a page may
+    send without asking) are refused with JSON errors; the pages and names the user allows get
+    through, with CORS headers."""
+    payload = json.dumps({"max_tokens": 2}).encode()
+    with serving({"tiny": models["tiny"]}) as base:
+        port = int(base.rsplit(":", 1)[1])
+
+        def post(path="/v1/completions", body=payload, **headers) -> httpx.Response:
+            headers = {"Content-Type": "application/json", **headers}
+            return httpx.post(base + path, content=body, headers=headers, timeout=T)
+
+        for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.evil.example:{port}",
+                     f"127.0.0.1:{port + 1}", "localhost:x"):  # fmt: skip
+            r = post(Host=host, **{"Content-Type": "text/plain"})
+            assert r.status_code == 403, (host, r.text)
+            assert r.json()["error"]["code"] == "host_not_allowed"
+        for origin in ("http://evil.example", f"http://evil.example:{port}", "null",
+                       f"http://localhost:{port + 1}", f"https://127.0.0.1:{port}"):  # fmt: skip
+            r = post(Origin=origin)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed"
+            assert "access-control-allow-origin" not in r.headers
+        forms = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None)
+        for kind in forms:
+            for path in ("/v1/completions", "/score"):
+                headers = {} if kind is None else {"Content-Type": kind}
+                r = httpx.post(base + path, content=payload, headers=headers, timeout=T)
+                assert r.status_code == 415, (kind, r.text)
+                assert r.json()["error"]["code"] == "unsupported_media_type"
+        for host in ("127.0.0.1", f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}",
+                     "LOCALHOST"):  # fmt: skip
+            assert post(Host=host).status_code == 200, host
+        own = post(Origin=f"http://127.0.0.1:{port}")  # the server's own origin
+        assert own.status_code == 200 and "access-control-allow-origin" not in own.headers
+        assert rows(base) == 0
+    allowed = "http://localhost:3000"
+    with serving({"tiny": models["tiny"]}, api_key="k", allow_origins=(allowed,),
+                 allow_hosts=("box.lan",)) as base:  # fmt: skip
+        port = int(base.rsplit(":", 1)[1])
+        key = {"Authorization": "Bearer k", "Content-Type": "application/json"}
+        r = httpx.post(f"{base}/v1/completions", content=payload, timeout=T,
+                       headers={**key, "Origin": allowed, "Host": f"box.lan:{port}"})  # fmt: skip
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == allowed
+        ask = {"Origin": allowed, "Access-Control-Request-Method": "POST",
+               "Access-Control-Request-Headers": "authorization, content-type"}  # fmt: skip
+        r = httpx.options(f"{base}/v1/completions", headers=ask, timeout=T)  # a preflight: no key
+        assert r.status_code == 204 and r.headers["access-control-allow-origin"] == allowed
+        assert "Authorization" in r.headers["access-control-allow-headers"]
+        r = httpx.post(f"{base}/v1/completions", content=payload, headers={**key,
+                       "Origin": "http://localhost:3001"}, timeout=T)  # fmt: skip
+        assert r.status_code == 403
+    # listening on every address: any IP address names it, still no foreign name
+    with serving({"tiny": models["tiny"]}, host="0.0.0.0") as base:
+        port = int(base.rsplit(":", 1)[1])
+        for host, status in ((f"192.168.1.20:{port}", 200), (f"[fe80::1]:{port}", 200),
+                             (f"box.lan:{port}", 403)):  # fmt: skip
+            r = httpx.post(f"{base}/v1/completions", content=payload, timeout=T,
+                           headers={"Content-Type": "application/json", "Host": host})
+            assert r.status_code == status, host
+
+
 # ----------------------------------------------------------------------------------- the process
 
 
@@ -491,3 +633,52 @@ def test_sigint_and_sigterm_cut_the_streams_and_exit_0(runs: Path, sig: int) -> 
     assert proc.returncode == 0, err
     assert out == "" and "Traceback" not in err
     assert "401 GET /health" in err and "200 POST /v1/completions tiny" in err
+
+
+@pytest.mark.parametrize("moment", ["loaded", "twice-mid-stream", "thrice", "while-exiting"])
+def test_signals_at_any_moment_exit_0_without_a_traceback(runs: Path, moment: str) -> None:
+    """SIGINT or SIGTERM whenever it comes: as soon as the models are loaded (before the server
+    listens), twice 50 ms apart in a stream (as `timeout` sends them: to the process, then to
+    its group; uvicorn skipped the app's shutdown on the second and a CancelledError traceback
+    followed), three in a row just after it listens, or more while the stopped process exits
+    (Python had reset the handlers: the process died by the signal). Always status 0, no
+    traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "charlstm", "serve", str(runs / "tiny"), "--port", "0",
+         "--threads", "1", "--grace", "0.3", "--max-tokens", str(LONG)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for = "model tiny:" if moment == "loaded" else "listening on"
+        line, deadline = "", time.monotonic() + 60
+        while wait_for not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+        assert wait_for in line, line
+        if moment == "loaded":
+            proc.send_signal(signal.SIGTERM)
+        elif moment == "thrice":
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):
+                proc.send_signal(sig)
+        elif moment == "while-exiting":
+            proc.send_signal(signal.SIGTERM)
+            while "stopped" not in line and time.monotonic() < deadline:
+                line = proc.stderr.readline()
+            assert "stopped" in line
+            while proc.poll() is None and time.monotonic() < deadline:
+                proc.send_signal(signal.SIGTERM)
+                time.sleep(0.02)
+        else:
+            payload = {"prompt": "ROMEO:", "max_tokens": LONG, "stream": True}
+            with httpx.stream("POST", f"{line.split()[2]}/v1/completions", json=payload,
+                              timeout=T) as r:  # fmt: skip
+                lines = r.iter_lines()
+                next(line for line in lines if line.startswith("data: {"))
+                proc.send_signal(signal.SIGINT)
+                time.sleep(0.05)
+                proc.send_signal(signal.SIGINT)
+                assert [line for line in lines if line.startswith("data: ")][-1] == "data: [DONE]"
+        out, err = proc.communicate(timeout=T)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert out == "" and "Traceback" not in err and "Error" not in err, err
