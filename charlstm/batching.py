@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from charlstm.api import Model
-from charlstm.choice import ModelOutputError, choose, seeded
+from charlstm.choice import ModelOutputError, Utf8Rows, choose, seeded
 from charlstm.config import SampleConfig
 from charlstm.errors import CharlstmError
 from charlstm.step import Stepper
@@ -121,10 +121,12 @@ class _Row:
     """One sample of a job: the prompt it has still to read, its stream decoder and the text
     not yet sent."""
 
-    __slots__ = ("job", "index", "decoder", "tokens", "held", "reading")
+    __slots__ = ("job", "index", "decoder", "tokens", "held", "reading", "utf8")
 
-    def __init__(self, job: Job, index: int, decoder: StreamDecoder, reading: int) -> None:
+    def __init__(self, job: Job, index: int, decoder: StreamDecoder, reading: int,
+                 utf8: Utf8Rows | None) -> None:  # fmt: skip
         self.job, self.index, self.decoder = job, index, decoder
+        self.utf8 = utf8  # a byte-level vocabulary: which tokens keep the text valid UTF-8
         self.reading = reading  # prompt tokens still to take in (the last ones of the prompt)
         self.tokens = 0
         self.held = ""  # text that might begin a stop string: sent once it cannot
@@ -133,6 +135,8 @@ class _Row:
         """Take the row's next token: (text to send now, the finish reason or None)."""
         self.tokens += 1
         job = self.job
+        if self.utf8 is not None:
+            self.utf8.push(np.array([token]))
         text = self.decoder.push(token)
         done = self.tokens >= job.cfg.length
         if done:
@@ -150,6 +154,15 @@ class _Row:
         keep = _stop_prefix_start(text, job.stop)
         self.held = text[keep:]
         return text[:keep], None
+
+
+def _allowed(rows: list[_Row]) -> np.ndarray | None:
+    """The rows' UTF-8 masks stacked (B, V) for choose, or None when no row restricts."""
+    masks = [None if row.utf8 is None else row.utf8.allowed() for row in rows]
+    if all(m is None for m in masks):
+        return None
+    vocab = next(m for m in masks if m is not None).shape[1]
+    return np.concatenate([np.ones((1, vocab), bool) if m is None else m for m in masks])
 
 
 def _stop_prefix_start(text: str, stops: tuple[str, ...]) -> int:
@@ -392,7 +405,8 @@ class Engine:
             batch.logits = logits
         stepper.start(state)
         tok = batch.model.tokenizer
-        batch.rows.extend(_Row(job, i, tok.stream_decoder(), reading) for i in range(n))
+        batch.rows.extend(_Row(job, i, tok.stream_decoder(), reading, batch.model.utf8_rows(1))
+                          for i in range(n))  # fmt: skip
 
     def _advance(self, batch: _Batch) -> None:
         """Every row's next input: its next prompt token, or a token chosen from its logits
@@ -426,7 +440,7 @@ class Engine:
         message = ""
         for cfg, idx in groups.values():
             try:
-                tokens[idx] = choose(logits[idx], cfg, u[idx])
+                tokens[idx] = choose(logits[idx], cfg, u[idx], _allowed([rows[i] for i in idx]))
             except ModelOutputError as e:
                 failed.update(rows[i].job for i in idx)
                 message = str(e)
