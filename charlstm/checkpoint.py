@@ -245,8 +245,18 @@ def _check_optimizer(opt: object, config: ModelConfig, optimizer: str) -> None:
 
 
 def weights_fingerprint(ckpt: dict[str, Any]) -> str:
-    """A checkpoint's model, in 16 hex digits: its config, tokenizer and every weight's bytes
-    (the same model saved twice has the same fingerprint; any change of a weight changes it)."""
+    """A checked checkpoint's model, in 16 hex digits: the model's one fingerprint
+    (portable.fingerprint_of, over the step-layout weights its model file holds), so best.pt,
+    its model.safetensors, the ONNX graph, the page and a .clz all name it alike. A model with
+    no portable form (portable.no_portable_form) is named by its torch weights instead."""
+    from charlstm.export import portable_weights
+    from charlstm.portable import fingerprint_of, no_portable_form
+
+    config = ModelConfig(**ckpt["model_config"])
+    if no_portable_form(config) is None:
+        net = LanguageModel(config)
+        net.load_state_dict({k: v.float() for k, v in ckpt["model"].items()})
+        return fingerprint_of(portable_weights(net), ckpt["model_config"], ckpt["tokenizer"])
     h = Fingerprinter()
     h.update(json.dumps(ckpt["model_config"], sort_keys=True))
     h.update(json.dumps(ckpt["tokenizer"], sort_keys=True))
@@ -260,16 +270,13 @@ def weights_fingerprint(ckpt: dict[str, Any]) -> str:
 def describe(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
     """What a checkpoint holds, as plain data (`charlstm info --json`)."""
     config = ckpt["model_config"]
-    tied = config.get("tie_weights")
-    # A tied head shares the embedding matrix: count it once.
-    n_params = sum(t.numel() for k, t in ckpt["model"].items() if k != "head.weight" or not tied)
     best = ckpt.get("best_val_loss")
     return {
         "path": str(path),
         "charlstm_version": ckpt.get("charlstm_version"),
         "format_version": ckpt.get("format_version"),
         "model": config,
-        "parameters": n_params,
+        "parameters": parameter_count(ModelConfig(**config)),
         "tokenizer": {"kind": ckpt["tokenizer"].get("kind"), "vocab_size": config["vocab_size"]},
         "corpus": ckpt.get("corpus"),
         "steps": ckpt.get("step"),
@@ -280,4 +287,5 @@ def describe(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
         "train_curve": ckpt.get("train_curve") or [],
         "parent": ckpt.get("parent"),
         "resumable": "resume" in ckpt,
+        "fingerprint": weights_fingerprint(ckpt),
     }

@@ -22,6 +22,7 @@ import numpy as np
 from charlstm.errors import CharlstmError
 from charlstm.files import write_atomic
 from charlstm.portable import (
+    RUN_KEYS,
     Portable,
     no_portable_form,
     portable_path,
@@ -32,8 +33,6 @@ from charlstm.portable import (
 if TYPE_CHECKING:
     from charlstm.model import LanguageModel
 
-# What a model file keeps of a checkpoint besides the model: what `info` shows.
-RUN_KEYS = ("step", "tokens_seen", "best_val_loss", "corpus", "train_config")
 
 
 def portable_weights(model: LanguageModel) -> dict[str, np.ndarray]:
