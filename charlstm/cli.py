@@ -862,6 +862,11 @@ def info(
 
     data = read_info(model, checkpoints=checkpoints)
     if plot is not None:
+        if not data["metrics"] and data["path"].endswith(".safetensors"):
+            raise CharlstmError(
+                f"a model file keeps no training curve to plot: plot its run's checkpoint "
+                f"(charlstm info {Path(data['path']).with_name('best.pt')} --plot {plot})"
+            )
         plot_metrics(data["metrics"], plot, title=data["path"], curve=data["train_curve"])
         err_console(quiet).print(f"wrote {plot}", style="dim")
     if json_out:
