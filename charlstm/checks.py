@@ -84,6 +84,8 @@ def typed(value: object, kind: str) -> bool:
     if isinstance(value, str):
         return kind.startswith("str")
     if isinstance(value, list):
+        if not kind.startswith("list["):  # (an empty list is no int)
+            return False
         inner = kind.split(" |")[0].removeprefix("list[").removesuffix("]")
         if inner.startswith("list["):
             return all(isinstance(v, list) and typed(v, inner) for v in value)

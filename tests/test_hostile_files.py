@@ -140,6 +140,9 @@ CRAFTED = {  # the cases the issue found, each: (kind, edit, what the one line s
         {**json.loads(m["run"]), "step": "12"})), "step"),
     "run's corpus a list": ("char", lambda m: m.update(run=json.dumps(
         {**json.loads(m["run"]), "corpus": [1]})), "corpus"),
+    "corpus chars an empty list": ("char", lambda m: m.update(run=json.dumps(  # benchmark case
+        {**json.loads(m["run"]), "corpus": {**json.loads(m["run"])["corpus"], "chars": []}})),
+        "corpus"),
 }  # fmt: skip
 
 
