@@ -249,19 +249,35 @@ def weights_fingerprint(ckpt: dict[str, Any]) -> str:
     (portable.fingerprint_of, over the step-layout weights its model file holds), so best.pt,
     its model.safetensors, the ONNX graph, the page and a .clz all name it alike. A model with
     no portable form (portable.no_portable_form) is named by its torch weights instead."""
-    from charlstm.export import portable_weights
-    from charlstm.portable import fingerprint_of, no_portable_form
+    from charlstm.portable import no_portable_form
 
     config = ModelConfig(**ckpt["model_config"])
     if no_portable_form(config) is None:
         net = LanguageModel(config)
         net.load_state_dict({k: v.float() for k, v in ckpt["model"].items()})
-        return fingerprint_of(portable_weights(net), ckpt["model_config"], ckpt["tokenizer"])
+        return model_fingerprint(net, ckpt["model_config"], ckpt["tokenizer"])
+    return _torch_fingerprint(ckpt["model"], ckpt["model_config"], ckpt["tokenizer"])
+
+
+def model_fingerprint(net: LanguageModel, config: dict[str, Any], tokenizer: dict[str, Any]) -> str:
+    """The one fingerprint (weights_fingerprint) of a model in memory, given its config and
+    tokenizer as saved (asdict, to_dict)."""
+    from charlstm.export import portable_weights
+    from charlstm.portable import fingerprint_of, no_portable_form
+
+    if no_portable_form(net.cfg) is None:
+        return fingerprint_of(portable_weights(net), config, tokenizer)
+    return _torch_fingerprint(net.state_dict(), config, tokenizer)
+
+
+def _torch_fingerprint(
+    weights: dict[str, torch.Tensor], config: dict[str, Any], tokenizer: dict[str, Any]
+) -> str:
     h = Fingerprinter()
-    h.update(json.dumps(ckpt["model_config"], sort_keys=True))
-    h.update(json.dumps(ckpt["tokenizer"], sort_keys=True))
-    for name in sorted(ckpt["model"]):
-        t = ckpt["model"][name].detach().cpu().contiguous()
+    h.update(json.dumps(config, sort_keys=True))
+    h.update(json.dumps(tokenizer, sort_keys=True))
+    for name in sorted(weights):
+        t = weights[name].detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}")
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hex()

@@ -247,3 +247,20 @@ def test_the_model_files_corpus_fields_are_corpus_infos():
     from charlstm.tokens import CorpusInfo
 
     assert CORPUS_FIELDS == {f.name: str(f.type) for f in fields(CorpusInfo)}
+
+
+def test_decompress_with_another_model_names_the_fingerprints_info_shows(home, tmp_path):
+    """One fingerprint of a model: the one `info` shows for best.pt and model.safetensors is
+    the one a .clz carries and a refusal names."""
+    pytest.importorskip("constriction")
+    from charlstm.api import info
+
+    text = tmp_path / "t.txt"
+    text.write_text(PLAY[:400])
+    r = runner.invoke(cli, ["compress", str(text), "-m", str(home / "ck" / "char"), "-q"])
+    assert r.exit_code == 0, r.stderr
+    (tmp_path / "t.clz").write_bytes(r.stdout_bytes)
+    r = runner.invoke(cli, ["decompress", str(tmp_path / "t.clz"), "-m", str(home / "ck" / "bpe")])
+    line = one_error_line(r.stderr)
+    ours, theirs = (info(home / "ck" / k / "best.pt")["fingerprint"] for k in ("char", "bpe"))
+    assert f"fingerprint {ours}" in line and f"this one is {theirs}" in line, line
