@@ -75,7 +75,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"'{path}' is not a charlstm checkpoint")
     version = ckpt.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if type(version) is not int or version > FORMAT_VERSION:
         raise CheckpointError(
             f"'{path}' has checkpoint format {version}, newer than this charlstm "
             f"{__version__} reads ({FORMAT_VERSION}); upgrade charlstm"

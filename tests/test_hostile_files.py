@@ -129,6 +129,9 @@ CRAFTED = {  # the cases the issue found, each: (kind, edit, what the one line s
     "a BPE key no merge makes": ("bpe", _edit_vocab(
         lambda t: t["model"]["vocab"].update({"ÄŁx": len(t["model"]["vocab"]) - 1})
         or t["model"]["vocab"].pop(_last_key(t))), "tokenizer"),
+    "a BPE key no byte makes": ("bpe", _edit_vocab(
+        lambda t: t["model"]["vocab"].update({"€": t["model"]["vocab"].pop(_last_key(t))})),
+        "tokenizer"),
     "sparse ids": ("word", _edit_vocab(
         lambda t: t["model"]["vocab"].update({_last_key(t): 1000})), "ids"),
     "a word id of 2^31-1": ("word", _edit_vocab(
