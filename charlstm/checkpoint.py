@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -285,7 +285,7 @@ def _torch_fingerprint(
 
 def describe(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
     """What a checkpoint holds, as plain data (`charlstm info --json`)."""
-    config = ckpt["model_config"]
+    config = asdict(ModelConfig(**ckpt["model_config"]))  # every field, defaults filled in
     best = ckpt.get("best_val_loss")
     return {
         "path": str(path),
