@@ -285,7 +285,7 @@ class Codec:
         (one line) for another model's file, a truncated or a damaged one."""
         c = require_constriction()
         h = read_header(blob)
-        if h.fingerprint not in (self.fingerprint(), self.legacy_fingerprint()):
+        if h.fingerprint != self.fingerprint() and h.fingerprint != self.legacy_fingerprint():
             raise CompressError(
                 f"compressed with another model (fingerprint {h.fingerprint.hex()}; this one "
                 f"is {self.fingerprint().hex()}): decompress with the model that compressed it"
