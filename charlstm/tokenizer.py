@@ -19,6 +19,7 @@ Python loop walks over the tokens of a text.
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -570,15 +571,12 @@ def tokenizer_from_dict(d: dict[str, Any]) -> AnyTokenizer:
     raise TokenizerError(f"unknown tokenizer kind {kind!r}")
 
 
+@functools.cache
 def _shell(kind: str) -> dict[str, Any]:
-    """The saved form of an empty tokenizer of `kind`, built as `train` builds it."""
-    if kind == "word":
-        hf = _word_tokenizer({})
-    else:
-        hf = HFTokenizer(models.BPE())
-        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        hf.decoder = decoders.ByteLevel()
-    return json.loads(hf.to_str())
+    """The saved form of a tokenizer of `kind` as `train` makes it (its vocabulary and merges
+    aside): the settings a saved one must have."""
+    tok = train_tokenizer(kind, "a b", vocab_size=256 if kind == "bpe" else 3)
+    return json.loads(tok.to_dict()["json"])
 
 
 def _written_by_us(saved: object, ours: object) -> bool:
