@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"'{path}' is not a charlstm checkpoint")
     version = ckpt.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if type(version) is not int or version > FORMAT_VERSION:
         raise CheckpointError(
             f"'{path}' has checkpoint format {version}, newer than this charlstm "
             f"{__version__} reads ({FORMAT_VERSION}); upgrade charlstm"
@@ -245,13 +245,39 @@ def _check_optimizer(opt: object, config: ModelConfig, optimizer: str) -> None:
 
 
 def weights_fingerprint(ckpt: dict[str, Any]) -> str:
-    """A checkpoint's model, in 16 hex digits: its config, tokenizer and every weight's bytes
-    (the same model saved twice has the same fingerprint; any change of a weight changes it)."""
+    """A checked checkpoint's model, in 16 hex digits: the model's one fingerprint
+    (portable.fingerprint_of, over the step-layout weights its model file holds), so best.pt,
+    its model.safetensors, the ONNX graph, the page and a .clz all name it alike. A model with
+    no portable form (portable.no_portable_form) is named by its torch weights instead."""
+    from charlstm.portable import no_portable_form
+
+    config = ModelConfig(**ckpt["model_config"])
+    if no_portable_form(config) is None:
+        net = LanguageModel(config)
+        net.load_state_dict({k: v.float() for k, v in ckpt["model"].items()})
+        return model_fingerprint(net, ckpt["model_config"], ckpt["tokenizer"])
+    return _torch_fingerprint(ckpt["model"], ckpt["model_config"], ckpt["tokenizer"])
+
+
+def model_fingerprint(net: LanguageModel, config: dict[str, Any], tokenizer: dict[str, Any]) -> str:
+    """The one fingerprint (weights_fingerprint) of a model in memory, given its config and
+    tokenizer as saved (asdict, to_dict)."""
+    from charlstm.export import portable_weights
+    from charlstm.portable import fingerprint_of, no_portable_form
+
+    if no_portable_form(net.cfg) is None:
+        return fingerprint_of(portable_weights(net), config, tokenizer)
+    return _torch_fingerprint(net.state_dict(), config, tokenizer)
+
+
+def _torch_fingerprint(
+    weights: dict[str, torch.Tensor], config: dict[str, Any], tokenizer: dict[str, Any]
+) -> str:
     h = Fingerprinter()
-    h.update(json.dumps(ckpt["model_config"], sort_keys=True))
-    h.update(json.dumps(ckpt["tokenizer"], sort_keys=True))
-    for name in sorted(ckpt["model"]):
-        t = ckpt["model"][name].detach().cpu().contiguous()
+    h.update(json.dumps(config, sort_keys=True))
+    h.update(json.dumps(tokenizer, sort_keys=True))
+    for name in sorted(weights):
+        t = weights[name].detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}")
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hex()
@@ -259,17 +285,14 @@ def weights_fingerprint(ckpt: dict[str, Any]) -> str:
 
 def describe(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
     """What a checkpoint holds, as plain data (`charlstm info --json`)."""
-    config = ckpt["model_config"]
-    tied = config.get("tie_weights")
-    # A tied head shares the embedding matrix: count it once.
-    n_params = sum(t.numel() for k, t in ckpt["model"].items() if k != "head.weight" or not tied)
+    config = asdict(ModelConfig(**ckpt["model_config"]))  # every field, defaults filled in
     best = ckpt.get("best_val_loss")
     return {
         "path": str(path),
         "charlstm_version": ckpt.get("charlstm_version"),
         "format_version": ckpt.get("format_version"),
         "model": config,
-        "parameters": n_params,
+        "parameters": parameter_count(ModelConfig(**config)),
         "tokenizer": {"kind": ckpt["tokenizer"].get("kind"), "vocab_size": config["vocab_size"]},
         "corpus": ckpt.get("corpus"),
         "steps": ckpt.get("step"),
@@ -280,4 +303,5 @@ def describe(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
         "train_curve": ckpt.get("train_curve") or [],
         "parent": ckpt.get("parent"),
         "resumable": "resume" in ckpt,
+        "fingerprint": weights_fingerprint(ckpt),
     }

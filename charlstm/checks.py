@@ -18,6 +18,9 @@ from charlstm.tokenizer import AnyTokenizer, tokenizer_from_dict
 
 # Gate blocks per layer, by cell: what a layer's weights cost.
 GATES = {"lstm": 4, "gru": 3, "rnn": 1, "peephole": 4, "coupled": 3, "mogrifier": 4, "slstm": 4}
+# Bias vectors per layer: torch's own LSTM, GRU and RNN keep an input and a hidden bias (the
+# model file sums them, but training updates both); charlstm's cells keep one.
+BIASES = {"lstm": 2, "gru": 2, "rnn": 2}
 # The model file written beside best.pt (portable.py); a run folder with nothing else still loads.
 PORTABLE_NAME = "model.safetensors"
 
@@ -81,6 +84,8 @@ def typed(value: object, kind: str) -> bool:
     if isinstance(value, str):
         return kind.startswith("str")
     if isinstance(value, list):
+        if not kind.startswith("list["):  # (an empty list is no int)
+            return False
         inner = kind.split(" |")[0].removeprefix("list[").removesuffix("]")
         if inner.startswith("list["):
             return all(isinstance(v, list) and typed(v, inner) for v in value)
@@ -110,10 +115,13 @@ def config_from_dict(cls: type, d: object, name: str) -> Any:
 
 
 def parameter_count(cfg: ModelConfig) -> int:
-    """The parameters a model of `cfg` holds, computed without building it."""
+    """The parameters a model of `cfg` trains (LanguageModel.num_parameters: a tied matrix
+    counted once), computed without building it: the one count `info` shows for a checkpoint
+    and for a model file, whose summed biases hold fewer numbers."""
     g, h, e, v = GATES[cfg.cell], cfg.hidden_size, cfg.embed_size, cfg.vocab_size
-    layers = sum(g * h * ((e if k == 0 else h) + h + 2) for k in range(min(cfg.num_layers, 2)))
-    layers += max(cfg.num_layers - 2, 0) * g * h * (2 * h + 2)
+    nb = BIASES.get(cfg.cell, 1)
+    layers = sum(g * h * ((e if k == 0 else h) + h + nb) for k in range(min(cfg.num_layers, 2)))
+    layers += max(cfg.num_layers - 2, 0) * g * h * (2 * h + nb)
     if cfg.cell == "peephole":
         layers += cfg.num_layers * 3 * h
     if cfg.cell == "mogrifier":  # r matrices of (I, H) a layer: Q on odd rounds, R on even

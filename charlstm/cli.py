@@ -892,6 +892,11 @@ def info(
 
     data = read_info(model, checkpoints=checkpoints)
     if plot is not None:
+        if not data["metrics"] and data["path"].endswith(".safetensors"):
+            raise CharlstmError(
+                f"a model file keeps no training curve to plot: plot its run's checkpoint "
+                f"(charlstm info {Path(data['path']).with_name('best.pt')} --plot {plot})"
+            )
         plot_metrics(data["metrics"], plot, title=data["path"], curve=data["train_curve"])
         err_console(quiet).print(f"wrote {plot}", style="dim")
     if json_out:
@@ -1082,6 +1087,11 @@ def runs(
         err.print(f"no runs under '{checkpoints}'; train one with: charlstm train CORPUS")
         return
     _write_stdout(_runs_table(found))
+    for r in found:
+        if r.damaged:
+            from rich.markup import escape
+
+            err.print(f"[yellow]note:[/] {escape(f'{r.name}: {r.damaged}')}; listed from its files")
     total, resumable = sum(r.bytes for r in found), sum(r.last_bytes for r in found)
     err.print(
         f"{len(found)} runs, {_mb(total)}; {_mb(resumable)} of it is last.pt and tokens.npy, "
@@ -1095,7 +1105,8 @@ def _runs_table(found: list[Any]) -> str:
 
     rows = [("name", "corpus", "tokens", "model", "steps", "best", "bits/char", "age", "disk")]
     for r in found:
-        rows.append((r.name, r.corpus[:32], r.tokenizer, r.model,
+        name = r.name + (" (damaged run.json)" if r.damaged else "")
+        rows.append((name, r.corpus[:32], r.tokenizer, r.model,
                      "—" if r.steps is None else f"{r.steps:,}",
                      "—" if r.best_val_loss is None else f"{r.best_val_loss:.4f}",
                      "—" if r.best_val_bpc is None else f"{r.best_val_bpc:.3f}",

@@ -24,7 +24,7 @@ A compressed file:
     0       4     magic b"\\x89CLZ" (a non-text first byte, so it is never taken for text)
     4       1     format version (2; version 1 files, which have no table, are read too)
     5       1     flags: 1 = the segment table below is present; no other bit is defined
-    6       8     fingerprint of the model and of the integer arithmetic (Codec.fingerprint)
+    6       8     the model's fingerprint, as `charlstm info` shows it (Codec.fingerprint)
     14      8     SHA-256 of the original bytes, its first 8
     22      var   original length in bytes L, tokens N coded with the model, segments S, payload
                   length in 32-bit words W: four unsigned LEB128 numbers
@@ -313,12 +313,24 @@ class Codec:
         except QuantizeError as e:
             raise CompressError(str(e)) from e
         self.tokenizer, self.engine, self.device = tokenizer, engine, device
+        from dataclasses import asdict
+
+        from charlstm.checkpoint import model_fingerprint
+
+        digest = model_fingerprint(model, asdict(model.cfg), tokenizer.to_dict())
+        self._fingerprint = bytes.fromhex(digest)
         self.escape = self.exact.vocab_size  # the symbol after the vocabulary
         self._token_bytes += [b""] * (self.escape - len(self._token_bytes))  # ids it never makes
         self.exact.start(1, engine, device)  # fail now on a bad engine or device
 
     def fingerprint(self) -> bytes:
-        """8 bytes naming the quantised model, its tables and the tokenizer."""
+        """The model's one fingerprint (checkpoint.model_fingerprint, 16 hex digits), as 8
+        bytes; the integer arithmetic it drives is named by FORMAT_VERSION."""
+        return self._fingerprint
+
+    def legacy_fingerprint(self) -> bytes:
+        """What files from before the one fingerprint carry: the quantised model, its tables
+        and the tokenizer, hashed."""
         h = hashlib.sha256(self.exact.fingerprint())
         h.update(self.tokenizer.fingerprint().encode())
         return h.digest()[:8]
@@ -485,7 +497,7 @@ class Codec:
         memory are bounded by the file's size (read_header)."""
         c = require_constriction()
         h = read_header(blob)
-        if h.fingerprint != self.fingerprint():
+        if h.fingerprint != self.fingerprint() and h.fingerprint != self.legacy_fingerprint():
             raise CompressError(
                 f"compressed with another model (fingerprint {h.fingerprint.hex()}; this one "
                 f"is {self.fingerprint().hex()}): decompress with the model that compressed it"

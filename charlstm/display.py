@@ -237,6 +237,7 @@ def info_lines(data: dict[str, Any]) -> str:
         f"{m['embed_size']}, dropout {m['dropout']}, weight-drop {m.get('weight_drop', 0.0)}, "
         f"tied {m['tie_weights']}",
         f"parameters   {data['parameters']:,}",
+        f"fingerprint  {data.get('fingerprint') or '—'}",
         f"tokenizer    {data['tokenizer']['kind']}, vocabulary {data['tokenizer']['vocab_size']:,}",
         f"corpus       {corpus.get('chars', 0):,} chars, fingerprint {corpus.get('fingerprint')}"
         + _files(corpus),

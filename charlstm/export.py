@@ -22,7 +22,9 @@ import numpy as np
 from charlstm.errors import CharlstmError
 from charlstm.files import write_atomic
 from charlstm.portable import (
+    RUN_KEYS,
     Portable,
+    fingerprint_of,
     no_portable_form,
     portable_path,
     read_portable,
@@ -32,8 +34,6 @@ from charlstm.portable import (
 if TYPE_CHECKING:
     from charlstm.model import LanguageModel
 
-# What a model file keeps of a checkpoint besides the model: what `info` shows.
-RUN_KEYS = ("step", "tokens_seen", "best_val_loss", "corpus", "train_config")
 
 
 def portable_weights(model: LanguageModel) -> dict[str, np.ndarray]:
@@ -106,7 +106,9 @@ def portable_from_checkpoint(where: Path) -> Portable:
     run = {k: ckpt.data.get(k) for k in RUN_KEYS if ckpt.data.get(k) is not None}
     if not np.isfinite(run.get("best_val_loss", 0.0)):
         del run["best_val_loss"]
-    return Portable(ckpt.config, ckpt.tokenizer, portable_weights(ckpt.model()), run, where)
+    weights = portable_weights(ckpt.model())
+    digest = fingerprint_of(weights, ckpt.data["model_config"], ckpt.data["tokenizer"])
+    return Portable(ckpt.config, ckpt.tokenizer, weights, run, where, digest)
 
 
 def export(where: Path, *, html: Path | None = None, onnx: Path | None = None) -> list[Path]:

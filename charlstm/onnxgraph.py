@@ -6,7 +6,17 @@
                                                        coupled; gru and rnn carry h alone)
 
 B is free. Start from zeros, feed each output state back as the next input; the logits are
-the next token's unnormalised log-probabilities, as `charlstm` computes them. The graph is
+the next token's unnormalised log-probabilities, as `charlstm` computes them. The model's
+metadata_props (onnxruntime: `session.get_modelmeta().custom_metadata_map`) carry what turns
+text into ids and back, so the file is enough on its own:
+
+    fingerprint       the model's one fingerprint (portable.fingerprint_of), as `info` shows it
+    pieces            JSON list: each token id's text (a char model: its characters)
+    tokenizer         JSON: the tokenizer as model.safetensors saves it ({"kind", "chars" |
+                      "json"}: a word or BPE tokenizer loads with tokenizers.Tokenizer.from_str)
+    model_config      JSON: cell, layers, hidden size, vocabulary size, ...
+    charlstm_version  the charlstm that exported it
+ The graph is
 written node by node from the model file's step layout (portable.py), the same equations as
 npstep.py and step.py (layer 0's input projection as a table when step.py would make one), so
 exporting needs the `onnx` package and no torch. Opset 17, IR version 8: onnxruntime 1.11 on.
@@ -14,10 +24,13 @@ exporting needs the `onnx` package and no torch. Opset 17, IR version 8: onnxrun
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
+from charlstm import __version__
 from charlstm.errors import CharlstmError
 from charlstm.npstep import CELLS_WITH_MEMORY, table_fits
 from charlstm.portable import Portable
@@ -141,5 +154,13 @@ def onnx_bytes(model: Portable) -> bytes:
         producer_name="charlstm",
         doc_string=f"one step of a {cell} {layers}×{hid} model, fingerprint {model.fingerprint}",
     )
+    tok = model.tokenizer
+    helper.set_model_props(onnx_model, {
+        "fingerprint": model.fingerprint,
+        "pieces": json.dumps([tok.piece(i) for i in range(cfg.vocab_size)]),
+        "tokenizer": json.dumps(tok.to_dict()),
+        "model_config": json.dumps(asdict(cfg)),
+        "charlstm_version": __version__,
+    })  # fmt: skip
     onnx.checker.check_model(onnx_model)
     return onnx_model.SerializeToString()

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from charlstm.checks import parameter_count
 from charlstm.errors import CharlstmError
 from charlstm.portable import Portable
 
@@ -39,7 +40,7 @@ def page_meta(model: Portable, tensors: dict[str, Any]) -> dict[str, Any]:
     """What the page's script needs besides the weights."""
     cfg, tok = model.config, model.tokenizer
     newline = tok.encode("\n", skip_unknown=True)
-    params = sum(w.size for k, w in model.weights.items() if k != "head.w" or not cfg.tie_weights)
+    params = parameter_count(cfg)  # as `info` counts them
     name = model.path.parent.name if model.path is not None else "model"
     return {
         "cell": cfg.cell,
@@ -52,7 +53,7 @@ def page_meta(model: Portable, tensors: dict[str, Any]) -> dict[str, Any]:
         "tensors": tensors,
         "fingerprint": model.fingerprint,
         "description": f"{name} · {cfg.cell} {cfg.num_layers}×{cfg.hidden_size} · "
-        f"{cfg.vocab_size} characters · {params:,} parameters",
+        f"{cfg.vocab_size} characters · {params:,} parameters · fingerprint {model.fingerprint}",
     }
 
 

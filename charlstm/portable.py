@@ -21,14 +21,21 @@ embedding, V vocabulary; I = E for layer 0, H above it):
 
 Its metadata (safetensors keeps string values) is "format" = charlstm-step, "format_version",
 "charlstm_version", and as JSON "model_config", "tokenizer" and "run" (step, tokens_seen,
-best_val_loss, corpus, train_config: what `info` shows), plus "fingerprint": files.fingerprint
-of the model_config, the tokenizer and every tensor's name, dtype, shape and bytes, so a file
-whose tensors were changed after it was written is refused.
+best_val_loss, corpus, train_config: what `info` shows), plus "fingerprint": the model's one
+fingerprint (`fingerprint_of`: the model_config, the tokenizer and every tensor's name, dtype,
+shape and bytes), and "checksum": files.fingerprint of that fingerprint and the "run" text, so a
+file whose tensors or metadata were changed after it was written is refused. (Files written
+before "checksum" existed have their "run" checked field by field only.)
+
+The fingerprint is the model's name everywhere: `info` shows it for best.pt and for its model
+file alike (checkpoint.weights_fingerprint computes it from best.pt's weights), and the ONNX
+graph, the page and every `.clz` file carry it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,16 +49,21 @@ from charlstm.checks import (
     CheckpointError,
     Invalid,
     check_tokenizer,
+    config_from_dict,
     model_config,
+    parameter_count,
     require,
+    typed,
 )
-from charlstm.config import ModelConfig
+from charlstm.config import ModelConfig, TrainConfig
 from charlstm.errors import CharlstmError
-from charlstm.files import FileWriteError, Fingerprinter, write_atomic
+from charlstm.files import FileWriteError, Fingerprinter, fingerprint, write_atomic
 from charlstm.tokenizer import AnyTokenizer
 
 FORMAT = "charlstm-step"
 FORMAT_VERSION = 1
+# What a model file keeps of a checkpoint besides the model: what `info` shows.
+RUN_KEYS = ("step", "tokens_seen", "best_val_loss", "corpus", "train_config")
 
 
 @dataclass
@@ -127,6 +139,8 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 def fingerprint_of(
     weights: dict[str, np.ndarray], config: dict[str, Any], tokenizer: dict[str, Any]
 ) -> str:
+    """The model's one fingerprint, 16 hex digits: its config and tokenizer (as saved) and its
+    step-layout weights (float32), by name, dtype, shape and bytes."""
     f = Fingerprinter()
     f.update(json.dumps(config, sort_keys=True))
     f.update(json.dumps(tokenizer, sort_keys=True))
@@ -155,14 +169,16 @@ def portable_bytes(
     shapes = expected_shapes(config)
     assert {k: v.shape for k, v in weights.items()} == shapes, "not the step layout"
     cfg = asdict(config)
+    digest, run_text = fingerprint_of(weights, cfg, tokenizer), json.dumps(run or {})
     meta = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "charlstm_version": __version__,
         "model_config": json.dumps(cfg),
         "tokenizer": json.dumps(tokenizer),
-        "run": json.dumps(run or {}),
-        "fingerprint": fingerprint_of(weights, cfg, tokenizer),
+        "run": run_text,
+        "fingerprint": digest,
+        "checksum": fingerprint(digest, "\0", run_text),
     }
     return save(weights, metadata=meta)
 
@@ -205,22 +221,58 @@ def read_portable(path: Path) -> Portable:
         raise CheckpointError(f"'{path}' is truncated or not a safetensors file") from e
     except Invalid as e:
         raise CheckpointError(f"'{path}' is damaged or not usable: {e}") from None
+    except (OverflowError, MemoryError, UnicodeError) as e:  # what no real file has
+        raise CheckpointError(f"'{path}' is damaged or not usable: {e}") from None
     except OSError as e:
         raise CheckpointError(f"cannot read '{path}': {e.strerror or e}") from None
 
 
 def _json(meta: dict[str, str], key: str) -> Any:
+    from charlstm import safejson
+
     require(key in meta, f"its metadata has no {key!r}")
     try:
-        return json.loads(meta[key])
-    except ValueError:
-        raise Invalid(f"its metadata's {key!r} is not JSON") from None
+        return safejson.loads(meta[key], f"its metadata's {key!r}")
+    except ValueError as e:
+        raise Invalid(str(e)) from None
+
+
+def version_number(text: object, what: str) -> int:
+    """A format version written as ASCII digits ("1"; not "²", " 1" or "1e3"), at most 6."""
+    ok = isinstance(text, str) and 0 < len(text) <= 6 and text.isascii() and text.isdigit()
+    require(ok, f"its {what} is {str(text)[:20]!r}, not a version number")
+    return int(str(text))
+
+
+# tokens.CorpusInfo's fields and types (tokens.py imports torch; a test keeps the two alike).
+CORPUS_FIELDS = {"fingerprint": "str", "chars": "int", "sources": "list[str]", "n_sources": "int",
+                 "tokenizer": "str", "n_train": "int | None", "val_chars": "int | None",
+                 "skipped": "list[list[str]]", "n_skipped": "int"}  # fmt: skip
+
+
+def check_run(run: object) -> dict[str, Any]:
+    """A model file's "run" record, every field of the type a checkpoint gives it."""
+    require(isinstance(run, dict), "its metadata's 'run' is no JSON object")
+    assert isinstance(run, dict)
+    for key, value in run.items():
+        require(key in RUN_KEYS, f"its run record has an unknown field {key!r}")
+        if key in ("step", "tokens_seen"):
+            require(type(value) is int and value >= 0, f"its run's {key} is {str(value)[:20]!r}")
+        elif key == "best_val_loss":
+            ok = type(value) in (int, float) and math.isfinite(value)
+            require(ok, f"its run's best_val_loss is {str(value)[:20]!r}")
+        elif key == "corpus":
+            require(isinstance(value, dict) and all(
+                k in CORPUS_FIELDS and typed(v, CORPUS_FIELDS[k]) for k, v in value.items()),
+                "its run's corpus is damaged")  # fmt: skip
+        else:
+            config_from_dict(TrainConfig, value, "its run's train_config")
+    return run
 
 
 def _validated(path: Path, meta: dict[str, str], f: Any) -> Portable:
-    version = meta.get("format_version", "")
-    require(version.isdigit(), f"its format_version is {version!r}")
-    if int(version) > FORMAT_VERSION:
+    version = version_number(meta.get("format_version", ""), "format_version")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"'{path}' has model file format {version}, newer than this charlstm {__version__} "
             f"reads ({FORMAT_VERSION}); upgrade charlstm"
@@ -231,8 +283,7 @@ def _validated(path: Path, meta: dict[str, str], f: Any) -> Portable:
     require(why is None, str(why))
     tok_dict = _json(meta, "tokenizer")
     tokenizer = check_tokenizer(tok_dict, config)
-    run = _json(meta, "run") if "run" in meta else {}
-    require(isinstance(run, dict), "its metadata's 'run' is no JSON object")
+    run = check_run(_json(meta, "run") if "run" in meta else {})
     shapes = expected_shapes(config)
     names = set(f.keys())
     missing = [k for k in shapes if k not in names]
@@ -253,19 +304,21 @@ def _validated(path: Path, meta: dict[str, str], f: Any) -> Portable:
     require(meta.get("fingerprint") == digest,
             "its tensors or metadata were changed after it was written (fingerprint "
             f"{meta.get('fingerprint')!r}, contents {digest!r})")  # fmt: skip
+    if "checksum" in meta:
+        require(meta["checksum"] == fingerprint(digest, "\0", meta.get("run", "{}")),
+                "its metadata's 'run' was changed after it was written")  # fmt: skip
     return Portable(config, tokenizer, weights, run, path, digest, meta.get("charlstm_version", ""))
 
 
 def describe_portable(model: Portable) -> dict[str, Any]:
     """What a model file holds, as checkpoint.describe says it of a checkpoint (`info --json`)."""
     cfg, run = model.config, model.run
-    n_params = sum(w.size for k, w in model.weights.items() if k != "head.w" or not cfg.tie_weights)
     return {
         "path": str(model.path),
         "charlstm_version": model.charlstm_version,
         "format_version": FORMAT_VERSION,
         "model": asdict(cfg),
-        "parameters": n_params,
+        "parameters": parameter_count(cfg),
         "tokenizer": {"kind": model.tokenizer.kind, "vocab_size": cfg.vocab_size},
         "corpus": run.get("corpus"),
         "steps": run.get("step"),
@@ -273,6 +326,8 @@ def describe_portable(model: Portable) -> dict[str, Any]:
         "best_val_loss": run.get("best_val_loss"),
         "train_config": run.get("train_config"),
         "metrics": [],
+        "train_curve": [],
+        "parent": None,
         "resumable": False,
         "fingerprint": model.fingerprint,
     }

@@ -19,6 +19,7 @@ Python loop walks over the tokens of a text.
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -571,9 +572,86 @@ def tokenizer_from_dict(d: dict[str, Any]) -> AnyTokenizer:
     if kind == "char":
         return CharTokenizer(d["chars"])
     if kind in ("word", "bpe"):
+        check_saved(kind, d.get("json"))  # before the Rust library sees any of it
         try:
             hf = HFTokenizer.from_str(d["json"])
         except Exception as e:  # tokenizers raises plain Exception on bad JSON
             raise TokenizerError(f"damaged {kind} tokenizer: {str(e).splitlines()[0]}") from e
         return WordTokenizer(hf) if kind == "word" else BpeTokenizer(hf)
     raise TokenizerError(f"unknown tokenizer kind {kind!r}")
+
+
+@functools.cache
+def _shell(kind: str) -> dict[str, Any]:
+    """The saved form of a tokenizer of `kind` as `train` makes it (its vocabulary and merges
+    aside): the settings a saved one must have."""
+    tok = train_tokenizer(kind, "a b", vocab_size=256 if kind == "bpe" else 3)
+    return json.loads(tok.to_dict()["json"])
+
+
+def _written_by_us(saved: object, ours: object) -> bool:
+    """Whether `saved` is `ours`, or `ours` less fields an older tokenizers library did not
+    write yet: nothing in it that charlstm does not write."""
+    if isinstance(saved, dict) and isinstance(ours, dict):
+        return all(k in ours and _written_by_us(v, ours[k]) for k, v in saved.items())
+    if isinstance(saved, list) and isinstance(ours, list):
+        return len(saved) == len(ours) and all(map(_written_by_us, saved, ours))
+    return type(saved) is type(ours) and saved == ours
+
+
+def check_saved(kind: str, text: object) -> None:
+    """Refuse (TokenizerError, one line) a saved word or BPE tokenizer that charlstm did not
+    write: every setting but the vocabulary and merges must be exactly what `train` sets (no
+    regex or normalizer of a file's choosing reaches the Rust library), the ids must be dense
+    (0..n-1: memory in proportion to the file), and every merge must join two tokens into a
+    third, every BPE key be made of byte-level characters and be reachable by the merges."""
+    from charlstm import safejson
+
+    def bad(why: str) -> TokenizerError:
+        return TokenizerError(f"damaged {kind} tokenizer: {why}")
+
+    try:
+        saved = safejson.loads(text, "its JSON")
+    except ValueError as e:
+        raise bad(str(e)) from None
+    shell = _shell(kind)
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise bad("not the settings charlstm writes")
+    model = saved["model"]
+    if model.get("type") != shell["model"]["type"]:
+        raise bad("its model is not the one charlstm writes")
+    for key, value in saved.items():
+        if key != "model" and not (key in shell and _written_by_us(value, shell[key])):
+            raise bad(f"its {key} is not the one charlstm writes")
+    for key, value in model.items():
+        known = key in shell["model"] and _written_by_us(value, shell["model"][key])
+        if key not in ("vocab", "merges") and not known:
+            raise bad(f"its model's {key} is not the one charlstm writes")
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict) or not all(
+        isinstance(k, str) and k and type(i) is int for k, i in vocab.items()
+    ):
+        raise bad("its vocabulary is not text keys with integer ids")
+    if sorted(vocab.values()) != list(range(len(vocab))):
+        raise bad("its vocabulary's ids are not 0, 1, 2, ... each once")
+    if kind == "word":
+        if [vocab.get(k) for k in _UNK_KEYS] != [0, 1]:
+            raise bad("its unknown tokens are not at ids 0 and 1")
+        return
+    alphabet = _byte_decoder()
+    if not all(c in alphabet for k in vocab for c in k):
+        raise bad("a vocabulary key holds a character that is no byte")
+    merges = model.get("merges", [])
+    if not isinstance(merges, list) or len(merges) > len(vocab):
+        raise bad("its merges are no list of pairs")
+    made = set()
+    for m in merges:
+        pair = m.split(" ") if isinstance(m, str) else m
+        if not (isinstance(pair, list) and len(pair) == 2 and all(type(p) is str for p in pair)):
+            raise bad("its merges are no list of pairs")
+        a, b = pair
+        if a not in vocab or b not in vocab or a + b not in vocab:
+            raise bad(f"the merge {a!r} + {b!r} joins tokens outside its vocabulary")
+        made.add(a + b)
+    if any(len(k) > 1 and k not in made for k in vocab):
+        raise bad("a vocabulary key is no single byte and no merge makes it")

@@ -236,10 +236,11 @@ def test_tables_and_format_are_pinned():
             p.copy_(((i * 7919 + k * 104729) % 1001 - 500).view_as(p) / 1024)
     codec = Codec(net, tok)
     blob = codec.compress(PLAY[:500].encode())
-    assert hashlib.sha256(blob).hexdigest()[:16] == "e5c4f649751b2446"
-    # Format 1 is format 2 without raw segments: the same file but its version byte (and so
-    # its header's CRC) is the very file charlstm wrote before format 2, and still decodes.
-    v1 = _with_version(blob, 1)
+    assert hashlib.sha256(blob).hexdigest()[:16] == "07b597c12edc9baf"
+    # Format 1 is format 2 without raw segments: the same file with version byte 1 and the
+    # fingerprint of before the one model fingerprint (and so its header's CRC) is the very
+    # file charlstm wrote before format 2, and still decodes.
+    v1 = _with_version(blob, 1, fingerprint=codec.legacy_fingerprint())
     assert hashlib.sha256(v1).hexdigest()[:16] == "4996ea9eb8d97810"
     assert codec.decompress(v1) == PLAY[:500].encode()
 
@@ -424,9 +425,10 @@ def _craft(fingerprint: bytes, numbers: list[int], *, version: int = 2, flags: i
     return head + struct.pack("<I", zlib.crc32(head)) + payload  # fmt: skip
 
 
-def _with_version(blob: bytes, version: int) -> bytes:
+def _with_version(blob: bytes, version: int, fingerprint: bytes | None = None) -> bytes:
     size = read_header(blob).size
-    head = blob[:4] + bytes([version]) + blob[5 : size - 4]
+    fingerprint = fingerprint or blob[6:14]
+    head = blob[:4] + bytes([version]) + blob[5:6] + fingerprint + blob[14 : size - 4]
     return head + struct.pack("<I", zlib.crc32(head)) + blob[size:]
 
 
