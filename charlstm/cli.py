@@ -445,7 +445,9 @@ def train(
     Several processes: [bold]torchrun --nproc-per-node N -m charlstm train ...[/] trains with
     DistributedDataParallel (the B streams split among the ranks; rank 0 prints and saves)."""
     options = {k: v for k, v in locals().items() if k not in ("quiet", "json_out")}
-    started = time.perf_counter()  # the budget is the whole run, this command's start on
+    # The budget is the whole run: from the process's start where this command is the process
+    # (Python and the imports included), else from here.
+    started = time.perf_counter() if _PROCESS_START is None else _PROCESS_START
     from charlstm.config import TrainOptions
 
     opts = TrainOptions(**{**options, "corpus": corpus or []})
@@ -472,6 +474,19 @@ def train(
         resume = f"charlstm train --resume {summary['run_dir']}"
         err.print(f"interrupted: last.pt saved; continue with: {resume}")
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+_PROCESS_START: float | None = None  # time.perf_counter() at the process's start, set by main()
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux: /proc), else 0."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 class _StopFlag:
@@ -1416,6 +1431,8 @@ def _serve_report(quiet: bool) -> Callable[[str, dict], None]:
 
 def main() -> None:
     """Console entry point: expected errors become one stderr line and an exit code."""
+    global _PROCESS_START
+    _PROCESS_START = time.perf_counter() - _process_age()
     try:
         code = app(standalone_mode=False)
     except Exception as e:

@@ -226,7 +226,8 @@ def _time_row(s: dict[str, Any]) -> str:
     if not parts:
         return fmt_seconds(total)
     names = (("setup", "setting up"), ("training", "training"), ("validating", "validating"),
-             ("final_validation", "final validation"), ("saving", "saving"), ("other", "other"))
+             ("final_validation", "final validation"), ("saving", "saving"),
+             ("leaving", "leaving the process group"), ("other", "other"))
     shown = []
     for key, name in names:
         value = parts.get(key) or 0.0

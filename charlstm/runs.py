@@ -134,13 +134,15 @@ def train(
         summary = fit(run, report=report, should_stop=should_stop, resume=prepared.resume_state)
         finished = True
     finally:
+        leaving = time.perf_counter()
         distributed.shutdown(world, clean=finished)
     total = time.perf_counter() - t_start
     summary.update(prepared.info, rank=world.rank, setup_seconds=round(setup, 3),
                    total_seconds=round(total, 3))  # fmt: skip
     # Every second of this command, part by part (they add up to total_seconds); a resumed
     # run's "elapsed" counts all its sessions, these only this one.
-    parts = {"setup": round(setup, 3), **summary.pop("session_seconds")}
+    parts = {"setup": round(setup, 3), **summary.pop("session_seconds"),
+             "leaving": round(time.perf_counter() - leaving, 3)}  # the process group  # fmt: skip
     parts["other"] = round(max(total - sum(parts.values()), 0.0), 3)
     summary["time_parts"] = parts
     return summary

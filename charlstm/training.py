@@ -261,6 +261,7 @@ def fit(
     """
     cfg, model, world = run.train_cfg, run.model, run.world
     device = world.device
+    began = time.perf_counter()
     layout, notes = fit_layout(len(run.train_ids), cfg.batch_size, cfg.window)
     for note in notes:
         report("note", {"message": note})
@@ -314,11 +315,13 @@ def fit(
     last_eval_step = pos.step
     last_eval_decile = int(progress_of(cfg, pos, layout) * 10)
     last_eval_at, last_eval_cost = pos.elapsed, 0.0
-    session_start = time.perf_counter() - pos.elapsed
+    # From fit's start: building the model for DDP and loading the state count too.
+    session_start = began - pos.elapsed
     # Every decision that ends the loop or calls a collective is taken from figures all ranks
     # share: rank 0's clock, the summed loss, the stop requests of all ranks, rank 0's
     # validation and saving times (clock() and the all-reduce of each step below).
-    timing = _Timing(world, session_start, pos)
+    timing = _Timing(world, session_start, pos, began)
+    timing.tokens_per_step = layout.batch_size * layout.window
     run.timing = timing
     window_start, window_tokens = time.perf_counter(), 0
     stop_reason = "limit reached"
@@ -375,15 +378,17 @@ def fit(
             ) from None
         # One small all-reduce: the mean loss, rank 0's clock and any rank's stop request, so
         # every rank takes the same decisions.
-        loss_value, elapsed, stops = distributed.sum_across(
+        loss_value, elapsed, stops, timing.step_seconds = distributed.sum_across(
             world,
             [
                 loss.item() / world.size,
                 time.perf_counter() - session_start if world.is_main else 0.0,
                 float(should_stop()),
+                timing.own_step_seconds if world.is_main else 0.0,  # up to the last step
             ],
         )
         stop_requested = stops > 0
+        timing.steps_timed = timing.steps
         if not math.isfinite(loss_value) or loss_value > explode_at:
             what = "NaN" if math.isnan(loss_value) else f"{loss_value:.3g} (exploded)"
             raise TrainingDiverged(
@@ -401,6 +406,8 @@ def fit(
         pos.tokens_seen += x.numel() * world.size
         window_tokens += x.numel() * world.size
         pos.elapsed = elapsed
+        timing.steps += 1
+        pos.reserve = timing.reserve(run)  # from shared figures: the same on every rank
         progress = progress_of(cfg, pos, layout)
 
         now = time.perf_counter()
@@ -421,7 +428,7 @@ def fit(
             window_start, window_tokens = now, 0
 
         pos.train_seconds += time.perf_counter() - step_start
-        timing.session_tokens += x.numel() * world.size
+        timing.own_step_seconds += time.perf_counter() - step_start
         recorded_sum, recorded_n = recorded_sum + loss_value, recorded_n + 1
         if progress >= next_record:
             run.curve.append({"step": pos.step, "elapsed": round(pos.elapsed, 3),
@@ -442,6 +449,8 @@ def fit(
         )
         # Under a budget, only where it and the final one still fit.
         fits = progress_of(cfg, pos, layout, reserve=pos.reserve + timing.eval_cost(run)) < 1.0
+        # Under a budget, the first after a few steps: their speed sizes the validation.
+        fits = fits and (timing.steps >= 8 or bool(run.metrics))
         if due and progress < 1.0 and (fits or not cfg.budget) and not stop_requested:
             last_eval_cost = _validate(run, loss_value, report)
             last_eval_step, last_eval_decile, last_eval_at = pos.step, decile, pos.elapsed
@@ -495,11 +504,14 @@ class _Timing:
     """A session's clock as every rank sees it (rank 0's), the speeds that predict what a
     validation will cost, and where the session's seconds went (for the summary)."""
 
-    def __init__(self, world: World, session_start: float, pos: Position) -> None:
+    def __init__(self, world: World, session_start: float, pos: Position, began: float) -> None:
         self.world, self.start, self.pos = world, session_start, pos
-        self.began = time.perf_counter()
+        self.began = began  # fit's start (this rank's clock)
         self.elapsed_at_start = pos.elapsed
-        self.session_tokens = 0  # trained this session, all ranks
+        self.tokens_per_step = 0  # all ranks
+        self.steps = 0  # this session's
+        self.steps_timed, self.step_seconds = 0, 0.0  # rank 0's time in those steps (shared)
+        self.own_step_seconds = 0.0  # this rank's, not yet shared
         self.eval_rate = 0.0  # tokens/s of the last validation (rank 0's)
         self.save_seconds = 0.0  # of the last checkpoint saving (rank 0's, shared at the next)
         self.eval_seconds = 0.0  # this session's validations, scoring only (rank 0's)
@@ -514,15 +526,21 @@ class _Timing:
 
     def train_rate(self) -> float:
         """Tokens/s of training this session (all ranks), from figures every rank shares."""
-        seconds = self.pos.elapsed - self.elapsed_at_start - self.eval_seconds
-        return self.session_tokens / seconds if self.session_tokens and seconds > 0 else 0.0
+        if not self.steps_timed or self.step_seconds <= 0:
+            return 0.0
+        return self.steps_timed * self.tokens_per_step / self.step_seconds
 
     def eval_cost(self, run: Run) -> float:
         """Predicted seconds of one validation: at its last measured speed, else at the
-        training speed (a validation step costs about a third of a training step)."""
-        tokens = max(len(run.val_ids) - 1, 0) + (len(run.keep.ids) - 1 if run.keep else 0)
+        training speed (a validation step costs about a third of a training step); before the
+        first one, of the part _fit_validation will keep."""
         rate = self.eval_rate or self.train_rate()
-        return tokens / rate if rate > 0 else 0.0
+        if rate <= 0:
+            return 0.0
+        val = max(len(run.val_ids) - 1, 0)
+        if not run.metrics:
+            val = min(val, _val_cap(run, rate))
+        return (val + (len(run.keep.ids) - 1 if run.keep else 0)) / rate
 
     def reserve(self, run: Run) -> float:
         """What the budget holds back for the final validation and its saving."""
@@ -540,16 +558,25 @@ class _Timing:
         }
 
 
+def _val_cap(run: Run, rate: float) -> int | float:
+    """The validation tokens one validation can score in VALIDATION_SHARE of the budget at
+    `rate` tokens/s (no cap without a budget)."""
+    if not run.train_cfg.budget:
+        return math.inf
+    return max(MIN_VAL_TOKENS, int(rate * VALIDATION_SHARE * run.train_cfg.budget))
+
+
 def _fit_validation(run: Run, timing: _Timing, report: Report) -> None:
     """At a budget run's first validation: cut the validation split to what one validation can
     score in VALIDATION_SHARE of the budget, and keep that cut for the run (as --val-tokens)."""
-    budget, n = run.train_cfg.budget, len(run.val_ids)
+    n = len(run.val_ids)
     rate = timing.eval_rate or timing.train_rate()
-    if not budget or rate <= 0 or n < 2:
+    if rate <= 0 or n < 2:
         return
-    cap = max(MIN_VAL_TOKENS, int(rate * VALIDATION_SHARE * budget))
+    cap = _val_cap(run, rate)
     if cap >= n:
         return
+    assert isinstance(cap, int)
     from charlstm.tokenizer import tokenizer_from_dict
     from charlstm.tokens import spelled_chars
 
@@ -579,7 +606,7 @@ def _validate(run: Run, train_loss: float, report: Report, final: bool = False) 
     the figure equals a single process's; rank 0 writes the files. Every decision here is taken
     from figures all ranks share."""
     pos, world = run.pos, run.world
-    timing = run.timing if run.timing is not None else _Timing(world, time.perf_counter(), pos)
+    timing = run.timing or _Timing(world, time.perf_counter(), pos, time.perf_counter())
     t0 = time.perf_counter()
     if not run.metrics:
         _fit_validation(run, timing, report)
@@ -594,7 +621,8 @@ def _validate(run: Run, train_loss: float, report: Report, final: bool = False) 
     skipped = None
     if final and cfg.budget:
         left, cost = cfg.budget - timing.clock(), timing.eval_cost(run)
-        if cost > left:
+        # Within a little of what is left: the bound is max(2 s, 3% of the budget).
+        if cost > left + max(0.5, 0.01 * cfg.budget):
             skipped = f"~{cost:.1f}s, with {max(left, 0.0):.1f}s of the budget left"
     has_val = len(run.val_ids) >= 2
     if skipped is None and (has_val or run.keep is not None):
