@@ -480,9 +480,12 @@ _PROCESS_START: float | None = None  # time.perf_counter() at the process's star
 
 
 def _process_age() -> float:
-    """Seconds since this process started (Linux: /proc), else 0."""
+    """Seconds since this command started (Linux: /proc), else 0: under torchrun, since the
+    launcher (this process's parent) started, as `torchrun ... --budget` is the command."""
+    launched = "TORCHELASTIC_RUN_ID" in os.environ
     try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        stat = Path(f"/proc/{os.getppid() if launched else 'self'}/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])
         uptime = float(Path("/proc/uptime").read_text().split()[0])
         return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
