@@ -477,6 +477,8 @@ def resumed_config(
     said = [f"--{k.replace('_steps', '').replace('_', '-')} {v:g} (was {getattr(saved, k):g})"
             for k, v in changes.items() if v != getattr(saved, k)]  # fmt: skip
     layout, _ = fit_layout(train_tokens, saved.batch_size, saved.window)
+    if pos.window >= layout.windows_per_epoch:
+        raise CheckpointError("cannot resume: its data position is past the end of an epoch")
     epoch = pos.epoch + pos.window / layout.windows_per_epoch
     if options.given("budget", "steps", "epochs"):
         changes["budget"] = None if options.budget is None else pos.elapsed + float(options.budget)

@@ -674,7 +674,9 @@ def _validate(run: Run, train_loss: float, report: Report, final: bool = False) 
         pos.best_val_loss = min(pos.best_val_loss, train_loss)
     # The budget's end holds back what the final validation is now expected to cost, and
     # last.pt records it: resuming a run that has reached its budget is refused.
-    pos.reserve = timing.reserve(run)
+    # After the final one, never less than the reserve that ended the loop (a validation
+    # faster than predicted must not make a finished budget look unfinished).
+    pos.reserve = max(pos.reserve, timing.reserve(run)) if final else timing.reserve(run)
     # A collective: every rank sends its streams' state, rank 0 saves all of them.
     full_state = [distributed.gather_rows(world, s, dim=1) for s in run.rnn_state or ()]
     saving = time.perf_counter()
