@@ -366,6 +366,7 @@ def size_to_budget(
             warmup_seconds=0.25 if r in (rungs[0], *small) else 0.0,  # the process's first steps
         ),
         params=lambda r: sizing.count_parameters(r, model_cfg), rungs=rungs, small=small,
+        out_of_time=lambda: time.perf_counter() - t0 > 0.1 * train_cfg.budget,
     )  # fmt: skip
     rung, epochs = choice.rung, choice.epochs
     # The batch and window, for the size chosen (its speed at the run's layout is known).
