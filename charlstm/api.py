@@ -164,10 +164,16 @@ def info(path: str | Path | None = None, *, checkpoints: str | Path = CHECKPOINT
     if where.suffix == ".safetensors":
         from charlstm.portable import describe_portable
 
-        return describe_portable(read_portable(where))
-    from charlstm.checkpoint import describe, read_checkpoint
+        data = describe_portable(read_portable(where))
+    else:
+        from charlstm.checkpoint import describe, read_checkpoint
 
-    return describe(read_checkpoint(where).data, where)
+        data = describe(read_checkpoint(where).data, where)
+    # Whether `charlstm train --resume` can continue the run: a last.pt with its training
+    # state and the run's tokens.npy beside it, whichever of the run's files was described.
+    last = where if data["resumable"] else where.parent / "last.pt"
+    data["resumable"] = last.is_file() and (last.parent / "tokens.npy").is_file()
+    return data
 
 
 def export(

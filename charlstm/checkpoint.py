@@ -181,7 +181,7 @@ def _check_weights(weights: object, config: ModelConfig) -> None:
 
 _POSITION = {"step": int, "epoch": int, "window": int, "tokens_seen": int,
              "elapsed": (int, float), "train_seconds": (int, float),
-             "best_val_loss": (int, float)}  # fmt: skip
+             "best_val_loss": (int, float), "reserve": (int, float)}  # fmt: skip
 
 
 def _check_resume(state: object, config: ModelConfig, optimizer: str) -> None:

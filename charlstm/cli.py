@@ -213,6 +213,7 @@ def _opt(help: str, *names: str) -> Any:
 
 @_command
 def train(
+    ctx: typer.Context,
     corpus: Annotated[
         list[str] | None,
         typer.Argument(
@@ -451,8 +452,10 @@ def train(
 
     Several processes: [bold]torchrun --nproc-per-node N -m charlstm train ...[/] trains with
     DistributedDataParallel (the B streams split among the ranks; rank 0 prints and saves)."""
-    options = {k: v for k, v in locals().items() if k not in ("quiet", "json_out")}
-    started = time.perf_counter()  # the budget is the whole run, this command's start on
+    options = {k: v for k, v in locals().items() if k not in ("ctx", "quiet", "json_out")}
+    # The budget is the whole run: from the process's start where this command is the process
+    # (Python and the imports included: main() passes it), else from here.
+    started = (ctx.obj or {}).get("process_start", time.perf_counter())
     from charlstm.config import TrainOptions
 
     opts = TrainOptions(**{**options, "corpus": corpus or []})
@@ -479,6 +482,19 @@ def train(
         resume = f"charlstm train --resume {summary['run_dir']}"
         err.print(f"interrupted: last.pt saved; continue with: {resume}")
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _process_age() -> float:
+    """Seconds since this command started (Linux: /proc), else 0: under torchrun, since the
+    launcher (this process's parent) started, as `torchrun ... --budget` is the command."""
+    launched = "TORCHELASTIC_RUN_ID" in os.environ
+    try:
+        stat = Path(f"/proc/{os.getppid() if launched else 'self'}/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 class _StopFlag:
@@ -1517,8 +1533,9 @@ def main() -> None:
     # ignored, as a shell script's background job (`cmd &`) is: Python then keeps it ignored,
     # and a stream sent SIGINT would run on to its end.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    process_start = time.perf_counter() - _process_age()
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, obj={"process_start": process_start})
     except Exception as e:
         # Typer vendors its own click, so its exceptions are matched by class name.
         kinds = {cls.__name__ for cls in type(e).__mro__}

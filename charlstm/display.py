@@ -154,6 +154,8 @@ class TrainDisplay:
         if d["val_loss"] is not None:
             self.last_val = d["val_loss"]
             val = f"val {d['val_loss']:.4f} ({d['val_bpc']:.3f} bpc)"
+        elif d.get("skipped"):
+            val = "validation skipped (the budget's end)"
         else:
             val = "no validation split"
         mark = " [green]best[/]" if d["best"] else ""
@@ -195,10 +197,7 @@ def print_summary(err: Console, s: dict[str, Any]) -> None:
         ("parameters", f"{s['parameters']:,}"),
         ("steps", f"{s['steps']:,} ({s['epochs']:.2f} epochs)"),
         ("tokens seen", f"{s['tokens_seen']:,}"),
-        ("time", fmt_seconds(s.get("total_seconds") or s["elapsed"])
-         + (f" in all: {fmt_seconds(s['setup_seconds'])} setting up, "
-            f"{fmt_seconds(s['elapsed'])} training and validating"
-            if s.get("setup_seconds") is not None else "")),
+        ("time", _time_row(s)),
         ("speed", f"{s['tokens_per_s'] or 0:,.0f} tokens/s training · "
          f"{s['tokens_seen'] / max(s['elapsed'], 1e-9):,.0f} with validation"),
         ("device", f"{s['device']}" + (f" × {s['processes']} processes" if s["processes"] > 1
@@ -217,6 +216,33 @@ def print_summary(err: Console, s: dict[str, Any]) -> None:
         if v:
             table.add_row(k, v)
     err.print(table)
+
+
+def _time_row(s: dict[str, Any]) -> str:
+    """The command's seconds in all and part by part (they add up to the total); for a resumed
+    run, also the training time over all its sessions."""
+    total = s.get("total_seconds") or s["elapsed"]
+    parts = s.get("time_parts")
+    if not parts:
+        return fmt_seconds(total)
+    names = (("setup", "setting up"), ("training", "training"), ("validating", "validating"),
+             ("final_validation", "final validation"), ("saving", "saving"),
+             ("leaving", "leaving the process group"), ("other", "other"))
+    shown = []
+    for key, name in names:
+        value = parts.get(key) or 0.0
+        if value >= 0.05 or key in ("setup", "training"):
+            sizing = s.get("sizing_seconds")
+            extra = f" ({_secs(sizing)} sizing)" if key == "setup" and sizing else ""
+            shown.append(f"{_secs(value)} {name}{extra}")
+    row = f"{_secs(total)} in all: " + ", ".join(shown)
+    if s.get("resumed_at_step") is not None:
+        row += f"; {_secs(s['elapsed'])} of training over all the run's sessions"
+    return row
+
+
+def _secs(seconds: float) -> str:
+    return f"{seconds:.1f}s" if seconds < 59.95 else fmt_seconds(seconds)
 
 
 def _val_curve(values: list[float]) -> str:

@@ -123,8 +123,13 @@ def train(
             held = _hold(world, run_dir, new=True, overwrite=options.overwrite)
             prepared = new_run(options, world, precision, report, run_dir)
         run = prepared.run
+        # Rank 0's precision and setup time for all: a budget every rank counts alike, or the
+        # ranks would leave the loop at different steps and wait on each other for ever.
+        precision = distributed.broadcast(world, precision)
         run.world, run.precision = world, precision
-        setup = time.perf_counter() - t_start
+        setup = distributed.sum_across(
+            world, [time.perf_counter() - t_start if world.is_main else 0.0]
+        )[0]
         budget = run.train_cfg.budget
         if budget and (options.resume is None or options.budget is not None):  # a new budget
             run.train_cfg = replace(run.train_cfg, budget=max(1.0, budget - setup))
@@ -134,9 +139,17 @@ def train(
     finally:
         if held is not None:
             held.release(failed=not finished)  # a new run failed before last.pt leaves nothing
+        leaving = time.perf_counter()
         distributed.shutdown(world, clean=finished)
+    total = time.perf_counter() - t_start
     summary.update(prepared.info, rank=world.rank, setup_seconds=round(setup, 3),
-                   total_seconds=round(time.perf_counter() - t_start, 3))  # fmt: skip
+                   total_seconds=round(total, 3))  # fmt: skip
+    # Every second of this command, part by part (they add up to total_seconds); a resumed
+    # run's "elapsed" counts all its sessions, these only this one.
+    parts = {"setup": round(setup, 3), **summary.pop("session_seconds"),
+             "leaving": round(time.perf_counter() - leaving, 3)}  # the process group  # fmt: skip
+    parts["other"] = round(max(total - sum(parts.values()), 0.0), 3)
+    summary["time_parts"] = parts
     return summary
 
 
@@ -185,9 +198,11 @@ def new_run(
                         "(set --hidden, --layers, --lr, --dropout)")  # fmt: skip
                 report("note", {"message": note})
             else:
+                sizing_started = time.perf_counter()
                 model_cfg, train_cfg, info["chosen"] = size_to_budget(
                     model_cfg, train_cfg, opts, len(train_ids), world.device, precision, report
                 )
+                info["sizing_seconds"] = round(time.perf_counter() - sizing_started, 3)
         check_size(model_cfg, training=True)  # one line now, not an allocation failure later
         model = LanguageModel(model_cfg)
     keep = keep_texts(opts, tokenized.tokenizer, report)
@@ -358,12 +373,18 @@ def size_to_budget(
             warmup_seconds=0.25 if r in (rungs[0], *small) else 0.0,  # the process's first steps
         ),
         params=lambda r: sizing.count_parameters(r, model_cfg), rungs=rungs, small=small,
+        out_of_time=lambda: time.perf_counter() - t0 > 0.1 * train_cfg.budget,
     )  # fmt: skip
     rung, epochs = choice.rung, choice.epochs
     # The batch and window, for the size chosen (its speed at the run's layout is known).
     layouts = sizing.fitting_layouts(train_tokens, opts.batch_size, opts.window)
     here = (train_cfg.batch_size, train_cfg.window)
     layout_note = ""
+    # Comparing layouts takes a dozen more measurements: not where the machine is so slow that
+    # sizing has already taken a tenth of the budget.
+    if time.perf_counter() - t0 > 0.1 * train_cfg.budget:
+        layouts = ()
+        layout_note = "; batch × window not compared (sizing took over a tenth of the budget)"
     if len(layouts) > 1 and here in layouts:
         known = {here: choice.rates[str(rung)]}
 
@@ -464,6 +485,8 @@ def resumed_config(
     said = [f"--{k.replace('_steps', '').replace('_', '-')} {v:g} (was {getattr(saved, k):g})"
             for k, v in changes.items() if v != getattr(saved, k)]  # fmt: skip
     layout, _ = fit_layout(train_tokens, saved.batch_size, saved.window)
+    if pos.window >= layout.windows_per_epoch:
+        raise CheckpointError("cannot resume: its data position is past the end of an epoch")
     epoch = pos.epoch + pos.window / layout.windows_per_epoch
     if options.given("budget", "steps", "epochs"):
         changes["budget"] = None if options.budget is None else pos.elapsed + float(options.budget)
@@ -478,7 +501,8 @@ def resumed_config(
             more.append(f"{options.epochs:g} more epochs")
         said.append("training " + " or ".join(more))
     train_cfg = replace(saved, **changes)
-    if progress_of(train_cfg, pos, layout) >= 1.0:
+    # As the loop tests it: a budget run ends when only its final validation's time is left.
+    if progress_of(train_cfg, pos, layout, reserve=pos.reserve) >= 1.0:
         raise UsageError(
             f"the run has reached its limit ({_where(pos, saved)}); to train more, give "
             "--steps N, --budget TIME or --epochs N: that much more"

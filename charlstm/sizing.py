@@ -157,6 +157,7 @@ def choose(
     params: Callable[[Rung], int],
     rungs: tuple[Rung, ...] = LADDER,
     small: tuple[Rung, ...] = SMALL_LADDER,
+    out_of_time: Callable[[], bool] = lambda: False,
 ) -> Choice:
     """Apply the rule (steps 1, 2 and 4). `rate(rung)` measures tokens/s (called smallest
     first, and no further than needed); `params(rung)` counts its parameters. Pure given those
@@ -176,6 +177,9 @@ def choose(
         return Choice(rung, dropout_for(epochs), epochs, rates, why)
     chosen, epochs, stop = rungs[0], 0.0, ""
     for i, rung in enumerate(rungs):
+        if i and out_of_time():  # measuring more would eat the budget it sizes for
+            stop = "no time to measure more sizes (sizing took over a tenth of the budget)"
+            break
         if params(rung) > MAX_PARAMS_PER_TOKEN * train_tokens and i:
             stop = f"{rung} has more than {MAX_PARAMS_PER_TOKEN:g} parameters per training token"
             break

@@ -10,7 +10,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,9 @@ class Position:
     elapsed: float = 0.0  # seconds of training so far, over all sessions
     train_seconds: float = 0.0  # of which in training steps (not validating): for tokens/s
     best_val_loss: float = math.inf
+    # Seconds of the budget held back for the final validation when this was saved: a budget
+    # run has reached its limit when elapsed + reserve does (the loop's own test).
+    reserve: float = 0.0
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -111,6 +114,14 @@ def progress_of(
 
 
 RECORD_EVERY = 0.02  # of a run, between training-loss records in the metrics
+# The most of a budget one validation may take: a validation split that would take longer (at
+# the speed measured) is cut to the tokens that fit, once, at the run's first validation, and
+# every later validation (a resumed one too: it is saved as --val-tokens) scores the same part.
+VALIDATION_SHARE = 0.05
+# The budget's end is held back by the final validation's predicted time and its saving, times
+# this (a busy machine's speed varies from one second to the next).
+RESERVE_MARGIN = 1.25
+MIN_VAL_TOKENS = 1000
 
 
 def make_optimizer(model: LanguageModel, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -194,6 +205,7 @@ class Run:
     rnn_state: State | None = None  # this rank's streams only
     world: World = field(default_factory=World)  # the processes and the device
     precision: str = "fp32"
+    timing: _Timing | None = None  # the session's clock and speeds (set by fit)
 
     def checkpoint(
         self, *, with_resume: bool, full_state: list[torch.Tensor] | None = None
@@ -249,6 +261,7 @@ def fit(
     """
     cfg, model, world = run.train_cfg, run.model, run.world
     device = world.device
+    began = time.perf_counter()
     layout, notes = fit_layout(len(run.train_ids), cfg.batch_size, cfg.window)
     for note in notes:
         report("note", {"message": note})
@@ -275,6 +288,7 @@ def fit(
         # The file holds all B streams' state; take this rank's rows.
         run.rnn_state = tuple(s[:, rows].to(device) for s in resume["rnn_state"]) or None
     pos = run.pos
+    resumed_at = pos.step if resume is not None else None
     eval_every = cfg.eval_every
     # An explosion is growth: past max(10, 3 ln V) and twice where this session started. A
     # fine-tune onto new characters starts far above the first (they start rare, on purpose).
@@ -291,7 +305,7 @@ def fit(
             "windows_per_epoch": layout.windows_per_epoch,
             "train_tokens": len(run.train_ids),
             "val_tokens": len(run.val_ids),
-            "resumed_at": pos.step if resume is not None else None,
+            "resumed_at": resumed_at,
             "limits": {"budget": cfg.budget, "steps": cfg.steps, "epochs": cfg.epochs},
             "where": f"{device}"
             + (f" × {world.size} processes" if world.active else "")
@@ -304,7 +318,14 @@ def fit(
     last_eval_step = pos.step
     last_eval_decile = int(progress_of(cfg, pos, layout) * 10)
     last_eval_at, last_eval_cost = pos.elapsed, 0.0
-    session_start = time.perf_counter() - pos.elapsed
+    # From fit's start: building the model for DDP and loading the state count too.
+    session_start = began - pos.elapsed
+    # Every decision that ends the loop or calls a collective is taken from figures all ranks
+    # share: rank 0's clock, the summed loss, the stop requests of all ranks, rank 0's
+    # validation and saving times (clock() and the all-reduce of each step below).
+    timing = _Timing(world, session_start, pos, began)
+    timing.tokens_per_step = layout.batch_size * layout.window
+    run.timing = timing
     window_start, window_tokens = time.perf_counter(), 0
     stop_reason = "limit reached"
     loss_value = math.nan
@@ -313,11 +334,15 @@ def fit(
     next_record = (int(progress_of(cfg, pos, layout) / RECORD_EVERY) + 1) * RECORD_EVERY
     recorded_sum, recorded_n = 0.0, 0
 
+    # Stop requests travel in each step's all-reduce; this one covers a request made before
+    # the first step.
+    stop_requested = distributed.sum_across(world, [float(should_stop())])[0] > 0
+    pos.reserve = timing.reserve(run)
     # A budget covers the last validation too: the loop ends when only its cost is left.
-    while progress_of(cfg, pos, layout, reserve=last_eval_cost) < 1.0:
+    while progress_of(cfg, pos, layout, reserve=pos.reserve) < 1.0:
         # Stop between steps, before any of the next window's random numbers are drawn, so
         # last.pt holds exactly where an uninterrupted run stands; every rank stops alike.
-        if distributed.sum_across(world, [float(should_stop())])[0]:
+        if stop_requested:
             stop_reason = "interrupted"
             break
         step_start = time.perf_counter()
@@ -354,17 +379,21 @@ def fit(
                 )
                 + "; a smaller --batch-size or --window needs less"
             ) from None
-        # One small all-reduce: the mean loss and rank 0's clock, so every rank takes the same
-        # decisions.
-        loss_value, elapsed = distributed.sum_across(
+        # One small all-reduce: the mean loss, rank 0's clock and any rank's stop request, so
+        # every rank takes the same decisions.
+        loss_value, elapsed, stops, timing.step_seconds = distributed.sum_across(
             world,
             [
                 loss.item() / world.size,
                 time.perf_counter() - session_start if world.is_main else 0.0,
+                float(should_stop()),
+                timing.own_step_seconds if world.is_main else 0.0,  # up to the last step
             ],
         )
         if pos.step == first_step and math.isfinite(loss_value):
             explode_at = max(explode_at, 2.0 * loss_value)
+        stop_requested = stops > 0
+        timing.steps_timed = timing.steps
         if not math.isfinite(loss_value) or loss_value > explode_at:
             what = "NaN" if math.isnan(loss_value) else f"{loss_value:.3g} (exploded)"
             kept = "the last good checkpoint is kept" if run.metrics else "no checkpoint was made"
@@ -382,6 +411,8 @@ def fit(
         pos.tokens_seen += x.numel() * world.size
         window_tokens += x.numel() * world.size
         pos.elapsed = elapsed
+        timing.steps += 1
+        pos.reserve = timing.reserve(run)  # from shared figures: the same on every rank
         progress = progress_of(cfg, pos, layout)
 
         now = time.perf_counter()
@@ -402,6 +433,7 @@ def fit(
             window_start, window_tokens = now, 0
 
         pos.train_seconds += time.perf_counter() - step_start
+        timing.own_step_seconds += time.perf_counter() - step_start
         recorded_sum, recorded_n = recorded_sum + loss_value, recorded_n + 1
         if progress >= next_record:
             run.curve.append({"step": pos.step, "elapsed": round(pos.elapsed, 3),
@@ -420,7 +452,11 @@ def fit(
             if eval_every
             else decile > last_eval_decile and pos.elapsed - last_eval_at >= 49 * last_eval_cost
         )
-        if due and progress < 1.0:
+        # Under a budget, only where it and the final one still fit.
+        fits = progress_of(cfg, pos, layout, reserve=pos.reserve + timing.eval_cost(run)) < 1.0
+        # Under a budget, the first after a few steps: their speed sizes the validation.
+        fits = fits and (timing.steps >= 8 or bool(run.metrics))
+        if due and progress < 1.0 and (fits or not cfg.budget) and not stop_requested:
             last_eval_cost = _validate(run, loss_value, report)
             last_eval_step, last_eval_decile, last_eval_at = pos.step, decile, pos.elapsed
             # Validation time counts against the budget but not against tokens/s.
@@ -430,10 +466,13 @@ def fit(
                 stop_reason = f"no better validation in the last {cfg.patience} (--patience)"
                 break
 
+    timing.loop_end = time.perf_counter()
     if pos.step > last_eval_step or not run.metrics:
-        _validate(run, loss_value, report)
+        _validate(run, loss_value, report, final=True)
+    saving = time.perf_counter()
     if world.is_main:
         _write_run_json(run, finished=stop_reason != "interrupted")
+    timing.saving += time.perf_counter() - saving
     scored = [m for m in run.metrics if m.get("val_loss") is not None]
     best_record = min(scored, key=lambda m: m["val_loss"], default=None)
     best = best_record["val_loss"] if best_record else None
@@ -459,7 +498,99 @@ def fit(
         "peak_gpu_memory_mb": (
             torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         ),
+        # This session's seconds, part by part (rank 0's clock): the summary adds them up.
+        "session_seconds": timing.parts(),
+        "resumed_at_step": resumed_at,
+        "val_tokens_scored": len(run.val_ids) - 1 if len(run.val_ids) >= 2 else 0,
     }
+
+
+class _Timing:
+    """A session's clock as every rank sees it (rank 0's), the speeds that predict what a
+    validation will cost, and where the session's seconds went (for the summary)."""
+
+    def __init__(self, world: World, session_start: float, pos: Position, began: float) -> None:
+        self.world, self.start, self.pos = world, session_start, pos
+        self.began = began  # fit's start (this rank's clock)
+        self.elapsed_at_start = pos.elapsed
+        self.tokens_per_step = 0  # all ranks
+        self.steps = 0  # this session's
+        self.steps_timed, self.step_seconds = 0, 0.0  # rank 0's time in those steps (shared)
+        self.own_step_seconds = 0.0  # this rank's, not yet shared
+        self.eval_rate = 0.0  # tokens/s of the last validation (rank 0's)
+        self.save_seconds = 0.0  # of the last checkpoint saving (rank 0's, shared at the next)
+        self.eval_seconds = 0.0  # this session's validations, scoring only (rank 0's)
+        self.last_save = 0.0  # rank 0's own, not yet shared
+        self.validating = self.final = self.saving = 0.0  # reporting only (this rank's clock)
+        self.loop_end: float | None = None
+
+    def clock(self) -> float:
+        """Rank 0's elapsed seconds, on every rank (a collective: call it on all)."""
+        now = time.perf_counter() - self.start if self.world.is_main else 0.0
+        return distributed.sum_across(self.world, [now])[0]
+
+    def train_rate(self) -> float:
+        """Tokens/s of training this session (all ranks), from figures every rank shares."""
+        if not self.steps_timed or self.step_seconds <= 0:
+            return 0.0
+        return self.steps_timed * self.tokens_per_step / self.step_seconds
+
+    def eval_cost(self, run: Run) -> float:
+        """Predicted seconds of one validation: at its last measured speed, else at the
+        training speed (a validation step costs about a third of a training step); before the
+        first one, of the part _fit_validation will keep."""
+        rate = self.eval_rate or self.train_rate()
+        if rate <= 0:
+            return 0.0
+        val = max(len(run.val_ids) - 1, 0)
+        if not run.metrics:
+            val = min(val, _val_cap(run, rate))
+        return (val + (len(run.keep.ids) - 1 if run.keep else 0)) / rate
+
+    def reserve(self, run: Run) -> float:
+        """What the budget holds back for the final validation and its saving."""
+        if not run.train_cfg.budget:
+            return 0.0
+        return RESERVE_MARGIN * (self.eval_cost(run) + self.save_seconds)
+
+    def parts(self) -> dict[str, float]:
+        end = self.loop_end if self.loop_end is not None else time.perf_counter()
+        return {
+            "training": round(end - self.began - self.validating, 3),
+            "validating": round(self.validating, 3),
+            "final_validation": round(self.final, 3),
+            "saving": round(self.saving, 3),
+        }
+
+
+def _val_cap(run: Run, rate: float) -> int | float:
+    """The validation tokens one validation can score in VALIDATION_SHARE of the budget at
+    `rate` tokens/s (no cap without a budget)."""
+    if not run.train_cfg.budget:
+        return math.inf
+    return max(MIN_VAL_TOKENS, int(rate * VALIDATION_SHARE * run.train_cfg.budget))
+
+
+def _fit_validation(run: Run, timing: _Timing, report: Report) -> None:
+    """At a budget run's first validation: cut the validation split to what one validation can
+    score in VALIDATION_SHARE of the budget, and keep that cut for the run (as --val-tokens)."""
+    n = len(run.val_ids)
+    rate = timing.eval_rate or timing.train_rate()
+    if rate <= 0 or n < 2:
+        return
+    cap = _val_cap(run, rate)
+    if cap >= n:
+        return
+    assert isinstance(cap, int)
+    from charlstm.tokenizer import tokenizer_from_dict
+    from charlstm.tokens import spelled_chars
+
+    run.val_ids = run.val_ids[:cap]
+    run.corpus.val_chars = spelled_chars(tokenizer_from_dict(run.tokenizer), run.val_ids)
+    run.train_cfg = replace(run.train_cfg, val_tokens=cap)
+    report("note", {"message": (
+        f"validating on the first {cap:,} of {n:,} validation tokens: all of them would take "
+        f"~{n / rate:.1f}s at this speed, over {VALIDATION_SHARE:.0%} of the budget")})  # fmt: skip
 
 
 def stale_validations(metrics: list[dict[str, Any]]) -> int:
@@ -470,13 +601,21 @@ def stale_validations(metrics: list[dict[str, Any]]) -> int:
     return len(scored) - 1 - scored.index(min(scored))
 
 
-def _validate(run: Run, train_loss: float, report: Report) -> float:
-    """Evaluate the whole validation split, log a metrics line, write last.pt and maybe best.pt.
+def _validate(run: Run, train_loss: float, report: Report, final: bool = False) -> float:
+    """Evaluate the validation split, log a metrics line, write last.pt and maybe best.pt;
+    returns the seconds the scoring took. Under a budget, the split is cut to fit the budget at
+    the first validation (_fit_validation), and a final validation that cannot fit in what is
+    left of the budget is skipped with a note.
 
     Under DDP each rank scores its share of the validation streams and the sums are added, so
-    the figure equals a single process's; rank 0 writes the files."""
-    pos, cfg, world = run.pos, run.train_cfg, run.world
+    the figure equals a single process's; rank 0 writes the files. Every decision here is taken
+    from figures all ranks share."""
+    pos, world = run.pos, run.world
+    timing = run.timing or _Timing(world, time.perf_counter(), pos, time.perf_counter())
     t0 = time.perf_counter()
+    if not run.metrics:
+        _fit_validation(run, timing, report)
+    cfg = run.train_cfg
     record: dict[str, Any] = {
         "step": pos.step,
         "tokens_seen": pos.tokens_seen,
@@ -484,34 +623,68 @@ def _validate(run: Run, train_loss: float, report: Report) -> float:
         "train_loss": train_loss,
         "val_loss": None,
     }
-    if len(run.val_ids) >= 2:
-        part = loss_total(run.model, run.val_ids, streams=cfg.eval_streams, part=world.rows)
-        seconds = time.perf_counter() - t0 if world.is_main else 0.0
-        # Rank 0's duration rides along, so every rank schedules validations alike.
-        total, record["eval_seconds"] = distributed.sum_across(world, [part, seconds])
-        n = len(run.val_ids) - 1
-        # Bits per character count the characters of the text, whatever the tokens are.
-        chars = run.corpus.val_chars if run.corpus.val_chars is not None else n
-        result = EvalResult(loss=total / n, tokens=n, chars=chars)
-        record.update(val_loss=result.loss, val_bpc=result.bits_per_char)
-    if run.keep is not None:
-        part = loss_total(run.model, run.keep.ids, streams=cfg.eval_streams, part=world.rows)
-        total = distributed.sum_across(world, [part])[0]
-        n = len(run.keep.ids) - 1
-        keep = EvalResult(loss=total / n, tokens=n, chars=run.keep.chars)
-        record.update(keep_loss=keep.loss, keep_bpc=keep.bits_per_char)
-    record.setdefault("eval_seconds", time.perf_counter() - t0)
-    record["eval_seconds"] = round(record["eval_seconds"], 3)
+    skipped = None
+    if final and cfg.budget:
+        left, cost = cfg.budget - timing.clock(), timing.eval_cost(run)
+        # Within a little of what is left: the bound is max(2 s, 3% of the budget).
+        if cost > left + max(0.5, 0.01 * cfg.budget):
+            skipped = f"~{cost:.1f}s, with {max(left, 0.0):.1f}s of the budget left"
+    has_val = len(run.val_ids) >= 2
+    if skipped is None and (has_val or run.keep is not None):
+        start = time.perf_counter()
+        sums = []
+        if has_val:
+            sums.append(loss_total(run.model, run.val_ids, streams=cfg.eval_streams,
+                                   part=world.rows))  # fmt: skip
+        if run.keep is not None:
+            sums.append(loss_total(run.model, run.keep.ids, streams=cfg.eval_streams,
+                                   part=world.rows))  # fmt: skip
+        seconds = time.perf_counter() - start if world.is_main else 0.0
+        saving = timing.last_save if world.is_main else 0.0
+        # Rank 0's durations ride along, so every rank schedules validations alike.
+        *sums, seconds, timing.save_seconds = distributed.sum_across(world, [*sums, seconds,
+                                                                             saving])  # fmt: skip
+        record["eval_seconds"] = round(seconds, 3)
+        tokens = 0
+        if has_val:
+            n = len(run.val_ids) - 1
+            # Bits per character count the characters of the text, whatever the tokens are.
+            chars = run.corpus.val_chars if run.corpus.val_chars is not None else n
+            result = EvalResult(loss=sums[0] / n, tokens=n, chars=chars)
+            record.update(val_loss=result.loss, val_bpc=result.bits_per_char)
+            tokens += n
+        if run.keep is not None:
+            n = len(run.keep.ids) - 1
+            keep = EvalResult(loss=sums[-1] / n, tokens=n, chars=run.keep.chars)
+            record.update(keep_loss=keep.loss, keep_bpc=keep.bits_per_char)
+            tokens += n
+        timing.eval_seconds += seconds
+        if seconds > 0:
+            timing.eval_rate = tokens / seconds
+    else:
+        record["eval_seconds"] = 0.0
+    if skipped is not None:
+        record["skipped"] = skipped
+        report("note", {"message": f"the final validation ({skipped}) is skipped: it would "
+                                   "overrun the budget"})  # fmt: skip
     run.metrics.append(record)
     improved = record["val_loss"] is not None and record["val_loss"] < pos.best_val_loss
     if improved:
         pos.best_val_loss = record["val_loss"]
-    elif record["val_loss"] is None and not math.isnan(train_loss):
+    elif skipped is not None:
+        improved = not any(m.get("val_loss") is not None for m in run.metrics)  # a best.pt
+    elif not has_val and not math.isnan(train_loss):
         # No validation split: "best" follows the training loss.
         improved = train_loss < pos.best_val_loss
         pos.best_val_loss = min(pos.best_val_loss, train_loss)
+    # The budget's end holds back what the final validation is now expected to cost, and
+    # last.pt records it: resuming a run that has reached its budget is refused.
+    # After the final one, never less than the reserve that ended the loop (a validation
+    # faster than predicted must not make a finished budget look unfinished).
+    pos.reserve = max(pos.reserve, timing.reserve(run)) if final else timing.reserve(run)
     # A collective: every rank sends its streams' state, rank 0 saves all of them.
     full_state = [distributed.gather_rows(world, s, dim=1) for s in run.rnn_state or ()]
+    saving = time.perf_counter()
     if world.is_main:
         if improved:
             best = run.checkpoint(with_resume=False)
@@ -528,6 +701,13 @@ def _validate(run: Run, train_loss: float, report: Report) -> float:
             run.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in run.metrics)
         )
         _write_run_json(run, finished=False)
+    now = time.perf_counter()
+    timing.last_save = now - saving
+    if final:
+        timing.final += saving - t0
+        timing.saving += now - saving
+    else:
+        timing.validating += now - t0
     report("eval", {**record, "best": improved})
     return record["eval_seconds"]
 

@@ -151,3 +151,53 @@ def test_torchrun_trains_resumes_and_samples(tmp_path, play_file):
     )  # fmt: skip
     assert sample.returncode == 0, sample.stderr
     assert len(sample.stdout) >= 40
+
+
+def _skewed_rank(rank: int, size: int, port: int, out: Path, corpus: Path) -> None:
+    """One rank of a 2-process budget run through runs.train, rank 1 with a clock that runs
+    three times fast and a step that is slower: every time it measures is wrong for rank 0."""
+    import time
+
+    from charlstm import runs, training
+    from charlstm.config import TrainOptions
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
+        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(size),
+    )  # fmt: skip
+    if rank == 1:
+        real, batch = time.perf_counter, training.window_batch
+        time.perf_counter = lambda: 3.0 * real()  # type: ignore[assignment]
+
+        def slow_batch(*args, **kw):
+            time.sleep(0.003)
+            return batch(*args, **kw)
+
+        training.window_batch = slow_batch
+    opts = TrainOptions(corpus=[str(corpus)], budget=6.0, hidden=16, layers=1, lr=1e-2,
+                        dropout=0.0, batch_size=8, window=16, threads=1, precision="fp32",
+                        checkpoints=out, name="skew", val_fraction=0.3)  # fmt: skip
+    summary = runs.train(opts)
+    (out / f"rank{rank}.json").write_text(json.dumps(summary))
+
+
+def test_a_budget_run_ends_together_on_ranks_with_different_clocks_and_speeds(tmp_path):
+    """Each rank measuring its own setup time gave each its own budget: one left the loop
+    while the other took a step, and both waited in all_reduce for ever (#27)."""
+    import time
+
+    corpus = tmp_path / "play.txt"
+    corpus.write_text(PLAY * 4)
+    ctx = mp.spawn(_skewed_rank, args=(2, _free_port(), tmp_path, corpus), nprocs=2, join=False)
+    deadline = time.monotonic() + 150
+    try:
+        while not ctx.join(timeout=1):
+            assert time.monotonic() < deadline, "the ranks hang"
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    summaries = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert summaries[0]["steps"] == summaries[1]["steps"] > 0
+    assert summaries[0]["val_losses"] == summaries[1]["val_losses"]
+    assert summaries[0]["stop_reason"] == "limit reached"

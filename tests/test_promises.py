@@ -56,10 +56,14 @@ def _curve(run: Path) -> list[tuple[int, float, float]]:
     return [(m["step"], m["train_loss"], m["val_loss"]) for m in rows]
 
 
-@pytest.mark.parametrize("regulariser", [["--dropout", "0.3"], ["--weight-drop", "0.3"]])
+@pytest.mark.parametrize("regulariser", [["--dropout", "0.3"], ["--weight-drop", "0.3"],
+                                         ["--dropout", "0.3", "--precision", "bf16"]])
 def test_resume_after_sigint_or_kill_9_continues_the_uninterrupted_curve(tmp_path, regulariser):
     """Interrupted anywhere by a real signal and resumed with no options, a run with random
-    masks ends where the uninterrupted run ends, every later validation equal to 1e-5."""
+    masks ends where the uninterrupted run ends, every later validation equal to 1e-5 and the
+    weights bit for bit, in bf16 too where the CPU has it."""
+    if "bf16" in regulariser and not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16")
     (tmp_path / "big.txt").write_text(PLAY * 20)
     common = ["big.txt", "--steps", "600", "--eval-every", "20", *TINY, *regulariser, "-q"]
     whole = charlstm("train", *common, "--name", "whole", cwd=tmp_path)
@@ -88,7 +92,7 @@ def test_resume_after_sigint_or_kill_9_continues_the_uninterrupted_curve(tmp_pat
             assert got[step][1] == pytest.approx(val_loss, abs=1e-5), (sig, step)
         weights = load_checkpoint(run / "last.pt")["model"]
         for key, value in final.items():
-            assert torch.allclose(weights[key], value, atol=1e-5), (sig, key)
+            assert torch.equal(weights[key], value), (sig, key)
 
 
 # ----------------------------------------------------------------------------- resume options
@@ -124,6 +128,48 @@ def test_resume_limits_mean_that_much_more_and_a_finished_run_is_no_silent_no_op
                                  "1", "--json"])  # fmt: skip
     assert longer.exit_code == 0, longer.stderr
     assert json.loads(longer.stdout)["steps"] > 35 and "2s more" in longer.stderr
+
+
+def test_a_budget_bounds_validation_its_summary_adds_up_and_a_finished_budget_is_refused(
+    tmp_path, monkeypatch
+):
+    """--budget covers every validation (the split is cut to what fits, recorded as the run's
+    --val-tokens), the summary's parts add up to its total (after --resume too), a run that
+    finished its budget is refused on --resume without new limits, and info says it resumes."""
+    from charlstm import api, training
+
+    # A validation may take only a sliver of this budget: the split must be cut.
+    monkeypatch.setattr(training, "VALIDATION_SHARE", 1e-4)
+    (tmp_path / "big.txt").write_text(PLAY * 20)
+    opts = dict(hidden=16, layers=1, lr=1e-2, dropout=0.0, batch_size=4, window=16, threads=1,
+                precision="fp32", val_fraction=0.5, checkpoints=tmp_path / "ck")  # fmt: skip
+    notes = []
+    first = api.train([str(tmp_path / "big.txt")], budget=4, name="b", **opts,
+                      report=lambda e, d: notes.append(d.get("message", "")))  # fmt: skip
+    run = tmp_path / "ck" / "b"
+    full = len(PLAY * 20) // 2
+    ckpt = load_checkpoint(run / "last.pt")
+    cut = ckpt["train_config"]["val_tokens"]
+    assert 0 < cut < full and first["val_tokens_scored"] == cut - 1
+    assert any("validating on the first" in n for n in notes)
+    for summary in (first,):
+        parts = summary["time_parts"]
+        assert set(parts) >= {"setup", "training", "validating", "final_validation", "saving"}
+        assert sum(parts.values()) == pytest.approx(summary["total_seconds"], abs=0.01)
+        assert summary["total_seconds"] < 4 + 20  # generous: a busy machine
+    # Finished its budget: refused without new limits, resumed with them.
+    done = runner.invoke(app, ["train", "--resume", str(run), "--threads", "1"])
+    assert done.exit_code == 2 and "reached its limit" in one_error_line(done.stderr)
+    info = json.loads(runner.invoke(app, ["info", str(run), "--json"]).stdout)
+    assert info["resumable"] is True and info["path"].endswith("best.pt")
+    more = api.train(resume=run, budget=2, threads=1)
+    parts = more["time_parts"]
+    assert sum(parts.values()) == pytest.approx(more["total_seconds"], abs=0.01)
+    assert more["elapsed"] > parts["training"] + parts["validating"]  # all sessions
+    assert load_checkpoint(run / "last.pt")["train_config"]["val_tokens"] == cut  # same part
+    shutil.copy(run / "best.pt", tmp_path / "alone.pt")
+    assert json.loads(runner.invoke(app, ["info", str(tmp_path / "alone.pt"), "--json"]
+                                    ).stdout)["resumable"] is False  # fmt: skip
 
 
 def test_resume_applies_what_may_change_and_refuses_what_may_not(finished, tmp_path):
