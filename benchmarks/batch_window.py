@@ -82,7 +82,7 @@ def main() -> None:
                   f"{', '.join(f'{v:.4f}' for v in losses)} | {results[b, t][0]:.4f} |",
                   flush=True)  # fmt: skip
     # What the sizing rule would have taken from these speeds: tokens/s × worth.
-    from charlstm.sizing import LAYOUT_WORTH
+    from charlstm.training.sizing import LAYOUT_WORTH
 
     by_loss = min(results, key=lambda k: results[k][0])
     rated = [bt for bt in results if bt in LAYOUT_WORTH]

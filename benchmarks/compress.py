@@ -164,10 +164,10 @@ def breakdown(model: Path, text: bytes, implied: float) -> None:
     import numpy as np
     import torch
 
-    from charlstm.checkpoint import load_checkpoint, resolve_checkpoint
-    from charlstm.compress import Codec, read_header, segment_count
-    from charlstm.model import model_from_checkpoint
-    from charlstm.tokenizer import tokenizer_from_dict
+    from charlstm.compress.codec import Codec, read_header, segment_count
+    from charlstm.data.tokenizer import tokenizer_from_dict
+    from charlstm.formats.checkpoint import load_checkpoint, resolve_checkpoint
+    from charlstm.model.language_model import model_from_checkpoint
 
     torch.set_num_threads(1)  # sizes only: exact on any thread count
     ckpt = load_checkpoint(resolve_checkpoint(model))

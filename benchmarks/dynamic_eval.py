@@ -26,8 +26,8 @@ import torch
 
 from charlstm.api import load
 from charlstm.config import DYNAMIC_LR, DynamicConfig
-from charlstm.dynamic import dynamic_losses, gradient_scale
-from charlstm.evaluate import token_losses
+from charlstm.evaluation.dynamic import dynamic_losses, gradient_scale
+from charlstm.evaluation.exact import token_losses
 
 
 def floats(text: str) -> list[float]:

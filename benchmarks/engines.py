@@ -64,14 +64,14 @@ def in_process(run: Path, chars: int, repeats: int) -> dict[str, float]:
     """Median chars/s of one stream for each engine's generator, alternating."""
     import torch
 
-    from charlstm.choice import seeded
     from charlstm.config import SampleConfig
-    from charlstm.export import model_from_portable
-    from charlstm.npstep import NumpyStepper
-    from charlstm.npstep import generate as np_generate
-    from charlstm.portable import read_portable
-    from charlstm.sample import generate as torch_generate
-    from charlstm.tokenizer import tokenizer_from_dict
+    from charlstm.data.tokenizer import tokenizer_from_dict
+    from charlstm.export.convert import model_from_portable
+    from charlstm.formats.model_file import read_portable
+    from charlstm.generate.choose import seeded
+    from charlstm.generate.numpy_engine import NumpyStepper
+    from charlstm.generate.numpy_engine import generate as np_generate
+    from charlstm.generate.sample import generate as torch_generate
 
     torch.set_num_threads(1)
     model = read_portable(run / "model.safetensors")
@@ -96,8 +96,8 @@ def in_process(run: Path, chars: int, repeats: int) -> dict[str, float]:
 
 def bytes_per_step(run: Path) -> int:
     """The weights one step of the numpy engine reads at batch 1."""
-    from charlstm.npstep import NumpyStepper
-    from charlstm.portable import read_portable
+    from charlstm.formats.model_file import read_portable
+    from charlstm.generate.numpy_engine import NumpyStepper
 
     s = NumpyStepper(read_portable(run / "model.safetensors"))
     gh = s.gates * s.hidden_size
@@ -130,7 +130,7 @@ def bandwidth(nbytes: int, repeats: int) -> float:
 
 def page(run: Path, work: Path, chars: int, repeats: int) -> tuple[float, int, int]:
     """The page's own chars/s in headless Chromium (median), its size, the weights' bytes."""
-    from charlstm.portable import read_portable
+    from charlstm.formats.model_file import read_portable
 
     out = work / "play.html"
     cli = [sys.executable, "-m", "charlstm", "export", str(run), "--html", str(out), "-q"]

@@ -63,7 +63,7 @@ def pair(kind: str, args: argparse.Namespace, target: Path, held_out: Path) -> d
              "--overwrite", "-q"])  # fmt: skip
     # The base's own held-out text: the tail of its corpus, as its run split it.
     if kind == "char":
-        from charlstm.corpus import load_corpus
+        from charlstm.data.corpus import load_corpus
 
         built = WORK / "shakespeare.txt"
         text = load_corpus(["shakespeare"], cache_dir=Path("corpora")).text

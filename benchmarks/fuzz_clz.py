@@ -31,9 +31,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from charlstm.compress import MAGIC, Codec, CompressError, _leb128, read_header  # noqa: E402
-from charlstm.model import LanguageModel, ModelConfig  # noqa: E402
-from charlstm.tokenizer import CharTokenizer  # noqa: E402
+from charlstm.compress.codec import MAGIC, Codec, CompressError, _leb128, read_header  # noqa: E402
+from charlstm.data.tokenizer import CharTokenizer  # noqa: E402
+from charlstm.model.language_model import LanguageModel, ModelConfig  # noqa: E402
 
 CORPUS = HERE.parent.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 HUGE = [0, 1, 2, 127, 128, 255, 256, 257, 1023, 1024, 1025, 10**6, 10**8, 10**9, 2**31, 2**32,
@@ -110,7 +110,7 @@ def main() -> int:
     torch.set_num_threads(1)
     text = CORPUS.read_text(encoding="utf-8") if CORPUS.exists() else "ROMEO: but soft!\n" * 999
     if args.model:
-        from charlstm.checkpoint import read_checkpoint
+        from charlstm.formats.checkpoint import read_checkpoint
 
         path = args.model / "best.pt" if args.model.is_dir() else args.model
         ckpt = read_checkpoint(path)

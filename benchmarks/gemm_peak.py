@@ -29,9 +29,9 @@ import time
 
 import torch
 
-from charlstm import sizing
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.device import cpu_has_bf16
+from charlstm.training import sizing
 
 
 def gemm_tflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> float:

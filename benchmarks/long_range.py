@@ -51,11 +51,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charlstm.cells import detach_state
 from charlstm.config import CELLS, TrainConfig
-from charlstm.data import fit_layout, window_batch
-from charlstm.model import LanguageModel, ModelConfig
-from charlstm.training import learning_rate, make_optimizer
+from charlstm.data.batches import fit_layout, window_batch
+from charlstm.model.language_model import LanguageModel, ModelConfig
+from charlstm.model.layers import detach_state
+from charlstm.training.loop import learning_rate, make_optimizer
 
 KEYS = "ABCDEFGH"  # what must be recalled
 NOISE = "abcdefghijklmnop"  # filler: disjoint from the keys, so it cannot leak the key

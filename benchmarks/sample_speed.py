@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from charlstm.choice import choose, seeded
-from charlstm.model import LanguageModel, ModelConfig
-from charlstm.sample import SampleConfig, generate
+from charlstm.generate.choose import choose, seeded
+from charlstm.generate.sample import SampleConfig, generate
+from charlstm.model.language_model import LanguageModel, ModelConfig
 
 
 def ours(model: LanguageModel, n: int, batch: int) -> float:

@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from charlstm.checks import CheckpointError, resolve_checkpoint
-from charlstm.choice import Utf8Rows, check_seed, choose, seeded
 from charlstm.config import (
     ADAPT,
     CHECKPOINTS,
@@ -34,17 +32,19 @@ from charlstm.config import (
     SampleConfig,
     TrainOptions,
 )
+from charlstm.data.tokenizer import AnyTokenizer
 from charlstm.errors import CharlstmError, OptionError
-from charlstm.portable import Portable, fresh_portable, portable_path, read_portable
-from charlstm.tokenizer import AnyTokenizer
+from charlstm.formats.checks import CheckpointError, resolve_checkpoint
+from charlstm.formats.model_file import Portable, fresh_portable, portable_path, read_portable
+from charlstm.generate.choose import Utf8Rows, check_seed, choose, seeded
 
 if TYPE_CHECKING:  # these import torch: only the calls that need it load them
     import torch
 
-    from charlstm.evaluate import EvalResult
-    from charlstm.model import LanguageModel
-    from charlstm.npstep import NumpyStepper
-    from charlstm.training import Report
+    from charlstm.evaluation.exact import EvalResult
+    from charlstm.generate.numpy_engine import NumpyStepper
+    from charlstm.model.language_model import LanguageModel
+    from charlstm.training.loop import Report
 
 # How a model generates: numpy (from model.safetensors, no torch), torch, or auto: numpy when
 # the model file is there (and up to date) and the model runs on the CPU.
@@ -70,7 +70,7 @@ def train(
     with last.pt saved."""
     if isinstance(corpus, str):
         corpus = [corpus]
-    from charlstm import runs
+    from charlstm.training import runs
 
     opts = TrainOptions(corpus=list(corpus or []), **options)
     return runs.train(opts, report=_logging(report), should_stop=should_stop or runs._never)
@@ -150,7 +150,7 @@ def load(
                 f"--engine numpy needs an up-to-date {portable_path(where).name} beside '{where}'; "
                 f"write it with: charlstm export {where}"
             )
-    from charlstm.checkpoint import read_checkpoint
+    from charlstm.formats.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(where)
     meta = {k: v for k, v in ckpt.data.items() if k != "model"}
@@ -162,11 +162,11 @@ def info(path: str | Path | None = None, *, checkpoints: str | Path = CHECKPOINT
     the model."""
     where = resolve_checkpoint(None if path is None else Path(path), Path(checkpoints))
     if where.suffix == ".safetensors":
-        from charlstm.portable import describe_portable
+        from charlstm.formats.model_file import describe_portable
 
         data = describe_portable(read_portable(where))
     else:
-        from charlstm.checkpoint import describe, read_checkpoint
+        from charlstm.formats.checkpoint import describe, read_checkpoint
 
         data = describe(read_checkpoint(where).data, where)
     # Whether `charlstm train --resume` can continue the run: a last.pt with its training
@@ -187,7 +187,7 @@ def export(
     self-contained browser page, with `onnx` a one-step ONNX graph (export.py). Given a
     .safetensors file, only the page and the graph are written, and torch is not needed.
     Returns the files written."""
-    from charlstm.export import export as export_files
+    from charlstm.export.convert import export as export_files
 
     where = resolve_checkpoint(None if path is None else Path(path), Path(checkpoints))
     return export_files(where, html=None if html is None else Path(html),
@@ -264,10 +264,10 @@ class Model:
 
     def _build_net(self, model: Portable | None) -> LanguageModel:
         if self._checkpoint is not None:
-            from charlstm.checkpoint import read_checkpoint
+            from charlstm.formats.checkpoint import read_checkpoint
 
             return read_checkpoint(self._checkpoint).model()
-        from charlstm.export import model_from_portable
+        from charlstm.export.convert import model_from_portable
 
         assert model is not None
         return model_from_portable(model)
@@ -376,7 +376,7 @@ class Model:
         """A copy of the network that has read `ids` `passes` times learning from them
         (dynamic.adapted), by default with config.ADAPT's settings. The rms rule takes its
         gradient scale from the training split beside the checkpoint, else from `ids`."""
-        from charlstm.dynamic import adapted, gradient_scale
+        from charlstm.evaluation.dynamic import adapted, gradient_scale
 
         cfg = dynamic or DynamicConfig(**ADAPT)
         scale = None
@@ -415,14 +415,14 @@ class Model:
         """The ids (batch,) of each new token, from whichever engine generates (torch with
         `net`, an adapted copy)."""
         if self.portable is not None and net is None:
-            from charlstm.npstep import NumpyStepper, generate
+            from charlstm.generate.numpy_engine import NumpyStepper, generate
 
             if self._stepper is None:  # the table and joined matrices, made once
                 self._stepper = NumpyStepper(self.portable)
             return generate(self._stepper.fork(), prime_ids, cfg, rng, batch, self.utf8_rows(batch))
         import torch
 
-        from charlstm.sample import generate as torch_generate
+        from charlstm.generate.sample import generate as torch_generate
 
         prime = torch.from_numpy(prime_ids).to(self.device)
         return torch_generate(self.net if net is None else net, prime, cfg, rng, batch,
@@ -494,9 +494,9 @@ class Model:
         `dynamic` (True, or a DynamicConfig) evaluates dynamically (Krause et al., 2018): one
         stream that learns from each segment after scoring it (dynamic.py); the result's
         `dynamic` says how. The weights are put back afterwards; the file is never touched."""
+        from charlstm.data.tokens import spelled_chars
         from charlstm.device import autocast, check_precision
-        from charlstm.evaluate import EvalResult, evaluate_ids, predictions
-        from charlstm.tokens import spelled_chars
+        from charlstm.evaluation.exact import EvalResult, evaluate_ids, predictions
 
         if dynamic is True:
             dynamic = DynamicConfig()
@@ -529,7 +529,7 @@ class Model:
         self, ids: np.ndarray, cfg: DynamicConfig
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Every prediction's loss from one dynamic pass, and how it was made (for reports)."""
-        from charlstm.dynamic import dynamic_losses, gradient_scale
+        from charlstm.evaluation.dynamic import dynamic_losses, gradient_scale
 
         train = self.training_ids() if cfg.rule == "rms" else None
         scale = gradient_scale(self.net, train, cfg) if train is not None else None
@@ -549,7 +549,7 @@ class Model:
         the first token is not predicted). "line" is the line as written where the lines of
         the text and of the scored tokens match up (nothing skipped across a line). `dynamic`:
         the pass learns from the text as it reads it (see evaluate)."""
-        from charlstm.evaluate import score_lines, token_losses
+        from charlstm.evaluation.exact import score_lines, token_losses
 
         enc = text if isinstance(text, EncodedText) else self.encode_text(text)
         _need_two(enc.ids)
@@ -574,7 +574,7 @@ class Model:
         first `max_chars` known characters (visualize.trace); char models only."""
         import torch
 
-        from charlstm.visualize import trace
+        from charlstm.evaluation.visualize import trace
 
         if self.tokenizer.kind != "char":
             raise CharlstmError(
@@ -606,7 +606,7 @@ class Session:
     """
 
     def __init__(self, model: Model, cfg: SampleConfig, rng: np.random.Generator) -> None:
-        from charlstm.step import Stepper
+        from charlstm.generate.torch_engine import Stepper
 
         self.model, self.cfg, self.rng = model, cfg, rng
         self.stepper = Stepper(model.net)

@@ -105,7 +105,7 @@ def set_threads(threads: int, streams: int | None = None) -> int:
     per-line pass, a trace): each of its steps is a matrix-vector product that a second core
     barely speeds up, and that slows down many times over when another process holds that
     core (BENCHMARKS.md, "Threads"). Returns the number set."""
-    from charlstm.distributed import local_size
+    from charlstm.training.distributed import local_size
 
     if threads <= 0:
         cores = max(1, usable_cores() // local_size())

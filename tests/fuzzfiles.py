@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from charlstm.files import fingerprint
-from charlstm.portable import fingerprint_of
+from charlstm.formats.model_file import fingerprint_of
 
 # Values a field may be replaced by: every JSON type, edges of every range, text that looks
 # like a number.

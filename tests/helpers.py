@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from charlstm.data import split_ids
-from charlstm.model import LanguageModel, ModelConfig
-from charlstm.tokenizer import CharTokenizer
-from charlstm.tokens import CorpusInfo
-from charlstm.training import Run, TrainConfig
+from charlstm.data.batches import split_ids
+from charlstm.data.tokenizer import CharTokenizer
+from charlstm.data.tokens import CorpusInfo
+from charlstm.model.language_model import LanguageModel, ModelConfig
+from charlstm.training.loop import Run, TrainConfig
 
 
 def tiny_run(

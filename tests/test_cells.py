@@ -8,7 +8,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from charlstm.cells import (
+from charlstm.config import CELLS
+from charlstm.formats.checkpoint import load_checkpoint
+from charlstm.generate.torch_engine import Stepper
+from charlstm.model.language_model import LanguageModel, ModelConfig
+from charlstm.model.layers import (
     SLSTM,
     STATE_PARTS,
     CoupledLSTM,
@@ -22,10 +26,6 @@ from charlstm.cells import (
     reference_step,
     reference_weights,
 )
-from charlstm.checkpoint import load_checkpoint
-from charlstm.config import CELLS
-from charlstm.model import LanguageModel, ModelConfig
-from charlstm.step import Stepper
 
 B, T, IN, H, L = 3, 5, 6, 8, 2  # IN != H, so a transposed weight cannot pass by accident
 
@@ -412,7 +412,7 @@ def test_stepper_keeps_the_weights_it_was_built_from(cell: str) -> None:
 def test_new_cells_train_sample_evaluate_visualize_and_resume(tmp_path, play_file, cell) -> None:
     from typer.testing import CliRunner
 
-    from charlstm.cli import app
+    from charlstm.cli.commands import app
 
     runner = CliRunner()
     run = tmp_path / "ck" / "r"

@@ -4,9 +4,9 @@ import pickle
 import pytest
 import torch
 
-from charlstm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from charlstm.model import LanguageModel, ModelConfig
-from charlstm.training import fit
+from charlstm.formats.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from charlstm.model.language_model import LanguageModel, ModelConfig
+from charlstm.training.loop import fit
 
 from .conftest import PLAY
 from .helpers import tiny_run
@@ -83,7 +83,7 @@ def test_atomic_write_keeps_the_old_file_when_saving_fails(tmp_path):
 def test_the_carried_state_must_have_the_cells_parts(tmp_path):
     """An sLSTM carries (h, c, n, m): a last.pt whose state lacks parts is refused on resume,
     and the parameter count computed from the config matches the built model."""
-    from charlstm.checkpoint import parameter_count, read_checkpoint
+    from charlstm.formats.checkpoint import parameter_count, read_checkpoint
 
     for cell in ("slstm", "mogrifier"):
         run = tiny_run(PLAY, tmp_path / cell, hidden=8, steps=3, cell=cell)
@@ -103,7 +103,7 @@ def test_the_carried_state_must_have_the_cells_parts(tmp_path):
 
 def test_optimizer_flags_that_change_the_state_or_the_step_are_refused(tmp_path):
     """amsgrad on would need state the file lacks (a KeyError mid-step); maximize would climb."""
-    from charlstm.checkpoint import read_checkpoint
+    from charlstm.formats.checkpoint import read_checkpoint
 
     run = tiny_run(PLAY, tmp_path / "r", hidden=8, steps=3)
     fit(run)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from charlstm.checkpoint import load_checkpoint
-from charlstm.cli import app
+from charlstm.cli.commands import app
+from charlstm.formats.checkpoint import load_checkpoint
 
 from .helpers import start_training, wait_for
 
@@ -255,7 +255,7 @@ def test_plain_progress_lines_fill_only_the_gaps_between_validations():
 
     from rich.console import Console
 
-    from charlstm.display import TrainDisplay
+    from charlstm.cli.display import TrainDisplay
 
     def lines(eval_at: set[int]) -> list[str]:
         out = io.StringIO()

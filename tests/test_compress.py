@@ -19,9 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from charlstm.checkpoint import load_checkpoint, read_checkpoint
-from charlstm.cli import app
-from charlstm.compress import (
+from charlstm.cli.commands import app
+from charlstm.compress.codec import (
     MAGIC,
     MAX_SEGMENTS,
     MAX_TOKENS_PER_WORD,
@@ -31,9 +30,10 @@ from charlstm.compress import (
     read_header,
     segment_count,
 )
-from charlstm.model import LanguageModel, ModelConfig
-from charlstm.quantized import ExactLSTM, QuantizeError, tables
-from charlstm.tokenizer import BpeTokenizer, CharTokenizer, WordTokenizer
+from charlstm.compress.exact import ExactLSTM, QuantizeError, tables
+from charlstm.data.tokenizer import BpeTokenizer, CharTokenizer, WordTokenizer
+from charlstm.formats.checkpoint import load_checkpoint, read_checkpoint
+from charlstm.model.language_model import LanguageModel, ModelConfig
 
 from .conftest import PLAY
 

@@ -1,4 +1,4 @@
-"""Tests for charlstm.corpus: each way a corpus argument becomes text, or one clear error."""
+"""Tests for charlstm.data.corpus: each way a corpus argument becomes text, or one clear error."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from charlstm import corpus
-from charlstm.corpus import (
+from charlstm.data import corpus
+from charlstm.data.corpus import (
     BUILTIN_CORPORA,
     Corpus,
     CorpusError,

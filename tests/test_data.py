@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from charlstm.data import (
+from charlstm.data.batches import (
     DataError,
     epoch_offset,
     eval_layout,

@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from charlstm.checkpoint import load_checkpoint
-from charlstm.distributed import World, init_world, shutdown
-from charlstm.training import fit
+from charlstm.formats.checkpoint import load_checkpoint
+from charlstm.training.distributed import World, init_world, shutdown
+from charlstm.training.loop import fit
 from tests.conftest import PLAY
 from tests.helpers import tiny_run
 
@@ -158,8 +158,9 @@ def _skewed_rank(rank: int, size: int, port: int, out: Path, corpus: Path) -> No
     three times fast and a step that is slower: every time it measures is wrong for rank 0."""
     import time
 
-    from charlstm import runs, training
     from charlstm.config import TrainOptions
+    from charlstm.training import loop as training
+    from charlstm.training import runs
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),

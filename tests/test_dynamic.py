@@ -12,11 +12,11 @@ import torch
 from typer.testing import CliRunner
 
 from charlstm.api import load
-from charlstm.cli import app
+from charlstm.cli.commands import app
 from charlstm.config import DynamicConfig
-from charlstm.dynamic import dynamic_losses, gradient_scale
-from charlstm.evaluate import token_losses
-from charlstm.training import fit
+from charlstm.evaluation.dynamic import dynamic_losses, gradient_scale
+from charlstm.evaluation.exact import token_losses
+from charlstm.training.loop import fit
 from tests.conftest import PLAY
 from tests.helpers import tiny_run
 

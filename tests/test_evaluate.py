@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charlstm.evaluate import evaluate_ids, token_losses
-from charlstm.model import LanguageModel, ModelConfig
+from charlstm.evaluation.exact import evaluate_ids, token_losses
+from charlstm.model.language_model import LanguageModel, ModelConfig
 
 
 def test_evaluation_equals_one_full_forward_pass():
@@ -27,7 +27,7 @@ def test_evaluation_equals_one_full_forward_pass():
 
 
 def test_warm_up_makes_parallel_streams_match_one_pass():
-    from charlstm.evaluate import loss_total
+    from charlstm.evaluation.exact import loss_total
 
     torch.manual_seed(1)
     model = LanguageModel(ModelConfig(vocab_size=9, hidden_size=32, num_layers=2)).eval()

@@ -23,16 +23,16 @@ import torch
 from typer.testing import CliRunner
 
 from charlstm.api import load
-from charlstm.choice import choose, seeded
-from charlstm.cli import app
+from charlstm.cli.commands import app
 from charlstm.config import SampleConfig
-from charlstm.export import model_from_portable, portable_weights
-from charlstm.model import LanguageModel, ModelConfig
-from charlstm.npstep import NumpyStepper
-from charlstm.npstep import generate as np_generate
-from charlstm.portable import Portable, portable_bytes, read_portable
-from charlstm.sample import generate as torch_generate
-from charlstm.tokenizer import CharTokenizer
+from charlstm.data.tokenizer import CharTokenizer
+from charlstm.export.convert import model_from_portable, portable_weights
+from charlstm.formats.model_file import Portable, portable_bytes, read_portable
+from charlstm.generate.choose import choose, seeded
+from charlstm.generate.numpy_engine import NumpyStepper
+from charlstm.generate.numpy_engine import generate as np_generate
+from charlstm.generate.sample import generate as torch_generate
+from charlstm.model.language_model import LanguageModel, ModelConfig
 from tests.conftest import PLAY
 
 CELLS = ("lstm", "gru", "rnn", "peephole", "coupled")
@@ -87,7 +87,7 @@ def test_numpy_engine_gives_torchs_probabilities_over_500_steps(cell, monkeypatc
     ids = np.random.default_rng(1).integers(0, 11, 520)
     expected = _probs(_torch_logits(model, ids))  # (520, V)
     for table in (True, False):
-        monkeypatch.setattr("charlstm.npstep.MAX_TABLE", 1 << 24 if table else 0)
+        monkeypatch.setattr("charlstm.generate.numpy_engine.MAX_TABLE", 1 << 24 if table else 0)
         stepper = NumpyStepper(portable)
         assert (stepper.table is not None) == table
         got = [_probs(stepper.prime(ids[:20]))[0]]
@@ -172,7 +172,7 @@ def test_sampling_from_the_model_file_never_imports_torch(run_dir):
                     raise ImportError("torch is not installed here")
 
         sys.meta_path.insert(0, NoTorch())
-        from charlstm.cli import app
+        from charlstm.cli.commands import app
         for args in (["sample", "-m", {str(run_dir)!r}, "--prime", "ROMEO:", "-n", "120",
                       "--seed", "5", "--no-echo-prime", "-q"],
                      ["export", {str(run_dir / "model.safetensors")!r}, "--html",
@@ -290,7 +290,7 @@ def test_onnx_graph_gives_charlstms_logits_over_100_steps(cell, tmp_path):
     """The exported one-step graph, run in onnxruntime for 100 steps with its state fed back
     (two streams), gives the training model's logits at every position to 1e-4."""
     ort = pytest.importorskip("onnxruntime")
-    from charlstm.onnxgraph import onnx_bytes
+    from charlstm.export.onnx_graph import onnx_bytes
 
     model, portable = _portable(cell)
     session = ort.InferenceSession(onnx_bytes(portable), providers=["CPUExecutionProvider"])
@@ -318,7 +318,7 @@ def test_cli_writes_an_onnx_file(run_dir, tmp_path):
 
 def _node_script(cases: list[dict]) -> str:
     return textwrap.dedent(f"""
-        const C = require({json.dumps(str(REPO / "charlstm" / "playground.js"))});
+        const C = require({json.dumps(str(REPO / "charlstm" / "export" / "playground.js"))});
         const cases = {json.dumps(cases)};
         const out = [];
         for (const c of cases) {{
@@ -339,7 +339,7 @@ def test_javascript_step_and_choice_match_python_under_node(tmp_path):
     for the same logits and draw (temperature, top-k, top-p)."""
     import base64
 
-    from charlstm.playground import page_meta, weights_blob
+    from charlstm.export.playground import page_meta, weights_blob
 
     rng = np.random.default_rng(3)
     choices = []
@@ -420,8 +420,8 @@ def test_page_greedy_text_equals_charlstm_sample_in_chromium(run_dir, page, tmp_
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", source)
     assert "fetch(" not in source and "XMLHttpRequest" not in source
     weights = read_portable(run_dir / "model.safetensors").num_bytes
-    code = len((REPO / "charlstm" / "playground.js").read_bytes()) + len(
-        (REPO / "charlstm" / "playground.html").read_bytes()
+    code = len((REPO / "charlstm" / "export" / "playground.js").read_bytes()) + len(
+        (REPO / "charlstm" / "export" / "playground.html").read_bytes()
     )
     assert page.stat().st_size <= 1.5 * weights + 2 * code
 

@@ -12,10 +12,10 @@ import torch
 from typer.testing import CliRunner
 
 import charlstm
-from charlstm.checkpoint import load_checkpoint, read_checkpoint, weights_fingerprint
-from charlstm.cli import app
-from charlstm.model import with_vocabulary
-from charlstm.training import TrainingDiverged
+from charlstm.cli.commands import app
+from charlstm.formats.checkpoint import load_checkpoint, read_checkpoint, weights_fingerprint
+from charlstm.model.language_model import with_vocabulary
+from charlstm.training.loop import TrainingDiverged
 from tests.conftest import PLAY
 
 runner = CliRunner()

@@ -19,7 +19,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 import charlstm
-from charlstm.cli import app
+from charlstm.cli.commands import app
 from charlstm.device import set_threads
 from tests.conftest import PLAY
 
@@ -74,7 +74,7 @@ def test_huge_seeds_and_models_too_big_for_the_machine_are_one_line(home):
 
 
 def test_running_out_of_memory_in_training_saves_last_pt_and_says_so(tmp_path, monkeypatch):
-    from charlstm import training
+    from charlstm.training import loop as training
 
     (tmp_path / "play.txt").write_text(PLAY)
     real, calls = training.train_step, []

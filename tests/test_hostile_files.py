@@ -18,8 +18,8 @@ import torch
 import typer
 from click.testing import CliRunner
 
-from charlstm.checkpoint import load_checkpoint
-from charlstm.cli import app
+from charlstm.cli.commands import app
+from charlstm.formats.checkpoint import load_checkpoint
 from tests.conftest import PLAY
 from tests.fuzzfiles import (
     DEEP,
@@ -232,7 +232,7 @@ def test_info_shows_one_parameter_count_and_one_fingerprint(home, kind):
     """best.pt and its model.safetensors describe one model: the same parameters (the ones
     training updates) and the same fingerprint."""
     from charlstm.api import info
-    from charlstm.checkpoint import read_checkpoint
+    from charlstm.formats.checkpoint import read_checkpoint
 
     run = home / "ck" / kind
     a, b = info(run / "best.pt"), info(run / "model.safetensors")
@@ -246,8 +246,8 @@ def test_info_shows_one_parameter_count_and_one_fingerprint(home, kind):
 def test_the_model_files_corpus_fields_are_corpus_infos():
     from dataclasses import fields
 
-    from charlstm.portable import CORPUS_FIELDS
-    from charlstm.tokens import CorpusInfo
+    from charlstm.data.tokens import CorpusInfo
+    from charlstm.formats.model_file import CORPUS_FIELDS
 
     assert CORPUS_FIELDS == {f.name: str(f.type) for f in fields(CorpusInfo)}
 

@@ -24,11 +24,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from charlstm.checkpoint import load_checkpoint
-from charlstm.cli import app
+from charlstm.cli.commands import app
 from charlstm.config import CELLS
 from charlstm.device import cpu_has_bf16
-from charlstm.training import fit
+from charlstm.formats.checkpoint import load_checkpoint
+from charlstm.training.loop import fit
 from tests.conftest import PLAY
 from tests.helpers import tiny_run, wait_for
 
@@ -136,7 +136,8 @@ def test_a_budget_bounds_validation_its_summary_adds_up_and_a_finished_budget_is
     """--budget covers every validation (the split is cut to what fits, recorded as the run's
     --val-tokens), the summary's parts add up to its total (after --resume too), a run that
     finished its budget is refused on --resume without new limits, and info says it resumes."""
-    from charlstm import api, training
+    from charlstm import api
+    from charlstm.training import loop as training
 
     # A validation may take only a sliver of this budget: the split must be cut.
     monkeypatch.setattr(training, "VALIDATION_SHARE", 1e-4)
@@ -353,7 +354,7 @@ def test_crafted_checkpoints_from_the_issue_are_refused_in_one_line(fuzz_home, t
 
 
 def test_a_saved_checkpoint_passes_the_validator(fuzz_home):
-    from charlstm.checkpoint import read_checkpoint
+    from charlstm.formats.checkpoint import read_checkpoint
 
     for name in ("best.pt", "last.pt"):
         checked = read_checkpoint(fuzz_home / "ck" / "r" / name, resume=name == "last.pt")
@@ -393,8 +394,8 @@ def test_two_first_runs_at_once_both_succeed_and_leave_one_cache_entry(tmp_path)
 _TOKENIZE = """
 import sys
 from pathlib import Path
-from charlstm.corpus import CorpusStream
-from charlstm.tokens import tokenize_corpus
+from charlstm.data.corpus import CorpusStream
+from charlstm.data.tokens import tokenize_corpus
 stream = CorpusStream([sys.argv[1]], cache_dir=Path(sys.argv[2]))
 tokenize_corpus(stream, kind="char", vocab_size=None, min_frequency=None, val_fraction=0.1,
                 cache_dir=Path(sys.argv[2]) / "cache", signature=stream.signature())
@@ -402,8 +403,8 @@ tokenize_corpus(stream, kind="char", vocab_size=None, min_frequency=None, val_fr
 
 
 def test_kill_9_while_tokenizing_never_leaves_a_cache_entry_a_later_run_trusts(tmp_path):
-    from charlstm.corpus import CorpusStream
-    from charlstm.tokens import tokenize_corpus
+    from charlstm.data.corpus import CorpusStream
+    from charlstm.data.tokens import tokenize_corpus
 
     corpus = tmp_path / "big.txt"
     corpus.write_text(PLAY * 4000)  # ~10 MB: tokenizing takes a good part of a second

@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 import charlstm
-from charlstm.checkpoint import load_checkpoint
-from charlstm.cli import app
-from charlstm.folders import LOCK_FILE, RUN_FILES, RunBusy, hold_run
+from charlstm.cli.commands import app
+from charlstm.formats.checkpoint import load_checkpoint
+from charlstm.formats.run_folder import LOCK_FILE, RUN_FILES, RunBusy, hold_run
 from tests.conftest import PLAY
 from tests.helpers import start_training, wait_for
 
@@ -75,7 +75,8 @@ def test_the_lock_is_one_holder_at_a_time_and_dies_with_a_killed_process(tmp_pat
         hold_run(folder, new=True)  # a second open file is a second holder, even in-process
     held.release()
     hold_run(folder, new=True).release()
-    code = ("import sys, time; from pathlib import Path; from charlstm.folders import hold_run; "
+    code = ("import sys, time; from pathlib import Path; "
+            "from charlstm.formats.run_folder import hold_run; "
             "hold_run(Path(sys.argv[1]), new=True); print('held', flush=True); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE,
                             text=True)  # fmt: skip

@@ -3,10 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charlstm.choice import ModelOutputError, choose, seeded
-from charlstm.model import LanguageModel, ModelConfig
-from charlstm.sample import SampleConfig, generate
-from charlstm.step import Stepper
+from charlstm.generate.choose import ModelOutputError, choose, seeded
+from charlstm.generate.sample import SampleConfig, generate
+from charlstm.generate.torch_engine import Stepper
+from charlstm.model.language_model import LanguageModel, ModelConfig
 
 
 def _model(cell: str = "lstm") -> LanguageModel:
@@ -105,7 +105,7 @@ def _bpe_run(tmp_path, text: str, name: str):
     from typer.testing import CliRunner
 
     import charlstm
-    from charlstm.cli import app
+    from charlstm.cli.commands import app
 
     (tmp_path / f"{name}.txt").write_text(text, encoding="utf-8")
     r = CliRunner().invoke(app, ["train", str(tmp_path / f"{name}.txt"), "--tokenizer", "bpe",
@@ -147,7 +147,7 @@ def test_a_bpe_model_of_greek_and_chinese_still_samples_their_characters(tmp_pat
 
 
 def test_the_utf8_mask_allows_only_what_continues_valid_text():
-    from charlstm.choice import Utf8Rows, Utf8Table, unfinished, utf8_so_far
+    from charlstm.generate.choose import Utf8Rows, Utf8Table, unfinished, utf8_so_far
 
     tokens = [bytes([b]) for b in range(256)] + ["é".encode(), b"\xe4\xb8", b"\xad x"]
     rows = Utf8Rows(Utf8Table(tokens), batch=2)

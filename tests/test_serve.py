@@ -25,10 +25,17 @@ import uvicorn
 from typer.testing import CliRunner
 
 import charlstm
-from charlstm.batching import Done, Engine, Failed, Job, Text
-from charlstm.cli import app as cli
+from charlstm.cli.commands import app as cli
 from charlstm.config import SampleConfig, ServeConfig
-from charlstm.serve import MAX_BODY, MAX_HEAD, create_app, listen, load_models, uvicorn_config
+from charlstm.serve.batching import Done, Engine, Failed, Job, Text
+from charlstm.serve.server import (
+    MAX_BODY,
+    MAX_HEAD,
+    create_app,
+    listen,
+    load_models,
+    uvicorn_config,
+)
 
 from .conftest import PLAY
 

@@ -7,10 +7,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from charlstm import sizing
-from charlstm.checkpoint import read_checkpoint
-from charlstm.cli import app
-from charlstm.sizing import Rung
+from charlstm.cli.commands import app
+from charlstm.formats.checkpoint import read_checkpoint
+from charlstm.training import sizing
+from charlstm.training.sizing import Rung
 
 LADDER = (Rung(64, 2, 1e-2), Rung(96, 2, 8e-3), Rung(128, 2, 6e-3))
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import pre_tokenizers
 
-from charlstm.tokenizer import (
+from charlstm.data.tokenizer import (
     _PRE_TOKEN_RE,
     DEFAULT_VOCAB,
     UNK_PLACEHOLDER,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from charlstm.cli import app
-from charlstm.data import split_ids
-from charlstm.tokens import MIN_CACHED_CHARS, _split_pieces, tokenize_corpus
+from charlstm.cli.commands import app
+from charlstm.data.batches import split_ids
+from charlstm.data.tokens import MIN_CACHED_CHARS, _split_pieces, tokenize_corpus
 
 from .conftest import PLAY
 
@@ -159,10 +159,10 @@ def test_adaptive_softmax_loss_path_matches_its_full_distribution():
     import torch
     import torch.nn.functional as F
 
-    from charlstm.choice import seeded
     from charlstm.config import ModelConfig, SampleConfig
-    from charlstm.model import LanguageModel
-    from charlstm.sample import generate
+    from charlstm.generate.choose import seeded
+    from charlstm.generate.sample import generate
+    from charlstm.model.language_model import LanguageModel
 
     torch.manual_seed(0)
     model = LanguageModel(ModelConfig(vocab_size=300, hidden_size=32, softmax_cutoffs=[50, 150]))
@@ -190,7 +190,7 @@ def test_adaptive_softmax_loss_path_matches_its_full_distribution():
 @pytest.mark.parametrize("kind", ["char", "word", "bpe"])
 @pytest.mark.parametrize("cached", [False, True])
 def test_tokenizing_in_pieces_equals_tokenizing_the_whole(kind, cached, tmp_path, monkeypatch):
-    import charlstm.tokens as tokens
+    import charlstm.data.tokens as tokens
 
     # Pieces cut anywhere, even inside words and at the validation cut; the cache path writes
     # the ids straight to its .npy file as they come.
@@ -228,8 +228,8 @@ def test_split_in_pieces_looks_for_the_line_end_across_pieces():
 def test_unchanged_files_are_found_in_the_cache_without_reading_them(tmp_path, monkeypatch):
     import os
 
-    import charlstm.tokens as tokens
-    from charlstm.corpus import CorpusStream
+    import charlstm.data.tokens as tokens
+    from charlstm.data.corpus import CorpusStream
 
     monkeypatch.setattr(tokens, "MIN_CACHED_CHARS", 1)
     f = tmp_path / "a.txt"

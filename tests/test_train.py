@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from charlstm.checkpoint import load_checkpoint
+from charlstm.data.tokens import CorpusInfo
 from charlstm.device import cpu_has_bf16
-from charlstm.model import LanguageModel, ModelConfig
-from charlstm.tokens import CorpusInfo
-from charlstm.training import Run, TrainConfig, TrainingDiverged, fit, learning_rate
+from charlstm.formats.checkpoint import load_checkpoint
+from charlstm.model.language_model import LanguageModel, ModelConfig
+from charlstm.training.loop import Run, TrainConfig, TrainingDiverged, fit, learning_rate
 
 from .conftest import PLAY
 from .helpers import tiny_run
@@ -89,7 +89,7 @@ def test_schedule_warms_up_then_decays_to_floor():
 
 
 def test_state_resets_are_a_function_of_seed_and_step_and_split_by_rank():
-    from charlstm.training import _reset_some
+    from charlstm.training.loop import _reset_some
 
     cfg = TrainConfig(seed=4, state_reset=0.25)
     h = torch.ones(2, 64, 3)
@@ -115,7 +115,7 @@ def test_sgd_optimizer_trains(tmp_path):
 
 
 def test_patience_stops_when_validation_stops_improving(tmp_path):
-    from charlstm.training import stale_validations
+    from charlstm.training.loop import stale_validations
 
     assert stale_validations([]) == 0
     assert stale_validations([{"val_loss": v} for v in (3.0, 2.0, 2.5, 2.1)]) == 2

@@ -19,9 +19,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from charlstm.cli import app
-from charlstm.display import sparkline
+from charlstm.cli.commands import app
+from charlstm.cli.display import sparkline
+from charlstm.formats.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tests.conftest import PLAY
 from tests.helpers import start_training, wait_for
 

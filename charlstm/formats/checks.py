@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from charlstm.config import CHECKPOINTS, ModelConfig
+from charlstm.data.tokenizer import AnyTokenizer, tokenizer_from_dict
 from charlstm.errors import CharlstmError
-from charlstm.tokenizer import AnyTokenizer, tokenizer_from_dict
 
 # Gate blocks per layer, by cell: what a layer's weights cost.
 GATES = {"lstm": 4, "gru": 3, "rnn": 1, "peephole": 4, "coupled": 3, "mogrifier": 4, "slstm": 4}

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from charlstm.choice import Utf8Rows, choose
 from charlstm.config import SampleConfig
-from charlstm.model import LanguageModel
-from charlstm.step import Stepper
+from charlstm.generate.choose import Utf8Rows, choose
+from charlstm.generate.torch_engine import Stepper
+from charlstm.model.language_model import LanguageModel
 
 
 @torch.inference_mode()

@@ -58,8 +58,8 @@ from typing import Any
 
 import numpy as np
 
+from charlstm.compress.exact import CODER_BITS, ExactLSTM, QuantizeError
 from charlstm.errors import CharlstmError
-from charlstm.quantized import CODER_BITS, ExactLSTM, QuantizeError
 
 MAGIC = b"\x89CLZ"
 FORMAT_VERSION = 2  # 2: raw segments and the segment table (flag 1); 1 had neither
@@ -315,7 +315,7 @@ class Codec:
         self.tokenizer, self.engine, self.device = tokenizer, engine, device
         from dataclasses import asdict
 
-        from charlstm.checkpoint import model_fingerprint
+        from charlstm.formats.checkpoint import model_fingerprint
 
         digest = model_fingerprint(model, asdict(model.cfg), tokenizer.to_dict())
         self._fingerprint = bytes.fromhex(digest)

@@ -30,9 +30,9 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from charlstm import files
-from charlstm.choice import Utf8Rows, Utf8Table
 from charlstm.config import TOKENIZERS
 from charlstm.errors import CharlstmError
+from charlstm.generate.choose import Utf8Rows, Utf8Table
 
 KINDS = TOKENIZERS
 # Vocabulary sizes and minimum counts used when the user gives none. Word: large enough for

@@ -24,8 +24,8 @@ import torch
 from rich.text import Text
 from torch import Tensor
 
-from charlstm.cells import STATE_NAMES, reference_step, reference_weights, zero_state
-from charlstm.model import LanguageModel
+from charlstm.model.language_model import LanguageModel
+from charlstm.model.layers import STATE_NAMES, reference_step, reference_weights, zero_state
 
 # Activations that are sigmoid outputs in [0, 1]; the rest (hidden, cell) are centred on 0.
 GATES = ("forget", "input", "output", "update", "reset")

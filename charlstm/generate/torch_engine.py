@@ -42,9 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from charlstm.cells import STATE_PARTS, State
-from charlstm.model import LanguageModel
-from charlstm.npstep import table_fits  # when layer 0 becomes a table: one rule for both engines
+from charlstm.generate.numpy_engine import (
+    table_fits,  # when layer 0 becomes a table: one rule for both engines
+)
+from charlstm.model.language_model import LanguageModel
+from charlstm.model.layers import STATE_PARTS, State
 
 
 @dataclass

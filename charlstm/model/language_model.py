@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlstm.cells import State, make_recurrent, run_layer
 from charlstm.config import ModelConfig
+from charlstm.model.layers import State, make_recurrent, run_layer
 
 
 class LanguageModel(nn.Module):

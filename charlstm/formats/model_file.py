@@ -43,7 +43,11 @@ from typing import Any
 import numpy as np
 
 from charlstm import __version__
-from charlstm.checks import (
+from charlstm.config import ModelConfig, TrainConfig
+from charlstm.data.tokenizer import AnyTokenizer
+from charlstm.errors import CharlstmError
+from charlstm.files import FileWriteError, Fingerprinter, fingerprint, write_atomic
+from charlstm.formats.checks import (
     GATES,
     PORTABLE_NAME,
     CheckpointError,
@@ -55,10 +59,6 @@ from charlstm.checks import (
     require,
     typed,
 )
-from charlstm.config import ModelConfig, TrainConfig
-from charlstm.errors import CharlstmError
-from charlstm.files import FileWriteError, Fingerprinter, fingerprint, write_atomic
-from charlstm.tokenizer import AnyTokenizer
 
 FORMAT = "charlstm-step"
 FORMAT_VERSION = 1

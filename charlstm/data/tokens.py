@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from charlstm import files
-from charlstm.corpus import CorpusError
-from charlstm.data import DataError
-from charlstm.tokenizer import (
+from charlstm.data.batches import DataError
+from charlstm.data.corpus import CorpusError
+from charlstm.data.tokenizer import (
     AnyTokenizer,
     CharTokenizer,
     code_points,

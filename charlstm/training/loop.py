@@ -17,26 +17,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from charlstm import distributed
-from charlstm.cells import State, detach_state
-from charlstm.checkpoint import save_checkpoint
-from charlstm.checks import PORTABLE_NAME
 from charlstm.config import TrainConfig
-from charlstm.data import (
+from charlstm.data.batches import (
     StreamLayout,
     epoch_offset,
     fit_layout,
     window_batch,
 )
+from charlstm.data.tokens import CorpusInfo
 from charlstm.device import autocast, grad_scaler
-from charlstm.distributed import World
 from charlstm.errors import CharlstmError
-from charlstm.evaluate import EvalResult, loss_total
-from charlstm.export import write_model_file
+from charlstm.evaluation.exact import EvalResult, loss_total
+from charlstm.export.convert import write_model_file
 from charlstm.files import write_atomic
-from charlstm.model import LanguageModel, ModelConfig
-from charlstm.portable import no_portable_form
-from charlstm.tokens import CorpusInfo
+from charlstm.formats.checkpoint import save_checkpoint
+from charlstm.formats.checks import PORTABLE_NAME
+from charlstm.formats.model_file import no_portable_form
+from charlstm.model.language_model import LanguageModel, ModelConfig
+from charlstm.model.layers import State, detach_state
+from charlstm.training import distributed
+from charlstm.training.distributed import World
 
 Report = Callable[[str, dict[str, Any]], None]  # (event, data): "note", "start", "progress", "eval"
 
@@ -582,8 +582,8 @@ def _fit_validation(run: Run, timing: _Timing, report: Report) -> None:
     if cap >= n:
         return
     assert isinstance(cap, int)
-    from charlstm.tokenizer import tokenizer_from_dict
-    from charlstm.tokens import spelled_chars
+    from charlstm.data.tokenizer import tokenizer_from_dict
+    from charlstm.data.tokens import spelled_chars
 
     run.val_ids = run.val_ids[:cap]
     run.corpus.val_chars = spelled_chars(tokenizer_from_dict(run.tokenizer), run.val_ids)

@@ -21,7 +21,7 @@ import numpy as np
 
 from charlstm.errors import CharlstmError
 from charlstm.files import write_atomic
-from charlstm.portable import (
+from charlstm.formats.model_file import (
     RUN_KEYS,
     Portable,
     fingerprint_of,
@@ -32,13 +32,13 @@ from charlstm.portable import (
 )
 
 if TYPE_CHECKING:
-    from charlstm.model import LanguageModel
+    from charlstm.model.language_model import LanguageModel
 
 
 
 def portable_weights(model: LanguageModel) -> dict[str, np.ndarray]:
     """A torch model's weights in the step layout, by the model file's names, float32."""
-    from charlstm.step import step_weights
+    from charlstm.generate.torch_engine import step_weights
 
     w = step_weights(model)
     assert w.w_out is not None and w.b_out is not None, "an adaptive head has no portable form"
@@ -64,7 +64,7 @@ def model_from_portable(model: Portable) -> LanguageModel:
     """The torch model a model file describes (the inverse of `portable_weights`), eval mode."""
     import torch
 
-    from charlstm.model import LanguageModel
+    from charlstm.model.language_model import LanguageModel
 
     cfg, w = model.config, model.weights
     net = LanguageModel(cfg)
@@ -97,7 +97,7 @@ def _swap_last_two(w: Any, hid: int) -> Any:
 
 def portable_from_checkpoint(where: Path) -> Portable:
     """A checked checkpoint file's model in memory as a model file would hold it."""
-    from charlstm.checkpoint import read_checkpoint
+    from charlstm.formats.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(where)
     why = no_portable_form(ckpt.config)
@@ -125,12 +125,12 @@ def export(where: Path, *, html: Path | None = None, onnx: Path | None = None) -
         written.append(target)
         model.path = target
     if html is not None:
-        from charlstm.playground import build_page
+        from charlstm.export.playground import build_page
 
         write_atomic(html, build_page(model))
         written.append(html)
     if onnx is not None:
-        from charlstm.onnxgraph import onnx_bytes
+        from charlstm.export.onnx_graph import onnx_bytes
 
         write_atomic(onnx, onnx_bytes(model))
         written.append(onnx)

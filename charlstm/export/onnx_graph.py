@@ -32,8 +32,8 @@ import numpy as np
 
 from charlstm import __version__
 from charlstm.errors import CharlstmError
-from charlstm.npstep import CELLS_WITH_MEMORY, table_fits
-from charlstm.portable import Portable
+from charlstm.formats.model_file import Portable
+from charlstm.generate.numpy_engine import CELLS_WITH_MEMORY, table_fits
 
 OPSET, IR_VERSION = 17, 8
 

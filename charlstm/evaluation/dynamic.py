@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from charlstm.cells import detach_state
 from charlstm.config import DynamicConfig
-from charlstm.data import eval_layout, eval_window
-from charlstm.model import LanguageModel
+from charlstm.data.batches import eval_layout, eval_window
+from charlstm.model.language_model import LanguageModel
+from charlstm.model.layers import detach_state
 
 # Streams that read the training split for the gradient statistics (Krause et al. used 100).
 STAT_STREAMS = 32

@@ -21,6 +21,13 @@ import typer
 from rich.console import Console
 
 from charlstm import __version__
+from charlstm.cli.display import (
+    TrainDisplay,
+    err_console,
+    info_lines,
+    plot_metrics,
+    print_summary,
+)
 from charlstm.config import (
     CELLS,
     CHECKPOINTS,
@@ -35,13 +42,6 @@ from charlstm.config import (
     SampleConfig,
     ServeConfig,
     TrainConfig,
-)
-from charlstm.display import (
-    TrainDisplay,
-    err_console,
-    info_lines,
-    plot_metrics,
-    print_summary,
 )
 from charlstm.errors import (
     EXIT_INTERRUPTED,
@@ -461,7 +461,7 @@ def train(
     opts = TrainOptions(**{**options, "corpus": corpus or []})
     err = err_console(quiet)
     _stdin_note(corpus, err)
-    from charlstm import runs  # imports torch: after the options are known to be good
+    from charlstm.training import runs  # imports torch: after the options are known to be good
 
     display = TrainDisplay(err)
     stop = _StopFlag()
@@ -611,7 +611,7 @@ def sample(
     """Stream generated text to stdout, one token at a time."""
     _blas_threads(threads, num_samples)  # before numpy loads (charlstm.api imports it)
     from charlstm.api import check_adapt, random_seed
-    from charlstm.choice import check_seed
+    from charlstm.generate.choose import check_seed
 
     err = err_console(quiet)
     SampleConfig.build(length, temp, top_k, top_p, greedy=greedy)  # check before loading
@@ -864,7 +864,7 @@ def evaluate(
 
 def _read_texts(args: list[str], encoding: str, errors: str, err: Console) -> str:
     from charlstm.config import CORPORA
-    from charlstm.corpus import load_corpus
+    from charlstm.data.corpus import load_corpus
 
     _stdin_note(args, err)
     with err.status("reading text…"):
@@ -1005,7 +1005,7 @@ def _find(acts: dict, body: str, layer: int, unit: int | None, err: Console) -> 
     and return them unless a --unit was given."""
     from rich.table import Table
 
-    from charlstm.visualize import find_units, properties
+    from charlstm.evaluation.visualize import find_units, properties
 
     best = find_units(acts, properties(body), top=5)
     table = Table(title=f"layer {layer}: units that track the text", title_style="bold")
@@ -1023,7 +1023,7 @@ def _show_units(
 ) -> None:  # fmt: skip
     """The text coloured by each shown unit on stdout (or their values, `form` tsv or json);
     and the coloured text as a page with --html."""
-    from charlstm.visualize import render_html, render_terminal, value_lines
+    from charlstm.evaluation.visualize import render_html, render_terminal, value_lines
 
     rows = []
     for s in shown:
@@ -1080,7 +1080,7 @@ def runs(
 ) -> None:
     """The runs under the checkpoints folder (newest first): corpus, tokenizer, model, steps,
     best validation, age and disk use; and taking away what is no longer wanted."""
-    from charlstm.folders import delete_run, list_runs, slim_run
+    from charlstm.formats.run_folder import delete_run, list_runs, slim_run
 
     err = err_console(quiet)
     names = list(slim or [])
@@ -1117,7 +1117,7 @@ def runs(
 
 
 def _runs_table(found: list[Any]) -> str:
-    from charlstm.folders import age
+    from charlstm.formats.run_folder import age
 
     rows = [("name", "corpus", "tokens", "model", "steps", "best", "bits/char", "age", "disk")]
     for r in found:
@@ -1192,8 +1192,8 @@ def chat(
 
 
 # ----------------------------------------------------------------------------------- compress
-# Two thin commands over charlstm.compress (the format and the coding) and charlstm.quantized
-# (the integer-exact model); only reading, writing and display live here.
+# Two thin commands over charlstm.compress.codec (the format and the coding) and
+# charlstm.compress.exact (the integer-exact model); only reading, writing and display live here.
 
 CompressInput = Annotated[str, typer.Argument(help="The file to read; - (default) reads stdin.")]
 ThreadsOption = Annotated[
@@ -1267,7 +1267,7 @@ def _load_codec(
 ) -> tuple[Path, Any]:
     """The checkpoint's path and the model ready to code. Quietly: a failure later must leave
     one line on stderr, so the path is said in the summary instead."""
-    from charlstm.compress import Codec
+    from charlstm.compress.codec import Codec
 
     net = _load(model, threads, err_console(quiet=True), streams=0, checkpoints=checkpoints)
     return net.path, Codec(net.net, net.tokenizer, engine=engine)
@@ -1298,7 +1298,7 @@ def compress(
         raise CharlstmError(
             "refusing to write compressed data to a terminal; redirect it: > FILE.clz"
         )
-    from charlstm.compress import read_header, require_constriction
+    from charlstm.compress.codec import read_header, require_constriction
 
     require_constriction()
     data = _read_input(source)
@@ -1337,7 +1337,7 @@ def decompress(
     """Decompress a file made by `charlstm compress` with the same model, to stdout. Nothing is
     written unless the whole text matches the checksum the file carries."""
     err = err_console(quiet)
-    from charlstm.compress import read_header, require_constriction
+    from charlstm.compress.codec import read_header, require_constriction
 
     require_constriction()
     blob = _read_input(source)
@@ -1471,7 +1471,7 @@ def serve(
                       max_tokens=max_tokens, grace=grace, allow_hosts=tuple(allow_host or ()),
                       allow_origins=tuple(allow_origin or ()))  # fmt: skip
     try:
-        from charlstm import serve as server
+        from charlstm.serve import server
     except ImportError as e:
         raise CharlstmError(
             f"serve needs the [serve] extra ({e.name} is missing): pip install 'charlstm[serve]'"

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from charlstm.data import eval_layout, eval_window
-from charlstm.model import LanguageModel
+from charlstm.data.batches import eval_layout, eval_window
+from charlstm.model.language_model import LanguageModel
 
 
 @dataclass(frozen=True)

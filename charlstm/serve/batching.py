@@ -48,11 +48,11 @@ import numpy as np
 import torch
 
 from charlstm.api import Model
-from charlstm.choice import ModelOutputError, Utf8Rows, choose, seeded
 from charlstm.config import SampleConfig
+from charlstm.data.tokenizer import StreamDecoder
 from charlstm.errors import CharlstmError
-from charlstm.step import Stepper
-from charlstm.tokenizer import StreamDecoder
+from charlstm.generate.choose import ModelOutputError, Utf8Rows, choose, seeded
+from charlstm.generate.torch_engine import Stepper
 
 # Prompts of up to this many tokens are read inside the batch, a token a step; a longer one
 # would hold its first token back too many steps, and is run apart (window forward) first.

@@ -64,11 +64,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from charlstm.api import Model, load, random_seed
-from charlstm.batching import Done, Engine, Event, Failed, Job, QueueFull, ShuttingDown, Text
-from charlstm.choice import MAX_SEED
 from charlstm.config import CHECKPOINTS, SampleConfig, ServeConfig
 from charlstm.errors import CharlstmError, UsageError
-from charlstm.evaluate import predictions
+from charlstm.evaluation.exact import predictions
+from charlstm.generate.choose import MAX_SEED
+from charlstm.serve.batching import Done, Engine, Event, Failed, Job, QueueFull, ShuttingDown, Text
 
 MAX_BODY = 1 << 20  # bytes in a request body
 MAX_HEAD = 64 << 10  # bytes in a request line and its headers (nginx allows 4 × 8 KB lines)

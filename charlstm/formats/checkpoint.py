@@ -21,8 +21,11 @@ from typing import Any
 import torch
 
 from charlstm import __version__
-from charlstm.cells import STATE_PARTS
-from charlstm.checks import (  # noqa: F401  (resolve_checkpoint, check_size: re-exported)
+from charlstm.config import ModelConfig, TrainConfig
+from charlstm.data.tokenizer import AnyTokenizer
+from charlstm.data.tokens import CorpusInfo
+from charlstm.files import FileWriteError, Fingerprinter, write_atomic
+from charlstm.formats.checks import (  # noqa: F401  (resolve_checkpoint, check_size: re-exported)
     CheckpointError,
     SizeError,
     check_size,
@@ -31,15 +34,12 @@ from charlstm.checks import (  # noqa: F401  (resolve_checkpoint, check_size: re
     parameter_count,
     resolve_checkpoint,
 )
-from charlstm.checks import Invalid as _Invalid
-from charlstm.checks import config_from_dict as _config
-from charlstm.checks import number as _number
-from charlstm.checks import require as _require
-from charlstm.config import ModelConfig, TrainConfig
-from charlstm.files import FileWriteError, Fingerprinter, write_atomic
-from charlstm.model import LanguageModel
-from charlstm.tokenizer import AnyTokenizer
-from charlstm.tokens import CorpusInfo
+from charlstm.formats.checks import Invalid as _Invalid
+from charlstm.formats.checks import config_from_dict as _config
+from charlstm.formats.checks import number as _number
+from charlstm.formats.checks import require as _require
+from charlstm.model.language_model import LanguageModel
+from charlstm.model.layers import STATE_PARTS
 
 FORMAT = "charlstm"
 FORMAT_VERSION = 1
@@ -249,7 +249,7 @@ def weights_fingerprint(ckpt: dict[str, Any]) -> str:
     (portable.fingerprint_of, over the step-layout weights its model file holds), so best.pt,
     its model.safetensors, the ONNX graph, the page and a .clz all name it alike. A model with
     no portable form (portable.no_portable_form) is named by its torch weights instead."""
-    from charlstm.portable import no_portable_form
+    from charlstm.formats.model_file import no_portable_form
 
     config = ModelConfig(**ckpt["model_config"])
     if no_portable_form(config) is None:
@@ -262,8 +262,8 @@ def weights_fingerprint(ckpt: dict[str, Any]) -> str:
 def model_fingerprint(net: LanguageModel, config: dict[str, Any], tokenizer: dict[str, Any]) -> str:
     """The one fingerprint (weights_fingerprint) of a model in memory, given its config and
     tokenizer as saved (asdict, to_dict)."""
-    from charlstm.export import portable_weights
-    from charlstm.portable import fingerprint_of, no_portable_form
+    from charlstm.export.convert import portable_weights
+    from charlstm.formats.model_file import fingerprint_of, no_portable_form
 
     if no_portable_form(net.cfg) is None:
         return fingerprint_of(portable_weights(net), config, tokenizer)

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from charlstm.checks import parameter_count
 from charlstm.errors import CharlstmError
-from charlstm.portable import Portable
+from charlstm.formats.checks import parameter_count
+from charlstm.formats.model_file import Portable
 
 
 def weights_blob(model: Portable) -> tuple[bytes, dict[str, Any]]:
@@ -71,7 +71,7 @@ def build_page(model: Portable) -> str:
         )
     blob, tensors = weights_blob(model)
     meta = page_meta(model, tensors)
-    here = files("charlstm")
+    here = files(__package__)
     template = (here / "playground.html").read_text(encoding="utf-8")
     script = (here / "playground.js").read_text(encoding="utf-8")
     title = html.escape(f"charlstm playground · {meta['description']}")

@@ -26,9 +26,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from charlstm.choice import Utf8Rows, choose
 from charlstm.config import SampleConfig
-from charlstm.portable import Portable
+from charlstm.formats.model_file import Portable
+from charlstm.generate.choose import Utf8Rows, choose
 
 # Fold layer 0 into a table while it holds at most this many numbers (64 MB in fp32), or no more
 # than the weights it replaces: a char vocabulary always fits; a 50,000-word one at 4×200 gates

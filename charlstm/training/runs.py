@@ -22,15 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from charlstm import distributed, files, sizing
-from charlstm.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    check_size,
-    read_checkpoint,
-    resolve_checkpoint,
-    weights_fingerprint,
-)
+from charlstm import files
 from charlstm.config import (
     CHANGEABLE_ON_RESUME,
     CORPORA,
@@ -42,8 +34,16 @@ from charlstm.config import (
     adaptive_cutoffs,
     apply_preset,
 )
-from charlstm.corpus import CorpusStream
-from charlstm.data import DataError, fit_layout, split_ids
+from charlstm.data.batches import DataError, fit_layout, split_ids
+from charlstm.data.corpus import CorpusStream
+from charlstm.data.tokenizer import AnyTokenizer
+from charlstm.data.tokens import (
+    CorpusInfo,
+    TokenizedCorpus,
+    fingerprint_of,
+    spelled_chars,
+    tokenize_corpus,
+)
 from charlstm.device import (
     check_precision,
     configure,
@@ -52,19 +52,20 @@ from charlstm.device import (
     resolve_precision,
     set_threads,
 )
-from charlstm.distributed import World
 from charlstm.errors import CharlstmError, UsageError
-from charlstm.folders import HeldRun, hold_run
-from charlstm.model import LanguageModel, with_vocabulary
-from charlstm.tokenizer import AnyTokenizer
-from charlstm.tokens import (
-    CorpusInfo,
-    TokenizedCorpus,
-    fingerprint_of,
-    spelled_chars,
-    tokenize_corpus,
+from charlstm.formats.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    check_size,
+    read_checkpoint,
+    resolve_checkpoint,
+    weights_fingerprint,
 )
-from charlstm.training import KeepEval, Position, Report, Run, fit, progress_of
+from charlstm.formats.run_folder import HeldRun, hold_run
+from charlstm.model.language_model import LanguageModel, with_vocabulary
+from charlstm.training import distributed, sizing
+from charlstm.training.distributed import World
+from charlstm.training.loop import KeepEval, Position, Report, Run, fit, progress_of
 
 
 def _ignore(event: str, data: dict[str, Any]) -> None:

@@ -1,0 +1,1 @@
+"""The command line: options, commands and their display; calls into the library."""

@@ -1,0 +1,1 @@
+"""Lossless compression with a model: the .clz format and the integer-exact engine."""

@@ -1,0 +1,1 @@
+"""Text to batches: corpora, tokenizers, the token cache, windows of B streams."""

@@ -1,0 +1,1 @@
+"""Reading text through a trained model: exact loss, dynamic evaluation, what units hold."""

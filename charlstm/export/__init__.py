@@ -1,0 +1,1 @@
+"""A model taken out of torch: the model file's weights, ONNX, the browser page."""

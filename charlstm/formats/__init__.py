@@ -1,0 +1,1 @@
+"""Files on disk: the run folder, checkpoints, model.safetensors, and their checks."""

@@ -1,0 +1,1 @@
+"""`charlstm serve`: an OpenAI-style HTTP API over continuous batching."""
