@@ -101,10 +101,11 @@ def bytes_per_step(run: Path) -> int:
 
     s = NumpyStepper(read_portable(run / "model.safetensors"))
     gh = s.gates * s.hidden_size
-    total = (gh if s.table is not None else s.embed.shape[1] * gh) * 4 + s.w_h[0].nbytes
-    for k in range(1, s.num_layers):
-        total += s.w_cat[k].nbytes if s.w_cat[k] is not None else s.w_x[k].nbytes + s.w_h[k].nbytes
-    return total + s.w_out.nbytes + sum(b.nbytes for b in s.b) + s.b_out.nbytes
+    first = s.layers[0]
+    total = (gh * 4 if s.table is not None else first["w_x"].nbytes) + first["w_h"].nbytes
+    for layer in s.layers[1:]:
+        total += layer["w_x"].nbytes + layer["w_h"].nbytes
+    return total + s.w_out.nbytes + sum(layer["b"].nbytes for layer in s.layers) + s.b_out.nbytes
 
 
 def bandwidth(nbytes: int, repeats: int) -> float:

@@ -1,16 +1,24 @@
-"""The recurrent layers against their equations, and the single-step path against the window."""
+"""The cells (cells/) against their papers and the training layers, the engines against the cells,
+and the single-step path against the window."""
 
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
 
+from charlstm.cells import CELLS as CELLS_BY_NAME
+from charlstm.cells.base import bind, fact, layer_shapes
 from charlstm.config import CELLS
+from charlstm.export.trace import trace
 from charlstm.formats.checkpoint import load_checkpoint
-from charlstm.generate.torch_engine import Stepper
+from charlstm.generate.numpy_ops import NUMPY, numpy_program
+from charlstm.generate.plan import fold_recurrent, lay_out
+from charlstm.generate.torch_engine import FUSE, Stepper, torch_program
 from charlstm.model.language_model import LanguageModel, ModelConfig
 from charlstm.model.layers import (
     SLSTM,
@@ -18,14 +26,11 @@ from charlstm.model.layers import (
     CoupledLSTM,
     MogrifierLSTM,
     PeepholeLSTM,
-    gru_reference_step,
-    gru_weights_from_torch,
-    lstm_reference_step,
-    lstm_weights_from_torch,
     make_recurrent,
-    reference_step,
-    reference_weights,
+    run_layer,
 )
+from charlstm.model.ops import TORCH
+from charlstm.model.weights import step_layers
 
 B, T, IN, H, L = 3, 5, 6, 8, 2  # IN != H, so a transposed weight cannot pass by accident
 
@@ -74,95 +79,166 @@ def some_loss(out: Tensor, state: list[Tensor], proj: list[Tensor]) -> Tensor:
     return sum((a * w).sum() for a, w in zip([out, *state], proj, strict=True))
 
 
-# ---------------------------------------------------------------- references vs torch
+# ---------------------------------------------------------------- the definitions, by hand
+#
+# cells/lstm.py and cells/gru.py against the papers' equations (torch's documented GRU),
+# worked out with `math` for one unit and one input, each gate with weights of its own.
 
 
-def test_lstm_reference_matches_torch_outputs_and_gradients() -> None:
-    lstm = nn.LSTM(IN, H, L, batch_first=True).double()
+def _sig(v: float) -> float:
+    return 1 / (1 + math.exp(-v))
+
+
+def _one_unit(cell, gates: dict[str, tuple[float, ...]]) -> dict[str, Tensor]:
+    """A 1-unit layer in the step layout from per-gate (w_x, w_h, b[, b_h]) by BLOCKS letter."""
+    names = ("w_x", "w_h", "b", "b_h")[: len(next(iter(gates.values())))]
+    layer = {n: torch.tensor([gates[g][j] for g in cell.BLOCKS], dtype=torch.float64)
+             for j, n in enumerate(names)}  # fmt: skip
+    layer["w_x"], layer["w_h"] = layer["w_x"][None], layer["w_h"][None]  # (1, G)
+    return layer
+
+
+def test_lstm_and_gru_steps_are_the_papers_equations_by_hand() -> None:
+    x, h, c = 0.7, -0.2, 0.4
+    gates = {"i": (0.5, -0.3, 0.1), "f": (-0.4, 0.8, 1.0), "o": (0.9, 0.2, -0.5),
+             "g": (1.2, -0.7, 0.3)}  # fmt: skip
+    pre = {g: w * x + u * h + b for g, (w, u, b) in gates.items()}
+    i, f, o = _sig(pre["i"]), _sig(pre["f"]), _sig(pre["o"])
+    c_new = f * c + i * math.tanh(pre["g"])  # Hochreiter & Schmidhuber; Gers et al.
+    h_new = o * math.tanh(c_new)
+    layer = _one_unit(CELLS_BY_NAME["lstm"], gates)
+    zx = torch.tensor([[x]], dtype=torch.float64) @ layer["w_x"] + layer["b"]
+    state = (torch.tensor([[h]], dtype=torch.float64), torch.tensor([[c]], dtype=torch.float64))
+    got = CELLS_BY_NAME["lstm"].step(TORCH, layer, zx, state)
+    assert [float(v) for v in got] == pytest.approx([h_new, c_new], abs=1e-15)
+
+    gates = {"r": (0.5, -0.3, 0.1, 0.2), "z": (-0.4, 0.8, 1.0, -0.6),
+             "n": (1.2, -0.7, 0.3, 0.45)}  # fmt: skip  (w_i, w_h, b_i, b_h)
+    r, z = (_sig(w * x + b + u * h + bh) for w, u, b, bh in (gates["r"], gates["z"]))
+    w, u, b, bh = gates["n"]
+    n = math.tanh(w * x + b + r * (u * h + bh))
+    h_new = (1 - z) * n + z * h  # torch.nn.GRU's documented equations
+    layer = _one_unit(CELLS_BY_NAME["gru"], gates)
+    zx = torch.tensor([[x]], dtype=torch.float64) @ layer["w_x"] + layer["b"]
+    h_0 = torch.tensor([[h]], dtype=torch.float64)
+    (got,) = CELLS_BY_NAME["gru"].step(TORCH, layer, zx, (h_0,))
+    assert float(got) == pytest.approx(h_new, abs=1e-15)
+
+
+# ---------------------------------------------------------------- the definitions vs training
+#
+# Each cell's step (cells/<cell>.py) over TorchOps in float64, run step by step and layer by
+# layer on differentiable views of the training layer's own parameters (model/weights.py),
+# against the layer's forward: torch's fused nn.LSTM/GRU/RNN, our own scans, the sLSTM's
+# hand-written backward. Outputs, final state and the gradients of the input, the state and
+# every parameter, to 1e-5.
+
+
+def definition_window(cell_name: str, layer, x: Tensor, state: tuple[Tensor, ...]):
+    """The layer's window by its cell's step (stack_layers), on its own parameters."""
+    cell = CELLS_BY_NAME[cell_name]
+
+    def step(x_t, *args):
+        *s, w = args
+        given = x_t if fact(cell, "INPUT_GATED") else x_t @ w["w_x"] + w["b"]
+        return tuple(cell.step(TORCH, bind(cell, w), given, tuple(s)))
+
+    return stack_layers(step, step_layers(layer, cell_name), x, list(state))
+
+
+CASES = [(c, 5) for c in CELLS] + [("mogrifier", 4), ("mogrifier", 1), ("mogrifier", 0)]
+
+
+@pytest.mark.parametrize(("cell", "rounds"), CASES)
+@pytest.mark.parametrize("fresh", [False, True])
+def test_each_cells_step_is_its_training_layer_outputs_and_gradients(cell, rounds, fresh) -> None:
+    layer = make_recurrent(cell, IN, H, L, dropout=0.0, rounds=rounds).double()
+    perturb_(layer)  # away from the initial values, so every term matters
     x = torch.randn(B, T, IN, dtype=torch.float64, requires_grad=True)
-    h0, c0 = random_state("lstm", torch.float64)
-    h0.requires_grad_()
-    c0.requires_grad_()
-    proj = [torch.randn(B, T, H, dtype=torch.float64), torch.randn_like(h0), torch.randn_like(c0)]
-    wrt = [x, h0, c0, *lstm.parameters()]
+    state = parts(random_state(cell, torch.float64))
+    if fresh:  # the zero state: the sLSTM's fresh-state branch (n = 0)
+        state = tuple(torch.zeros_like(s) for s in state)
+    state = tuple(s.requires_grad_() for s in state)
+    proj = [torch.randn(B, T, H, dtype=torch.float64), *(torch.randn_like(s) for s in state)]
+    # The sLSTM's final c, n and m are left out of the loss: m is a choice of scale for c and n
+    # (see below), which training does not differentiate; h and the outputs do not depend on it.
+    keep = 1 if cell == "slstm" else len(state)
+    wrt = [x, *state, *layer.parameters()]
 
-    out, (h, c) = lstm(x, (h0, c0))
-    expected = [out, h, c, *grads_of(some_loss(out, [h, c], proj), wrt)]
+    def loss(out, final):
+        return some_loss(out, list(final[:keep]), proj[: 1 + keep])
 
-    def step(x_t, h, c, W):
-        return lstm_reference_step(x_t, h, c, W)
-
-    weights = [lstm_weights_from_torch(lstm, k) for k in range(L)]
-    out, (h, c) = stack_layers(step, weights, x, [h0, c0])
-    got = [out, h, c, *grads_of(some_loss(out, [h, c], proj), wrt)]
-
+    out, final = run_layer(cell, layer, x, state)
+    expected = [out, *final, *grads_of(loss(out, final), wrt)]
+    out, final = definition_window(cell, layer, x, state)
+    got = [out, *final, *grads_of(loss(out, final), wrt)]
     for e, g in zip(expected, got, strict=True):
         torch.testing.assert_close(g, e, rtol=0, atol=1e-5)
+    if cell == "mogrifier":
+        q, r = layer.mogrifier_weights(0)
+        assert (q.shape[0], r.shape[0]) == ((rounds + 1) // 2, rounds // 2)
 
 
-def test_gru_reference_matches_torch_outputs_and_gradients() -> None:
-    gru = nn.GRU(IN, H, L, batch_first=True).double()
-    x = torch.randn(B, T, IN, dtype=torch.float64, requires_grad=True)
-    h0 = random_state("gru", torch.float64).requires_grad_()
-    proj = [torch.randn(B, T, H, dtype=torch.float64), torch.randn_like(h0)]
-    wrt = [x, h0, *gru.parameters()]
-
-    out, h = gru(x, h0)
-    expected = [out, h, *grads_of(some_loss(out, [h], proj), wrt)]
-
-    def step(x_t, h, W):
-        return (gru_reference_step(x_t, h, W),)
-
-    weights = [gru_weights_from_torch(gru, k) for k in range(L)]
-    out, (h,) = stack_layers(step, weights, x, [h0])
-    got = [out, h, *grads_of(some_loss(out, [h], proj), wrt)]
-
-    for e, g in zip(expected, got, strict=True):
-        torch.testing.assert_close(g, e, rtol=0, atol=1e-5)
+# ---------------------------------------------------------------- the engines vs the definitions
 
 
-# ---------------------------------------------------------------- our own cells
+def random_layer(cell, rows: int, seed: int = 0, fresh_rows: int = 1) -> tuple[dict, list, list]:
+    """Random float64 weights of one layer (the step layout, 3 rounds for the Mogrifier), a
+    random state of `rows` rows (the sLSTM's n positive, 0 in the first `fresh_rows`: a fresh
+    state) and T inputs (x (rows, I) for an INPUT_GATED cell, else zx (rows, G·H))."""
+    rng = np.random.default_rng(seed)
+    shapes = layer_shapes(cell, IN, H, rounds=3)
+    layer = {n: rng.normal(0, 0.5, s) for n, s in shapes.items()}
+    state = [rng.normal(0, 1, (rows, H)) for _ in cell.STATE]
+    if cell.STATE[2:3] == ("n",):
+        state[2] = np.abs(state[2]) + 1
+        state[2][:fresh_rows] = 0
+    width = IN if fact(cell, "INPUT_GATED") else shapes["w_x"][1]
+    inputs = [rng.normal(0, 1, (rows, width)) for _ in range(T)]
+    return layer, state, inputs
 
 
-def peephole_step(x, h, c, layer: PeepholeLSTM, k: int):
-    w_x, w_h, b, p = layer.layer_weights(k)
-    W_i, W_f, W_c, W_o = w_x.split(H, dim=1)  # documented blocks [ i | f | g | o ]
-    U_i, U_f, U_c, U_o = w_h.split(H, dim=1)
-    b_i, b_f, b_c, b_o = b.split(H)
-    p_i, p_f, p_o = p
-    i = torch.sigmoid(x @ W_i + h @ U_i + b_i + p_i * c)
-    f = torch.sigmoid(x @ W_f + h @ U_f + b_f + p_f * c)
-    c = f * c + i * torch.tanh(x @ W_c + h @ U_c + b_c)
-    o = torch.sigmoid(x @ W_o + h @ U_o + b_o + p_o * c)
-    return o * torch.tanh(c), c
+@pytest.mark.parametrize("cell", CELLS)
+def test_numpy_ops_give_torch_ops_numbers(cell: str) -> None:
+    """The same step over numpy and torch, float64, T steps: equal to 1e-12."""
+    c = CELLS_BY_NAME[cell]
+    layer, state, inputs = random_layer(c, B)
+    p_np, p_t = bind(c, layer), bind(c, {n: torch.from_numpy(w) for n, w in layer.items()})
+    s_np, s_t = tuple(state), tuple(torch.from_numpy(s) for s in state)
+    for x in inputs:
+        s_np = tuple(c.step(NUMPY, p_np, x, s_np))
+        s_t = tuple(c.step(TORCH, p_t, torch.from_numpy(x), s_t))
+        for a, b in zip(s_np, s_t, strict=True):
+            np.testing.assert_allclose(a, b.numpy(), rtol=0, atol=1e-12)
 
 
-def coupled_step(x, h, c, layer: CoupledLSTM, k: int):
-    w_x, w_h, b, _ = layer.layer_weights(k)
-    W_f, W_o, W_c = w_x.split(H, dim=1)  # documented blocks [ f | o | g ]
-    U_f, U_o, U_c = w_h.split(H, dim=1)
-    b_f, b_o, b_c = b.split(H)
-    f = torch.sigmoid(x @ W_f + h @ U_f + b_f)
-    i = 1 - f
-    c = f * c + i * torch.tanh(x @ W_c + h @ U_c + b_c)
-    o = torch.sigmoid(x @ W_o + h @ U_o + b_o)
-    return o * torch.tanh(c), c
-
-
-@pytest.mark.parametrize(("cell", "step"), [("peephole", peephole_step), ("coupled", coupled_step)])
-def test_own_cells_follow_their_equations(cell: str, step) -> None:
-    layer = make_recurrent(cell, IN, H, L, dropout=0.0).double()
-    x = torch.randn(B, T, IN, dtype=torch.float64)
-    state = random_state(cell, torch.float64)
-    out, (h, c) = layer(x, state)
-
-    def ref_step(x_t, h, c, k):
-        return step(x_t, h, c, layer, k)
-
-    ref_out, (ref_h, ref_c) = stack_layers(ref_step, list(range(L)), x, list(state))
-    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-10)
-    torch.testing.assert_close(h, ref_h, rtol=0, atol=1e-10)
-    torch.testing.assert_close(c, ref_c, rtol=0, atol=1e-10)
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_plan_executors_give_the_steps_numbers(cell: str, engine: str) -> None:
+    """The traced step laid out on buffers (generate/plan.py) and run by each engine's
+    executor, float32, T steps with the state kept in the buffers: the eager step's numbers."""
+    c = CELLS_BY_NAME[cell]
+    layer, state, inputs = random_layer(c, B)
+    layer = {n: w.astype(np.float32) for n, w in layer.items()}
+    plan = trace(c, rounds=3)
+    if engine == "numpy":
+        ops, fuse, run_with, to = NUMPY, frozenset(), numpy_program, np.asarray
+    else:
+        ops, fuse, run_with, to = TORCH, FUSE, torch_program, torch.from_numpy
+    p = bind(c, {n: to(w) for n, w in layer.items()})
+    buffers = {f"state:{n}": to(s.astype(np.float32)) for n, s in zip(c.STATE, state, strict=True)}
+    buffers["input"] = to(np.zeros_like(inputs[0], np.float32))
+    expected = tuple(to(s.astype(np.float32)) for s in state)
+    run = run_with(lay_out(plan, H, IN, fuse), buffers, p)
+    with torch.inference_mode():
+        for x in inputs:
+            x = x.astype(np.float32)
+            expected = tuple(c.step(ops, p, to(x), expected))
+            buffers["input"][...] = to(x)
+            run()
+            for name, e in zip(c.STATE, expected, strict=True):
+                got = np.asarray(buffers[f"state:{name}"])
+                np.testing.assert_allclose(got, np.asarray(e), rtol=0, atol=1e-5, err_msg=name)
 
 
 OWN_CELLS = ["peephole", "coupled", "mogrifier", "slstm"]
@@ -191,53 +267,30 @@ def test_own_cells_start_with_a_high_forget_bias(cell: str) -> None:
         torch.testing.assert_close(forget, want, rtol=0, atol=0)
 
 
-# ---------------------------------------------------------------- the cells after 2017
-#
-# The Mogrifier LSTM (Melis et al., 2020) and the sLSTM (Beck et al., 2024): the training path
-# against the equations written line by line from each paper (cells.*_reference_step), in
-# float64, outputs and gradients (inputs, every state part, every parameter) to 1e-5.
-
-
-def reference_window(cell: str, layer, x: Tensor, state: tuple[Tensor, ...]):
-    """The layer's window by its equations: one reference step at a time, layer by layer, on
-    differentiable views of the layer's own parameters."""
-
-    def step(x_t, *args):
-        return reference_step(cell, x_t, args[:-1], args[-1])
-
-    weights = [reference_weights(cell, layer, k) for k in range(L)]
-    return stack_layers(step, weights, x, list(state))
-
-
-@pytest.mark.parametrize(("cell", "rounds"), [("mogrifier", 5), ("mogrifier", 4),
-                                              ("mogrifier", 0), ("slstm", 0)])  # fmt: skip
-@pytest.mark.parametrize("fresh", [False, True])
-def test_new_cells_follow_their_papers_outputs_and_gradients(cell, rounds, fresh) -> None:
-    layer = make_recurrent(cell, IN, H, L, dropout=0.0, rounds=rounds).double()
-    perturb_(layer)  # away from the initial values, so every term matters
-    x = torch.randn(B, T, IN, dtype=torch.float64, requires_grad=True)
-    state = random_state(cell, torch.float64)
-    if fresh:  # the zero state: the sLSTM's fresh-state branch (n = 0)
-        state = tuple(torch.zeros_like(s) for s in state)
-    state = tuple(s.requires_grad_() for s in state)
-    proj = [torch.randn(B, T, H, dtype=torch.float64), *(torch.randn_like(s) for s in state)]
-    # The sLSTM's final c, n and m are left out of the loss: m is a choice of scale for c and n
-    # (see below), which training does not differentiate; h and the outputs do not depend on it.
-    keep = 1 if cell == "slstm" else 2
-    wrt = [x, *state, *layer.parameters()]
-
-    def loss(out, final):
-        return some_loss(out, list(final[:keep]), proj[: 1 + keep])
-
-    out, final = layer(x, state)
-    expected = [out, *final, *grads_of(loss(out, final), wrt)]
-    out, final = reference_window(cell, layer, x, state)
-    got = [out, *final, *grads_of(loss(out, final), wrt)]
-    for e, g in zip(expected, got, strict=True):
-        torch.testing.assert_close(g, e, rtol=0, atol=1e-5)
-    if cell == "mogrifier":
-        q, r = layer.mogrifier_weights(0)
-        assert (q.shape[0], r.shape[0]) == ((rounds + 1) // 2, rounds // 2)
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_folded_plan_given_zx_plus_s_at_p_is_the_same_step(cell: str) -> None:
+    """fold_recurrent takes a plan's zx + s @ P out for the numpy engine to compute as one
+    product: every cell but the GRU (its r scales U h alone) and the Mogrifier (gated input)
+    folds, and the rest of its plan, given that sum, gives the step's numbers."""
+    c = CELLS_BY_NAME[cell]
+    plan, fold = fold_recurrent(trace(c, rounds=3))
+    assert (fold is None) == (cell in ("gru", "mogrifier"))
+    if fold is None:
+        return
+    layer, state, inputs = random_layer(c, B)
+    p = bind(c, {n: w.astype(np.float32) for n, w in layer.items()})
+    buffers = {f"state:{n}": s.astype(np.float32) for n, s in zip(c.STATE, state, strict=True)}
+    buffers["input"] = np.zeros_like(inputs[0], np.float32)
+    expected = tuple(s.astype(np.float32) for s in state)
+    run = numpy_program(lay_out(plan, H, IN), buffers, p)
+    part, param = fold
+    for x in inputs:
+        x = x.astype(np.float32)
+        buffers["input"][...] = x + buffers[f"state:{part}"] @ p[param]
+        expected = tuple(c.step(NUMPY, p, x, expected))
+        run()
+        for name, e in zip(c.STATE, expected, strict=True):
+            np.testing.assert_allclose(buffers[f"state:{name}"], e, rtol=0, atol=1e-5)
 
 
 def test_mogrifier_rounds_change_the_cell() -> None:

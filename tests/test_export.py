@@ -22,6 +22,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from charlstm import cells, config
 from charlstm.api import load
 from charlstm.cli.commands import app
 from charlstm.config import SampleConfig
@@ -36,6 +37,7 @@ from charlstm.model.language_model import LanguageModel, ModelConfig
 from tests.conftest import PLAY
 
 CELLS = ("lstm", "gru", "rnn", "peephole", "coupled")
+ALL_CELLS = config.CELLS  # the model file and the numpy engine carry every cell
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium")
 NODE = shutil.which("node")
@@ -78,24 +80,24 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ----------------------------------------------------------------------------- numpy engine
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", ALL_CELLS)
 def test_numpy_engine_gives_torchs_probabilities_over_500_steps(cell, monkeypatch):
     """After a prime and at each of 500 further steps, the numpy step's probabilities equal the
     training model's (one full forward pass over the whole sequence) to 1e-5; both with layer 0
-    as a table and without one."""
+    as a table and without one (an INPUT_GATED cell, the Mogrifier, never has one)."""
     model, portable = _portable(cell, embed_size=4)
     ids = np.random.default_rng(1).integers(0, 11, 520)
     expected = _probs(_torch_logits(model, ids))  # (520, V)
     for table in (True, False):
         monkeypatch.setattr("charlstm.generate.numpy_engine.MAX_TABLE", 1 << 24 if table else 0)
         stepper = NumpyStepper(portable)
-        assert (stepper.table is not None) == table
+        assert (stepper.table is not None) == (table and not stepper.gated)  # gated: no table
         got = [_probs(stepper.prime(ids[:20]))[0]]
         got += [_probs(stepper.step(ids[t : t + 1]))[0] for t in range(20, 520)]
         np.testing.assert_allclose(np.array(got), expected[19:], atol=1e-5, err_msg=cell)
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", ALL_CELLS)
 def test_same_seed_same_text_on_both_engines(cell):
     """Greedy, and sampled with temperature, top-k and top-p from a fixed seed: the numpy
     generator picks exactly the tokens torch's does, one stream and a batch of three."""
@@ -115,7 +117,9 @@ def test_same_seed_same_text_on_both_engines(cell):
 def test_model_file_round_trips_and_rebuilds_the_torch_model(tmp_path):
     """Written and read back, a model file holds the same tensors, config and tokenizer; the
     torch model rebuilt from it gives the original's logits, for every cell and tied weights."""
-    for cell, extra in [(c, {}) for c in CELLS] + [("lstm", {"tie_weights": True})]:
+    cases = [(c, {}) for c in ALL_CELLS] + [("lstm", {"tie_weights": True})]
+    cases += [("mogrifier", {"mogrifier_rounds": r}) for r in (0, 1, 4)]
+    for cell, extra in cases:
         model, portable = _portable(cell, **extra)
         path = tmp_path / f"{cell}.safetensors"
         path.write_bytes(portable_bytes(portable.weights, model.cfg, portable.tokenizer.to_dict()))
@@ -285,24 +289,33 @@ def test_info_reads_a_model_file(run_dir):
 # ----------------------------------------------------------------------------- ONNX
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_onnx_graph_gives_charlstms_logits_over_100_steps(cell, tmp_path):
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_onnx_graph_gives_charlstms_logits_over_100_steps(cell, monkeypatch):
     """The exported one-step graph, run in onnxruntime for 100 steps with its state fed back
-    (two streams), gives the training model's logits at every position to 1e-4."""
+    (two streams), gives the training model's logits and the numpy engine's at every position
+    to 1e-4, for every cell, with layer 0 as a table and without one; its inputs are `token`
+    and the cell's state parts by name (lstm: h, c), its outputs `logits` and each part's _out."""
     ort = pytest.importorskip("onnxruntime")
     from charlstm.export.onnx_graph import onnx_bytes
 
     model, portable = _portable(cell)
-    session = ort.InferenceSession(onnx_bytes(portable), providers=["CPUExecutionProvider"])
     ids = np.random.default_rng(2).integers(0, 11, (2, 100))
     with torch.inference_mode():
         expected = model(torch.from_numpy(ids))[0].numpy()  # (2, 100, V)
-    names = [i.name for i in session.get_inputs()]
-    state = {n: np.zeros((2, 2, 16), np.float32) for n in names if n != "token"}
-    for t in range(100):
-        logits, *new = session.run(None, {"token": ids[:, t], **state})
-        state = dict(zip([n for n in names if n != "token"], new, strict=True))
-        np.testing.assert_allclose(logits, expected[:, t], atol=1e-4, err_msg=f"{cell} step {t}")
+    parts = list(cells.CELLS[cell].STATE)
+    for table in (True, False):
+        monkeypatch.setattr("charlstm.generate.numpy_engine.MAX_TABLE", 1 << 24 if table else 0)
+        session = ort.InferenceSession(onnx_bytes(portable), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == ["token", *parts]
+        assert [o.name for o in session.get_outputs()] == ["logits", *[f"{p}_out" for p in parts]]
+        stepper = NumpyStepper(portable)
+        state = {n: np.zeros((2, 2, 16), np.float32) for n in parts}
+        for t in range(100):
+            logits, *new = session.run(None, {"token": ids[:, t], **state})
+            state = dict(zip(parts, new, strict=True))
+            err = f"{cell} step {t} table {table}"
+            np.testing.assert_allclose(logits, expected[:, t], atol=1e-4, err_msg=err)
+            np.testing.assert_allclose(logits, stepper.step(ids[:, t]), atol=1e-4, err_msg=err)
 
 
 def test_cli_writes_an_onnx_file(run_dir, tmp_path):
@@ -334,9 +347,10 @@ def _node_script(cases: list[dict]) -> str:
 
 @pytest.mark.skipif(NODE is None and not IN_CI, reason="needs Node")
 def test_javascript_step_and_choice_match_python_under_node(tmp_path):
-    """playground.js under Node: for every cell, the probabilities after a prime and at each of
-    200 steps equal the training model's to 1e-4; and its choice rule picks choice.py's token
-    for the same logits and draw (temperature, top-k, top-p)."""
+    """playground.js under Node: for every cell (the Mogrifier with 5 rounds and with 1), the
+    probabilities after a prime and at each of 200 steps equal the training model's to 1e-4;
+    and its choice rule picks choice.py's token for the same logits and draw (temperature,
+    top-k, top-p)."""
     import base64
 
     from charlstm.export.playground import page_meta, weights_blob
@@ -349,8 +363,9 @@ def test_javascript_step_and_choice_match_python_under_node(tmp_path):
                "topK": int(rng.choice([0, 3])), "topP": float(rng.choice([1.0, 0.8]))}  # fmt: skip
         choices.append([logits.tolist(), cfg, float(rng.random())])
     cases, expected = [], []
-    for cell in CELLS:
-        model, portable = _portable(cell)
+    models = [(c, {}) for c in ALL_CELLS] + [("mogrifier", {"mogrifier_rounds": 1})]
+    for cell, extra in models:
+        model, portable = _portable(cell, **extra)
         blob, tensors = weights_blob(portable)
         ids = rng.integers(0, 11, 220)
         cases.append({"meta": page_meta(portable, tensors), "ids": ids.tolist(), "prime": 20,
@@ -361,7 +376,7 @@ def test_javascript_step_and_choice_match_python_under_node(tmp_path):
     out = subprocess.run([NODE or "node", str(script)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     results = json.loads(out.stdout)
-    for cell, result, want in zip(CELLS, results, expected, strict=True):
+    for (cell, _), result, want in zip(models, results, expected, strict=True):
         np.testing.assert_allclose(_probs(np.array(result["logits"])), want, atol=1e-4,
                                    err_msg=cell)  # fmt: skip
     python_picks = [int(choose(np.array([lg]), SampleConfig(temperature=c["temperature"],
@@ -424,6 +439,38 @@ def test_page_greedy_text_equals_charlstm_sample_in_chromium(run_dir, page, tmp_
         (REPO / "charlstm" / "export" / "playground.html").read_bytes()
     )
     assert page.stat().st_size <= 1.5 * weights + 2 * code
+
+
+@pytest.mark.skipif(CHROMIUM is None and not IN_CI, reason="needs chromium (.ci/run installs it)")
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_every_cells_page_gives_sample_greedy_text_in_chromium(cell, tmp_path):
+    """For every cell, a model file exported as a page: its greedy text in headless Chromium
+    equals `charlstm sample --greedy` from the same model file (the numpy engine). The page
+    runs the cell's traced step: its script names no cell."""
+    from urllib.parse import urlencode
+
+    model, portable = _portable(cell, hidden=24)
+    # twice as large, so the greedy text moves (at 3× the Mogrifier turns chaotic: float32
+    # and the page's doubles part after ~50 steps)
+    weights = {k: 2 * w for k, w in portable.weights.items()}
+    path = tmp_path / f"{cell}.safetensors"
+    path.write_bytes(portable_bytes(weights, model.cfg, portable.tokenizer.to_dict()))
+    page = tmp_path / f"{cell}.html"
+    runner = CliRunner()
+    r = runner.invoke(app, ["export", str(path), "--html", str(page), "-q"])
+    assert r.exit_code == 0, r.output
+    primes = ["abcdeabc", "kjihg", "badge", "c"]
+    query = urlencode([("run", "sync"), ("greedy", "1"), ("length", "100")]
+                      + [("prime", p) for p in primes])  # fmt: skip
+    data = _body_data(_chromium(tmp_path, f"{page.as_uri()}?{query}", "--dump-dom"))
+    assert data.get("state") == "done", data
+    for prime, text in zip(primes, json.loads(data["results"]), strict=True):
+        r = runner.invoke(app, ["sample", "-m", str(path), "--greedy", "-n", "100", "--prime",
+                                prime, "--no-echo-prime", "-q"])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        assert text == r.stdout[:-1], (cell, prime)
+    script = (REPO / "charlstm" / "export" / "playground.js").read_text(encoding="utf-8")
+    assert not any(f'"{name}"' in script for name in ALL_CELLS)
 
 
 @pytest.mark.skipif(CHROMIUM is None and not IN_CI, reason="needs chromium (.ci/run installs it)")

@@ -8,9 +8,10 @@ the units that track them, and colourings of the text by a unit (terminal and HT
     render_html(text, [(label, values)], title, kinds=["cell"])           # one HTML page
     value_lines(text, [("cell 3", values)], "tsv")   # the values, a line per character
 
-`trace` runs each cell's reference equations (cells.py) instead of the fused modules, because
-those never expose their gates: a Python loop, one step per character, written to be checked
-rather than fast. Nothing here prints; cli.py decides where the text and pages go.
+`trace` runs each cell's own step (cells/<cell>.py) over torch operations that record what the
+step shows (model/ops.RecordingOps), instead of the fused modules, which never expose their
+gates: a Python loop, one step per character, plain rather than fast. Nothing here prints;
+the CLI decides where the text and pages go.
 """
 
 from __future__ import annotations
@@ -24,27 +25,36 @@ import torch
 from rich.text import Text
 from torch import Tensor
 
+from charlstm.cells import CELLS
+from charlstm.cells.base import bind, fact
 from charlstm.model.language_model import LanguageModel
-from charlstm.model.layers import STATE_NAMES, reference_step, reference_weights, zero_state
+from charlstm.model.ops import RecordingOps
+from charlstm.model.weights import step_layers
 
 # Activations that are sigmoid outputs in [0, 1]; the rest (hidden, cell) are centred on 0.
 GATES = ("forget", "input", "output", "update", "reset")
 PROPERTIES = ("in_quotes", "in_parens", "line_position", "word_start")
+# What each state part (cells' STATE) is called here.
+STATE_KINDS = {"h": "hidden", "c": "cell", "n": "normalizer", "m": "stabilizer"}
 
 # ------------------------------------------------------------------------------------- trace
 
 
-def _trace_layer(cell: str, rnn: torch.nn.Module, k: int, x: Tensor) -> dict[str, Tensor]:
-    """Layer k of `rnn` over one sequence x (T, I), from a zero state -> records, each (T, H):
-    the cell's reference equations (cells.py) step by step, keeping every gate they record."""
-    W = reference_weights(cell, rnn, k)
-    state = zero_state(cell, 1, 1, rnn.hidden_size, x.device, x.dtype)
-    state = tuple(s[0] for s in state)  # (1, H) each: one layer, one row
+def _trace_layer(cell_name: str, layer: dict[str, Tensor], x: Tensor) -> dict[str, Tensor]:
+    """One layer (its step-layout weights) over one sequence x (T, I), from a zero state ->
+    records, each (T, H): the state after each step and what the cell's step shows."""
+    cell = CELLS[cell_name]
+    p = bind(cell, layer)
+    # The step's input: x itself for an INPUT_GATED cell, else its projection zx (T, G·H).
+    inputs = x if fact(cell, "INPUT_GATED") else torch.addmm(layer["b"], x, layer["w_x"])
+    hidden = layer["w_h"].shape[0]
+    state = tuple(x.new_zeros(1, hidden) for _ in cell.STATE)  # one row
     rec: dict[str, list[Tensor]] = {}
-    for x_t in x:
-        gates: dict[str, Tensor] = {}
-        state = reference_step(cell, x_t[None], state, W, gates)
-        values = {**dict(zip(STATE_NAMES[cell], state, strict=True)), **gates}
+    for x_t in inputs:
+        ops = RecordingOps()
+        state = tuple(cell.step(ops, p, x_t[None], state))
+        values = {**{STATE_KINDS[n]: v for n, v in zip(cell.STATE, state, strict=True)},
+                  **ops.shown}  # fmt: skip
         for name, v in values.items():
             rec.setdefault(name, []).append(v[0])
     return {name: torch.stack(vs) for name, vs in rec.items()}
@@ -69,9 +79,10 @@ def trace(model: LanguageModel, ids: Tensor, layer: int = -1) -> dict[str, np.nd
         raise ValueError("nothing to trace: no ids")
     device = next(model.parameters()).device
     with torch.no_grad():
+        layers = step_layers(model.rnn, cfg.cell)
         x = model.embed(ids.to(device))  # (T, E)
         for k in range(target + 1):
-            rec = _trace_layer(cfg.cell, model.rnn, k, x)
+            rec = _trace_layer(cfg.cell, layers[k], x)
             x = rec["hidden"]  # (T, H): the next layer's input
     return {name: t.float().cpu().numpy() for name, t in rec.items()}
 

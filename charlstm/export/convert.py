@@ -2,7 +2,7 @@
 
     export(Path("checkpoints/run/best.pt"), html=Path("play.html"), onnx=Path("model.onnx"))
 
-    best.pt ──(torch: step.step_weights)──▶ model.safetensors (portable.py)
+    best.pt ──(torch: model/weights.step_weights)──▶ model.safetensors (portable.py)
                                                  ├──▶ numpy engine (npstep.py)
                                                  ├──▶ play.html   (playground.py)
                                                  └──▶ model.onnx  (onnxgraph.py)
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 def portable_weights(model: LanguageModel) -> dict[str, np.ndarray]:
     """A torch model's weights in the step layout, by the model file's names, float32."""
-    from charlstm.generate.torch_engine import step_weights
+    from charlstm.model.weights import step_weights
 
     w = step_weights(model)
     assert w.w_out is not None and w.b_out is not None, "an adaptive head has no portable form"
@@ -65,34 +65,17 @@ def model_from_portable(model: Portable) -> LanguageModel:
     import torch
 
     from charlstm.model.language_model import LanguageModel
+    from charlstm.model.weights import torch_state
 
     cfg, w = model.config, model.weights
     net = LanguageModel(cfg)
     t = {k: torch.from_numpy(v.copy()) for k, v in w.items()}
     state = {"embed.weight": t["embed"], "head.weight": t["head.w"].T, "head.bias": t["head.b"]}
-    hid = cfg.hidden_size
-    for k in range(cfg.num_layers):
-        w_x, w_h, b = t[f"layer{k}.w_x"], t[f"layer{k}.w_h"], t[f"layer{k}.b"]
-        if cfg.cell in ("peephole", "coupled"):
-            state.update({f"rnn.weight_x_l{k}": w_x, f"rnn.weight_h_l{k}": w_h,
-                          f"rnn.bias_l{k}": b})  # fmt: skip
-            if cfg.cell == "peephole":
-                state[f"rnn.peephole_l{k}"] = t[f"layer{k}.p"]
-            continue
-        w_ih, w_hh, b_hh = w_x.T, w_h.T, t.get(f"layer{k}.b_h", torch.zeros_like(b))
-        if cfg.cell == "lstm":  # the step layout's (i, f, o, g) back to torch's (i, f, g, o)
-            w_ih, w_hh, b = (_swap_last_two(x, hid) for x in (w_ih, w_hh, b))
-        state.update({f"rnn.weight_ih_l{k}": w_ih, f"rnn.weight_hh_l{k}": w_hh,
-                      f"rnn.bias_ih_l{k}": b, f"rnn.bias_hh_l{k}": b_hh})  # fmt: skip
+    layers = [{name.split(".", 1)[1]: v for name, v in t.items() if name.startswith(f"layer{k}.")}
+              for k in range(cfg.num_layers)]  # fmt: skip
+    state.update({f"rnn.{n}": v for n, v in torch_state(layers, net.rnn, cfg.cell).items()})
     net.load_state_dict({k: v.contiguous() for k, v in state.items()})
     return net.eval()
-
-
-def _swap_last_two(w: Any, hid: int) -> Any:
-    import torch
-
-    i, f, a, b = w.split(hid, dim=0)
-    return torch.cat([i, f, b, a])
 
 
 def portable_from_checkpoint(where: Path) -> Portable:

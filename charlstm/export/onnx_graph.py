@@ -1,9 +1,9 @@
 """The one-token step as an ONNX graph: `charlstm export --onnx model.onnx`.
 
-    inputs   token  int64 (B,)        h  float32 (L, B, H)      c  float32 (L, B, H) *
-    outputs  logits float32 (B, V)    h_out (L, B, H)           c_out (L, B, H) *
-                                                    (* cells with a memory cell: lstm, peephole,
-                                                       coupled; gru and rnn carry h alone)
+    inputs   token  int64 (B,)        h  float32 (L, B, H)      c  float32 (L, B, H) ...
+    outputs  logits float32 (B, V)    h_out (L, B, H)           c_out (L, B, H) ...
+                                  (the state parts are the cell's STATE, each by its name, h
+                                   first: lstm h, c; gru and rnn h; slstm h, c, n, m)
 
 B is free. Start from zeros, feed each output state back as the next input; the logits are
 the next token's unnormalised log-probabilities, as `charlstm` computes them. The model's
@@ -18,8 +18,13 @@ text into ids and back, so the file is enough on its own:
     charlstm_version  the charlstm that exported it
  The graph is
 written node by node from the model file's step layout (portable.py), the same equations as
-npstep.py and step.py (layer 0's input projection as a table when step.py would make one), so
-exporting needs the `onnx` package and no torch. Opset 17, IR version 8: onnxruntime 1.11 on.
+every engine runs, for any cell: each layer is the cell's traced step (export/trace.py), its
+operations mapped one to one onto nodes (`_NODES`), its parameters initializers named
+layer{k}.NAME. The engine's part is what a plan leaves to it: layer 0's input projection (a
+row of the embed · w_x + b table when the numpy engine would make one, else embed[token] @
+w_x + b; the embedding itself for an input-gated cell), a higher layer's from the layer below,
+and the head. Exporting needs the `onnx` package and no torch. Opset 17, IR version 8:
+onnxruntime 1.11 on.
 """
 
 from __future__ import annotations
@@ -32,10 +37,16 @@ import numpy as np
 
 from charlstm import __version__
 from charlstm.errors import CharlstmError
+from charlstm.export.trace import Plan, layer_params, model_plan
 from charlstm.formats.model_file import Portable
-from charlstm.generate.numpy_engine import CELLS_WITH_MEMORY, table_fits
+from charlstm.generate.numpy_engine import table_fits
 
 OPSET, IR_VERSION = 17, 8
+
+# A plan's operation -> its ONNX node (split and log_sigmoid are written out in `_layer`).
+_NODES = {"matmul": "MatMul", "add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div",
+          "sigmoid": "Sigmoid", "tanh": "Tanh", "exp": "Exp", "maximum": "Max",
+          "gt": "Greater", "where": "Where"}  # fmt: skip
 
 
 class _Graph:
@@ -46,11 +57,18 @@ class _Graph:
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
         self.count = 0
+        self.scalars: dict[float, str] = {}
 
     def const(self, name: str, value: np.ndarray) -> str:
         # (not ascontiguousarray: it turns a 0-d index into shape (1,))
         self.initializers.append(self.numpy_helper.from_array(np.array(value, order="C"), name))
         return name
+
+    def scalar(self, value: float) -> str:
+        """A float32 constant of shape (), which broadcasts against anything; one per value."""
+        if value not in self.scalars:
+            self.scalars[value] = self.const(f"const{len(self.scalars)}", np.float32(value))
+        return self.scalars[value]
 
     def op(self, kind: str, *inputs: str, outputs: int = 1, name: str | None = None,
            **attrs: Any) -> Any:  # fmt: skip
@@ -58,6 +76,21 @@ class _Graph:
         outs = [name] if name else [f"{kind.lower()}_{self.count}_{i}" for i in range(outputs)]
         self.nodes.append(self.helper.make_node(kind, list(inputs), outs, **attrs))
         return outs[0] if outputs == 1 else outs
+
+
+def _layer(g: _Graph, plan: Plan, values: dict[str, str]) -> list[str]:
+    """The plan's operations as nodes. `values` maps the plan's inputs and parameters to ONNX
+    values, and gains every symbol the plan makes; returns the new state's values, h first."""
+    for op in plan.ops:
+        args = [values[a] if isinstance(a, str) else g.scalar(a) for a in op.args]
+        if op.kind == "split":  # n equal blocks of the last axis (opset 13-17's default)
+            outs = g.op("Split", *args, outputs=op.attrs["n"], axis=-1)
+        elif op.kind == "log_sigmoid":  # log σ(x) = −softplus(−x), exact for large |x|
+            outs = g.op("Neg", g.op("Softplus", g.op("Neg", *args)))
+        else:
+            outs = g.op(_NODES[op.kind], *args)
+        values.update(zip(op.out, [outs] if isinstance(outs, str) else outs, strict=True))
+    return [values[s] for s in plan.outputs]
 
 
 def onnx_bytes(model: Portable) -> bytes:
@@ -69,83 +102,45 @@ def onnx_bytes(model: Portable) -> bytes:
         raise CharlstmError("--onnx needs the onnx package: pip install 'charlstm[onnx]'") from None
     cfg, w = model.config, model.weights
     cell, hid, layers = cfg.cell, cfg.hidden_size, cfg.num_layers
-    memory = cell in CELLS_WITH_MEMORY
+    plan = model_plan(cfg)
+    parts = plan.inputs[1:]  # the state's names, h first
+    gated = plan.inputs[0] == "x"  # the step projects its input itself
     g = _Graph(helper, numpy_helper)
-    gates = w["layer0.w_x"].shape[1] // hid
-    split = g.const("split_gates", np.full(gates, hid, dtype=np.int64)) if gates > 1 else ""
 
-    def matmul_add(x: str, weight: str, bias: str) -> str:
-        return g.op("Add", g.op("MatMul", x, weight), bias)
+    def projection(k: int, x: str) -> str:  # x @ w_x + b of layer k
+        w_x = g.const(f"layer{k}.w_x", w[f"layer{k}.w_x"])
+        return g.op("Add", g.op("MatMul", x, w_x), g.const(f"layer{k}.b", w[f"layer{k}.b"]))
 
-    # Layer 0's input projection: a row of the table, or embed · w_x + b.
-    if table_fits(cfg.vocab_size, gates * hid, w["embed"].size, w["layer0.w_x"].size):
+    # Layer 0's input: a row of the table embed · w_x + b, or the embedding (projected).
+    width = w["layer0.w_x"].shape[1]
+    if not gated and table_fits(cfg.vocab_size, width, w["embed"].size, w["layer0.w_x"].size):
         table = w["embed"] @ w["layer0.w_x"] + w["layer0.b"]
-        x0 = g.op("Gather", g.const("table", table.astype(np.float32)), "token", axis=0)
+        below = g.op("Gather", g.const("table", table.astype(np.float32)), "token", axis=0)
     else:
-        emb = g.op("Gather", g.const("embed", w["embed"]), "token", axis=0)
-        x0 = matmul_add(emb, g.const("layer0.w_x", w["layer0.w_x"]),
-                        g.const("layer0.b", w["layer0.b"]))  # fmt: skip
-    new_h, new_c, below = [], [], ""
+        below = g.op("Gather", g.const("embed", w["embed"]), "token", axis=0)
+        below = below if gated else projection(0, below)
+    new_state: dict[str, list[str]] = {s: [] for s in parts}
     for k in range(layers):
         index = g.const(f"index{k}", np.array(k, dtype=np.int64))
-        h = g.op("Gather", "h", index, axis=0)  # (B, H)
-        c = g.op("Gather", "c", index, axis=0) if memory else ""
-        if k == 0:
-            z = x0
-        else:
-            z = matmul_add(below, g.const(f"layer{k}.w_x", w[f"layer{k}.w_x"]),
-                           g.const(f"layer{k}.b", w[f"layer{k}.b"]))  # fmt: skip
-        w_h = g.const(f"layer{k}.w_h", w[f"layer{k}.w_h"])
-        if cell == "gru":
-            zh = matmul_add(h, w_h, g.const(f"layer{k}.b_h", w[f"layer{k}.b_h"]))
-            z_r, z_z, z_n = g.op("Split", z, split, outputs=3, axis=1)
-            h_r, h_z, h_n = g.op("Split", zh, split, outputs=3, axis=1)
-            r = g.op("Sigmoid", g.op("Add", z_r, h_r))
-            u = g.op("Sigmoid", g.op("Add", z_z, h_z))
-            n = g.op("Tanh", g.op("Add", z_n, g.op("Mul", r, h_n)))
-            h = g.op("Add", n, g.op("Mul", u, g.op("Sub", h, n)))  # torch's (1 − z') n + z' h
-        else:
-            z = g.op("Add", z, g.op("MatMul", h, w_h))
-            if cell == "rnn":
-                h = g.op("Tanh", z)
-            elif cell == "lstm":  # [ i | f | o | g ]
-                i, f, o, cand = g.op("Split", z, split, outputs=4, axis=1)
-                i, f, o = (g.op("Sigmoid", v) for v in (i, f, o))
-                c = g.op("Add", g.op("Mul", f, c), g.op("Mul", i, g.op("Tanh", cand)))
-                h = g.op("Mul", o, g.op("Tanh", c))
-            elif cell == "peephole":  # [ i | f | g | o ]; o sees the new cell
-                i, f, cand, o = g.op("Split", z, split, outputs=4, axis=1)
-                p = w[f"layer{k}.p"]
-                p_i, p_f, p_o = (g.const(f"layer{k}.p_{n}", p[j]) for j, n in enumerate("ifo"))
-                i = g.op("Sigmoid", g.op("Add", i, g.op("Mul", c, p_i)))
-                f = g.op("Sigmoid", g.op("Add", f, g.op("Mul", c, p_f)))
-                c = g.op("Add", g.op("Mul", f, c), g.op("Mul", i, g.op("Tanh", cand)))
-                o = g.op("Sigmoid", g.op("Add", o, g.op("Mul", c, p_o)))
-                h = g.op("Mul", o, g.op("Tanh", c))
-            else:  # coupled, [ f | o | g ]: c = g + f ⊙ (c − g)
-                f, o, cand = g.op("Split", z, split, outputs=3, axis=1)
-                f, o, cand = g.op("Sigmoid", f), g.op("Sigmoid", o), g.op("Tanh", cand)
-                c = g.op("Add", cand, g.op("Mul", f, g.op("Sub", c, cand)))
-                h = g.op("Mul", o, g.op("Tanh", c))
+        values = {s: g.op("Gather", s, index, axis=0) for s in parts}  # (B, H) each
+        values[plan.inputs[0]] = below if gated or k == 0 else projection(k, below)
+        p = layer_params(cell, w, k)
+        values.update({n: g.const(f"layer{k}.{n}", p[n]) for n in plan.params})
         axis0 = g.const(f"axis{k}", np.array([0], dtype=np.int64))
-        new_h.append(g.op("Unsqueeze", h, axis0))
-        if memory:
-            new_c.append(g.op("Unsqueeze", c, axis0))
-        below = h
-    g.op("Concat", *new_h, axis=0, name="h_out")
-    if memory:
-        g.op("Concat", *new_c, axis=0, name="c_out")
+        out = _layer(g, plan, values)
+        for s, v in zip(parts, out, strict=True):
+            new_state[s].append(g.op("Unsqueeze", v, axis0))
+        below = out[0]  # h: the next layer's input
+    for s in parts:
+        g.op("Concat", *new_state[s], axis=0, name=f"{s}_out")
     g.op("Add", g.op("MatMul", below, g.const("head.w", w["head.w"])),
          g.const("head.b", w["head.b"]), name="logits")  # fmt: skip
 
     f32, state = TensorProto.FLOAT, [layers, "batch", hid]
-    inputs = [helper.make_tensor_value_info("token", TensorProto.INT64, ["batch"]),
-              helper.make_tensor_value_info("h", f32, state)]  # fmt: skip
-    outputs = [helper.make_tensor_value_info("logits", f32, ["batch", cfg.vocab_size]),
-               helper.make_tensor_value_info("h_out", f32, state)]  # fmt: skip
-    if memory:
-        inputs.append(helper.make_tensor_value_info("c", f32, state))
-        outputs.append(helper.make_tensor_value_info("c_out", f32, state))
+    inputs = [helper.make_tensor_value_info("token", TensorProto.INT64, ["batch"])]
+    inputs += [helper.make_tensor_value_info(s, f32, state) for s in parts]
+    outputs = [helper.make_tensor_value_info("logits", f32, ["batch", cfg.vocab_size])]
+    outputs += [helper.make_tensor_value_info(f"{s}_out", f32, state) for s in parts]
     graph = helper.make_graph(g.nodes, f"charlstm_{cell}_step", inputs, outputs, g.initializers)
     onnx_model = helper.make_model(
         graph,

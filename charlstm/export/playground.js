@@ -1,17 +1,23 @@
-// charlstm's model in plain JavaScript: the one-token step of step.py / npstep.py and the
-// next-token rule of choice.py, for one stream. No dependencies; runs in a browser page (as
+// charlstm's model in plain JavaScript, for one stream; runs in a browser page (as
 // window.Charlstm) and under Node (module.exports), where the tests hold it against Python.
+//
+// A RESTATEMENT IN ANOTHER LANGUAGE (the one kind of copy charlstm allows: a page cannot run
+// Python). This file restates two rules and nothing else: the next-token choice of
+// generate/choose.py (`choose`), and what each operation of a traced plan means
+// (export/trace.py's KINDS, in `run` below). No cell is written here: each layer runs its
+// cell's step as traced from the cell's file (cells/), embedded in the page's metadata by
+// playground.py (meta.plans).
 //
 //   const model = new Charlstm.Model(meta, Charlstm.decodeWeights(base64, meta.tensors));
 //   let logits = model.prime([ids...]);          // from a zero state; logits (V,)
 //   logits = model.step(id);                      // one more token
 //   const id = Charlstm.choose(logits, {temperature, topK, topP}, rng());
 //
-// The weights are model.safetensors' tensors (portable.py): embed (V, E); per layer k w_x
-// (I, G·H), w_h (H, G·H), b (G·H) [+ b_h for gru, p (3, H) for peephole]; head.w (H, V),
-// head.b (V). Gate blocks as step.py orders them: lstm [i f o g], gru [r z n], peephole
-// [i f g o], coupled [f o g], rnn one block. Layer 0's input projection is folded into a table
-// (V, G·H) once. Arithmetic is in doubles over float32 weights: the probabilities agree with
+// The weights are model.safetensors' tensors (formats/model_file.py), each layer's by the names
+// its plan reads (layer{k}.NAME, through the cell's `bind`): embed (V, E), layer{k}.w_x (I, G·H)
+// and layer{k}.b (G·H) for the input projection, head.w (H, V), head.b (V). Layer 0's input
+// projection is folded into a table (V, G·H) once (an input-gated cell gets the embedding row
+// instead). Arithmetic is in doubles over float32 weights: the probabilities agree with
 // Python's to about 1e-6, so greedy text is the same; a seeded sample is not the same text as
 // Python's (this draws from its own generator, not numpy's PCG64).
 "use strict";
@@ -53,120 +59,124 @@
     }
   }
 
-  const sigmoid = (x) => 1 / (1 + Math.exp(-x));
-  const GATES = { lstm: 4, gru: 3, rnn: 1, peephole: 4, coupled: 3 };
+  // A plan's operations as scalar loops over buffers of equal length (compile makes them so).
+  function run(code) {
+    for (const [kind, o, a, b, c] of code) {
+      const n = o.length;
+      switch (kind) {
+        case "matmul": o.fill(0); addVecMat(o, a, b, a.length, n); break;
+        case "add": for (let j = 0; j < n; j++) o[j] = a[j] + b[j]; break;
+        case "sub": for (let j = 0; j < n; j++) o[j] = a[j] - b[j]; break;
+        case "mul": for (let j = 0; j < n; j++) o[j] = a[j] * b[j]; break;
+        case "div": for (let j = 0; j < n; j++) o[j] = a[j] / b[j]; break;
+        case "sigmoid": for (let j = 0; j < n; j++) o[j] = 1 / (1 + Math.exp(-a[j])); break;
+        case "tanh": for (let j = 0; j < n; j++) o[j] = Math.tanh(a[j]); break;
+        case "exp": for (let j = 0; j < n; j++) o[j] = Math.exp(a[j]); break;
+        case "log_sigmoid": // log σ(x), exact for large |x|
+          for (let j = 0; j < n; j++) {
+            const x = a[j];
+            o[j] = x < 0 ? x - Math.log1p(Math.exp(x)) : -Math.log1p(Math.exp(-x));
+          }
+          break;
+        case "maximum": for (let j = 0; j < n; j++) o[j] = Math.max(a[j], b[j]); break;
+        case "gt": for (let j = 0; j < n; j++) o[j] = a[j] > b[j] ? 1 : 0; break;
+        case "where": for (let j = 0; j < n; j++) o[j] = a[j] ? b[j] : c[j]; break;
+        default: throw new Error("unknown operation " + kind);
+      }
+    }
+  }
+
+  // One layer's plan (export/trace.py's JSON), compiled once: a Float64Array per symbol of the
+  // plan's width ("H", "4H", "I"), split outputs as views of what they split, parameters by
+  // name, a constant as a filled buffer. `step()` runs the ops and stores the new state.
+  function compile(plan, H, I, param) {
+    const size = (width) => (width === "I" ? I : Number(width.slice(0, -1) || 1) * H);
+    const buf = {};
+    for (const name of plan.inputs) buf[name] = new Float64Array(size(plan.widths[name]));
+    for (const name of plan.params) {
+      buf[name] = param(name);
+      if (!buf[name]) throw new Error("the page holds no parameter " + name);
+    }
+    const code = [];
+    for (const [kind, out, args] of plan.ops) {
+      if (kind === "split") { // n equal blocks: views, nothing to run
+        const a = buf[args[0]], n = a.length / out.length;
+        out.forEach((name, j) => { buf[name] = a.subarray(j * n, (j + 1) * n); });
+        continue;
+      }
+      const o = (buf[out[0]] = new Float64Array(size(plan.widths[out[0]])));
+      const operand = (a) => (typeof a === "number" ? new Float64Array(o.length).fill(a) : buf[a]);
+      code.push([kind, o, ...args.map(operand)]);
+    }
+    const state = plan.inputs.slice(1).map((name) => buf[name]);
+    const outs = plan.outputs.map((name) => buf[name]);
+    const next = outs.map((o) => new Float64Array(o.length));
+    return {
+      input: buf[plan.inputs[0]], // zx, or x for an input-gated cell
+      state, // h first; h is also the layer's output
+      step() {
+        run(code);
+        next.forEach((t, j) => t.set(outs[j])); // (an output may be a view of a state input)
+        state.forEach((s, j) => s.set(next[j]));
+      },
+      reset() { for (const s of state) s.fill(0); },
+    };
+  }
 
   class Model {
     constructor(meta, w) {
-      this.cell = meta.cell;
       this.L = meta.num_layers;
       this.H = meta.hidden_size;
       this.V = meta.vocab_size;
       this.E = meta.embed_size;
-      this.G = GATES[this.cell];
-      if (!this.G) throw new Error("unknown cell " + this.cell);
-      const GH = this.G * this.H;
-      this.layers = [];
-      for (let k = 0; k < this.L; k++) {
-        this.layers.push({
-          w_x: w["layer" + k + ".w_x"], w_h: w["layer" + k + ".w_h"], b: w["layer" + k + ".b"],
-          b_h: w["layer" + k + ".b_h"], p: w["layer" + k + ".p"],
-        });
-      }
+      this.gated = meta.plans[0].inputs[0] === "x";
+      this.layers = meta.plans.map((plan, k) => {
+        const param = (name) => w["layer" + k + "." + name];
+        const layer = compile(plan, this.H, k === 0 ? this.E : this.H, param);
+        if (!this.gated) Object.assign(layer, { w_x: param("w_x"), b: param("b") });
+        return layer;
+      });
+      this.embed = w["embed"];
       this.w_out = w["head.w"];
       this.b_out = w["head.b"];
-      // Layer 0's input projection for every token: embed · w_x + b, (V, G·H).
-      const embed = w["embed"], l0 = this.layers[0];
-      this.table = new Float32Array(this.V * GH);
-      const row = new Float64Array(GH);
-      for (let v = 0; v < this.V; v++) {
-        row.set(l0.b);
-        addVecMat(row, embed.subarray(v * this.E, (v + 1) * this.E), l0.w_x, this.E, GH);
-        this.table.set(row, v * GH);
+      if (!this.gated) { // layer 0's input projection for every token: embed · w_x + b, (V, G·H)
+        const l0 = this.layers[0], GH = l0.input.length;
+        this.table = new Float32Array(this.V * GH);
+        const row = new Float64Array(GH);
+        for (let v = 0; v < this.V; v++) {
+          row.set(l0.b);
+          addVecMat(row, this.embed.subarray(v * this.E, (v + 1) * this.E), l0.w_x, this.E, GH);
+          this.table.set(row, v * GH);
+        }
       }
-      this.z = new Float64Array(GH);
-      this.zh = new Float64Array(GH);
       this.logits = new Float64Array(this.V);
       this.reset();
     }
 
     reset() {
-      this.h = [];
-      this.c = [];
-      for (let k = 0; k < this.L; k++) {
-        this.h.push(new Float64Array(this.H));
-        this.c.push(new Float64Array(this.H));
-      }
+      for (const layer of this.layers) layer.reset();
     }
 
     // Feed one token id; returns the next-token logits (V,), a buffer the next step overwrites.
     step(token) {
-      const H = this.H, GH = this.G * H, z = this.z, zh = this.zh, cell = this.cell;
+      let below = null; // the layer below's new h
       for (let k = 0; k < this.L; k++) {
-        const layer = this.layers[k], h = this.h[k];
+        const layer = this.layers[k], x = layer.input, n = x.length;
         if (k === 0) {
-          const off = token * GH;
-          for (let j = 0; j < GH; j++) z[j] = this.table[off + j];
+          const rows = this.gated ? this.embed : this.table;
+          x.set(rows.subarray(token * n, (token + 1) * n));
+        } else if (this.gated) {
+          x.set(below);
         } else {
-          z.set(layer.b);
-          addVecMat(z, this.h[k - 1], layer.w_x, H, GH);
+          x.set(layer.b);
+          addVecMat(x, below, layer.w_x, this.H, n);
         }
-        if (cell === "gru") {
-          zh.set(layer.b_h);
-          addVecMat(zh, h, layer.w_h, H, GH);
-        } else {
-          addVecMat(z, h, layer.w_h, H, GH);
-        }
-        this.cellStep(k, layer, h, this.c[k]);
+        layer.step();
+        below = layer.state[0];
       }
-      const top = this.h[this.L - 1];
       this.logits.set(this.b_out);
-      addVecMat(this.logits, top, this.w_out, H, this.V);
+      addVecMat(this.logits, below, this.w_out, this.H, this.V);
       return this.logits;
-    }
-
-    cellStep(k, layer, h, c) {
-      const H = this.H, z = this.z;
-      switch (this.cell) {
-        case "rnn":
-          for (let j = 0; j < H; j++) h[j] = Math.tanh(z[j]);
-          return;
-        case "gru": // torch's GRU: h = (1 − z') ⊙ n + z' ⊙ h
-          for (let j = 0; j < H; j++) {
-            const r = sigmoid(z[j] + this.zh[j]);
-            const u = sigmoid(z[H + j] + this.zh[H + j]);
-            const n = Math.tanh(z[2 * H + j] + r * this.zh[2 * H + j]);
-            h[j] = n + u * (h[j] - n);
-          }
-          return;
-        case "lstm": // [ i | f | o | g ]
-          for (let j = 0; j < H; j++) {
-            const i = sigmoid(z[j]), f = sigmoid(z[H + j]), o = sigmoid(z[2 * H + j]);
-            const g = Math.tanh(z[3 * H + j]);
-            c[j] = f * c[j] + i * g;
-            h[j] = o * Math.tanh(c[j]);
-          }
-          return;
-        case "peephole": { // [ i | f | g | o ]; o sees the new cell
-          const p = layer.p;
-          for (let j = 0; j < H; j++) {
-            const i = sigmoid(z[j] + c[j] * p[j]);
-            const f = sigmoid(z[H + j] + c[j] * p[H + j]);
-            const g = Math.tanh(z[2 * H + j]);
-            c[j] = f * c[j] + i * g;
-            const o = sigmoid(z[3 * H + j] + c[j] * p[2 * H + j]);
-            h[j] = o * Math.tanh(c[j]);
-          }
-          return;
-        }
-        case "coupled": // [ f | o | g ]: c = f ⊙ c + (1 − f) ⊙ g
-          for (let j = 0; j < H; j++) {
-            const f = sigmoid(z[j]), o = sigmoid(z[H + j]), g = Math.tanh(z[2 * H + j]);
-            c[j] = g + f * (c[j] - g);
-            h[j] = o * Math.tanh(c[j]);
-          }
-          return;
-      }
     }
 
     // Warm the state on ids from zero; returns the logits after the last one.
@@ -178,8 +188,9 @@
     }
   }
 
-  // choice.py's rule: temperature (0 = the first most likely), top-k, top-p, then the first
-  // token whose cumulative probability exceeds u · total, in vocabulary order.
+  // generate/choose.py's rule (restated): temperature (0 = the first most likely), top-k,
+  // top-p, then the first token whose cumulative probability exceeds u · total, in vocabulary
+  // order.
   function choose(logits, cfg, u) {
     const V = logits.length;
     let best = 0;

@@ -1,8 +1,9 @@
 """One self-contained HTML page that runs a char model in the browser: `charlstm export --html`.
 
 The page (playground.html) holds the model file's tensors as base64 float32, its description
-as JSON, and the step and sampling in plain JavaScript (playground.js, also run by the tests
-under Node): no network, no external script or font, so it works opened from disk. A prime box,
+and each layer's traced step (export/trace.py's plan) as JSON, and in plain JavaScript an
+interpreter of plans and the sampling rule (playground.js, also run by the tests under Node):
+no network, no external script or font, so it works opened from disk. A prime box,
 temperature and top-p, a length and a seed, Generate and Stop; text streams in as it is made,
 with the characters per second.
 
@@ -22,14 +23,28 @@ import numpy as np
 
 from charlstm.errors import CharlstmError
 from charlstm.formats.checks import parameter_count
+from charlstm.export.trace import layer_params, model_plan
 from charlstm.formats.model_file import Portable
 
 
+def page_weights(model: Portable) -> dict[str, np.ndarray]:
+    """What the page reads: embed and head.*, and each layer's parameters by the names its plan
+    reads (layer{k}.NAME, through the cell's bind), with w_x and b for the input projection
+    unless the step projects its input itself."""
+    plan, w = model_plan(model.config), model.weights
+    names = plan.params if plan.inputs[0] == "x" else ("w_x", "b", *plan.params)
+    out = {"embed": w["embed"]}
+    for k in range(model.config.num_layers):
+        p = layer_params(model.config.cell, w, k)
+        out.update({f"layer{k}.{n}": p[n] for n in dict.fromkeys(names)})
+    return out | {"head.w": w["head.w"], "head.b": w["head.b"]}
+
+
 def weights_blob(model: Portable) -> tuple[bytes, dict[str, Any]]:
-    """The tensors as one little-endian float32 buffer, and where each lies in it:
-    {name: [offset in floats, shape]}."""
+    """The page's tensors (page_weights) as one little-endian float32 buffer, and where each
+    lies in it: {name: [offset in floats, shape]}."""
     parts, tensors, offset = [], {}, 0
-    for name, w in model.weights.items():
+    for name, w in page_weights(model).items():
         parts.append(np.ascontiguousarray(w, dtype="<f4").tobytes())
         tensors[name] = [offset, list(w.shape)]
         offset += w.size
@@ -51,6 +66,7 @@ def page_meta(model: Portable, tensors: dict[str, Any]) -> dict[str, Any]:
         "pieces": [tok.piece(i) for i in range(cfg.vocab_size)],
         "newline": int(newline[-1]) if len(newline) else 0,
         "tensors": tensors,
+        "plans": [model_plan(cfg).to_json() for _ in range(cfg.num_layers)],  # layer k's step
         "fingerprint": model.fingerprint,
         "description": f"{name} · {cfg.cell} {cfg.num_layers}×{cfg.hidden_size} · "
         f"{cfg.vocab_size} characters · {params:,} parameters · fingerprint {model.fingerprint}",

@@ -7,15 +7,18 @@ Training writes it beside best.pt at every new best; `charlstm export` writes it
 checkpoint. The numpy engine (npstep.py), the browser page (playground.py) and the ONNX graph
 (onnxgraph.py) are all built from it, so none of them needs torch.
 
-The tensors are step.py's `StepWeights`, by name, all float32 (G gate blocks, H hidden, E
-embedding, V vocabulary; I = E for layer 0, H above it):
+The tensors are model/weights.py's `StepWeights`, by name, all float32 (G gate blocks, H
+hidden, E embedding, V vocabulary; I = E for layer 0, H above it). Which a layer holds follows
+from its cell's parameter roles (cells/base.layer_shapes), for every cell:
 
     embed          (V, E)
-    layer{k}.w_x   (I, G·H)    gate blocks as step.py orders them (lstm: i f o g)
+    layer{k}.w_x   (I, G·H)    gate blocks in the cell's BLOCKS order (lstm: i f o g)
     layer{k}.w_h   (H, G·H)
     layer{k}.b     (G·H,)      the input and hidden biases summed (gru: the input bias alone)
     layer{k}.b_h   (G·H,)      gru only: the hidden bias, which the reset gate scales
     layer{k}.p     (3, H)      peephole only: p_i, p_f, p_o
+    layer{k}.q     (⌈r/2⌉, H, I)  mogrifier only (r = mogrifier_rounds; absent when empty):
+    layer{k}.r     (⌊r/2⌋, I, H)  the matrices of its odd and even rounds
     head.w         (H, V)      a copy of embed's transpose when the weights are tied
     head.b         (V,)
 
@@ -43,12 +46,13 @@ from typing import Any
 import numpy as np
 
 from charlstm import __version__
+from charlstm.cells import CELLS, cell_options
+from charlstm.cells.base import layer_shapes
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.data.tokenizer import AnyTokenizer
 from charlstm.errors import CharlstmError
 from charlstm.files import FileWriteError, Fingerprinter, fingerprint, write_atomic
 from charlstm.formats.checks import (
-    GATES,
     PORTABLE_NAME,
     CheckpointError,
     Invalid,
@@ -83,18 +87,10 @@ class Portable:
         return sum(w.nbytes for w in self.weights.values())
 
 
-# The cells the model file, the numpy engine, the page and the ONNX graph carry; the Mogrifier
-# and the sLSTM (their extra matrices and stabilised state) run on torch only, for now.
-PORTABLE_CELLS = ("lstm", "gru", "rnn", "peephole", "coupled")
-
-
 def no_portable_form(cfg: ModelConfig) -> str | None:
-    """Why a model of `cfg` has no model file (None when it has one)."""
+    """Why a model of `cfg` has no model file (None when it has one): every cell has one."""
     if cfg.softmax_cutoffs is not None:
         return "an adaptive softmax has no portable form (its output layer is not one matrix)"
-    if cfg.cell not in PORTABLE_CELLS:
-        return (f"the {cfg.cell} cell has no portable form yet (model files, the numpy engine, "
-                f"the page and ONNX carry {', '.join(PORTABLE_CELLS)})")  # fmt: skip
     return None
 
 
@@ -121,16 +117,11 @@ def fresh_portable(checkpoint: Path) -> Path | None:
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor a model file of `cfg` holds, with its shape."""
-    g, h, e, v = GATES[cfg.cell], cfg.hidden_size, cfg.embed_size, cfg.vocab_size
+    cell, h, e, v = CELLS[cfg.cell], cfg.hidden_size, cfg.embed_size, cfg.vocab_size
     shapes: dict[str, tuple[int, ...]] = {"embed": (v, e)}
     for k in range(cfg.num_layers):
-        shapes[f"layer{k}.w_x"] = (e if k == 0 else h, g * h)
-        shapes[f"layer{k}.w_h"] = (h, g * h)
-        shapes[f"layer{k}.b"] = (g * h,)
-        if cfg.cell == "gru":
-            shapes[f"layer{k}.b_h"] = (g * h,)
-        if cfg.cell == "peephole":
-            shapes[f"layer{k}.p"] = (3, h)
+        layer = layer_shapes(cell, e if k == 0 else h, h, **cell_options(cfg))
+        shapes.update({f"layer{k}.{name}": shape for name, shape in layer.items()})
     shapes["head.w"] = (h, v)
     shapes["head.b"] = (v,)
     return shapes

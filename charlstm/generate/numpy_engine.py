@@ -1,55 +1,55 @@
 """The model one token at a time in numpy: sampling without torch, from model.safetensors.
 
-    stepper = NumpyStepper(read_portable(path))   # the step layout of step.py, in numpy
+    stepper = NumpyStepper(read_portable(path))   # the step layout of torch_engine.py, in numpy
     stepper.prime(ids)                   # one stream warmed on ids (P,), from a zero state
     logits = stepper.step(tokens)        # tokens (B,) -> logits (B, V), a buffer the next step
                                          # overwrites
     for ids in generate(model, prime_ids, cfg, rng): ...   # as sample.generate, same draws
 
-It is step.Stepper line for line: layer 0's input projection folded into a table (V, G·H);
-every later layer keeps [input | own h] side by side and multiplies it by [w_x; w_h] once; the
-gate blocks in step.py's order; every buffer allocated once and written with `out=`. At batch 1
-a step is a few matrix-vector products, bound by reading the weights from memory, with nothing
-of torch's per-call dispatch around them. numpy's BLAS should run on one thread for one stream
-(the CLI sets OPENBLAS_NUM_THREADS before numpy loads): a matrix-vector product split across
-two cores is no faster, and many times slower when another process holds the second core.
+It is torch_engine.Stepper in numpy, for every cell, naming none: layer 0's input projection
+folded into a table (V, G·H); per layer, the input projection zx into a buffer, then the
+cell's step (cells/<cell>.py), traced once (export/trace.py) and laid out on buffers allocated
+once (generate/plan.py), every op written with `out=`, all of a step one flat list of calls
+built once per batch size. One difference: where the step begins with zx + h @ w_h, the
+engine multiplies [x | h] by [w_x; w_h] at once (plan.fold_recurrent). At batch 1 a step is a few
+matrix-vector products, bound by reading the weights from memory, with nothing of torch's
+per-call dispatch around them. numpy's BLAS should run on one thread for one stream (the CLI
+sets OPENBLAS_NUM_THREADS before numpy loads): a matrix-vector product split across two cores
+is no faster, and many times slower when another process holds the second core.
 
 A prime is run layer by layer (the whole prime's input projection in one matrix product per
 layer, then the recurrence), as the torch path runs it through the full model; the two agree
-to float32 rounding, which is what makes the same seed give the same text (choice.py).
+to float32 rounding, which is what makes the same seed give the same text (choose.py).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 
+from charlstm.cells import CELLS, cell_options
+from charlstm.cells.base import bind, fact
 from charlstm.config import SampleConfig
+from charlstm.export.trace import trace
 from charlstm.formats.model_file import Portable
 from charlstm.generate.choose import Utf8Rows, choose
+from charlstm.generate.numpy_ops import numpy_calls
+from charlstm.generate.plan import fold_recurrent, lay_out
 
 # Fold layer 0 into a table while it holds at most this many numbers (64 MB in fp32), or no more
 # than the weights it replaces: a char vocabulary always fits; a 50,000-word one at 4×200 gates
-# would take 160 MB. step.py uses the same rule.
+# would take 160 MB. torch_engine.py uses the same rule.
 MAX_TABLE = 1 << 24
-CELLS_WITH_MEMORY = ("lstm", "peephole", "coupled")
 
-State = tuple[np.ndarray, ...]  # (h,) or (h, c), each (L, B, H), as cells.State
+State = tuple[np.ndarray, ...]  # (h, ...) each (L, B, H), as model.layers.State
 
 
 def table_fits(vocab: int, width: int, embed_numel: int, w_x_numel: int) -> bool:
     """Whether layer 0's input projection is kept as a table of V rows of G·H."""
     return vocab * width <= max(MAX_TABLE, embed_numel + w_x_numel)
-
-
-def _sigmoid_(x: np.ndarray) -> None:
-    """σ(x) = (1 + tanh(x/2)) / 2, in place: four passes, no overflow for any x."""
-    x *= 0.5
-    np.tanh(x, out=x)
-    x *= 0.5
-    x += 0.5
 
 
 class NumpyStepper:
@@ -58,27 +58,36 @@ class NumpyStepper:
 
     def __init__(self, model: Portable) -> None:
         w, cfg = model.weights, model.config
-        self.cell = cfg.cell
-        self.has_memory = cfg.cell in CELLS_WITH_MEMORY
+        cell = CELLS[cfg.cell]
+        self.names = cell.STATE  # h first
+        self.gated = bool(fact(cell, "INPUT_GATED"))  # the step gets x, not zx
         self.num_layers, self.hidden_size = cfg.num_layers, cfg.hidden_size
         self.vocab_size = cfg.vocab_size
-        L = range(cfg.num_layers)  # noqa: N806
-        self.w_x = [w[f"layer{k}.w_x"] for k in L]
-        self.w_h = [w[f"layer{k}.w_h"] for k in L]
-        self.b = [w[f"layer{k}.b"] for k in L]
-        self.b_h = [w[f"layer{k}.b_h"] for k in L] if cfg.cell == "gru" else None
-        self.p = [w[f"layer{k}.p"] for k in L] if cfg.cell == "peephole" else None
+        self.layers = [{name.split(".", 1)[1]: a for name, a in w.items()  # w_x, w_h, b, ...
+                        if name.startswith(f"layer{k}.")} for k in range(cfg.num_layers)]
+        self.params = [bind(cell, layer) for layer in self.layers]
         self.embed, self.w_out, self.b_out = w["embed"], w["head.w"], w["head.b"]
-        width = self.w_x[0].shape[1]  # G·H
+        w_x0, b0 = self.layers[0]["w_x"], self.layers[0]["b"]
+        width = w_x0.shape[1]  # G·H
         self.gates = width // cfg.hidden_size
         self.table = None
-        if table_fits(cfg.vocab_size, width, self.embed.size, self.w_x[0].size):
-            self.table = self.embed @ self.w_x[0] + self.b[0]  # (V, G·H)
-        # [w_x; w_h] for one multiply per layer after the first (not gru: r scales w_h's part).
-        self.w_cat = [
-            None if k == 0 or cfg.cell == "gru" else np.concatenate([self.w_x[k], self.w_h[k]])
-            for k in L
-        ]
+        if table_fits(cfg.vocab_size, width, self.embed.size, w_x0.size) and not self.gated:
+            self.table = self.embed @ w_x0 + b0  # (V, G·H)
+        # When the step starts with zx + s @ P (s the state's h, P its w_h), the engine computes
+        # that sum: a table row plus one product for layer 0, [x | s] @ [w_x; P] + b above it
+        # (one product, not two: two cost ~20% more in OpenBLAS at H = 512).
+        plan, self.fold = fold_recurrent(trace(cell, **cell_options(cfg)))
+        self.layouts = [lay_out(plan, cfg.hidden_size, layer["w_x"].shape[0])
+                        for layer in self.layers]  # fmt: skip
+        self.folded = self.fold is not None and not self.gated
+        self.w_cat = [None] * cfg.num_layers
+        if self.folded:
+            self.fold_part = self.names.index(self.fold[0])
+            self.w_cat = [None if k == 0 and self.table is not None
+                          else np.concatenate([self.layers[k]["w_x"], p[self.fold[1]]])
+                          for k, p in enumerate(self.params)]  # fmt: skip
+        # The plan's input, per layer: x (B, I) for an INPUT_GATED cell, else zx (B, G·H).
+        self.widths = [layer["w_x"].shape[0 if self.gated else 1] for layer in self.layers]
         self.batch = 0
 
     def fork(self) -> NumpyStepper:
@@ -88,72 +97,84 @@ class NumpyStepper:
         return other
 
     def zero_state(self, batch: int) -> State:
-        h = np.zeros((self.num_layers, batch, self.hidden_size), np.float32)
-        return (h, np.zeros_like(h)) if self.has_memory else (h,)
+        return tuple(np.zeros((self.num_layers, batch, self.hidden_size), np.float32)
+                     for _ in self.names)  # fmt: skip
 
     def start(self, state: State) -> None:
         """Take `state` (copied) as where the streams stand; its batch sets B."""
-        batch, hid = state[0].shape[1], self.hidden_size
-        if batch != self.batch:
-            self._allocate(batch)
-        h = state[0]
-        for k in range(self.num_layers):
-            self.own[k][...] = h[k]
-            if k > 0 and self.cell != "gru":
-                self.xh[k][:, :hid] = h[k - 1]
-        if self.has_memory:
-            self.c[...] = state[1]
+        if state[0].shape[1] != self.batch:
+            self._allocate(state[0].shape[1])
+        for mine, given in zip(self.memory, state, strict=True):
+            for k, row in enumerate(mine):
+                row[...] = given[k]
 
     def state(self) -> State:
         """A copy of the current state, (L, B, H) each."""
-        h = np.stack(self.own)
-        return (h, self.c.copy()) if self.has_memory else (h,)
+        return tuple(np.stack(part) for part in self.memory)
 
     def _allocate(self, batch: int) -> None:
-        hid, width = self.hidden_size, self.gates * self.hidden_size
-        new = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
         self.batch = batch
-        self.z = new(batch, width)  # gate pre-activations of the layer at hand
-        self.zh = new(batch, width)  # h · w_h (gru's hidden projection; layer 0's for the rest)
-        if self.cell == "gru":
-            self.xh = [None] * self.num_layers
-            self.own = [new(batch, hid) for _ in range(self.num_layers)]
-        else:
-            # xh[k] = [ layer k-1's new h | layer k's own h ], the input of one multiply.
-            self.xh = [None] + [new(batch, 2 * hid) for _ in range(1, self.num_layers)]
-            self.own = [new(batch, hid)] + [xh[:, hid:] for xh in self.xh[1:]]
-        self.c = new(self.num_layers, batch, hid) if self.has_memory else None
-        self.tmp = new(batch, hid)
+        new = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+        hid, layers = self.hidden_size, range(self.num_layers)
+        # [x | s] of the folded product (see __init__), layer k's s kept in it as its state.
+        xh = [new(batch, w.shape[0]) if w is not None else None for w in self.w_cat]
+        # The state: memory[j][k] is part j of layer k, (B, H); a layer's plan writes its own.
+        self.memory = [[xh[k][:, -hid:] if xh[k] is not None and self.folded
+                        and j == self.fold_part else new(batch, hid) for k in layers]
+                       for j in range(len(self.names))]  # fmt: skip
+        self.inputs = [new(batch, width) for width in self.widths]
+        self.sp = new(batch, self.widths[0])  # s @ P, added to layer 0's table row
+        self.programs = [numpy_calls(layout, {"input": self.inputs[k], **{
+            f"state:{n}": part[k] for n, part in zip(self.names, self.memory, strict=True)}},
+            self.params[k]) for k, layout in enumerate(self.layouts)]  # fmt: skip
         self.logits = new(batch, self.vocab_size)
+        # Layer 0's input, filled from the tokens by `step`: x itself, a row of the table, or
+        # the embedding row (in [x | s] when folded) that calls[0] projects.
+        self.x0 = self.inputs[0] if self.gated or self.table is not None else (
+            xh[0][:, : -hid] if xh[0] is not None else new(batch, self.embed.shape[1]))
+        # Everything else a step does, as one list of calls: per layer its input, then its plan.
+        calls: list = []
+        h = self.memory[0]
+        for k, layer in enumerate(self.layers):
+            into = self.inputs[k]
+            if xh[k] is not None:  # [x | s] @ [w_x; P] + b
+                if k > 0:
+                    calls.append(partial(np.copyto, xh[k][:, :-hid], h[k - 1]))
+                calls += [partial(np.matmul, xh[k], self.w_cat[k], out=into),
+                          partial(np.add, into, layer["b"], out=into)]  # fmt: skip
+            elif self.gated:  # x itself: layer 0's is filled by `step`
+                if k > 0:
+                    calls.append(partial(np.copyto, into, h[k - 1]))
+            elif k == 0 and self.table is not None:  # the table row, filled by `step`
+                if self.folded:  # + s @ P
+                    calls += self._folded_sum(0)
+            else:  # x @ w_x + b
+                x = h[k - 1] if k > 0 else self.x0
+                calls += [partial(np.matmul, x, layer["w_x"], out=into),
+                          partial(np.add, into, layer["b"], out=into)]  # fmt: skip
+            calls += self.programs[k]
+        calls += [partial(np.matmul, h[-1], self.w_out, out=self.logits),
+                  partial(np.add, self.logits, self.b_out, out=self.logits)]  # fmt: skip
+        self.calls = calls
+
+    def _folded_sum(self, k: int) -> list:
+        """Calls that add s @ P to layer k's input (see __init__)."""
+        s, p = self.memory[self.fold_part][k], self.params[k][self.fold[1]]
+        into = self.inputs[k]
+        sp = self.sp if k == 0 else np.zeros_like(into)
+        return [partial(np.matmul, s, p, out=sp), partial(np.add, into, sp, out=into)]
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         """Feed tokens (B,) to the B streams; returns the next-token logits (B, V)."""
         tokens = np.asarray(tokens).reshape(-1)
         if self.batch == 0:
             self.start(self.zero_state(len(tokens)))
-        z, hid = self.z, self.hidden_size
-        for k in range(self.num_layers):
-            h = self.own[k]
-            if k == 0:  # the input projection: a row of the table, or embed · w_x + b
-                if self.table is not None:
-                    np.take(self.table, tokens, axis=0, out=z)
-                else:
-                    np.matmul(self.embed[tokens], self.w_x[0], out=z)
-                    z += self.b[0]
-                if self.cell != "gru":
-                    np.matmul(h, self.w_h[0], out=self.zh)
-                    z += self.zh
-            elif self.cell == "gru":
-                np.matmul(self.own[k - 1], self.w_x[k], out=z)
-                z += self.b[k]
-            else:
-                np.matmul(self.xh[k], self.w_cat[k], out=z)
-                z += self.b[k]
-            self._cell(k, h)
-            if k + 1 < self.num_layers and self.cell != "gru":
-                self.xh[k + 1][:, :hid] = h  # the next layer's input
-        np.matmul(self.own[-1], self.w_out, out=self.logits)
-        self.logits += self.b_out
+        if self.table is not None and not self.gated:
+            np.take(self.table, tokens, axis=0, out=self.x0)
+        else:
+            self.x0[...] = self.embed[tokens]
+        for call in self.calls:
+            call()
         return self.logits
 
     def prime(self, ids: np.ndarray) -> np.ndarray:
@@ -162,85 +183,25 @@ class NumpyStepper:
         logits (1, V) after the last id; the stepper then stands at batch 1."""
         ids = np.asarray(ids).reshape(-1)
         self.start(self.zero_state(1))
-        z, hid, cell = self.z, self.hidden_size, self.cell
-        x = None  # the layer below's outputs (P, H)
-        for k in range(self.num_layers):
-            if k == 0:
-                if self.table is not None:
-                    zx = self.table[ids]
-                else:
-                    zx = self.embed[ids] @ self.w_x[0] + self.b[0]
+        x = self.embed[ids]  # the layer's input, (P, I)
+        for k, layer in enumerate(self.layers):
+            if self.gated:
+                xs = x
+            elif k == 0 and self.table is not None:
+                xs = self.table[ids]
             else:
-                zx = x @ self.w_x[k] + self.b[k]  # (P, G·H)
-            h = self.own[k]
-            out = np.empty((len(ids), hid), np.float32)
+                xs = x @ layer["w_x"] + layer["b"]  # (P, G·H)
+            into, h = self.inputs[k], self.memory[0][k]
+            calls = (self._folded_sum(k) if self.folded else []) + self.programs[k]
+            x = np.empty((len(ids), self.hidden_size), np.float32)
             for t in range(len(ids)):
-                if cell == "gru":
-                    z[0] = zx[t]
-                else:
-                    np.matmul(h, self.w_h[k], out=self.zh)
-                    np.add(self.zh, zx[t], out=z)
-                self._cell(k, h)
-                out[t] = h[0]
-            if k + 1 < self.num_layers and cell != "gru":
-                self.xh[k + 1][:, :hid] = h
-            x = out
-        np.matmul(self.own[-1], self.w_out, out=self.logits)
+                into[0] = xs[t]
+                for call in calls:
+                    call()
+                x[t] = h[0]
+        np.matmul(self.memory[0][-1], self.w_out, out=self.logits)
         self.logits += self.b_out
         return self.logits
-
-    def _cell(self, k: int, h: np.ndarray) -> None:
-        """Gate pre-activations in self.z -> layer k's new state, written into h (and c)."""
-        z, hid, tmp = self.z, self.hidden_size, self.tmp
-        if self.cell == "rnn":
-            np.tanh(z, out=h)
-            return
-        if self.cell == "gru":  # torch's GRU, [ r | z | n ]: h = (1 − z') ⊙ n + z' ⊙ h
-            zh = self.zh
-            np.matmul(h, self.w_h[k], out=zh)
-            zh += self.b_h[k]
-            rz, n = z[:, : 2 * hid], z[:, 2 * hid :]
-            rz += zh[:, : 2 * hid]
-            _sigmoid_(rz)
-            np.multiply(z[:, :hid], zh[:, 2 * hid :], out=tmp)
-            n += tmp
-            np.tanh(n, out=n)
-            np.subtract(h, n, out=tmp)  # n + z' ⊙ (h − n)
-            tmp *= z[:, hid : 2 * hid]
-            np.add(n, tmp, out=h)
-            return
-        c = self.c[k]
-        if self.cell == "lstm":  # [ i | f | o | g ]
-            _sigmoid_(z[:, : 3 * hid])
-            i, f, o, g = (z[:, j * hid : (j + 1) * hid] for j in range(4))
-            np.tanh(g, out=g)
-            c *= f
-            np.multiply(i, g, out=tmp)
-            c += tmp
-        elif self.cell == "peephole":  # [ i | f | g | o ]; o sees the new cell
-            i, f, g, o = (z[:, j * hid : (j + 1) * hid] for j in range(4))
-            p_i, p_f, p_o = self.p[k]
-            np.multiply(c, p_i, out=tmp)
-            i += tmp
-            np.multiply(c, p_f, out=tmp)
-            f += tmp
-            _sigmoid_(z[:, : 2 * hid])
-            np.tanh(g, out=g)
-            c *= f
-            np.multiply(i, g, out=tmp)
-            c += tmp
-            np.multiply(c, p_o, out=tmp)
-            o += tmp
-            _sigmoid_(o)
-        else:  # coupled, [ f | o | g ]: c = f ⊙ c + (1 − f) ⊙ g = g + f ⊙ (c − g)
-            _sigmoid_(z[:, : 2 * hid])
-            f, o, g = (z[:, j * hid : (j + 1) * hid] for j in range(3))
-            np.tanh(g, out=g)
-            c -= g
-            c *= f
-            c += g
-        np.tanh(c, out=tmp)
-        np.multiply(tmp, o, out=h)
 
 
 def generate(
