@@ -1,6 +1,6 @@
 """Compress bytes with a trained model, and back: the file format and the entropy coding.
 
-The model's next-token frequencies, computed in integers by quantized.ExactLSTM (the same on
+The model's next-token frequencies, computed in integers by exact.ExactModel (any cell; the same on
 every machine, thread count and engine), drive constriction's range coder. The input is split
 into S contiguous segments, each coded from a zero state; the S segments step together as one
 batch (a GEMM of S rows costs little more than one row), in both directions:
@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from charlstm.compress.exact import CODER_BITS, ExactLSTM, QuantizeError
+from charlstm.compress.exact import CODER_BITS, ExactModel, QuantizeError
 from charlstm.errors import CharlstmError
 
 MAGIC = b"\x89CLZ"
@@ -309,7 +309,7 @@ class Codec:
         newline = tokenizer.encode("\n", skip_unknown=True)
         start = int(newline[-1]) if len(newline) else 0  # each segment starts as after a line
         try:
-            self.exact = ExactLSTM.from_model(model, start_token=start)
+            self.exact = ExactModel.from_model(model, start_token=start)
         except QuantizeError as e:
             raise CompressError(str(e)) from e
         self.tokenizer, self.engine, self.device = tokenizer, engine, device

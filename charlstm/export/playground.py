@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from charlstm.errors import CharlstmError
-from charlstm.formats.checks import parameter_count
 from charlstm.export.trace import layer_params, model_plan
+from charlstm.formats.checks import parameter_count
 from charlstm.formats.model_file import Portable
 
 
