@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# What a layer's state holds, in order, by cell: h first; c for the LSTMs; the sLSTM adds its
-# normaliser n and stabiliser m. Every part is (L, B, H).
-STATE_NAMES = {"lstm": ("hidden", "cell"), "gru": ("hidden",), "rnn": ("hidden",),
-               "peephole": ("hidden", "cell"), "coupled": ("hidden", "cell"),
-               "mogrifier": ("hidden", "cell"),
-               "slstm": ("hidden", "cell", "normalizer", "stabilizer")}  # fmt: skip
-STATE_PARTS = {cell: len(names) for cell, names in STATE_NAMES.items()}
+from charlstm.cells import CELLS
+from charlstm.cells.base import fact
+from charlstm.model.scan import ParallelLayer
+
+# How many parts a layer's state holds, by cell (its file's STATE): h first; c for the LSTMs;
+# the sLSTM adds its normaliser n and stabiliser m. Every part is (L, B, H).
+STATE_PARTS = {name: len(cell.STATE) for name, cell in CELLS.items()}
 # The Mogrifier's rounds of mutual gating when not given: the paper's recommendation for LSTMs.
 MOGRIFIER_ROUNDS = 5
 
@@ -61,8 +61,10 @@ def make_recurrent(
         "peephole": PeepholeLSTM, "coupled": CoupledLSTM, "mogrifier": MogrifierLSTM,
         "slstm": SLSTM,
     }  # fmt: skip
+    if cell in CELLS and fact(CELLS[cell], "PARALLEL"):  # trained by the scan (model/scan.py)
+        return ParallelLayer(CELLS[cell], input_size, hidden_size, num_layers, dropout)
     if cell not in kinds:
-        raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(kinds)}")
+        raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
     if cell in ("lstm", "gru", "rnn"):
         return kinds[cell](input_size, hidden_size, num_layers, batch_first=True, dropout=dropout)
     if cell == "mogrifier":
