@@ -4,8 +4,8 @@ training layer (ParallelLayer).
 Their recurrence is linear in h: h_t = a_t ⊙ h_{t−1} + b_t, with a_t, b_t > 0 computed from x_t
 alone. So every h_t of a window comes at once, in log space (Heinsen, 2023, as in Feng et al.):
 
-    log h_t = a*_t + logcumsumexp_{s ≤ t}(log b_s − a*_s),   a*_t = Σ_{s ≤ t} log a_s,
-    with log h_0 (the carried state) as the s = 0 term.
+    h_t = exp(a*_t) h_0 + exp(a*_t + logcumsumexp_{s ≤ t}(log b_s − a*_s)),
+    a*_t = Σ_{s ≤ t} log a_s, h_0 the state carried in from the previous window.
 
 It runs in float32 whatever the autocast (cumulative sums in bf16 lose the digits that matter).
 """
@@ -21,19 +21,17 @@ from torch import Tensor, nn
 
 from charlstm.cells.base import gate_count
 
-# log h of a zero state: exp(−69) is 1e-30, far below anything the scan adds to it; −inf would
-# give NaN gradients through logcumsumexp.
-LOG_ZERO = -69.0
-
 
 def scan_log(log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:
-    """log_a, log_b (B, T, H), h0 (B, H) ≥ 0 -> h (B, T, H), h_t = a_t h_{t−1} + b_t."""
+    """log_a, log_b (B, T, H), h0 (B, H) -> h (B, T, H), h_t = a_t h_{t−1} + b_t.
+
+    The carried state enters linearly, h_t = A_t h0 + (the scan from zero), A_t = exp(a*_t),
+    so h0 may have any sign (and a zero state needs no log 0: no NaN gradients)."""
     dtype = torch.promote_types(log_a.dtype, torch.float32)  # float64 stays (the tests)
     log_a, log_b = log_a.to(dtype), log_b.to(dtype)
-    log_h0 = h0.to(dtype).clamp_min(1e-30).log().clamp_min(LOG_ZERO)[:, None]  # (B, 1, H)
-    a_star = F.pad(torch.cumsum(log_a, dim=1), (0, 0, 1, 0))  # (B, T+1, H), a*_0 = 0
-    log_h = a_star + torch.logcumsumexp(torch.cat([log_h0, log_b], dim=1) - a_star, dim=1)
-    return log_h[:, 1:].exp()
+    a_star = torch.cumsum(log_a, dim=1)  # (B, T, H), log of a_1 ⋯ a_t
+    from_zero = (a_star + torch.logcumsumexp(log_b - a_star, dim=1)).exp()
+    return from_zero + a_star.exp() * h0.to(dtype)[:, None]
 
 
 class ParallelLayer(nn.Module):
