@@ -16,9 +16,10 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from charlstm.cells import CELLS as _CELLS
 from charlstm.errors import OptionError
 
-CELLS = ("lstm", "gru", "rnn", "peephole", "coupled", "mogrifier", "slstm")
+CELLS = tuple(_CELLS)  # --cell's choices: the registered cells (cells/__init__.py), one list
 TOKENIZERS = ("char", "word", "bpe")
 OPTIMIZERS = ("adamw", "sgd")
 SOFTMAXES = ("full", "adaptive")

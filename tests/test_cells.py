@@ -30,6 +30,7 @@ from charlstm.model.layers import (
     run_layer,
 )
 from charlstm.model.ops import TORCH
+from charlstm.model.scan import ParallelLayer
 from charlstm.model.weights import step_layers
 
 B, T, IN, H, L = 3, 5, 6, 8, 2  # IN != H, so a transposed weight cannot pass by accident
@@ -270,11 +271,12 @@ def test_own_cells_start_with_a_high_forget_bias(cell: str) -> None:
 @pytest.mark.parametrize("cell", CELLS)
 def test_a_folded_plan_given_zx_plus_s_at_p_is_the_same_step(cell: str) -> None:
     """fold_recurrent takes a plan's zx + s @ P out for the numpy engine to compute as one
-    product: every cell but the GRU (its r scales U h alone) and the Mogrifier (gated input)
-    folds, and the rest of its plan, given that sum, gives the step's numbers."""
+    product: every cell but the GRU (its r scales U h alone), the Mogrifier (gated input) and
+    the cells with no U (minGRU, minLSTM) folds, and the rest of its plan, given that sum,
+    gives the step's numbers."""
     c = CELLS_BY_NAME[cell]
     plan, fold = fold_recurrent(trace(c, rounds=3))
-    assert (fold is None) == (cell in ("gru", "mogrifier"))
+    assert (fold is None) == (cell in ("gru", "mogrifier") or "w_h" not in c.PARAMS)
     if fold is None:
         return
     layer, state, inputs = random_layer(c, B)
@@ -379,6 +381,8 @@ def test_make_recurrent_uses_torch_fused_layers_and_ours() -> None:
         "coupled": CoupledLSTM,
         "mogrifier": MogrifierLSTM,
         "slstm": SLSTM,
+        "mingru": ParallelLayer,
+        "minlstm": ParallelLayer,
     }
     with pytest.raises(ValueError, match="unknown cell"):
         make_recurrent("transformer", IN, H, L, 0.0)
@@ -461,7 +465,7 @@ def test_stepper_keeps_the_weights_it_was_built_from(cell: str) -> None:
 # ---------------------------------------------------------------- every command, the new cells
 
 
-@pytest.mark.parametrize("cell", ["mogrifier", "slstm"])
+@pytest.mark.parametrize("cell", ["mogrifier", "slstm", "mingru", "minlstm"])
 def test_new_cells_train_sample_evaluate_visualize_and_resume(tmp_path, play_file, cell) -> None:
     from typer.testing import CliRunner
 
@@ -482,7 +486,7 @@ def test_new_cells_train_sample_evaluate_visualize_and_resume(tmp_path, play_fil
     assert r.exit_code == 0 and r.stdout.startswith("ROMEO:") and len(r.stdout) > 30, r.stderr
     r = runner.invoke(app, ["evaluate", str(play_file), "-m", str(run), "--json", "--threads", "1"])
     assert r.exit_code == 0 and json.loads(r.stdout)["loss"] < 4.0, r.stderr
-    kind = "normalizer" if cell == "slstm" else "forget"
+    kind = "normalizer" if cell == "slstm" else CELLS_BY_NAME[cell].SHOWN[0]
     r = runner.invoke(app, ["visualize", str(play_file), "-m", str(run), "--kind", kind,
                             "--max-chars", "100", "--threads", "1"])  # fmt: skip
     assert r.exit_code == 0 and r.stdout.startswith("position\tchar\t"), r.stderr
@@ -491,5 +495,6 @@ def test_new_cells_train_sample_evaluate_visualize_and_resume(tmp_path, play_fil
     assert r.exit_code == 0 and json.loads(r.stdout)["steps"] == 40, r.stderr
     if cell == "mogrifier":  # the rounds are part of the model, saved with it
         assert load_checkpoint(run / "last.pt")["model_config"]["mogrifier_rounds"] == 3
-    else:  # the carried state holds all four parts
-        assert len(load_checkpoint(run / "last.pt")["resume"]["rnn_state"]) == 4
+    else:  # the carried state holds every part (four for the sLSTM, h alone for the min cells)
+        parts = len(CELLS_BY_NAME[cell].STATE)
+        assert len(load_checkpoint(run / "last.pt")["resume"]["rnn_state"]) == parts

@@ -53,6 +53,8 @@ def test_trace_hidden_matches_model(cell: str, layer: int) -> None:
         "slstm": {"hidden", "cell", "normalizer", "stabilizer", "forget", "input", "output"},
         "gru": {"hidden", "update", "reset"},
         "rnn": {"hidden"},
+        "mingru": {"hidden", "update"},
+        "minlstm": {"hidden", "forget", "input"},
     }[cell]
     assert set(acts) == expected
     assert all(a.shape == (len(ids), 16) for a in acts.values())

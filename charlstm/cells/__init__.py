@@ -15,11 +15,11 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from charlstm.cells import coupled, gru, lstm, mogrifier, peephole, rnn, slstm
+from charlstm.cells import coupled, gru, lstm, mingru, minlstm, mogrifier, peephole, rnn, slstm
 
 # name -> the cell's module; the order is the order of `--cell`'s choices (config.CELLS).
 CELLS: dict[str, ModuleType] = {
-    m.NAME: m for m in (lstm, gru, rnn, peephole, coupled, mogrifier, slstm)
+    m.NAME: m for m in (lstm, gru, rnn, peephole, coupled, mogrifier, slstm, mingru, minlstm)
 }
 
 

@@ -26,7 +26,7 @@ from rich.text import Text
 from torch import Tensor
 
 from charlstm.cells import CELLS
-from charlstm.cells.base import bind, fact
+from charlstm.cells.base import bind, fact, gate_count
 from charlstm.model.language_model import LanguageModel
 from charlstm.model.ops import RecordingOps
 from charlstm.model.weights import step_layers
@@ -47,7 +47,7 @@ def _trace_layer(cell_name: str, layer: dict[str, Tensor], x: Tensor) -> dict[st
     p = bind(cell, layer)
     # The step's input: x itself for an INPUT_GATED cell, else its projection zx (T, G·H).
     inputs = x if fact(cell, "INPUT_GATED") else torch.addmm(layer["b"], x, layer["w_x"])
-    hidden = layer["w_h"].shape[0]
+    hidden = layer["b"].shape[0] // gate_count(cell)
     state = tuple(x.new_zeros(1, hidden) for _ in cell.STATE)  # one row
     rec: dict[str, list[Tensor]] = {}
     for x_t in inputs:

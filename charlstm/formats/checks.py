@@ -12,15 +12,15 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from charlstm.cells import CELLS, cell_options
+from charlstm.cells.base import gate_count, layer_shapes
 from charlstm.config import CHECKPOINTS, ModelConfig
 from charlstm.data.tokenizer import AnyTokenizer, tokenizer_from_dict
 from charlstm.errors import CharlstmError
 
-# Gate blocks per layer, by cell: what a layer's weights cost.
-GATES = {"lstm": 4, "gru": 3, "rnn": 1, "peephole": 4, "coupled": 3, "mogrifier": 4, "slstm": 4}
-# Bias vectors per layer: torch's own LSTM, GRU and RNN keep an input and a hidden bias (the
-# model file sums them, but training updates both); charlstm's cells keep one.
-BIASES = {"lstm": 2, "gru": 2, "rnn": 2}
+# Bias vectors per layer that the step layout sums into its b: torch's own LSTM and RNN keep an
+# input and a hidden bias (training updates both); the GRU's two are stored apart (b, b_h).
+SUMMED_BIASES = {"lstm": 1, "rnn": 1}
 # The model file written beside best.pt (portable.py); a run folder with nothing else still loads.
 PORTABLE_NAME = "model.safetensors"
 
@@ -118,14 +118,11 @@ def parameter_count(cfg: ModelConfig) -> int:
     """The parameters a model of `cfg` trains (LanguageModel.num_parameters: a tied matrix
     counted once), computed without building it: the one count `info` shows for a checkpoint
     and for a model file, whose summed biases hold fewer numbers."""
-    g, h, e, v = GATES[cfg.cell], cfg.hidden_size, cfg.embed_size, cfg.vocab_size
-    nb = BIASES.get(cfg.cell, 1)
-    layers = sum(g * h * ((e if k == 0 else h) + h + nb) for k in range(min(cfg.num_layers, 2)))
-    layers += max(cfg.num_layers - 2, 0) * g * h * (2 * h + nb)
-    if cfg.cell == "peephole":
-        layers += cfg.num_layers * 3 * h
-    if cfg.cell == "mogrifier":  # r matrices of (I, H) a layer: Q on odd rounds, R on even
-        layers += cfg.mogrifier_rounds * h * (e + h * (cfg.num_layers - 1))
+    cell, h, e, v = CELLS[cfg.cell], cfg.hidden_size, cfg.embed_size, cfg.vocab_size
+    shapes = [layer_shapes(cell, e if k == 0 else h, h, **cell_options(cfg))
+              for k in range(cfg.num_layers)]  # fmt: skip
+    layers = sum(math.prod(shape) for layer in shapes for shape in layer.values())
+    layers += cfg.num_layers * gate_count(cell) * h * SUMMED_BIASES.get(cfg.cell, 0)
     return v * e + layers + (0 if cfg.tie_weights else v * h) + v
 
 

@@ -1,9 +1,9 @@
 """The language model: embedding → multi-layer recurrent cells → linear head over the vocabulary.
 
 forward(ids (B, T), state) → (logits (B, T, V), state), the state a `cells.State` tuple. The
-recurrent layers (torch's fused LSTM/GRU/RNN, or our own peephole, coupled-gate, Mogrifier
-and sLSTM cells) live
-in cells.py; the one-token fast path over this model is step.py.
+recurrent layers (torch's fused LSTM/GRU/RNN, our own peephole, coupled-gate, Mogrifier and
+sLSTM cells, or the scanned minGRU and minLSTM) come from model/layers.make_recurrent; the
+one-token fast path over this model is generate/torch_engine.py.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ training layers hold the same numbers two ways:
                                         bias_ih_l{k}, bias_hh_l{k}, blocks in torch's order
                                         (FUSED_BLOCKS); the two biases summed into b, unless
                                         the cell reads b_h apart (the GRU's reset gate scales it)
-    ours (model/layers.py)              weight_x_l{k}, weight_h_l{k}, bias_l{k} already in the
+    ours (model/layers.py, scan.py)     weight_x_l{k}, weight_h_l{k}, bias_l{k} already in the
                                         step layout, peephole_l{k} = p, mogrifier_q/r_l{k} = q, r
+                                        (a PARALLEL cell's layer has no weight_h_l{k})
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from charlstm.cells import CELLS, cell_options
-from charlstm.cells.base import params
+from charlstm.cells.base import gate_count, params
 
 # torch's fused modules (by class name) and the order their gate blocks are stored in.
 FUSED_BLOCKS = {"LSTM": "ifgo", "GRU": "rzn", "RNN": "g"}
@@ -50,7 +51,7 @@ class StepWeights:
 
     @property
     def hidden_size(self) -> int:
-        return self.layers[0]["w_h"].shape[0]
+        return self.layers[0]["b"].shape[0] // gate_count(CELLS[self.cell])
 
     @property
     def vocab_size(self) -> int:
