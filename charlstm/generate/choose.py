@@ -192,12 +192,7 @@ class Utf8Rows:
 
     def allowed(self) -> np.ndarray | None:
         """(B, V) bool (or (1, V), the same for every row), or None: any token."""
-        if all(p == self.pending[0] for p in self.pending):
-            mask = self.table.allowed(self.pending[0])
-            return None if mask is None else mask[None]
-        masks = [self.table.allowed(p) for p in self.pending]
-        every = np.ones(len(self.table.token_bytes), dtype=bool)
-        return np.stack([every if m is None else m for m in masks])
+        return utf8_masks(self.table, self.pending)
 
     def push(self, tokens: np.ndarray) -> None:
         tb = self.table.token_bytes
@@ -207,3 +202,14 @@ class Utf8Rows:
     def reset(self) -> None:
         """The rows read whole text (a prime, a user's line): no character is pending."""
         self.pending = [b""] * len(self.pending)
+
+
+def utf8_masks(table: Utf8Table, pending: list[bytes]) -> np.ndarray | None:
+    """What rows with these pending bytes may choose: (B, V) bool (or (1, V), the same for
+    every row), or None: any token."""
+    if all(p == pending[0] for p in pending):
+        mask = table.allowed(pending[0])
+        return None if mask is None else mask[None]
+    masks = [table.allowed(p) for p in pending]
+    every = np.ones(len(table.token_bytes), dtype=bool)
+    return np.stack([every if m is None else m for m in masks])
