@@ -13,20 +13,13 @@ from __future__ import annotations
 import numpy as np
 
 from charlstm.config import SampleConfig
-from charlstm.errors import CharlstmError, OptionError
+from charlstm.errors import CharlstmError
 
 MAX_SEED = 2**63 - 1
 
 
 class ModelOutputError(CharlstmError):
     """The model's next-token scores are not numbers."""
-
-
-def check_seed(seed: int | None) -> None:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)):
-        raise OptionError(f"{{seed}} must be a whole number or None, not {type(seed).__name__}")
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise OptionError(f"{{seed}} must be between 0 and {MAX_SEED:,}, got {seed}")
 
 
 def seeded(seed: int) -> np.random.Generator:

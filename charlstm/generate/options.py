@@ -19,8 +19,8 @@ import numpy as np
 
 from charlstm.config import MAX_ADAPT_PASSES, SampleConfig
 from charlstm.errors import OptionError
+from charlstm.generate.choose import MAX_SEED
 
-MAX_SEED = 2**63 - 1
 MAX_LENGTH = 100_000_000  # tokens one sample may ask for (SampleConfig's range)
 
 
