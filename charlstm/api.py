@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 import numpy as np
 
@@ -37,7 +37,7 @@ from charlstm.formats.checks import CheckpointError, resolve_checkpoint
 from charlstm.formats.model_file import Portable, fresh_portable, portable_path, read_portable
 from charlstm.generate.choose import seeded
 from charlstm.generate.loop import Request, Rows, Stepper, generate, texts
-from charlstm.generate.options import Caps, check_sampling
+from charlstm.generate.options import Caps, SamplingOptions, check_sampling
 
 if TYPE_CHECKING:  # these import torch: only the calls that need it load them
     import torch
@@ -323,28 +323,19 @@ class Model:
         self,
         prime: str | None = None,
         *,
-        length: int | None = None,
-        temp: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        greedy: bool = False,
-        seed: int | None = None,
-        on_unknown: str = "error",
-        stop: Sequence[str] | str | None = (),
-        adapt: int = 0,
         dynamic: DynamicConfig | None = None,
+        **options: Unpack[SamplingOptions],
     ) -> Iterator[str]:
         """The generated text, piece by piece as it is made (the prime not included), ending
-        before the first of the `stop` texts if one comes. Options left at None take
-        SampleConfig's defaults; a seed makes it reproducible. Bad options and a prime the
-        model cannot read raise here, before anything is generated.
+        before the first of the `stop` texts if one comes. The options (length, temp, top_k,
+        top_p, greedy, seed, stop, on_unknown, adapt: generate/options.SamplingOptions) left
+        out take SampleConfig's defaults; a seed makes it reproducible. Bad options and a
+        prime the model cannot read raise here, before anything is generated.
 
         `adapt` N first reads the prime N times learning from it, with dynamic evaluation's
         updates (`dynamic`; default: config.ADAPT's segments and decay): a page of text steers
         the style. The model itself is not changed (a copy learns, with torch)."""
-        req, net = self.request(prime, length=length, temp=temp, top_k=top_k, top_p=top_p,
-                                greedy=greedy, seed=seed, on_unknown=on_unknown, stop=stop,
-                                adapt=adapt, dynamic=dynamic)  # fmt: skip
+        req, net = self.request(prime, dynamic=dynamic, **options)
         return (text for _, text in generate(self.stepper(net), self.tokenizer, req))
 
     def request(
@@ -352,21 +343,14 @@ class Model:
         prime: str | None,
         *,
         n: int = 1,
-        length: int | None = None,
-        temp: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        greedy: bool = False,
-        seed: int | None = None,
-        on_unknown: str = "error",
-        stop: Sequence[str] | str | None = (),
-        adapt: int = 0,
         dynamic: DynamicConfig | None = None,
+        **options: Unpack[SamplingOptions],
     ) -> tuple[Request, LanguageModel | None]:
-        """What generating needs, every option checked (generate/options.py): the request (a
-        random seed when none is given), and with `adapt` a copy of torch's network that has
-        learnt the prime (else None: the model's own engine generates)."""
-        given = check_sampling(length, temp, top_k, top_p, greedy, seed, stop, on_unknown, adapt)
+        """What generating needs, every option (generate()'s) checked (generate/options.py):
+        the request (a random seed when none is given), and with `adapt` a copy of torch's
+        network that has learnt the prime (else None: the model's own engine generates)."""
+        given = check_sampling(**options)
+        on_unknown, adapt = options.get("on_unknown", "error"), options.get("adapt", 0)
         prime_ids = self.encode_prime(prime, on_unknown)
         check_adapt(adapt, prime, prime_ids)
         net = self.adapted(prime_ids, adapt, dynamic) if adapt else None
@@ -420,7 +404,9 @@ class Model:
             n_train = int(len(ids) * (1.0 - fraction)) if fraction > 0 else len(ids)
         return ids[:n_train] if n_train >= 2 else None
 
-    def samples(self, n: int, prime: str | None = None, **options: Any) -> list[str]:
+    def samples(
+        self, n: int, prime: str | None = None, **options: Unpack[SamplingOptions]
+    ) -> list[str]:
         """`n` independent samples from the same prime, generated together as one batch; the
         options are generate()'s."""
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10_000:
@@ -433,7 +419,7 @@ class Model:
             rows[i].append(text)
         return ["".join(row) for row in rows]
 
-    def session(self, **options: Any) -> Session:
+    def session(self, **options: Unpack[SamplingOptions]) -> Session:
         """A conversation (see Session) with generate()'s sampling options."""
         given = check_sampling(**options)
         seed = random_seed() if given.seed is None else given.seed
@@ -605,7 +591,7 @@ class Session:
         """Generate up to `length` tokens (default SampleConfig's), ending before the first of
         `stop`; what is generated becomes part of the state. A character begun by the last
         token is finished (at most 3 more byte tokens): the text goes on from whole text."""
-        given = check_sampling(length, stop=stop, caps=Caps(default_length=self.cfg.length))
+        given = check_sampling(length=length, stop=stop, caps=Caps(default_length=self.cfg.length))
         if self.logits is None:
             self.feed("\n")  # nothing read yet: start as at the start of a line
         cfg = replace(self.cfg, length=given.cfg.length)
@@ -631,7 +617,7 @@ class Session:
 def check_adapt(adapt: int, prime: str | None, prime_ids: np.ndarray) -> None:
     """`adapt` passes over a prime read as `prime_ids` (Model.encode_prime) can be made: a whole
     number of passes in range, and a prime of at least two tokens (one prediction to learn)."""
-    check_sampling(adapt=adapt)
+    check_sampling(adapt=adapt)  # a whole number of passes in range
     if adapt and not prime:
         raise OptionError("{adapt} learns from the prime: give a {prime} text to learn from")
     if adapt and len(prime_ids) < 2:

@@ -614,7 +614,8 @@ def sample(
     from charlstm.generate.options import check_sampling
 
     err = err_console(quiet)
-    check_sampling(length, temp, top_k, top_p, greedy, seed, stop, on_unknown, adapt)  # first
+    check_sampling(length=length, temp=temp, top_k=top_k, top_p=top_p, greedy=greedy,
+                   seed=seed, stop=stop, on_unknown=on_unknown, adapt=adapt)  # before loading
     prime = _read_prime(prime, prime_file, err)
     if adapt and engine == "numpy":
         raise OptionError("{adapt} learns with torch; drop {engine=numpy}")

@@ -2,10 +2,10 @@
 API (Model.generate, samples, session) and the server, each with its own caps and its own
 names for the options (the messages name them as the caller knows them: errors.OptionError).
 
-    given = check_sampling(length=200, temp=0.8, seed=7, stop=["\\n\\n"])
+    given = check_sampling(length=200, temp=0.8, seed=7, stop=["\\n\\n"])   # SamplingOptions
     given.cfg, given.seed, given.stop        # SampleConfig, the seed (None: pick one), texts
 
-    check_sampling(max_tokens, temperature, ..., names=SERVER_NAMES, caps=Caps(max_length=512))
+    check_sampling(length=n, temp=t, caps=Caps(max_length=512), names={"temp": "temperature"})
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 import numpy as np
 
@@ -41,35 +42,52 @@ class Checked:
     stop: tuple[str, ...]
 
 
+class SamplingOptions(TypedDict, total=False):
+    """The sampling options by their Python names, declared once: Model.generate, samples and
+    session take them as keywords (the CLI's flags are these with dashes)."""
+
+    length: int | None  # tokens to generate; None: the door's default (SampleConfig's)
+    temp: float | None  # temperature: 0 = greedy; None: SampleConfig's
+    top_k: int | None  # sample among the k most likely tokens (0 = all)
+    top_p: float | None  # ... among the most likely whose probability sums to p (1 = all)
+    greedy: bool  # always the most likely token (= temp 0)
+    seed: int | None  # the draws; None: a random seed
+    stop: Sequence[str] | str | None  # end before the first of these texts
+    on_unknown: str  # prime characters the model never saw: "error" or "skip"
+    adapt: int  # passes learning from the prime first (0 = off)
+
+
 def check_sampling(
-    length: int | None = None,
-    temp: float | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    greedy: bool = False,
-    seed: int | None = None,
-    stop: Sequence[str] | str | None = (),
-    on_unknown: str = "error",
-    adapt: int = 0,
     *,
     caps: Caps = Caps(),  # noqa: B008 (frozen)
     names: dict[str, str] | None = None,
+    **options: Unpack[SamplingOptions],
 ) -> Checked:
-    """Every sampling option checked (one OptionError naming the first bad one, as `names`
-    calls it: keyword -> the caller's name, where it differs), as a SampleConfig, the seed and
-    the stop texts. What needs the model (the prime's tokens, adapt's two of them) is
-    api.Model.encode_prime's and api.check_adapt's."""
+    """Every sampling option checked (one OptionError naming the first bad one as `names`
+    calls it: keyword -> the caller's name, where it differs; its `option` is that name), as
+    a SampleConfig, the seed and the stop texts. What needs the model (the prime's tokens, adapt's
+    two of them) is api.Model.encode_prime's and api.check_adapt's."""
+    unknown = set(options) - set(SamplingOptions.__annotations__)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
+    length, temp, top_k, top_p, seed = (options.get(k) for k in _MAYBE)
+    greedy, stop = options.get("greedy", False), options.get("stop", ())
+    on_unknown, adapt = options.get("on_unknown", "error"), options.get("adapt", 0)
 
     def bad(template: str, value: object = None) -> OptionError:
-        named = _KEY.sub(lambda m: "{" + (names or {}).get(m.group(1), m.group(1)), template)
-        return OptionError(named.replace("VALUE", _lit(value)))
+        rename = names or {}
+        named = _KEY.sub(lambda m: "{" + rename.get(m.group(1), m.group(1)), template)
+        error = OptionError(named.replace("VALUE", _lit(value)))
+        key = _KEY.search(template).group(1)  # type: ignore[union-attr]
+        error.option = rename.get(key, key)  # type: ignore[attr-defined] (the one it names)
+        return error
 
     if length is not None and (not _whole(length) or not 0 <= length <= caps.max_length):
         raise bad(f"{{length}} must be a whole number from 0 to {caps.max_length:,}, not VALUE",
                   length)  # fmt: skip
-    for key, value, low in (("temp", temp, 0), ("top_k", top_k, 0)):
-        if value is not None and (not _number(value, key == "top_k") or not value >= low):
-            raise bad(f"{{{key}}} must be 0 or more, not VALUE", value)
+    for key, value, what in (("temp", temp, "a number"), ("top_k", top_k, "a whole number")):
+        if value is not None and (not _number(value, key == "top_k") or not value >= 0):
+            raise bad(f"{{{key}}} must be {what}, 0 or more, not VALUE", value)
     if top_p is not None and (not _number(top_p, False) or not 0 < top_p <= 1):
         raise bad("{top_p} must be in (0, 1], not VALUE", top_p)
     if greedy:
@@ -91,6 +109,9 @@ def check_sampling(
     cfg = SampleConfig.build(caps.default_length if length is None else length, temp, top_k,
                              top_p)  # fmt: skip
     return Checked(cfg, None if seed is None else int(seed), stops)
+
+
+_MAYBE = ("length", "temp", "top_k", "top_p", "seed")  # the options that may be None
 
 
 def _stops(stop: object, caps: Caps, bad: Callable[..., OptionError]) -> tuple[str, ...]:
