@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -83,21 +83,19 @@ class Request:
         self.live = self.n
 
 
-@dataclass(frozen=True)
-class Text:
+# The events of a row (tuples: one is made per token, and a tuple is the cheapest to make).
+class Text(NamedTuple):
     index: int  # the row (sample) within its request
     text: str
 
 
-@dataclass(frozen=True)
-class Done:
+class Done(NamedTuple):
     index: int
     reason: str  # "stop": a stop text came; "length": its tokens were all made
     tokens: int  # tokens the row generated
 
 
-@dataclass(frozen=True)
-class Failed:
+class Failed(NamedTuple):
     message: str
     code: str  # "model_error" (NaN output); the server adds "shutting_down"
 
@@ -145,6 +143,7 @@ class Rows:
         self.table = tokenizer.utf8_rows(1).table if tokenizer.kind == "bpe" else None
         self.rows: list[_Row] = []
         self.logits: np.ndarray | None = None  # (B, V): each row's next-token scores
+        self._one: Request | None = None  # the only request, when no row reads its prime
         # The tokens of the last advance that no step took, because every row finished then
         # (the stepper still stands before them): a conversation steps them itself.
         self.unstepped: np.ndarray | None = None
@@ -173,6 +172,7 @@ class Rows:
             state = stepper.cat(stepper.state(), state)
             logits = np.concatenate([self.logits, logits])
         stepper.start(state)
+        self._one = req if not self.rows and not reading else None
         self.logits, self.unstepped = logits, None
         self.rows += [_Row(req, i, self.tokenizer.stream_decoder(), reading) for i in range(n)]
 
@@ -182,52 +182,26 @@ class Rows:
 
     def clear(self) -> None:
         """Every row leaves now (the stepper keeps its state)."""
-        self.rows, self.logits = [], None
+        self.rows, self.logits, self._one = [], None, None
 
     def advance(self) -> list[tuple[Request, Event]]:
         """One token for every row, then one step (module docstring)."""
-        if any(row.req.cancelled for row in self.rows):
-            self._keep([i for i, row in enumerate(self.rows) if not row.req.cancelled])
+        for row in self.rows:
+            if row.req.cancelled:
+                self._keep([i for i, row in enumerate(self.rows) if not row.req.cancelled])
+                break
         events: list[tuple[Request, Event]] = []
-        rows, logits = self.rows, self.logits
+        rows = self.rows
         if not rows:
             return events
-        assert logits is not None
-        tokens = np.zeros(len(rows), dtype=np.int64)
-        writing = []  # the rows that choose a token this step
-        draws: dict[Request, np.ndarray] = {}  # n uniforms per request per step
-        u = np.empty(len(rows))
-        groups: dict[tuple[float, int, float], tuple[SampleConfig, list[int]]] = {}
-        for i, row in enumerate(rows):
-            req = row.req
-            if row.reading:  # still taking in its prime: no draw, no choice
-                tokens[i] = req.prime_ids[-row.reading]
-                row.reading -= 1
-                continue
-            writing.append(i)
-            if req not in draws:
-                draws[req] = req.rng.random(req.n)  # type: ignore[union-attr]
-            u[i] = draws[req][row.index]
-            cfg = req.cfg
-            groups.setdefault((cfg.temperature, cfg.top_k, cfg.top_p), (cfg, []))[1].append(i)
-        failed: set[Request] = set()
-        for cfg, idx in groups.values():
-            whole = len(idx) == len(rows)  # (one group of every row: no copies)
-            try:
-                allowed = self._allowed(rows if whole else [rows[i] for i in idx])
-                if whole:
-                    tokens[:] = choose(logits, cfg, u, allowed)
-                else:
-                    tokens[idx] = choose(logits[idx], cfg, u[idx], allowed)
-            except ModelOutputError as e:
-                for req in {rows[i].req for i in idx} - failed:
-                    failed.add(req)
-                    req.live, req.cancelled = 0, True
-                    events.append((req, Failed(str(e), "model_error")))
+        if self._one is not None:  # one request, every row writing: no grouping to do
+            tokens, writing = self._choose_one(self._one, events), range(len(rows))
+        else:
+            tokens, writing = self._choose(events)
         done = []
         for i in writing:
             row = rows[i]
-            if row.req in failed:
+            if row.req.cancelled:  # its model output failed
                 done.append(i)
                 continue
             text, reason = row.push(int(tokens[i]), self.table)
@@ -247,6 +221,57 @@ class Rows:
             tokens = tokens[keep]
         self.logits = self.stepper.step(tokens)
         return events
+
+    def _choose_one(self, req: Request, events: list) -> np.ndarray:
+        """The tokens (B,) of rows that are all one request's, all writing."""
+        rows = self.rows
+        u = req.rng.random(req.n)  # type: ignore[union-attr]
+        if len(rows) < req.n:  # some have finished: the others keep their own draws
+            u = u[[row.index for row in rows]]
+        try:
+            return choose(self.logits, req.cfg, u, self._allowed(rows))  # type: ignore[arg-type]
+        except ModelOutputError as e:
+            self._failed([req], str(e), events)
+            return np.zeros(len(rows), dtype=np.int64)
+
+    def _choose(self, events: list) -> tuple[np.ndarray, list[int]]:
+        """Every row's next input (B,): its next prime token, or the token it chooses (each
+        request drawing n uniforms, rows with the same options chosen together); and the
+        rows that chose."""
+        rows, logits = self.rows, self.logits
+        assert logits is not None
+        tokens = np.zeros(len(rows), dtype=np.int64)
+        writing = []
+        draws: dict[Request, list[float]] = {}  # n uniforms per request per step
+        u = [0.0] * len(rows)
+        groups: dict[tuple[float, int, float], tuple[SampleConfig, list[int]]] = {}
+        for i, row in enumerate(rows):
+            req = row.req
+            if row.reading:  # still taking in its prime: no draw, no choice
+                tokens[i] = req.prime_ids[-row.reading]
+                row.reading -= 1
+                continue
+            writing.append(i)
+            drawn = draws.get(req)
+            if drawn is None:
+                drawn = draws[req] = req.rng.random(req.n).tolist()  # type: ignore[union-attr]
+            u[i] = drawn[row.index]
+            cfg = req.cfg
+            groups.setdefault((cfg.temperature, cfg.top_k, cfg.top_p), (cfg, []))[1].append(i)
+        for cfg, idx in groups.values():
+            try:
+                allowed = self._allowed([rows[i] for i in idx])
+                tokens[idx] = choose(logits[idx], cfg, np.array([u[i] for i in idx]), allowed)
+            except ModelOutputError as e:
+                self._failed([rows[i].req for i in idx], str(e), events)
+        return tokens, writing
+
+    def _failed(self, reqs: list[Request], message: str, events: list) -> None:
+        """The requests end with an error (the model's output is not numbers)."""
+        for req in dict.fromkeys(reqs):
+            if not req.cancelled:
+                req.live, req.cancelled = 0, True
+                events.append((req, Failed(message, "model_error")))
 
     def _allowed(self, rows: list[_Row]) -> np.ndarray | None:
         """The rows' UTF-8 masks for choose, or None when nothing restricts them."""
