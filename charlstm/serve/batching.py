@@ -11,12 +11,13 @@ It knows nothing of HTTP (serve.py puts a web API in front of it).
 One thread, the decode loop, owns every model while the engine runs. Each iteration:
 
     queued jobs ──admitted while the model has free rows──▶ the model's batch: B rows (each
-        job's n rows side by side, from a zero state), one Stepper
+        job's n rows side by side, from a zero state), one generate/loop.Rows
       (a prompt over READ_IN_BATCH tokens is first run apart, through the model's window
        forward at batch 1, ≤ PREFILL_TOKENS tokens an iteration, and joins with its state)
-    per batch: a row still reading its prompt takes its next prompt token; every other row
-        chooses a token (rows grouped by their options) → text → stop strings → rows that
-        are done or whose client left drop out → one step of the rows left
+    per batch: Rows.advance, the loop every door runs: a row still reading its prompt takes
+        its next prompt token; every other row chooses a token (rows grouped by their
+        options) → text → stop strings → rows that are done or whose client left drop out
+        → one step of the rows left
     publish(the events gathered), every PUBLISH_EVERY seconds, and at once for a job's first
     text (time to first token) and its end
 
@@ -33,7 +34,7 @@ runs, exactly as `charlstm sample -N n --seed S` draws: with the same seed and p
 gives sample i's text whoever else shares the batch. (The arithmetic differs from the
 command's in its last bits: a short prompt runs on the step path rather than through the
 window forward, and a step multiplies B rows rather than n. A draw would have to land within
-that, ~1e-6, of a boundary between two tokens to change a choice, as choice.py explains.)
+that, ~1e-6, of a boundary between two tokens to change a choice, as choose.py explains.)
 """
 
 from __future__ import annotations
