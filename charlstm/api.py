@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 import numpy as np
 
 from charlstm.config import (
     ADAPT,
     CHECKPOINTS,
-    MAX_ADAPT_PASSES,
     DynamicConfig,
     SampleConfig,
     TrainOptions,
@@ -36,7 +35,9 @@ from charlstm.data.tokenizer import AnyTokenizer
 from charlstm.errors import CharlstmError, OptionError
 from charlstm.formats.checks import CheckpointError, resolve_checkpoint
 from charlstm.formats.model_file import Portable, fresh_portable, portable_path, read_portable
-from charlstm.generate.choose import Utf8Rows, check_seed, choose, seeded
+from charlstm.generate.choose import seeded
+from charlstm.generate.loop import Request, Rows, Stepper, generate, texts
+from charlstm.generate.options import Caps, SamplingOptions, check_sampling
 
 if TYPE_CHECKING:  # these import torch: only the calls that need it load them
     import torch
@@ -49,7 +50,6 @@ if TYPE_CHECKING:  # these import torch: only the calls that need it load them
 # How a model generates: numpy (from model.safetensors, no torch), torch, or auto: numpy when
 # the model file is there (and up to date) and the model runs on the CPU.
 ENGINES = ("auto", "numpy", "torch")
-MAX_LENGTH = 100_000_000  # tokens one reply may ask for, as SampleConfig's length
 # Training's events, as lines at INFO (and every progress event at DEBUG): a library user sees
 # a run's life with logging.basicConfig(level=logging.INFO), nothing otherwise.
 log = logging.getLogger("charlstm")
@@ -323,52 +323,52 @@ class Model:
         self,
         prime: str | None = None,
         *,
-        length: int | None = None,
-        temp: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        greedy: bool = False,
-        seed: int | None = None,
-        on_unknown: str = "error",
-        stop: Sequence[str] | str | None = (),
-        adapt: int = 0,
         dynamic: DynamicConfig | None = None,
+        **options: Unpack[SamplingOptions],
     ) -> Iterator[str]:
         """The generated text, piece by piece as it is made (the prime not included), ending
-        before the first of the `stop` texts if one comes. Options left at None take
-        SampleConfig's defaults; a seed makes it reproducible. Bad options and a prime the
-        model cannot read raise here, before anything is generated.
+        before the first of the `stop` texts if one comes. The options (length, temp, top_k,
+        top_p, greedy, seed, stop, on_unknown, adapt: generate/options.SamplingOptions) left
+        out take SampleConfig's defaults; a seed makes it reproducible. Bad options and a
+        prime the model cannot read raise here, before anything is generated.
 
         `adapt` N first reads the prime N times learning from it, with dynamic evaluation's
         updates (`dynamic`; default: config.ADAPT's segments and decay): a page of text steers
         the style. The model itself is not changed (a copy learns, with torch)."""
-        job = self._job(prime, length, temp, top_k, top_p, greedy, seed, on_unknown, adapt,
-                        dynamic)  # fmt: skip
-        return until_stop(self._pieces(*job), _stops(stop))
+        req, net = self.request(prime, dynamic=dynamic, **options)
+        return (text for _, text in generate(self.stepper(net), self.tokenizer, req))
 
-    def _job(
+    def request(
         self,
         prime: str | None,
-        length: int | None = None,
-        temp: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        greedy: bool = False,
-        seed: int | None = None,
-        on_unknown: str = "error",
-        adapt: int = 0,
+        *,
+        n: int = 1,
         dynamic: DynamicConfig | None = None,
-    ) -> tuple[np.ndarray, SampleConfig, np.random.Generator, LanguageModel | None]:
-        """What generating needs, every option checked: the prime's ids, the config, the RNG,
-        and with `adapt` a copy of torch's network that has learnt the prime (else None: the
-        model's own engine generates)."""
-        cfg = SampleConfig.build(length, temp, top_k, top_p, greedy=greedy)
-        prime_ids, generator = self.encode_prime(prime, on_unknown), _generator(seed)
+        **options: Unpack[SamplingOptions],
+    ) -> tuple[Request, LanguageModel | None]:
+        """What generating needs, every option (generate()'s) checked (generate/options.py):
+        the request (a random seed when none is given), and with `adapt` a copy of torch's
+        network that has learnt the prime (else None: the model's own engine generates)."""
+        given = check_sampling(**options)
+        on_unknown, adapt = options.get("on_unknown", "error"), options.get("adapt", 0)
+        prime_ids = self.encode_prime(prime, on_unknown)
         check_adapt(adapt, prime, prime_ids)
-        net = None
-        if adapt:
-            net = self.adapted(prime_ids, adapt, dynamic)
-        return prime_ids, cfg, generator, net
+        net = self.adapted(prime_ids, adapt, dynamic) if adapt else None
+        seed = random_seed() if given.seed is None else given.seed
+        return Request(prime_ids, given.cfg, seed, n=n, stop=given.stop), net
+
+    def stepper(self, net: LanguageModel | None = None) -> Stepper:
+        """What runs the model a token at a time (generate/loop.py): the numpy engine's, or
+        torch's over `net` (default: the model's own)."""
+        if self.portable is not None and net is None:
+            from charlstm.generate.numpy_engine import NumpyStepper
+
+            if self._stepper is None:  # the table and joined matrices, made once
+                self._stepper = NumpyStepper(self.portable)
+            return self._stepper.fork()
+        from charlstm.generate.torch_engine import TorchStepper
+
+        return TorchStepper(self.net if net is None else net)
 
     def adapted(
         self, ids: np.ndarray, passes: int = 1, dynamic: DynamicConfig | None = None
@@ -404,64 +404,26 @@ class Model:
             n_train = int(len(ids) * (1.0 - fraction)) if fraction > 0 else len(ids)
         return ids[:n_train] if n_train >= 2 else None
 
-    def _ids(
-        self,
-        prime_ids: np.ndarray,
-        cfg: SampleConfig,
-        rng: np.random.Generator,
-        batch: int = 1,
-        net: LanguageModel | None = None,
-    ) -> Iterator[np.ndarray]:
-        """The ids (batch,) of each new token, from whichever engine generates (torch with
-        `net`, an adapted copy)."""
-        if self.portable is not None and net is None:
-            from charlstm.generate.numpy_engine import NumpyStepper, generate
-
-            if self._stepper is None:  # the table and joined matrices, made once
-                self._stepper = NumpyStepper(self.portable)
-            return generate(self._stepper.fork(), prime_ids, cfg, rng, batch, self.utf8_rows(batch))
-        import torch
-
-        from charlstm.generate.sample import generate as torch_generate
-
-        prime = torch.from_numpy(prime_ids).to(self.device)
-        return torch_generate(self.net if net is None else net, prime, cfg, rng, batch,
-                              self.utf8_rows(batch))  # fmt: skip
-
-    def utf8_rows(self, batch: int = 1) -> Utf8Rows | None:
-        """What keeps `batch` sampled rows valid UTF-8, for a byte-level vocabulary (BPE);
-        None for the others, whose every token is whole characters."""
-        return self.tokenizer.utf8_rows(batch) if self.tokenizer.kind == "bpe" else None
-
-    def _pieces(
-        self,
-        prime_ids: np.ndarray,
-        cfg: SampleConfig,
-        generator: np.random.Generator,
-        net: LanguageModel | None = None,
-    ) -> Iterator[str]:
-        tokens = (int(t[0]) for t in self._ids(prime_ids, cfg, generator, net=net))
-        return decoded(self.tokenizer, tokens)
-
-    def samples(self, n: int, prime: str | None = None, **options: Any) -> list[str]:
+    def samples(
+        self, n: int, prime: str | None = None, **options: Unpack[SamplingOptions]
+    ) -> list[str]:
         """`n` independent samples from the same prime, generated together as one batch; the
         options are generate()'s."""
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10_000:
             raise OptionError(f"{{n}} must be between 1 and 10,000, got {_lit(n)}", flags=_N)
-        stops = _stops(options.pop("stop", ()))
-        prime_ids, cfg, generator, net = self._job(prime, **options)
-        if n > 1 and cfg.length * n > 100_000_000:
+        req, net = self.request(prime, n=n, **options)
+        if n > 1 and req.cfg.length * n > 100_000_000:
             raise OptionError("{length} × {n} must be at most 100,000,000 tokens", flags=_N)
-        rows: list[list[int]] = [[] for _ in range(n)]
-        for tokens in self._ids(prime_ids, cfg, generator, batch=n, net=net):  # (n,)
-            for row, token in zip(rows, tokens.tolist(), strict=True):
-                row.append(token)
-        return ["".join(until_stop(decoded(self.tokenizer, row), stops)) for row in rows]
+        rows: list[list[str]] = [[] for _ in range(n)]
+        for i, text in generate(self.stepper(net), self.tokenizer, req):
+            rows[i].append(text)
+        return ["".join(row) for row in rows]
 
-    def session(self, **options: Any) -> Session:
+    def session(self, **options: Unpack[SamplingOptions]) -> Session:
         """A conversation (see Session) with generate()'s sampling options."""
-        _, cfg, generator, _net = self._job(None, **options)
-        return Session(self, cfg, generator)
+        given = check_sampling(**options)
+        seed = random_seed() if given.seed is None else given.seed
+        return Session(self, given.cfg, seeded(seed))
 
     # ------------------------------------------------------------------------- scoring
 
@@ -606,80 +568,56 @@ class Session:
     """
 
     def __init__(self, model: Model, cfg: SampleConfig, rng: np.random.Generator) -> None:
-        from charlstm.generate.torch_engine import Stepper
-
         self.model, self.cfg, self.rng = model, cfg, rng
-        self.stepper = Stepper(model.net)
-        self.utf8 = model.utf8_rows(1)
+        self.stepper = model.stepper()  # either engine
         self.state = self.stepper.zero_state(1)
-        self.logits: torch.Tensor | None = None  # (1, V): the prediction after the last token
+        self.logits: np.ndarray | None = None  # (1, V): the prediction after the last token
 
     def feed(self, text: str) -> list[str]:
         """Read `text` into the state (characters the model never saw are skipped; returned)."""
-        import torch
-
         if not isinstance(text, str):
             raise OptionError(f"{{text}} must be a text, not {type(text).__name__}")
         tok = self.model.tokenizer
         unknown = tok.unknown(text)
         ids = tok.encode(text, skip_unknown=True)
         if len(ids):
-            x = torch.from_numpy(ids.astype("int64"))[None].to(self.model.device)
-            with torch.inference_mode():
-                logits, self.state = self.model.net(x, self.state)
-            self.logits = logits[:, -1]
-            if self.utf8 is not None:
-                self.utf8.reset()  # whole text: an unfinished character was left out
+            self.logits = self.stepper.prime(ids.astype(np.int64), self.state).copy()
+            self.state = self.stepper.state()
         return unknown
 
     def reply(
         self, length: int | None = None, stop: Sequence[str] | str | None = ()
     ) -> Iterator[str]:
         """Generate up to `length` tokens (default SampleConfig's), ending before the first of
-        `stop`; what is generated becomes part of the state."""
-        n = self.cfg.length if length is None else length
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_LENGTH:
-            raise OptionError(f"{{length}} must be a whole number from 0 to {MAX_LENGTH:,} or "
-                              f"None, not {_lit(n)}")  # fmt: skip
-        stops = _stops(stop)
+        `stop`; what is generated becomes part of the state. A character begun by the last
+        token is finished (at most 3 more byte tokens): the text goes on from whole text."""
+        given = check_sampling(length=length, stop=stop, caps=Caps(default_length=self.cfg.length))
         if self.logits is None:
             self.feed("\n")  # nothing read yet: start as at the start of a line
-        return until_stop(decoded(self.model.tokenizer, self._tokens(n)), stops)
+        cfg = replace(self.cfg, length=given.cfg.length)
+        req = Request(np.zeros(0, np.int64), cfg, stop=given.stop, whole=True, rng=self.rng)
+        return self._reply(req)
 
-    def _tokens(self, n: int) -> Iterator[int]:
-        import torch
-
-        self.stepper.start(self.state)
-        last = self.logits
-        assert last is not None
-        utf8 = self.utf8
+    def _reply(self, req: Request) -> Iterator[str]:
+        rows = Rows(self.stepper, self.model.tokenizer)
+        rows.join(req, self.state, self.logits)
         try:
-            made = 0
-            # A character begun by the n-th token is finished (at most 3 more byte tokens): the
-            # reply's text is whole, and so is the text the state goes on from.
-            while made < n or (utf8 is not None and utf8.pending[0]):
-                allowed = None if utf8 is None else utf8.allowed()
-                token = choose(last.float().cpu().numpy(), self.cfg, self.rng.random(1), allowed)
-                if utf8 is not None:
-                    utf8.push(token)
-                last = self.stepper.step(torch.from_numpy(token).to(last.device)).clone()
-                made += 1
-                yield int(token[0])
+            for _, text in texts(rows):
+                yield text
         finally:  # stopped early or not, the state holds everything generated
-            self.state, self.logits = self.stepper.state(), last
-            if utf8 is not None:
-                utf8.reset()  # cut short inside a character: the next reply starts afresh
+            if rows.unstepped is not None:  # every row finished: step the last token
+                self.logits = self.stepper.step(rows.unstepped).copy()
+            elif rows.live:
+                assert rows.logits is not None
+                self.logits = rows.logits.copy()
+            if rows.unstepped is not None or rows.live:
+                self.state = self.stepper.state()
 
 
 def check_adapt(adapt: int, prime: str | None, prime_ids: np.ndarray) -> None:
     """`adapt` passes over a prime read as `prime_ids` (Model.encode_prime) can be made: a whole
     number of passes in range, and a prime of at least two tokens (one prediction to learn)."""
-    if isinstance(adapt, bool) or not isinstance(adapt, int | np.integer):
-        raise OptionError(f"{{adapt}} must be a whole number of passes, not {_lit(adapt)}")
-    if not 0 <= adapt <= MAX_ADAPT_PASSES:
-        raise OptionError(
-            f"{{adapt}} must be between 0 and {MAX_ADAPT_PASSES:,} passes, got {adapt}"
-        )
+    check_sampling(adapt=adapt)  # a whole number of passes in range
     if adapt and not prime:
         raise OptionError("{adapt} learns from the prime: give a {prime} text to learn from")
     if adapt and len(prime_ids) < 2:
@@ -687,55 +625,6 @@ def check_adapt(adapt: int, prime: str | None, prime_ids: np.ndarray) -> None:
             f"{{adapt}} learns from the prime: it needs at least 2 tokens the model knows, and "
             f"{_lit(prime)} reads as {len(prime_ids)}"
         )
-
-
-def decoded(tokenizer: AnyTokenizer, tokens: Iterable[int]) -> Iterator[str]:
-    """Text pieces of sampled ids as they come; the stream decoder holds back a character split
-    across tokens (byte-level BPE) until it is whole."""
-    decoder = tokenizer.stream_decoder()
-    for token in tokens:
-        piece = decoder.push(token)
-        if piece:
-            yield piece
-    tail = decoder.flush()
-    if tail:
-        yield tail
-
-
-def until_stop(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
-    """The text of `pieces` up to the first of `stops` (left out), holding back only as much
-    as could still turn out to be the start of one."""
-    if not stops:
-        yield from pieces
-        return
-    keep = max(map(len, stops)) - 1
-    held = ""
-    for piece in pieces:
-        held += piece
-        found = [i for i in (held.find(s) for s in stops) if i >= 0]
-        if found:
-            if min(found):
-                yield held[: min(found)]
-            return
-        if len(held) > keep:
-            yield held[: len(held) - keep]
-            held = held[len(held) - keep :]
-    if held:
-        yield held
-
-
-def _stops(stop: Sequence[str] | str | None) -> list[str]:
-    """The stop texts: one text, a sequence of them, or None (no stop)."""
-    if stop is None:
-        return []
-    stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list | tuple) or not all(isinstance(s, str) for s in stops):
-        raise OptionError(
-            f"{{stop}} must be a text, a list of texts or None, not {_lit(stop)}"
-        )
-    if any(not s for s in stops):
-        raise OptionError("{stop} needs a text that is not empty")
-    return list(stops)
 
 
 # The options whose flag is not their keyword with dashes.
@@ -752,11 +641,6 @@ class Trace:
 def _lit(value: object) -> str:
     """A value the caller gave, quoted, as literal text in an OptionError."""
     return OptionError.literal(repr(value) if isinstance(value, str) else value)
-
-
-def _generator(seed: int | None) -> np.random.Generator:
-    check_seed(seed)
-    return seeded(random_seed() if seed is None else seed)
 
 
 def _need_two(ids: np.ndarray) -> None:

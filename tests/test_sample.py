@@ -3,15 +3,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from charlstm.config import SampleConfig
+from charlstm.data.tokenizer import CharTokenizer
 from charlstm.generate.choose import ModelOutputError, choose, seeded
-from charlstm.generate.sample import SampleConfig, generate
-from charlstm.generate.torch_engine import Stepper
+from charlstm.generate.loop import Request, generate
+from charlstm.generate.torch_engine import Stepper, TorchStepper
 from charlstm.model.language_model import LanguageModel, ModelConfig
 
 
 def _model(cell: str = "lstm") -> LanguageModel:
     torch.manual_seed(0)
     return LanguageModel(ModelConfig(vocab_size=11, cell=cell, hidden_size=16, num_layers=2)).eval()
+
+
+def _sampled(model: LanguageModel, prime: torch.Tensor, cfg: SampleConfig, seed: int) -> list:
+    """The ids the generation loop picks (a char vocabulary of the model's size decodes them)."""
+    tok = CharTokenizer("abcdefghijk")
+    req = Request(prime.numpy(), cfg, seed)
+    return [tok.chars.index(c) for _, t in generate(TorchStepper(model), tok, req) for c in t]
 
 
 def test_temperature_zero_is_argmax():
@@ -50,7 +59,7 @@ def test_same_seed_same_sample():
     prime = torch.tensor([1, 2, 3])
 
     def run(seed):
-        return [int(t[0]) for t in generate(model, prime, SampleConfig(length=50), seeded(seed))]
+        return _sampled(model, prime, SampleConfig(length=50), seed)
 
     assert run(7) == run(7)
     assert run(7) != run(8)
@@ -62,7 +71,7 @@ def test_stepwise_generation_matches_the_training_model():
         model = _model(cell)
         prime = torch.tensor([1, 2, 3, 4])
         greedy = SampleConfig(length=12, temperature=0)
-        tokens = [int(t[0]) for t in generate(model, prime, greedy, seeded(0))]
+        tokens = _sampled(model, prime, greedy, 0)
         seq = torch.tensor([prime.tolist() + tokens])
         with torch.no_grad():
             logits, _ = model(seq)

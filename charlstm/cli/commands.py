@@ -611,11 +611,11 @@ def sample(
     """Stream generated text to stdout, one token at a time."""
     _blas_threads(threads, num_samples)  # before numpy loads (charlstm.api imports it)
     from charlstm.api import check_adapt, random_seed
-    from charlstm.generate.choose import check_seed
+    from charlstm.generate.options import check_sampling
 
     err = err_console(quiet)
-    SampleConfig.build(length, temp, top_k, top_p, greedy=greedy)  # check before loading
-    check_seed(seed)
+    check_sampling(length=length, temp=temp, top_k=top_k, top_p=top_p, greedy=greedy,
+                   seed=seed, stop=stop, on_unknown=on_unknown, adapt=adapt)  # before loading
     prime = _read_prime(prime, prime_file, err)
     if adapt and engine == "numpy":
         raise OptionError("{adapt} learns with torch; drop {engine=numpy}")

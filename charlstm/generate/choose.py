@@ -13,20 +13,13 @@ from __future__ import annotations
 import numpy as np
 
 from charlstm.config import SampleConfig
-from charlstm.errors import CharlstmError, OptionError
+from charlstm.errors import CharlstmError
 
 MAX_SEED = 2**63 - 1
 
 
 class ModelOutputError(CharlstmError):
     """The model's next-token scores are not numbers."""
-
-
-def check_seed(seed: int | None) -> None:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)):
-        raise OptionError(f"{{seed}} must be a whole number or None, not {type(seed).__name__}")
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise OptionError(f"{{seed}} must be between 0 and {MAX_SEED:,}, got {seed}")
 
 
 def seeded(seed: int) -> np.random.Generator:
@@ -192,12 +185,7 @@ class Utf8Rows:
 
     def allowed(self) -> np.ndarray | None:
         """(B, V) bool (or (1, V), the same for every row), or None: any token."""
-        if all(p == self.pending[0] for p in self.pending):
-            mask = self.table.allowed(self.pending[0])
-            return None if mask is None else mask[None]
-        masks = [self.table.allowed(p) for p in self.pending]
-        every = np.ones(len(self.table.token_bytes), dtype=bool)
-        return np.stack([every if m is None else m for m in masks])
+        return utf8_masks(self.table, self.pending)
 
     def push(self, tokens: np.ndarray) -> None:
         tb = self.table.token_bytes
@@ -207,3 +195,14 @@ class Utf8Rows:
     def reset(self) -> None:
         """The rows read whole text (a prime, a user's line): no character is pending."""
         self.pending = [b""] * len(self.pending)
+
+
+def utf8_masks(table: Utf8Table, pending: list[bytes]) -> np.ndarray | None:
+    """What rows with these pending bytes may choose: (B, V) bool (or (1, V), the same for
+    every row), or None: any token."""
+    if all(p == pending[0] for p in pending):
+        mask = table.allowed(pending[0])
+        return None if mask is None else mask[None]
+    masks = [table.allowed(p) for p in pending]
+    every = np.ones(len(table.token_bytes), dtype=bool)
+    return np.stack([every if m is None else m for m in masks])

@@ -4,7 +4,7 @@
     stepper.prime(ids)                   # one stream warmed on ids (P,), from a zero state
     logits = stepper.step(tokens)        # tokens (B,) -> logits (B, V), a buffer the next step
                                          # overwrites
-    for ids in generate(model, prime_ids, cfg, rng): ...   # as sample.generate, same draws
+    for row, text in loop.generate(stepper, tokenizer, request): ...   # generate/loop.py
 
 It is torch_engine.Stepper in numpy, for every cell, naming none: layer 0's input projection
 folded into a table (V, G·H); per layer, the input projection zx into a buffer, then the
@@ -25,17 +25,14 @@ to float32 rounding, which is what makes the same seed give the same text (choos
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from functools import partial
 
 import numpy as np
 
 from charlstm.cells import CELLS, cell_options
 from charlstm.cells.base import bind, fact
-from charlstm.config import SampleConfig
 from charlstm.export.trace import trace
 from charlstm.formats.model_file import Portable
-from charlstm.generate.choose import Utf8Rows, choose
 from charlstm.generate.numpy_ops import numpy_calls
 from charlstm.generate.plan import fold_recurrent, lay_out
 
@@ -112,6 +109,19 @@ class NumpyStepper:
         """A copy of the current state, (L, B, H) each."""
         return tuple(np.stack(part) for part in self.memory)
 
+    # The rows of states (generate/loop.py keeps its batch with these).
+    @staticmethod
+    def repeat(state: State, n: int) -> State:
+        return tuple(np.repeat(s, n, axis=1) for s in state)
+
+    @staticmethod
+    def cat(a: State, b: State) -> State:
+        return tuple(np.concatenate([x, y], axis=1) for x, y in zip(a, b, strict=True))
+
+    @staticmethod
+    def pick(state: State, index: list[int]) -> State:
+        return tuple(s[:, index] for s in state)
+
     def _allocate(self, batch: int) -> None:
         self.batch = batch
         new = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
@@ -177,12 +187,13 @@ class NumpyStepper:
             call()
         return self.logits
 
-    def prime(self, ids: np.ndarray) -> np.ndarray:
-        """Warm one stream on ids (P,), P ≥ 1, from a zero state, layer by layer: each layer's
-        input projection for the whole prime in one product, then its recurrence. Returns the
-        logits (1, V) after the last id; the stepper then stands at batch 1."""
+    def prime(self, ids: np.ndarray, state: State | None = None) -> np.ndarray:
+        """Warm one stream on ids (P,), P ≥ 1, from `state` (L, 1, H) each (None: zeros), layer
+        by layer: each layer's input projection for the whole prime in one product, then its
+        recurrence. Returns the logits (1, V) after the last id; the stepper then stands at
+        batch 1."""
         ids = np.asarray(ids).reshape(-1)
-        self.start(self.zero_state(1))
+        self.start(self.zero_state(1) if state is None else state)
         x = self.embed[ids]  # the layer's input, (P, I)
         for k, layer in enumerate(self.layers):
             if self.gated:
@@ -203,26 +214,3 @@ class NumpyStepper:
         self.logits += self.b_out
         return self.logits
 
-
-def generate(
-    model: Portable | NumpyStepper,
-    prime_ids: np.ndarray,
-    cfg: SampleConfig,
-    rng: np.random.Generator,
-    batch: int = 1,
-    utf8: Utf8Rows | None = None,
-) -> Iterator[np.ndarray]:
-    """Yield the ids (batch,) of each new token as soon as it is chosen, exactly as
-    sample.generate does: the prime's last prediction is the first choice, then one step and
-    one choice (choice.choose, one draw per row from `rng`, within `utf8`'s tokens) per token."""
-    stepper = model if isinstance(model, NumpyStepper) else NumpyStepper(model)
-    last = stepper.prime(prime_ids)  # (1, V)
-    if batch > 1:  # the rows share the prime: warm one, then copy its state
-        stepper.start(tuple(np.repeat(s, batch, axis=1) for s in stepper.state()))
-        last = np.repeat(last, batch, axis=0)
-    for _ in range(cfg.length):
-        token = choose(last, cfg, rng.random(batch), None if utf8 is None else utf8.allowed())
-        if utf8 is not None:
-            utf8.push(token)
-        yield token
-        last = stepper.step(token)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -144,6 +145,50 @@ class Stepper:
         if self._head is not None:
             return self._head(top)
         return torch.addmm(w.b_out, top, w.w_out, out=self.logits)
+
+
+class TorchStepper:
+    """A Stepper (generate/loop.py) over torch's model: numpy in and out. The prime runs
+    through the model's window forward (one pass over the whole prime), every step through
+    Stepper above. Built from the model as it is now (see Stepper)."""
+
+    def __init__(self, net: LanguageModel) -> None:
+        self.net = net.eval()
+        self.steps = Stepper(net)
+        self.device = next(net.parameters()).device
+        self.vocab_size = net.cfg.vocab_size
+
+    def zero_state(self, batch: int) -> State:
+        return self.steps.zero_state(batch)
+
+    def start(self, state: State) -> None:
+        self.steps.start(state)
+
+    def state(self) -> State:
+        return self.steps.state()
+
+    @torch.inference_mode()
+    def prime(self, ids: np.ndarray, state: State | None = None) -> np.ndarray:
+        x = torch.from_numpy(np.asarray(ids, dtype=np.int64)).view(1, -1).to(self.device)
+        logits, state = self.net(x, state)  # (1, P, V)
+        self.steps.start(state)
+        return logits[:, -1].float().cpu().numpy()
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        # On a CPU, a view of the stepper's buffer: read before the next step writes it.
+        return self.steps.step(torch.from_numpy(tokens).to(self.device)).float().cpu().numpy()
+
+    @staticmethod
+    def repeat(state: State, n: int) -> State:
+        return tuple(s.expand(-1, n, -1) for s in state)
+
+    @staticmethod
+    def cat(a: State, b: State) -> State:
+        return tuple(torch.cat([x, y], dim=1) for x, y in zip(a, b, strict=True))
+
+    @staticmethod
+    def pick(state: State, index: list[int]) -> State:
+        return tuple(s[:, torch.tensor(index, device=s.device)] for s in state)
 
 
 def torch_program(

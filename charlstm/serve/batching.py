@@ -11,12 +11,13 @@ It knows nothing of HTTP (serve.py puts a web API in front of it).
 One thread, the decode loop, owns every model while the engine runs. Each iteration:
 
     queued jobs ──admitted while the model has free rows──▶ the model's batch: B rows (each
-        job's n rows side by side, from a zero state), one Stepper
+        job's n rows side by side, from a zero state), one generate/loop.Rows
       (a prompt over READ_IN_BATCH tokens is first run apart, through the model's window
        forward at batch 1, ≤ PREFILL_TOKENS tokens an iteration, and joins with its state)
-    per batch: a row still reading its prompt takes its next prompt token; every other row
-        chooses a token (rows grouped by their options) → text → stop strings → rows that
-        are done or whose client left drop out → one step of the rows left
+    per batch: Rows.advance, the loop every door runs: a row still reading its prompt takes
+        its next prompt token; every other row chooses a token (rows grouped by their
+        options) → text → stop strings → rows that are done or whose client left drop out
+        → one step of the rows left
     publish(the events gathered), every PUBLISH_EVERY seconds, and at once for a job's first
     text (time to first token) and its end
 
@@ -33,7 +34,7 @@ runs, exactly as `charlstm sample -N n --seed S` draws: with the same seed and p
 gives sample i's text whoever else shares the batch. (The arithmetic differs from the
 command's in its last bits: a short prompt runs on the step path rather than through the
 window forward, and a step multiplies B rows rather than n. A draw would have to land within
-that, ~1e-6, of a boundary between two tokens to change a choice, as choice.py explains.)
+that, ~1e-6, of a boundary between two tokens to change a choice, as choose.py explains.)
 """
 
 from __future__ import annotations
@@ -42,17 +43,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from charlstm.api import Model
 from charlstm.config import SampleConfig
-from charlstm.data.tokenizer import StreamDecoder
 from charlstm.errors import CharlstmError
-from charlstm.generate.choose import ModelOutputError, Utf8Rows, choose, seeded
-from charlstm.generate.torch_engine import Stepper
+from charlstm.generate.loop import Done, Event, Failed, Request, Rows, Text
+from charlstm.generate.torch_engine import TorchStepper
 
 # Prompts of up to this many tokens are read inside the batch, a token a step; a longer one
 # would hold its first token back too many steps, and is run apart (window forward) first.
@@ -73,109 +73,30 @@ class ShuttingDown(CharlstmError):
     """The engine takes no more jobs."""
 
 
-@dataclass(frozen=True)
-class Text:
-    index: int  # the row (choice) within its job
-    text: str
-
-
-@dataclass(frozen=True)
-class Done:
-    index: int
-    reason: str  # "stop": a stop string came; "length": max tokens reached
-    tokens: int  # tokens the row generated
-
-
-@dataclass(frozen=True)
-class Failed:
-    message: str
-    code: str  # "shutting_down" (cut by close/stop) or "model_error" (NaN output, a bug)
-
-
-Event = Text | Done | Failed
 Publish = Callable[[list[tuple["Job", list[Event]]]], None]
 
 
-@dataclass(eq=False)
-class Job:
-    """n samples of one prompt: what a completion request asks of the engine."""
+class Job(Request):
+    """n samples of one prompt for one of the engine's models: what a completion request
+    asks of the engine (a generate/loop.Request, its prime the prompt)."""
 
-    model: str  # a name the engine serves
-    prompt_ids: np.ndarray  # (P,), P ≥ 1, as Model.encode_prime gives
-    cfg: SampleConfig  # cfg.length: tokens per row
-    seed: int
-    n: int = 1
-    stop: tuple[str, ...] = ()  # a row ends when its text holds one; the string is not sent
-    handle: object = None  # the caller's own, untouched (serve.py: where events go)
-    cancelled: bool = field(default=False, init=False)  # set by Engine.cancel (any thread)
-    rng: np.random.Generator = field(init=False, repr=False)
-    live: int = field(init=False)  # rows still running
-    started: bool = field(default=False, init=False)  # its first text has been sent
+    def __init__(
+        self,
+        model: str,  # a name the engine serves
+        prompt_ids: np.ndarray,  # (P,), P ≥ 1, as Model.encode_prime gives
+        cfg: SampleConfig,  # cfg.length: tokens per row
+        seed: int,
+        n: int = 1,
+        stop: tuple[str, ...] = (),  # a row ends when its text holds one; the text is not sent
+        handle: object = None,  # the caller's own, untouched (serve.py: where events go)
+    ) -> None:
+        super().__init__(prompt_ids, cfg, seed, n, tuple(stop))
+        self.model, self.handle = model, handle
+        self.started = False  # its first text has been sent
 
-    def __post_init__(self) -> None:
-        self.rng = seeded(self.seed)
-        self.live = self.n
-
-
-class _Row:
-    """One sample of a job: the prompt it has still to read, its stream decoder and the text
-    not yet sent."""
-
-    __slots__ = ("job", "index", "decoder", "tokens", "held", "reading", "utf8")
-
-    def __init__(self, job: Job, index: int, decoder: StreamDecoder, reading: int,
-                 utf8: Utf8Rows | None) -> None:  # fmt: skip
-        self.job, self.index, self.decoder = job, index, decoder
-        self.utf8 = utf8  # a byte-level vocabulary: which tokens keep the text valid UTF-8
-        self.reading = reading  # prompt tokens still to take in (the last ones of the prompt)
-        self.tokens = 0
-        self.held = ""  # text that might begin a stop string: sent once it cannot
-
-    def push(self, token: int) -> tuple[str, str | None]:
-        """Take the row's next token: (text to send now, the finish reason or None)."""
-        self.tokens += 1
-        job = self.job
-        if self.utf8 is not None:
-            self.utf8.push(np.array([token]))
-        text = self.decoder.push(token)
-        done = self.tokens >= job.cfg.length
-        if done:
-            text += self.decoder.flush()
-        if not job.stop:
-            return text, "length" if done else None
-        text = self.held + text
-        cut = min((i for i in (text.find(s) for s in job.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            self.held = ""
-            return text[:cut], "stop"
-        if done:
-            self.held = ""
-            return text, "length"
-        keep = _stop_prefix_start(text, job.stop)
-        self.held = text[keep:]
-        return text[:keep], None
-
-
-def _allowed(rows: list[_Row]) -> np.ndarray | None:
-    """The rows' UTF-8 masks stacked (B, V) for choose, or None when no row restricts."""
-    masks = [None if row.utf8 is None else row.utf8.allowed() for row in rows]
-    if all(m is None for m in masks):
-        return None
-    vocab = next(m for m in masks if m is not None).shape[1]
-    return np.concatenate([np.ones((1, vocab), bool) if m is None else m for m in masks])
-
-
-def _stop_prefix_start(text: str, stops: tuple[str, ...]) -> int:
-    """Where the longest suffix of `text` that begins some stop string starts (len: none)."""
-    start = len(text)
-    for s in stops:
-        i = text.find(s[0], max(0, len(text) - len(s) + 1))
-        while 0 <= i < start:
-            if s.startswith(text[i:]):
-                start = i
-                break
-            i = text.find(s[0], i + 1)
-    return start
+    @property
+    def prompt_ids(self) -> np.ndarray:
+        return self.prime_ids
 
 
 @dataclass(eq=False)
@@ -191,9 +112,7 @@ class _Batch:
     """The rows of one model, stepped together."""
 
     model: Model
-    stepper: Stepper
-    rows: list[_Row] = field(default_factory=list)
-    logits: np.ndarray | None = None  # (B, V): each row's next-token scores (rows that read)
+    rows: Rows
     waiting: int = 0  # rows admitted and still in a prefill apart
 
     def __post_init__(self) -> None:
@@ -219,8 +138,10 @@ class Engine:
         self._wake = threading.Event()
         self._queue: deque[Job] = deque()
         self._prefill: deque[_Prefill] = deque()
-        self._batches = {name: _Batch(model, Stepper(model.net.eval()))
-                         for name, model in self.models.items()}  # fmt: skip
+        self._batches = {
+            name: _Batch(model, Rows(TorchStepper(model.net), model.tokenizer))
+            for name, model in self.models.items()
+        }
         self._events: dict[Job, list[Event]] = {}
         self._urgent = False  # a first text or an end among the events: publish them now
         self._published = 0.0  # when events were last published (time.monotonic)
@@ -254,7 +175,7 @@ class Engine:
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
             # Rows taken (read from the decode thread's counts: at worst a job waits a turn).
-            taken = len(batch.rows) + batch.waiting + job.n
+            taken = batch.rows.live + batch.waiting + job.n
             taken += sum(queued.n for queued in self._queue if queued.model == job.model)
             if taken > self.max_batch and len(self._queue) >= self.max_queue:
                 raise QueueFull(f"the queue is full ({len(self._queue)} requests waiting)")
@@ -292,7 +213,7 @@ class Engine:
         without a lock)."""
         batches = list(self._batches.values())
         return {
-            "rows": sum(len(b.rows) for b in batches),
+            "rows": sum(b.rows.live for b in batches),
             "prefilling": sum(b.waiting for b in batches),
             "queued": len(self._queue),
             "steps": self.steps,
@@ -331,7 +252,7 @@ class Engine:
         self._admit()
         busy = self._run_prefill()
         for batch in self._batches.values():
-            if batch.rows:
+            if batch.rows.live:
                 self._advance(batch)
                 busy = True
         return busy
@@ -346,12 +267,12 @@ class Engine:
                 batch = self._batches[job.model]
                 if job.cancelled:
                     continue
-                if job.model in full or len(batch.rows) + batch.waiting + job.n > self.max_batch:
+                if job.model in full or batch.rows.live + batch.waiting + job.n > self.max_batch:
                     full.add(job.model)
                     kept.append(job)
                     continue
                 if len(job.prompt_ids) <= READ_IN_BATCH:
-                    self._join(batch, job)
+                    batch.rows.join(job)
                 else:
                     batch.waiting += job.n
                     self._prefill.append(_Prefill(job))
@@ -378,113 +299,21 @@ class Engine:
             if pre.done == len(ids):
                 self._prefill.popleft()
                 batch.waiting -= job.n
-                self._join(batch, job, pre.state, logits[:, -1].float().cpu().numpy())
+                batch.rows.join(job, pre.state, logits[:, -1].float().cpu().numpy())
         return ran
 
-    def _join(
-        self,
-        batch: _Batch,
-        job: Job,
-        state: tuple[torch.Tensor, ...] | None = None,
-        logits: np.ndarray | None = None,
-    ) -> None:
-        """A job's n rows join the model's batch: with n copies of the state and logits its
-        prompt left (L, 1, H) and (1, V), or from a zero state to read the prompt first."""
-        stepper, n = batch.stepper, job.n
-        if state is None:
-            state, logits, reading = stepper.zero_state(n), None, len(job.prompt_ids)
-        else:
-            state, reading = tuple(s.expand(-1, n, -1) for s in state), 0
-        vocab = batch.model.net.cfg.vocab_size
-        logits = np.zeros((n, vocab), np.float32) if logits is None else logits.repeat(n, 0)
-        if batch.rows:
-            running = stepper.state()
-            state = tuple(torch.cat([a, b], dim=1) for a, b in zip(running, state, strict=True))
-            batch.logits = np.concatenate([batch.logits, logits])
-        else:
-            batch.logits = logits
-        stepper.start(state)
-        tok = batch.model.tokenizer
-        batch.rows.extend(_Row(job, i, tok.stream_decoder(), reading, batch.model.utf8_rows(1))
-                          for i in range(n))  # fmt: skip
-
     def _advance(self, batch: _Batch) -> None:
-        """Every row's next input: its next prompt token, or a token chosen from its logits
-        (then sent as text, and finished rows let go); then one step of the rows left."""
-        if any(row.job.cancelled for row in batch.rows):
-            self._keep(batch, [i for i, row in enumerate(batch.rows) if not row.job.cancelled])
-            if not batch.rows:
-                return
-        rows, logits = batch.rows, batch.logits
-        assert logits is not None
-        tokens = np.zeros(len(rows), dtype=np.int64)
-        writing = []  # the rows that choose a token this step
-        # Each job draws n uniforms per step from its own generator, as `sample -N n` does.
-        draws: dict[Job, np.ndarray] = {}
-        u = np.empty(len(rows))
-        # Rows with the same options are chosen together (choose() is row by row anyway).
-        groups: dict[tuple[float, int, float], tuple[SampleConfig, list[int]]] = {}
-        for i, row in enumerate(rows):
-            job = row.job
-            if row.reading:  # still taking in its prompt: no draw, no choice
-                tokens[i] = job.prompt_ids[-row.reading]
-                row.reading -= 1
-                continue
-            writing.append(i)
-            if job not in draws:
-                draws[job] = job.rng.random(job.n)
-            u[i] = draws[job][row.index]
-            cfg = job.cfg
-            groups.setdefault((cfg.temperature, cfg.top_k, cfg.top_p), (cfg, []))[1].append(i)
-        failed: set[Job] = set()
-        message = ""
-        for cfg, idx in groups.values():
-            try:
-                tokens[idx] = choose(logits[idx], cfg, u[idx], _allowed([rows[i] for i in idx]))
-            except ModelOutputError as e:
-                failed.update(rows[i].job for i in idx)
-                message = str(e)
-        for job in failed:
-            self._fail(job, message, "model_error")
-        done = set()
-        for i in writing:
-            row = rows[i]
-            job = row.job
-            if job in failed:
-                done.add(i)
-                continue
-            text, reason = row.push(int(tokens[i]))
-            events = self._events.setdefault(job, [])
-            if text:
-                events.append(Text(row.index, text))
-                if not job.started:
-                    job.started = self._urgent = True
-            if reason is not None:
-                events.append(Done(row.index, reason, row.tokens))
-                job.live -= 1
+        """One advance of the model's rows (generate/loop.Rows: choose, text, stop texts,
+        finished rows let go, one step); their events gathered for publishing."""
+        for job, event in batch.rows.advance():
+            assert isinstance(job, Job)
+            self._events.setdefault(job, []).append(event)
+            if isinstance(event, Text) and not job.started:
+                job.started = self._urgent = True
+            elif not isinstance(event, Text):  # an end: a Done, or a Failed (NaN output)
                 self._urgent = True
-                done.add(i)
-        if done:
-            keep = [i for i in range(len(rows)) if i not in done]
-            self._keep(batch, keep)
-            tokens = tokens[keep]
-        if batch.rows:
-            step = batch.stepper.step(torch.from_numpy(tokens).to(batch.device))
-            # A view of the stepper's buffer (on a CPU): read before the next step writes it.
-            batch.logits = step.float().cpu().numpy()
+        if batch.rows.live:
             self.steps += 1
-
-    def _keep(self, batch: _Batch, keep: list[int]) -> None:
-        """Only the rows at `keep` stay in the batch (their state and logits with them)."""
-        batch.rows = [batch.rows[i] for i in keep]
-        if not keep:
-            batch.logits = None
-            return
-        assert batch.logits is not None
-        index = torch.tensor(keep)
-        state = batch.stepper.state()
-        batch.stepper.start(tuple(s[:, index.to(s.device)] for s in state))
-        batch.logits = batch.logits[keep]
 
     def _fail(self, job: Job, message: str, code: str) -> None:
         """End a job with an error; any rows it still has leave at the next step."""
@@ -498,8 +327,9 @@ class Engine:
         jobs = {pre.job for pre in self._prefill}
         self._prefill.clear()
         for batch in self._batches.values():
-            jobs.update(row.job for row in batch.rows)
-            batch.rows, batch.logits, batch.waiting = [], None, 0
+            jobs.update(row.req for row in batch.rows.rows)  # type: ignore[misc]
+            batch.rows.clear()
+            batch.waiting = 0
         for job in jobs:
             if not job.cancelled:
                 self._fail(job, message, code)
@@ -511,3 +341,6 @@ class Engine:
         self._published = time.monotonic()
         if updates:
             self._publish(updates)
+
+
+__all__ = ["Done", "Engine", "Event", "Failed", "Job", "QueueFull", "ShuttingDown", "Text"]

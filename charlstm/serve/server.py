@@ -65,9 +65,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from charlstm.api import Model, load, random_seed
 from charlstm.config import CHECKPOINTS, SampleConfig, ServeConfig
-from charlstm.errors import CharlstmError, UsageError
+from charlstm.errors import CharlstmError, OptionError, UsageError
 from charlstm.evaluation.exact import predictions
 from charlstm.generate.choose import MAX_SEED
+from charlstm.generate.options import Caps, check_sampling
 from charlstm.serve.batching import Done, Engine, Event, Failed, Job, QueueFull, ShuttingDown, Text
 
 MAX_BODY = 1 << 20  # bytes in a request body
@@ -172,6 +173,9 @@ def _too_large() -> ApiError:
                     headers={"Connection": "close"})  # fmt: skip
 
 
+_NAMES = {"length": "max_tokens", "temp": "temperature"}  # generate/options.py's -> ours
+
+
 def _bad(message: str, param: str) -> ApiError:
     return ApiError(400, message, param=param)
 
@@ -241,23 +245,18 @@ class _Server:
         """The request as an engine job, every option checked against this server's limits,
         and the prompt's length in tokens."""
         cfg = self.cfg
-        max_tokens = req.max_tokens or min(SampleConfig.length, cfg.max_tokens)
-        if max_tokens > cfg.max_tokens:
-            raise _bad(f"max_tokens must be at most {cfg.max_tokens:,}, got {max_tokens:,}",
-                       "max_tokens")  # fmt: skip
+        caps = Caps(cfg.max_tokens, min(SampleConfig.length, cfg.max_tokens), MAX_STOPS,
+                    MAX_STOP_CHARS)  # fmt: skip
+        try:  # the sampling options, checked as the CLI's and the API's are
+            given = check_sampling(length=req.max_tokens, temp=req.temperature, top_k=req.top_k,
+                                   top_p=req.top_p, seed=req.seed, stop=req.stop, caps=caps,
+                                   names=_NAMES)  # fmt: skip
+        except OptionError as e:
+            raise _bad(str(e), e.option) from e  # type: ignore[attr-defined]
         n = req.n or 1
         if n > cfg.max_batch:
             raise _bad(f"n must be at most {cfg.max_batch}, got {n}", "n")
-        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-        if len(stop) > MAX_STOPS or any(not 1 <= len(s) <= MAX_STOP_CHARS for s in stop):
-            raise _bad(f"stop takes at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} "
-                       "characters", "stop")  # fmt: skip
-        sample = SampleConfig(
-            length=max_tokens,
-            temperature=SampleConfig.temperature if req.temperature is None else req.temperature,
-            top_k=req.top_k or 0,
-            top_p=1.0 if req.top_p is None else req.top_p,
-        )
+        sample, stop = given.cfg, given.stop
         prompt = req.prompt or ""
         tok = model.tokenizer
         unknown = tok.unknown(prompt) if req.on_unknown != "skip" else []
