@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from charlstm.cli.commands import app
+from charlstm.cli import app
 from charlstm.data.batches import split_ids
 from charlstm.data.tokens import MIN_CACHED_CHARS, _split_pieces, tokenize_corpus
 
