@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, Field, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 
 from charlstm.config import CELLS, DECODE_ERRORS, OPTIMIZERS, PRECISIONS, SOFTMAXES, TOKENIZERS
+from charlstm.options import TrainOptions, help_text
 
 # Choices, shown in --help and offered by shell completion.
 Cell = Literal[CELLS]
@@ -38,6 +44,11 @@ def _complete_activation(incomplete: str) -> list[str]:
     return [k for k in kinds if k.startswith(incomplete)]
 
 
+def _help(name: str) -> str:
+    """The help of a TrainOptions field (the options every command shares are declared there)."""
+    return help_text(next(f for f in fields(TrainOptions) if f.name == name))
+
+
 # Options several commands share.
 Quiet = Annotated[bool, _flag("--quiet", "-q", help="Print nothing but errors.")]
 Json = Annotated[bool, _flag("--json", help="Print one JSON object.")]
@@ -48,13 +59,7 @@ Threads = Annotated[
         "--per-line), all cores otherwise."
     ),
 ]
-Device = Annotated[
-    str,
-    typer.Option(
-        help="auto (a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps.",
-        autocompletion=_complete_device,
-    ),
-]
+Device = Annotated[str, typer.Option(help=_help("device"), autocompletion=_complete_device)]
 ModelPath = Annotated[
     Path | None,
     typer.Option(
@@ -64,17 +69,10 @@ ModelPath = Annotated[
     ),
 ]  # fmt: skip
 Checkpoints = Annotated[
-    Path,
-    typer.Option(
-        envvar="CHARLSTM_CHECKPOINTS",
-        help="Folder that holds the run folders (every command looks there; "
-        "CHARLSTM_CHECKPOINTS sets it for all).",
-    ),
+    Path, typer.Option(envvar="CHARLSTM_CHECKPOINTS", help=_help("checkpoints"))
 ]
-Encoding = Annotated[str, typer.Option(help="Text encoding of the files.")]
-DecodeErrors = Annotated[
-    Errors, typer.Option(help="Undecodable bytes: strict (stop), replace or ignore.")
-]
+Encoding = Annotated[str, typer.Option(help=_help("encoding"))]
+DecodeErrors = Annotated[Errors, typer.Option(help=_help("errors"))]
 Texts = Annotated[
     list[str],
     typer.Argument(
@@ -91,4 +89,49 @@ def _opt(help: str, *names: str) -> Any:
     return typer.Option(*names, help=help, show_default=False)
 
 
-# ----------------------------------------------------------------------------------- train
+# The parameters of a command, generated from an options dataclass (options.py): one Typer
+# parameter per field, its help rendered there, so nothing is declared twice.
+SHARED = {"checkpoints": Checkpoints, "encoding": Encoding, "errors": DecodeErrors,
+          "device": Device}  # fmt: skip
+
+
+def _parameter(f: Field, hint: Any) -> inspect.Parameter:
+    meta, default = f.metadata, None if f.default is MISSING else f.default
+    if f.name in SHARED:
+        return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                 annotation=SHARED[f.name])  # fmt: skip
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    kinds = set(typing.get_args(hint)) if union else {hint}
+    kind = str if str in kinds else next(k for k in kinds if k is not type(None))
+    if meta["choices"]:
+        kind = Literal[meta["choices"]]
+    if meta["argument"]:
+        info = typer.Argument(help=help_text(f), show_default=False)
+        kind = kind | None if default is None else kind
+    elif bool in kinds:
+        flags = meta["flags"] or ("--" + f.name.replace("_", "-"),)
+        info = typer.Option(*flags, help=help_text(f), metavar="", show_default=False)
+    else:
+        info = typer.Option(*meta["flags"], help=help_text(f), show_default=default is not None)
+    optional = default is None and kind is not list[str]
+    kind = kind | None if optional or type(None) in kinds else kind
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=Annotated[kind, info])  # fmt: skip
+
+
+def options_of(cls: type) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command `def cmd(ctx, *, quiet…, **options)` one parameter per field of `cls`
+    (Typer reads `__signature__` and `__annotations__`), in the place of `**options`."""
+
+    def decorate(func: Callable[..., None]) -> Callable[..., None]:
+        own = list(inspect.signature(func, eval_str=True).parameters.values())
+        hints = typing.get_type_hints(cls)
+        made = [_parameter(f, hints[f.name]) for f in fields(cls)]
+        lead = [p for p in own if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        rest = [p for p in own if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        params = [*lead, *made, *rest]
+        func.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        func.__annotations__ = {p.name: p.annotation for p in params}
+        return func
+
+    return decorate
