@@ -90,10 +90,10 @@ def _load_codec(
 ) -> tuple[Path, Any]:
     """The checkpoint's path and the model ready to code. Quietly: a failure later must leave
     one line on stderr, so the path is said in the summary instead."""
-    from charlstm.compress.codec import Codec
+    from charlstm.api import codec
 
     net = _load(model, threads, err_console(quiet=True), streams=0, checkpoints=checkpoints)
-    return net.path, Codec(net.net, net.tokenizer, engine=engine)
+    return net.path, codec(net, engine)
 
 
 @_command
@@ -121,9 +121,9 @@ def compress(
         raise CharlstmError(
             "refusing to write compressed data to a terminal; redirect it: > FILE.clz"
         )
-    from charlstm.compress.codec import read_header, require_constriction
+    from charlstm.api import check_coder, compressed_header
 
-    require_constriction()
+    check_coder()
     data = _read_input(source)
     path, codec = _load_codec(model, engine, threads, checkpoints)
     bar = _CodingBar(err, "compress")
@@ -134,7 +134,7 @@ def compress(
         bar.close()
     seconds = time.perf_counter() - t0
     _write_stdout_bytes(blob)
-    header = read_header(blob)
+    header = compressed_header(blob)
     chars = len(data.decode("utf-8", errors="surrogateescape"))
     err.print(
         f"{path}: {len(data):,} → {len(blob):,} bytes "
@@ -160,11 +160,11 @@ def decompress(
     """Decompress a file made by `charlstm compress` with the same model, to stdout. Nothing is
     written unless the whole text matches the checksum the file carries."""
     err = err_console(quiet)
-    from charlstm.compress.codec import read_header, require_constriction
+    from charlstm.api import check_coder, compressed_header
 
-    require_constriction()
+    check_coder()
     blob = _read_input(source)
-    read_header(blob)  # a file that is no compressed file fails before the model loads
+    compressed_header(blob)  # a file that is no compressed file fails before the model loads
     path, codec = _load_codec(model, engine, threads, checkpoints)
     bar = _CodingBar(err, "decompress")
     t0 = time.perf_counter()

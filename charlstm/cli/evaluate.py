@@ -120,10 +120,10 @@ def evaluate(
     if not dynamic and any(v is not None for v in tuned.values()):
         raise UsageError("--dynamic-rule/-lr/-decay/-segment tune --dynamic; add --dynamic")
     how = DynamicConfig.build(**tuned) if dynamic else None
-    from charlstm.device import resolve_device
+    from charlstm.api import torch_device
 
     body = _read_texts(text, encoding, errors, err)
-    net = _load(model, threads, err, resolve_device(device), 1 if per_line or dynamic else streams,
+    net = _load(model, threads, err, torch_device(device), 1 if per_line or dynamic else streams,
                 checkpoints)  # fmt: skip
     encoded = net.encode_text(body)
     _note_unknown(encoded, err)

@@ -96,9 +96,9 @@ def _load(
 
     net = load(model, device=device, checkpoints=checkpoints, engine=engine)
     if net.engine == "torch":
-        from charlstm.device import set_threads
+        from charlstm.api import use_threads
 
-        set_threads(threads, streams)
+        use_threads(threads, streams)
     used = f"numpy, {net.portable.path.name}" if net.engine == "numpy" else "torch"
     err.print(f"model {net.path} ({used})", style="dim")
     return net
@@ -120,12 +120,11 @@ def _blas_threads(threads: int, streams: int) -> None:
 
 
 def _read_texts(args: list[str], encoding: str, errors: str, err: Console) -> str:
-    from charlstm.config import CORPORA
-    from charlstm.data.corpus import load_corpus
+    from charlstm.api import read_text
 
     _stdin_note(args, err)
     with err.status("reading text…"):
-        return load_corpus(args, cache_dir=CORPORA, encoding=encoding, errors=errors).text
+        return read_text(args, encoding=encoding, errors=errors)
 
 
 def _note_unknown(encoded: Any, err: Console) -> None:

@@ -33,17 +33,17 @@ def runs(
 ) -> None:
     """The runs under the checkpoints folder (newest first): corpus, tokenizer, model, steps,
     best validation, age and disk use; and taking away what is no longer wanted."""
-    from charlstm.formats.run_folder import delete_run, list_runs, slim_run
+    from charlstm.api import delete_run, list_runs, slim_run
 
     err = err_console(quiet)
     names = list(slim or [])
     if slim_finished:
         names += [r.name for r in list_runs(checkpoints) if r.finished and r.last_bytes]
     for name in delete or []:
-        freed = delete_run(checkpoints, name)
+        freed = delete_run(name, checkpoints=checkpoints)
         err.print(f"deleted {checkpoints / name} ({_mb(freed)})")
     for name in names:
-        freed = slim_run(checkpoints, name)
+        freed = slim_run(name, checkpoints=checkpoints)
         err.print(f"slimmed {checkpoints / name}: kept best.pt, freed {_mb(freed)}; it can no "
                   "longer be resumed")  # fmt: skip
     if delete or names:
@@ -70,7 +70,7 @@ def runs(
 
 
 def _runs_table(found: list[Any]) -> str:
-    from charlstm.formats.run_folder import age
+    from charlstm.api import run_age
 
     rows = [("name", "corpus", "tokens", "model", "steps", "best", "bits/char", "age", "disk")]
     for r in found:
@@ -79,7 +79,7 @@ def _runs_table(found: list[Any]) -> str:
                      "—" if r.steps is None else f"{r.steps:,}",
                      "—" if r.best_val_loss is None else f"{r.best_val_loss:.4f}",
                      "—" if r.best_val_bpc is None else f"{r.best_val_bpc:.3f}",
-                     age(r.modified), _mb(r.bytes)))  # fmt: skip
+                     run_age(r.modified), _mb(r.bytes)))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
                    for row in rows)  # fmt: skip

@@ -123,8 +123,7 @@ def sample(
 ) -> None:
     """Stream generated text to stdout, one token at a time."""
     _blas_threads(threads, num_samples)  # before numpy loads (charlstm.api imports it)
-    from charlstm.api import check_adapt, random_seed
-    from charlstm.generate.choose import check_seed
+    from charlstm.api import check_adapt, check_seed, random_seed
 
     err = err_console(quiet)
     SampleConfig.build(length, temp, top_k, top_p, greedy=greedy)  # check before loading

@@ -14,7 +14,6 @@ from charlstm.cli.app import _command
 from charlstm.cli.display import err_console
 from charlstm.cli.options import Checkpoints, Device, Quiet, Threads
 from charlstm.config import CHECKPOINTS, ServeConfig
-from charlstm.errors import CharlstmError
 
 
 @_command
@@ -85,22 +84,17 @@ def serve(
     cfg = ServeConfig(host=host, port=port, api_key=api_key, max_batch=max_batch, queue=queue,
                       max_tokens=max_tokens, grace=grace, allow_hosts=tuple(allow_host or ()),
                       allow_origins=tuple(allow_origin or ()))  # fmt: skip
-    try:
-        from charlstm.serve import server
-    except ImportError as e:
-        raise CharlstmError(
-            f"serve needs the [serve] extra ({e.name} is missing): pip install 'charlstm[serve]'"
-        ) from None
-    from charlstm.device import resolve_device, set_threads
+    from charlstm.api import check_server, serve_models, torch_device, use_threads
+    from charlstm.api import serve as serve_until_stopped
 
+    check_server()
     err = err_console(quiet)
-    set_threads(threads, streams=max_batch)
-    models = server.load_models(list(runs or []), checkpoints=checkpoints,
-                                device=resolve_device(device))  # fmt: skip
+    use_threads(threads, streams=max_batch)
+    models = serve_models(list(runs or []), checkpoints=checkpoints, device=torch_device(device))
     for name, model in models.items():
         err.print(f"model {name}: {model.path}", style="dim")
     try:
-        server.run(models, cfg, _serve_report(quiet), signals)
+        serve_until_stopped(models, cfg, _serve_report(quiet), signals)
     finally:
         # Stopped: a further signal has nothing to stop. Ignored, not recorded: Python resets
         # handlers written in Python while it exits, and a signal then (torch takes a moment

@@ -117,9 +117,9 @@ def _find(acts: dict, body: str, layer: int, unit: int | None, err: Console) -> 
     and return them unless a --unit was given."""
     from rich.table import Table
 
-    from charlstm.evaluation.visualize import find_units, properties
+    from charlstm.api import units_tracking
 
-    best = find_units(acts, properties(body), top=5)
+    best = units_tracking(acts, body, top=5)
     table = Table(title=f"layer {layer}: units that track the text", title_style="bold")
     for col in ("kind", "unit", "property", "r"):
         table.add_column(col, justify="right" if col in ("unit", "r") else "left")
