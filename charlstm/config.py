@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from charlstm.errors import OptionError
 
@@ -50,6 +51,24 @@ TOKENIZER_PRESETS: dict[str, dict[str, object]] = {
 # LSTM cheap while still shortening text about 3x compared with characters.
 DEFAULT_VOCAB = {"word": 50_000, "bpe": 4_096}
 DEFAULT_MIN_FREQUENCY = {"word": 1, "bpe": 2}
+
+
+def option(help: str, default: Any = None, *, into: str | None = None, says: str | None = None,
+           flags: tuple[str, ...] = (), choices: tuple[str, ...] | None = None,
+           factory: Any = None, argument: bool = False, cli: bool = True,
+           metavar: str | None = None, envvar: str | None = None) -> Any:  # fmt: skip
+    """A field of an options dataclass with what the CLI needs to offer it:
+    help     what it does (no default: that is rendered, see help_text)
+    into     "ModelConfig.hidden_size": the config field it sets (and whose default it shows)
+    says     how the default reads, "{}" standing for that field's default; "" for none
+    flags    its flags when not just --name (short ones too); choices: the values it takes
+    cli      False: not offered on the command line; metavar, envvar: as Typer's."""
+    meta = {"help": help, "into": into, "says": says, "flags": flags, "choices": choices,
+            "argument": argument, "cli": cli, "metavar": metavar, "envvar": envvar}  # fmt: skip
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
 
 
 class ConfigError(OptionError, ValueError):
@@ -321,21 +340,26 @@ def parse_duration(text: str | float) -> float:
 class ServeConfig:
     """How `charlstm serve` listens and what it allows (serve.py)."""
 
-    host: str = "127.0.0.1"  # loopback only, unless told otherwise
-    port: int = 8000  # 0: any free port (the one taken is reported)
-    api_key: str | None = None  # when set, every request needs `Authorization: Bearer KEY`
-    max_batch: int = 32  # rows (samples) stepped together, per model; also the largest n
-    queue: int = 256  # requests waiting for rows; beyond it: 503 with Retry-After
-    max_tokens: int = 4096  # the most tokens a request may ask for, per sample
-    grace: float = 5.0  # seconds running streams get to finish after SIGINT/SIGTERM
-    # Host headers answered besides the loopback names and --host ("*": any); others get 403,
-    # so that a web page cannot reach the server through a name it controls (DNS rebinding).
-    allow_hosts: tuple[str, ...] = ()
-    # Web pages (origins, "http://localhost:3000") allowed to call the server from a browser
-    # ("*": any; "null": local files); requests from other pages get 403.
-    allow_origins: tuple[str, ...] = ()
-    head_timeout: float = 10.0  # seconds a request line and its headers may take to arrive
-    body_timeout: float = 30.0  # seconds a request body may take to arrive
+    host: str = option("Address to listen on; 0.0.0.0 opens it to the network.", "127.0.0.1")
+    port: int = option("Port; 0: any free one.", 8000)  # the one taken is reported
+    api_key: str | None = option("Require 'Authorization: Bearer KEY' on every request.",
+                                 envvar="CHARLSTM_API_KEY")
+    max_batch: int = option("Samples stepped together per model (also the largest n).", 32)
+    queue: int = option("Requests that may wait for room; beyond: 503 + Retry-After.", 256)
+    max_tokens: int = option("The most tokens a request may ask for (max_tokens).", 4096)
+    grace: float = option("Seconds running requests get to finish after Ctrl-C or SIGTERM.", 5.0)
+    allow_hosts: tuple[str, ...] = option(
+        "Also answer requests whose Host header is this name (repeatable; '*': any). Others "
+        "than the loopback names and --host are refused, so that no web page can reach the "
+        "server through a name of its own (DNS rebinding).", (), flags=("--allow-host",),
+        metavar="HOST")
+    allow_origins: tuple[str, ...] = option(
+        "Let web pages from this origin call the server from a browser, e.g. "
+        "http://localhost:3000 (repeatable; '*': any; 'null': local files). Requests from "
+        "other pages are refused.", (), flags=("--allow-origin",), metavar="ORIGIN")
+    head_timeout: float = option("Seconds a request line and its headers may take to arrive.",
+                                 10.0, cli=False)
+    body_timeout: float = option("Seconds a request body may take to arrive.", 30.0, cli=False)
 
     def __post_init__(self) -> None:
         _check(bool(self.host), "--host must not be empty")

@@ -9,9 +9,8 @@ as a field of TrainOptions with its help, its choices, its flag and the config f
 
 from __future__ import annotations
 
-from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from dataclasses import MISSING, Field, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
 
 from charlstm.config import (
     CELLS,
@@ -29,26 +28,12 @@ from charlstm.config import (
     TrainConfig,
     _at_least,
     _check,
+    option,
     parse_duration,
 )
 from charlstm.training.ladder import CELL_LR_SCALE, DROPOUT_BY_EPOCHS, LADDER, OTHER_CELLS_LR_SCALE
 
 CONFIGS = {"ModelConfig": ModelConfig, "TrainConfig": TrainConfig}
-
-
-def option(help: str, default: Any = None, *, into: str | None = None, says: str | None = None,
-           flags: tuple[str, ...] = (), choices: tuple[str, ...] | None = None,
-           factory: Any = None, argument: bool = False) -> Any:  # fmt: skip
-    """A field of an options dataclass with what the CLI needs to offer it:
-    help     what it does (no default: that is rendered, see help_text)
-    into     "ModelConfig.hidden_size": the config field it sets (and whose default it shows)
-    says     how the default reads, "{}" standing for that field's default; "" for none
-    flags    its flags when not just --name (short ones too); choices: the values it takes."""
-    meta = {"help": help, "into": into, "says": says, "flags": flags, "choices": choices,
-            "argument": argument}  # fmt: skip
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 def shown(value: object) -> str:

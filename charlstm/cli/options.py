@@ -103,6 +103,9 @@ def _parameter(f: Field, hint: Any) -> inspect.Parameter:
     union = typing.get_origin(hint) in (typing.Union, types.UnionType)
     kinds = set(typing.get_args(hint)) if union else {hint}
     kind = str if str in kinds else next(k for k in kinds if k is not type(None))
+    if typing.get_origin(kind) is tuple:  # repeatable: a list on the command line
+        kind, default = list[str], None
+    extra = {k: meta[k] for k in ("metavar", "envvar") if meta.get(k)}
     if meta["choices"]:
         kind = Literal[meta["choices"]]
     if meta["argument"]:
@@ -112,7 +115,8 @@ def _parameter(f: Field, hint: Any) -> inspect.Parameter:
         flags = meta["flags"] or ("--" + f.name.replace("_", "-"),)
         info = typer.Option(*flags, help=help_text(f), metavar="", show_default=False)
     else:
-        info = typer.Option(*meta["flags"], help=help_text(f), show_default=default is not None)
+        info = typer.Option(*meta["flags"], help=help_text(f), show_default=default is not None,
+                            **extra)  # fmt: skip
     optional = default is None and kind is not list[str]
     kind = kind | None if optional or type(None) in kinds else kind
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
@@ -126,7 +130,7 @@ def options_of(cls: type) -> Callable[[Callable[..., None]], Callable[..., None]
     def decorate(func: Callable[..., None]) -> Callable[..., None]:
         own = list(inspect.signature(func, eval_str=True).parameters.values())
         hints = typing.get_type_hints(cls)
-        made = [_parameter(f, hints[f.name]) for f in fields(cls)]
+        made = [_parameter(f, hints[f.name]) for f in fields(cls) if f.metadata.get("cli", True)]
         lead = [p for p in own if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
         rest = [p for p in own if p.kind is inspect.Parameter.KEYWORD_ONLY]
         params = [*lead, *made, *rest]

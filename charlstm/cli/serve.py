@@ -6,17 +6,18 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from charlstm.cli.app import _command
 from charlstm.cli.display import err_console
-from charlstm.cli.options import Checkpoints, Device, Quiet, Threads
+from charlstm.cli.options import Checkpoints, Device, Quiet, Threads, options_of
 from charlstm.config import CHECKPOINTS, ServeConfig
 
 
 @_command
+@options_of(ServeConfig)
 def serve(
     runs: Annotated[
         list[Path] | None,
@@ -26,70 +27,25 @@ def serve(
             show_default=False,
         ),
     ] = None,
-    host: Annotated[
-        str, typer.Option(help="Address to listen on; 0.0.0.0 opens it to the network.")
-    ] = ServeConfig.host,
-    port: Annotated[int, typer.Option(help="Port; 0: any free one.")] = ServeConfig.port,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            envvar="CHARLSTM_API_KEY",
-            help="Require 'Authorization: Bearer KEY' on every request.",
-            show_default=False,
-        ),
-    ] = None,
-    max_batch: Annotated[
-        int, typer.Option(help="Samples stepped together per model (also the largest n).")
-    ] = ServeConfig.max_batch,
-    queue: Annotated[
-        int, typer.Option(help="Requests that may wait for room; beyond: 503 + Retry-After.")
-    ] = ServeConfig.queue,
-    max_tokens: Annotated[
-        int, typer.Option(help="The most tokens a request may ask for (max_tokens).")
-    ] = ServeConfig.max_tokens,
-    grace: Annotated[
-        float,
-        typer.Option(help="Seconds running requests get to finish after Ctrl-C or SIGTERM."),
-    ] = ServeConfig.grace,
-    allow_host: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Also answer requests whose Host header is this name (repeatable; '*': any). "
-            "Others than the loopback names and --host are refused, so that no web page can "
-            "reach the server through a name of its own (DNS rebinding).",
-            metavar="HOST",
-            show_default=False,
-        ),
-    ] = None,
-    allow_origin: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Let web pages from this origin call the server from a browser, e.g. "
-            "http://localhost:3000 (repeatable; '*': any). Requests from other pages are "
-            "refused.",
-            metavar="ORIGIN",
-            show_default=False,
-        ),
-    ] = None,
+    *,
     device: Device = "auto",
     checkpoints: Checkpoints = CHECKPOINTS,
     threads: Threads = 0,
     quiet: Quiet = False,
+    **options: Any,
 ) -> None:
     """Serve models over HTTP: OpenAI-style /v1/completions (streaming too), /score, /health."""
     # From here on SIGINT and SIGTERM only stop the server (status 0), even while models load.
     signals: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda s, _frame: signals.append(s))
-    cfg = ServeConfig(host=host, port=port, api_key=api_key, max_batch=max_batch, queue=queue,
-                      max_tokens=max_tokens, grace=grace, allow_hosts=tuple(allow_host or ()),
-                      allow_origins=tuple(allow_origin or ()))  # fmt: skip
+    cfg = ServeConfig(**{k: v for k, v in options.items() if v is not None})
     from charlstm.api import check_server, serve_models, torch_device, use_threads
     from charlstm.api import serve as serve_until_stopped
 
     check_server()
     err = err_console(quiet)
-    use_threads(threads, streams=max_batch)
+    use_threads(threads, streams=cfg.max_batch)
     models = serve_models(list(runs or []), checkpoints=checkpoints, device=torch_device(device))
     for name, model in models.items():
         err.print(f"model {name}: {model.path}", style="dim")
