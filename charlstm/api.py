@@ -766,7 +766,8 @@ def _need_two(ids: np.ndarray) -> None:
 
 # ------------------------------------------------------------------------ what the CLI does too
 # Thin doors for what `charlstm` does besides loading and sampling, so that cli/ reaches the
-# library only through this module. Each imports what it needs when called (--help stays light).
+# library only through this module (and serve/, which is built on it). Each imports what it
+# needs when called (--help stays light).
 
 
 def train_options(
@@ -863,32 +864,6 @@ def units_tracking(activations: dict[str, np.ndarray], text: str, top: int = 5) 
     from charlstm.evaluation.visualize import find_units, properties
 
     return find_units(activations, properties(text), top=top)
-
-
-def check_server() -> None:
-    """A CharlstmError unless the [serve] extra (the web server and its parts) is installed."""
-    try:
-        from charlstm.serve import server  # noqa: F401
-    except ImportError as e:
-        raise CharlstmError(
-            f"serve needs the [serve] extra ({e.name} is missing): pip install 'charlstm[serve]'"
-        ) from None
-
-
-def serve_models(paths: list[Path], *, checkpoints: str | Path = CHECKPOINTS,
-                 device: str | torch.device = "cpu") -> dict[str, Any]:  # fmt: skip
-    """The models `charlstm serve` serves, by name; ImportError without the [serve] extra."""
-    from charlstm.serve import server
-
-    return server.load_models(paths, checkpoints=Path(checkpoints), device=device)
-
-
-def serve(models: dict[str, Any], cfg: Any, report: Any = None, signals: list[int] | None = None
-          ) -> None:  # fmt: skip
-    """Serve `models` over HTTP until a signal lands in `signals` (serve.server.run)."""
-    from charlstm.serve import server
-
-    server.run(models, cfg, report, signals)
 
 
 __all__ = ["ENGINES", "EncodedText", "Model", "Session", "Trace", "export", "info", "load", "train"]

@@ -14,6 +14,7 @@ from charlstm.cli.app import _command
 from charlstm.cli.display import err_console
 from charlstm.cli.options import Checkpoints, Device, Quiet, Threads, options_of
 from charlstm.config import CHECKPOINTS, ServeConfig
+from charlstm.errors import CharlstmError
 
 
 @_command
@@ -40,17 +41,22 @@ def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda s, _frame: signals.append(s))
     cfg = ServeConfig(**{k: v for k, v in options.items() if v is not None})
-    from charlstm.api import check_server, serve_models, torch_device, use_threads
-    from charlstm.api import serve as serve_until_stopped
+    try:  # serve/ is built on the API, beside it
+        from charlstm.serve import server
+    except ImportError as e:
+        raise CharlstmError(
+            f"serve needs the [serve] extra ({e.name} is missing): pip install 'charlstm[serve]'"
+        ) from None
+    from charlstm.api import torch_device, use_threads
 
-    check_server()
     err = err_console(quiet)
     use_threads(threads, streams=cfg.max_batch)
-    models = serve_models(list(runs or []), checkpoints=checkpoints, device=torch_device(device))
+    models = server.load_models(list(runs or []), checkpoints=checkpoints,
+                                device=torch_device(device))  # fmt: skip
     for name, model in models.items():
         err.print(f"model {name}: {model.path}", style="dim")
     try:
-        serve_until_stopped(models, cfg, _serve_report(quiet), signals)
+        server.run(models, cfg, _serve_report(quiet), signals)
     finally:
         # Stopped: a further signal has nothing to stop. Ignored, not recorded: Python resets
         # handlers written in Python while it exits, and a signal then (torch takes a moment
