@@ -31,7 +31,7 @@ import torch  # noqa: E402
 import typer  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-from charlstm.cli.commands import app  # noqa: E402
+from charlstm.cli import app  # noqa: E402
 from charlstm.formats.checkpoint import load_checkpoint  # noqa: E402
 from tests.conftest import PLAY  # noqa: E402
 from tests.fuzzfiles import hostile_run_json, hostile_safetensors, hostile_tokenizer  # noqa: E402

@@ -1,6 +1,6 @@
 """`python -m charlstm` (and `torchrun -m charlstm`)."""
 
-from charlstm.cli.commands import main
+from charlstm.cli import main
 
 if __name__ == "__main__":
     main()

@@ -29,7 +29,6 @@ from charlstm.config import (
     CHECKPOINTS,
     DynamicConfig,
     SampleConfig,
-    TrainOptions,
 )
 from charlstm.data.tokenizer import AnyTokenizer
 from charlstm.errors import CharlstmError, OptionError
@@ -38,6 +37,7 @@ from charlstm.formats.model_file import Portable, fresh_portable, portable_path,
 from charlstm.generate.choose import seeded
 from charlstm.generate.loop import Request, Rows, Stepper, generate, texts
 from charlstm.generate.options import Caps, SamplingOptions, check_sampling
+from charlstm.options import TrainOptions
 
 if TYPE_CHECKING:  # these import torch: only the calls that need it load them
     import torch
@@ -64,7 +64,7 @@ def train(
 ) -> dict[str, Any]:
     """Train a model on `corpus` (files, folders, "-" or a built-in name) with the options of
     `charlstm train` as keywords (budget="2m", hidden=512, resume="checkpoints/run", ...; see
-    config.TrainOptions) and return the summary. `report(event, data)` sees what happens
+    options.TrainOptions) and return the summary. `report(event, data)` sees what happens
     (print shows it all); the "charlstm" logger says it too, in lines at INFO (progress every
     10%, each validation). `should_stop()` returning True ends the run before its next step
     with last.pt saved."""
@@ -646,6 +646,108 @@ def _lit(value: object) -> str:
 def _need_two(ids: np.ndarray) -> None:
     if len(ids) < 2:
         raise CharlstmError("the text is too short to evaluate: it needs at least 2 known tokens")
+
+
+# ------------------------------------------------------------------------ what the CLI does too
+# Thin doors for what `charlstm` does besides loading and sampling, so that cli/ reaches the
+# library only through this module (and serve/, which is built on it). Each imports what it
+# needs when called (--help stays light).
+
+
+def train_options(
+    opts: TrainOptions,
+    *,
+    report: Report | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    started: float | None = None,
+) -> dict[str, Any]:
+    """`train` for options already built (and so checked before torch loads); the budget counts
+    from `started` (a time.perf_counter(), e.g. the process's start), else from now."""
+    from charlstm.training import runs
+
+    return runs.train(opts, report=report or runs._ignore,
+                      should_stop=should_stop or runs._never, started=started)  # fmt: skip
+
+
+def read_text(sources: list[str], *, encoding: str = "utf-8", errors: str = "strict") -> str:
+    """The text of files, folders, "-" (stdin) or a built-in corpus, as `evaluate` reads it."""
+    from charlstm.config import CORPORA
+    from charlstm.data.corpus import load_corpus
+
+    return load_corpus(sources, cache_dir=CORPORA, encoding=encoding, errors=errors).text
+
+
+def torch_device(name: str = "auto") -> torch.device:
+    """The torch device a name means: "auto" (a CUDA GPU, else Apple's MPS, else the CPU),
+    cpu, cuda, cuda:N or mps; an OptionError for one this machine lacks."""
+    from charlstm.device import resolve_device
+
+    return resolve_device(name)
+
+
+def use_threads(threads: int = 0, streams: int = 1) -> None:
+    """torch on `threads` CPU threads (0: chosen for `streams` parallel streams)."""
+    from charlstm.device import set_threads
+
+    set_threads(threads, streams)
+
+
+def list_runs(checkpoints: str | Path = CHECKPOINTS) -> list[Any]:
+    """The runs under `checkpoints`, newest first (formats.run_folder.RunRecord)."""
+    from charlstm.formats.run_folder import list_runs as found
+
+    return found(Path(checkpoints))
+
+
+def delete_run(name: str, *, checkpoints: str | Path = CHECKPOINTS) -> int:
+    """Delete a run's folder; the bytes freed."""
+    from charlstm.formats.run_folder import delete_run as delete
+
+    return delete(Path(checkpoints), name)
+
+
+def slim_run(name: str, *, checkpoints: str | Path = CHECKPOINTS) -> int:
+    """Keep only a run's best.pt (delete what only resuming needs); the bytes freed."""
+    from charlstm.formats.run_folder import slim_run as slim
+
+    return slim(Path(checkpoints), name)
+
+
+def check_coder() -> None:
+    """A CharlstmError unless the entropy coder compress needs is installed."""
+    from charlstm.compress.codec import require_constriction
+
+    require_constriction()
+
+
+def run_age(seconds_since_epoch: float) -> str:
+    """How long ago a time was, as `charlstm runs` shows it ("3 h")."""
+    from charlstm.formats.run_folder import age
+
+    return age(seconds_since_epoch)
+
+
+def codec(model: Model, engine: str = "torch") -> Any:
+    """The lossless coder over a loaded model (compress.codec.Codec: compress, decompress)."""
+    from charlstm.compress.codec import Codec
+
+    return Codec(model.net, model.tokenizer, engine=engine)
+
+
+def compressed_header(blob: bytes) -> Any:
+    """What a compressed file's header says (compress.codec.Header); a CharlstmError if `blob`
+    is no compressed file."""
+    from charlstm.compress.codec import read_header
+
+    return read_header(blob)
+
+
+def units_tracking(activations: dict[str, np.ndarray], text: str, top: int = 5) -> list[dict]:
+    """The units whose values follow simple properties of `text` best (quotes, brackets, line
+    position, word starts): kind, unit, property, correlation."""
+    from charlstm.evaluation.visualize import find_units, properties
+
+    return find_units(activations, properties(text), top=top)
 
 
 __all__ = ["ENGINES", "EncodedText", "Model", "Session", "Trace", "export", "info", "load", "train"]

@@ -2,7 +2,7 @@
 __post_init__), saved into checkpoints with asdict() and rebuilt with Cls(**d). No torch import,
 so the CLI takes its defaults and help from here at start-up.
 
-    TrainOptions            what a user asks of `charlstm train`; None: not given, charlstm chooses
+    TrainOptions (options.py)  what a user asks of `charlstm train`; None: charlstm chooses
         │  apply_preset (word/bpe recipes), then the budget sizing (runs.py), then the defaults
         ▼
     ModelConfig, TrainConfig   what the run uses; saved in every checkpoint
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from charlstm.cells import CELLS as _CELLS
 from charlstm.errors import OptionError
@@ -46,6 +47,31 @@ TOKENIZER_PRESETS: dict[str, dict[str, object]] = {
 }  # fmt: skip
 
 
+# Vocabulary sizes and minimum counts used when the user gives none. Word: large enough for
+# wikitext-2 (33k words) and PTB (10k) to fit whole. BPE: 4k pieces keeps the softmax of a small
+# LSTM cheap while still shortening text about 3x compared with characters.
+DEFAULT_VOCAB = {"word": 50_000, "bpe": 4_096}
+DEFAULT_MIN_FREQUENCY = {"word": 1, "bpe": 2}
+
+
+def option(help: str, default: Any = None, *, into: str | None = None, says: str | None = None,
+           flags: tuple[str, ...] = (), choices: tuple[str, ...] | None = None,
+           factory: Any = None, argument: bool = False, cli: bool = True,
+           metavar: str | None = None, envvar: str | None = None) -> Any:  # fmt: skip
+    """A field of an options dataclass with what the CLI needs to offer it:
+    help     what it does (no default: that is rendered, see help_text)
+    into     "ModelConfig.hidden_size": the config field it sets (and whose default it shows)
+    says     how the default reads, "{}" standing for that field's default; "" for none
+    flags    its flags when not just --name (short ones too); choices: the values it takes
+    cli      False: not offered on the command line; metavar, envvar: as Typer's."""
+    meta = {"help": help, "into": into, "says": says, "flags": flags, "choices": choices,
+            "argument": argument, "cli": cli, "metavar": metavar, "envvar": envvar}  # fmt: skip
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+
 class ConfigError(OptionError, ValueError):
     """A setting out of range or a contradiction between settings (exit status 2). Its message
     is written with flags (--top-p); str(e) names them as keywords (top_p) for Python."""
@@ -65,13 +91,16 @@ def _at_least(flag: str, value: int, low: int) -> None:
     _check(value >= low, f"{flag} must be at least {low}, got {value}")
 
 
+UNTIED_EMBED = 128  # E when not tied: min(H, this); a small E is cheaper for characters
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int  # V: tokens in the tokenizer's vocabulary
     cell: str = "lstm"  # one of CELLS
     hidden_size: int = 256  # H: units per recurrent layer
     num_layers: int = 2  # stacked recurrent layers
-    embed_size: int = 0  # E: 0 = H when tied, else min(H, 128) (small E is cheaper for chars)
+    embed_size: int = 0  # E: 0 = H when tied, else min(H, UNTIED_EMBED)
     dropout: float = 0.0  # between layers and before the head (training only)
     # DropConnect on the hidden-to-hidden weights, one mask per window (AWD-LSTM's weight-drop;
     # Merity et al. 2017): regularises the recurrence without breaking the fused kernels.
@@ -92,7 +121,8 @@ class ModelConfig:
         _at_least("the vocabulary size", self.vocab_size, 1)
         _at_least("--embed", self.embed_size, 0)
         if self.embed_size == 0:
-            self.embed_size = self.hidden_size if self.tie_weights else min(self.hidden_size, 128)
+            small = min(self.hidden_size, UNTIED_EMBED)
+            self.embed_size = self.hidden_size if self.tie_weights else small
         _check(
             not self.tie_weights or self.embed_size == self.hidden_size,
             "--tie-weights needs the embedding size equal to the hidden size",
@@ -307,197 +337,30 @@ def parse_duration(text: str | float) -> float:
     return seconds
 
 
-# What a run is (its model, its data and their layout, its seed): `--resume` refuses these.
-FIXED_BY_RUN = ("cell", "hidden", "layers", "embed", "dropout", "weight_drop", "tie_weights",
-                "softmax", "mogrifier_rounds", "tokenizer", "vocab_size", "min_frequency",
-                "batch_size", "window", "seed", "optimizer", "val_fraction", "val_tokens",
-                "name")  # fmt: skip
-# What `--init-from` takes from the base: the model's shape and its tokenizer.
-FIXED_BY_BASE = ("cell", "hidden", "layers", "embed", "weight_drop", "tie_weights", "softmax",
-                 "mogrifier_rounds", "tokenizer", "vocab_size", "min_frequency")  # fmt: skip
-# Fine-tuning's own defaults (a small text, a model that already knows a language): each
-# applies unless its option is given (BENCHMARKS.md, "Fine-tuning": lr 1e-3, 2e-3 and 4e-3
-# held out within 0.01 bits/char of each other; 2e-3 best).
-FINE_TUNE_PRESET: dict[str, object] = {"lr": 2e-3, "warmup": 20, "min_lr_ratio": 0.1,
-                                       "weight_decay": 0.1, "dropout": 0.1}  # fmt: skip
-FINE_TUNE_BUDGET = 120.0  # seconds, when no --budget, --steps or --epochs is given
-# What `--resume` applies from the step it resumes at (TrainConfig's names), limits aside.
-CHANGEABLE_ON_RESUME = ("lr", "min_lr_ratio", "warmup_steps", "weight_decay", "clip",
-                        "eval_every", "patience", "state_reset")  # fmt: skip
-
-
-@dataclass
-class TrainOptions:
-    """What a user asks of `charlstm train` or `charlstm.train()`. Every option left at None is
-    chosen by charlstm: a word/bpe preset, then the budget sizing, then the dataclass defaults.
-    Ranges are checked here, before the corpus is read, by the configs they end up in."""
-
-    corpus: list[str] = field(default_factory=list)
-    # limits: budget in seconds, or a duration such as "2m"
-    budget: float | str | None = None
-    steps: int | None = None
-    epochs: float | None = None
-    # tokens
-    tokenizer: str | None = None
-    vocab_size: int | None = None
-    min_frequency: int | None = None
-    # model
-    cell: str | None = None
-    hidden: int | None = None
-    layers: int | None = None
-    embed: int | None = None
-    dropout: float | None = None
-    weight_drop: float | None = None
-    tie_weights: bool | None = None
-    softmax: str | None = None
-    mogrifier_rounds: int | None = None
-    # optimisation and validation
-    batch_size: int | None = None
-    window: int | None = None
-    lr: float | None = None
-    min_lr_ratio: float | None = None
-    warmup: int | None = None
-    weight_decay: float | None = None
-    optimizer: str | None = None
-    clip: float | None = None
-    val_fraction: float | None = None
-    eval_every: int | None = None
-    val_tokens: int | None = None
-    patience: int | None = None
-    state_reset: float | None = None
-    seed: int | None = None
-    # where the run lives, and how the corpus is read
-    name: str | None = None
-    checkpoints: Path = CHECKPOINTS
-    overwrite: bool = False  # replace a finished or abandoned run of the same name
-    resume: Path | None = None
-    # fine-tuning: start from this run's (or checkpoint's) weights and tokenizer
-    init_from: Path | None = None
-    # texts scored at every validation beside the validation split (e.g. the base's domain)
-    keep_eval: list[str] | None = None
-    encoding: str = "utf-8"
-    errors: str = "strict"
-    # where it runs
-    threads: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.corpus, str):
-            self.corpus = [self.corpus]
-        if isinstance(self.keep_eval, str):
-            self.keep_eval = [self.keep_eval]
-        _check(
-            bool(self.corpus) or self.resume is not None,
-            "train needs a CORPUS: a file, folder, - for stdin, or shakespeare/python",
-        )
-        if self.budget is not None:
-            self.budget = parse_duration(self.budget)
-        _check(
-            self.tokenizer is None or self.tokenizer in TOKENIZERS,
-            f"--tokenizer must be {', '.join(TOKENIZERS)}; got {self.tokenizer!r}",
-        )
-        _check(
-            self.softmax is None or self.softmax in SOFTMAXES,
-            f"--softmax must be full or adaptive; got {self.softmax!r}",
-        )
-        _check(
-            self.kind != "char" or (self.vocab_size is None and self.min_frequency is None),
-            "--vocab-size and --min-frequency are for --tokenizer word or bpe",
-        )
-        _check(
-            self.precision in PRECISIONS,
-            f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}",
-        )
-        _at_least("--threads", self.threads, 0)
-        _check(not (self.overwrite and self.resume), "--overwrite starts a run afresh; --resume "
-               "continues one: give one of them")  # fmt: skip
-        _check(not (self.init_from and self.resume), "--init-from starts a new run from another; "
-               "--resume continues one: give one of them")  # fmt: skip
-        _check(not (self.keep_eval and self.resume), "--keep-eval is chosen when a run starts; "
-               "--resume keeps the run's own")  # fmt: skip
-        if self.init_from is not None:
-            taken = self.given(*FIXED_BY_BASE)
-            flags = ", ".join("--" + n.replace("_", "-") for n in taken)
-            _check(not taken, f"--init-from takes the model's shape and tokenizer from the base; "
-                   f"drop {flags}")  # fmt: skip
-        if self.resume is not None:
-            fixed = self.given(*FIXED_BY_RUN)
-            flags = ", ".join("--" + n.replace("_", "-") for n in fixed)
-            _check(
-                not fixed,
-                f"--resume continues the checkpoint's model as it is (its data, layout and seed "
-                f"too); drop {flags}",
-            )
-        _check(
-            self.name is None
-            or (self.name.strip(". ") != "" and not any(sep in self.name for sep in "/\\")),
-            f"--name must be a plain folder name, without / or .. (got {self.name!r}); "
-            "--checkpoints says where the run folders go",
-        )
-        # The ranges live in the configs: build them once from what was given, to check it.
-        TrainConfig(**self.train_fields())
-        ModelConfig(vocab_size=max(2, self.vocab_size or 2), **self.model_fields())
-
-    @property
-    def kind(self) -> str:
-        """The tokenizer kind, "char" unless given."""
-        return self.tokenizer or "char"
-
-    def given(self, *names: str) -> list[str]:
-        """Which of `names` the user set (not None)."""
-        return [n for n in names if getattr(self, n) is not None]
-
-    def train_fields(self) -> dict[str, object]:
-        """The given options under TrainConfig's names."""
-        names = {"warmup": "warmup_steps"}
-        keys = {f.name for f in fields(TrainConfig)}
-        out = {names.get(k, k): v for k, v in self._values().items() if names.get(k, k) in keys}
-        return {k: v for k, v in out.items() if v is not None}
-
-    def model_fields(self) -> dict[str, object]:
-        """The given options under ModelConfig's names (softmax is resolved with the vocabulary)."""
-        names = {"hidden": "hidden_size", "layers": "num_layers", "embed": "embed_size"}
-        keys = {f.name for f in fields(ModelConfig)}
-        out = {names.get(k, k): v for k, v in self._values().items() if names.get(k, k) in keys}
-        return {k: v for k, v in out.items() if v is not None and k != "vocab_size"}
-
-    def _values(self) -> dict[str, object]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def apply_preset(options: TrainOptions) -> tuple[TrainOptions, dict[str, object]]:
-    """The tokenizer's preset (TOKENIZER_PRESETS), or fine-tuning's (FINE_TUNE_PRESET), for
-    every option not given; returns the new options and what the preset chose."""
-    preset = FINE_TUNE_PRESET if options.init_from else TOKENIZER_PRESETS.get(options.kind, {})
-    chosen = {
-        k: v
-        for k, v in preset.items()
-        if getattr(options, k) is None
-        and not (k == "tie_weights" and options.softmax == "adaptive")
-    }
-    return replace(options, **chosen), chosen
-
-
 @dataclass
 class ServeConfig:
     """How `charlstm serve` listens and what it allows (serve.py)."""
 
-    host: str = "127.0.0.1"  # loopback only, unless told otherwise
-    port: int = 8000  # 0: any free port (the one taken is reported)
-    api_key: str | None = None  # when set, every request needs `Authorization: Bearer KEY`
-    max_batch: int = 32  # rows (samples) stepped together, per model; also the largest n
-    queue: int = 256  # requests waiting for rows; beyond it: 503 with Retry-After
-    max_tokens: int = 4096  # the most tokens a request may ask for, per sample
-    grace: float = 5.0  # seconds running streams get to finish after SIGINT/SIGTERM
-    # Host headers answered besides the loopback names and --host ("*": any); others get 403,
-    # so that a web page cannot reach the server through a name it controls (DNS rebinding).
-    allow_hosts: tuple[str, ...] = ()
-    # Web pages (origins, "http://localhost:3000") allowed to call the server from a browser
-    # ("*": any; "null": local files); requests from other pages get 403.
-    allow_origins: tuple[str, ...] = ()
-    head_timeout: float = 10.0  # seconds a request line and its headers may take to arrive
-    body_timeout: float = 30.0  # seconds a request body may take to arrive
+    host: str = option("Address to listen on; 0.0.0.0 opens it to the network.", "127.0.0.1")
+    port: int = option("Port; 0: any free one.", 8000)  # the one taken is reported
+    api_key: str | None = option("Require 'Authorization: Bearer KEY' on every request.",
+                                 envvar="CHARLSTM_API_KEY")
+    max_batch: int = option("Samples stepped together per model (also the largest n).", 32)
+    queue: int = option("Requests that may wait for room; beyond: 503 + Retry-After.", 256)
+    max_tokens: int = option("The most tokens a request may ask for (max_tokens).", 4096)
+    grace: float = option("Seconds running requests get to finish after Ctrl-C or SIGTERM.", 5.0)
+    allow_hosts: tuple[str, ...] = option(
+        "Also answer requests whose Host header is this name (repeatable; '*': any). Others "
+        "than the loopback names and --host are refused, so that no web page can reach the "
+        "server through a name of its own (DNS rebinding).", (), flags=("--allow-host",),
+        metavar="HOST")
+    allow_origins: tuple[str, ...] = option(
+        "Let web pages from this origin call the server from a browser, e.g. "
+        "http://localhost:3000 (repeatable; '*': any; 'null': local files). Requests from "
+        "other pages are refused.", (), flags=("--allow-origin",), metavar="ORIGIN")
+    head_timeout: float = option("Seconds a request line and its headers may take to arrive.",
+                                 10.0, cli=False)
+    body_timeout: float = option("Seconds a request body may take to arrive.", 30.0, cli=False)
 
     def __post_init__(self) -> None:
         _check(bool(self.host), "--host must not be empty")

@@ -469,7 +469,7 @@ def test_stepper_keeps_the_weights_it_was_built_from(cell: str) -> None:
 def test_new_cells_train_sample_evaluate_visualize_and_resume(tmp_path, play_file, cell) -> None:
     from typer.testing import CliRunner
 
-    from charlstm.cli.commands import app
+    from charlstm.cli import app
 
     runner = CliRunner()
     run = tmp_path / "ck" / "r"

@@ -158,7 +158,7 @@ def _skewed_rank(rank: int, size: int, port: int, out: Path, corpus: Path) -> No
     three times fast and a step that is slower: every time it measures is wrong for rank 0."""
     import time
 
-    from charlstm.config import TrainOptions
+    from charlstm.options import TrainOptions
     from charlstm.training import loop as training
     from charlstm.training import runs
 

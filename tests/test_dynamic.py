@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from charlstm.api import load
-from charlstm.cli.commands import app
+from charlstm.cli import app
 from charlstm.config import DynamicConfig
 from charlstm.evaluation.dynamic import dynamic_losses, gradient_scale
 from charlstm.evaluation.exact import token_losses

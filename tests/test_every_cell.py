@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from charlstm.cells import CELLS
-from charlstm.cli.commands import app
+from charlstm.cli import app
 from tests.conftest import PLAY
 from tests.test_export import CHROMIUM, IN_CI, _body_data, _chromium
 
@@ -108,13 +108,7 @@ def test_compress_and_decompress_round_trip_exactly(run: Path, tmp_path: Path) -
     (tmp_path / "in.txt").write_bytes(text)
     r = runner.invoke(app, ["compress", str(tmp_path / "in.txt"), "-m", str(run), "-q",
                             "--threads", "1"])  # fmt: skip
-    cell = run.name
-    if r.exit_code != 0:  # refused: one line that says why, naming the cell
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("charlstm: error:"), r.stderr
-        assert cell in lines[0] and "Traceback" not in r.output, r.stderr
-        assert cell != "lstm", r.stderr  # the LSTM compresses
-        pytest.skip(lines[0])
+    assert r.exit_code == 0, r.output  # every cell compresses: its plan runs in integers
     (tmp_path / "out.clz").write_bytes(r.stdout_bytes)
     r = runner.invoke(app, ["decompress", str(tmp_path / "out.clz"), "-m", str(run), "-q",
                             "--threads", "1"])  # fmt: skip

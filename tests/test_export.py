@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from charlstm import cells, config
 from charlstm.api import load
-from charlstm.cli.commands import app
+from charlstm.cli import app
 from charlstm.config import SampleConfig
 from charlstm.data.tokenizer import CharTokenizer
 from charlstm.export.convert import model_from_portable, portable_weights
@@ -177,7 +177,7 @@ def test_sampling_from_the_model_file_never_imports_torch(run_dir):
                     raise ImportError("torch is not installed here")
 
         sys.meta_path.insert(0, NoTorch())
-        from charlstm.cli.commands import app
+        from charlstm.cli import app
         for args in (["sample", "-m", {str(run_dir)!r}, "--prime", "ROMEO:", "-n", "120",
                       "--seed", "5", "--no-echo-prime", "-q"],
                      ["export", {str(run_dir / "model.safetensors")!r}, "--html",

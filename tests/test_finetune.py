@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 import charlstm
-from charlstm.cli.commands import app
+from charlstm.cli import app
 from charlstm.formats.checkpoint import load_checkpoint, read_checkpoint, weights_fingerprint
 from charlstm.model.language_model import with_vocabulary
 from charlstm.training.loop import TrainingDiverged

@@ -19,7 +19,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 import charlstm
-from charlstm.cli.commands import app
+from charlstm.cli import app
 from charlstm.device import set_threads
 from tests.conftest import PLAY
 

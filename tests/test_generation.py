@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import charlstm
 from charlstm.cells import CELLS
-from charlstm.cli.commands import app
+from charlstm.cli import app
 from charlstm.generate.options import check_sampling
 from charlstm.generate.stops import StopMatcher
 from charlstm.serve.batching import READ_IN_BATCH, Done, Engine, Failed, Job, Text

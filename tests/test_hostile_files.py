@@ -18,7 +18,7 @@ import torch
 import typer
 from click.testing import CliRunner
 
-from charlstm.cli.commands import app
+from charlstm.cli import app
 from charlstm.formats.checkpoint import load_checkpoint
 from tests.conftest import PLAY
 from tests.fuzzfiles import (

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from charlstm.cli.commands import app
+from charlstm.cli import app
 from charlstm.config import CELLS
 from charlstm.device import cpu_has_bf16
 from charlstm.formats.checkpoint import load_checkpoint

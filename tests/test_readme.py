@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from charlstm.cli.commands import app
+from charlstm.cli import app
 from tests.conftest import PLAY
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 import charlstm
-from charlstm.cli.commands import app
+from charlstm.cli import app
 from charlstm.formats.checkpoint import load_checkpoint
 from charlstm.formats.run_folder import LOCK_FILE, RUN_FILES, RunBusy, hold_run
 from tests.conftest import PLAY

@@ -114,7 +114,7 @@ def _bpe_run(tmp_path, text: str, name: str):
     from typer.testing import CliRunner
 
     import charlstm
-    from charlstm.cli.commands import app
+    from charlstm.cli import app
 
     (tmp_path / f"{name}.txt").write_text(text, encoding="utf-8")
     r = CliRunner().invoke(app, ["train", str(tmp_path / f"{name}.txt"), "--tokenizer", "bpe",

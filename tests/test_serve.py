@@ -25,7 +25,7 @@ import uvicorn
 from typer.testing import CliRunner
 
 import charlstm
-from charlstm.cli.commands import app as cli
+from charlstm.cli import app as cli
 from charlstm.config import SampleConfig, ServeConfig
 from charlstm.serve.batching import Done, Engine, Failed, Job, Text
 from charlstm.serve.server import (

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from charlstm.cli.commands import app
+from charlstm.cli import app
 from charlstm.formats.checkpoint import read_checkpoint
 from charlstm.training import sizing
 from charlstm.training.sizing import Rung

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from charlstm.cli.commands import app
+from charlstm.cli import app
 from charlstm.data.batches import split_ids
 from charlstm.data.tokens import MIN_CACHED_CHARS, _split_pieces, tokenize_corpus
 
@@ -158,10 +158,10 @@ def test_bad_tokenizer_options(tmp_path, play_file, monkeypatch, args, message):
 def test_adaptive_softmax_loss_path_matches_its_full_distribution():
     import torch
     import torch.nn.functional as F
+    from charlstm.generate.sample import generate
 
     from charlstm.config import ModelConfig, SampleConfig
     from charlstm.generate.choose import seeded
-    from charlstm.generate.sample import generate
     from charlstm.model.language_model import LanguageModel
 
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.cli.commands import app
+from charlstm.cli import app
 from charlstm.cli.display import sparkline
 from charlstm.formats.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tests.conftest import PLAY

@@ -182,7 +182,7 @@ def test_visualize_command_find_and_html(tmp_path, play_file, monkeypatch):
     """Through the CLI: ranked units on stderr, coloured text on stdout, a self-contained page."""
     from typer.testing import CliRunner
 
-    from charlstm.cli.commands import app
+    from charlstm.cli import app
 
     runner = CliRunner()
     monkeypatch.chdir(tmp_path)
@@ -210,7 +210,7 @@ def test_visualize_into_a_pipe_writes_the_values(tmp_path) -> None:
     from typer.testing import CliRunner
 
     import charlstm
-    from charlstm.cli.commands import app
+    from charlstm.cli import app
 
     text = 'He said "stop (now)"\tand\nshe didn\'t.\\\n' * 20
     (tmp_path / "t.txt").write_text(text)

@@ -1,1 +1,13 @@
-"""The command line: options, commands and their display; calls into the library."""
+"""The command line, one file per command: options (options.py, config's dataclasses), calls
+into charlstm.api, and display (display.py on stderr, output.py on stdout).
+`app` is the Typer app; `main` the console entry point (`charlstm`, `python -m charlstm`).
+A new command goes into a file of its own here, registered by its import below."""
+# isort: skip_file
+
+from charlstm.cli.app import app, main
+
+# Registered in this order, the order `charlstm --help` lists them in.
+from charlstm.cli import train, sample, evaluate, info, visualize, runs, chat  # noqa: F401
+from charlstm.cli import compress, export, serve  # noqa: F401
+
+__all__ = ["app", "main"]

@@ -30,17 +30,11 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from charlstm import files
-from charlstm.config import TOKENIZERS
+from charlstm.config import DEFAULT_MIN_FREQUENCY, DEFAULT_VOCAB, TOKENIZERS
 from charlstm.errors import CharlstmError
 from charlstm.generate.choose import Utf8Rows, Utf8Table
 
 KINDS = TOKENIZERS
-# Vocabulary sizes and minimum counts used when the user gives none. Word: large enough for
-# wikitext-2 (33k words) and PTB (10k) to fit whole. BPE: 4k pieces keeps the softmax of a small
-# LSTM cheap while still shortening text about 3x compared with characters.
-DEFAULT_VOCAB = {"word": 50_000, "bpe": 4_096}
-DEFAULT_MIN_FREQUENCY = {"word": 1, "bpe": 2}
-
 # What an out-of-vocabulary word decodes to (U+2047 DOUBLE QUESTION MARK, as sentencepiece).
 UNK_PLACEHOLDER = "\u2047"
 # The word vocabulary holds two unknown tokens, so that decoding keeps the text's spacing: id 0

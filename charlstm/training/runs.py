@@ -23,17 +23,7 @@ import numpy as np
 import torch
 
 from charlstm import files
-from charlstm.config import (
-    CHANGEABLE_ON_RESUME,
-    CORPORA,
-    DEFAULT_BUDGET,
-    FINE_TUNE_BUDGET,
-    ModelConfig,
-    TrainConfig,
-    TrainOptions,
-    adaptive_cutoffs,
-    apply_preset,
-)
+from charlstm.config import CORPORA, DEFAULT_BUDGET, ModelConfig, TrainConfig, adaptive_cutoffs
 from charlstm.data.batches import DataError, fit_layout, split_ids
 from charlstm.data.corpus import CorpusStream
 from charlstm.data.tokenizer import AnyTokenizer
@@ -63,6 +53,7 @@ from charlstm.formats.checkpoint import (
 )
 from charlstm.formats.run_folder import HeldRun, hold_run
 from charlstm.model.language_model import LanguageModel, with_vocabulary
+from charlstm.options import CHANGEABLE_ON_RESUME, FINE_TUNE_BUDGET, TrainOptions, apply_preset
 from charlstm.training import distributed, sizing
 from charlstm.training.distributed import World
 from charlstm.training.loop import KeepEval, Position, Report, Run, fit, progress_of
