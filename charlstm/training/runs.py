@@ -65,7 +65,9 @@ from charlstm.formats.run_folder import HeldRun, hold_run
 from charlstm.model.language_model import LanguageModel, with_vocabulary
 from charlstm.training import distributed, sizing
 from charlstm.training.distributed import World
-from charlstm.training.loop import KeepEval, Position, Report, Run, fit, progress_of
+from charlstm.training.loop import fit
+from charlstm.training.run import KeepEval, Report, Run
+from charlstm.training.schedule import Position, progress_of
 
 
 def _ignore(event: str, data: dict[str, Any]) -> None:
