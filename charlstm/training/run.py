@@ -104,6 +104,15 @@ class Run:
         return ckpt
 
 
+@dataclass
+class Prepared:
+    """A run ready to train, the training state to resume from, and how it was made."""
+
+    run: Run
+    resume_state: dict[str, Any] | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # goes into the summary
+
+
 class Timing:
     """A session's clock as every rank sees it (rank 0's), the speeds that predict what a
     validation will cost, and where the session's seconds went (for the summary)."""
