@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from charlstm.config import TrainConfig
-from charlstm.data.batches import split_ids
+from charlstm.data.split import split_ids
 from charlstm.data.tokenizer import CharTokenizer
 from charlstm.data.tokens import CorpusInfo
 from charlstm.model.language_model import LanguageModel, ModelConfig

@@ -8,9 +8,9 @@ from charlstm.data.batches import (
     eval_layout,
     eval_window,
     fit_layout,
-    split_ids,
     window_batch,
 )
+from charlstm.data.split import split_ids
 
 
 def test_split_is_contiguous_with_validation_at_the_end():

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from charlstm.cli.commands import app
-from charlstm.data.batches import split_ids
+from charlstm.data.split import split_ids
 from charlstm.data.tokens import MIN_CACHED_CHARS, _split_pieces, tokenize_corpus
 
 from .conftest import PLAY

@@ -32,7 +32,10 @@ from charlstm.config import (
     CELLS,
     CHECKPOINTS,
     DECODE_ERRORS,
+    DEVICES,
     DYNAMIC_LR,
+    ENGINES,
+    EVAL_PRECISIONS,
     OPTIMIZERS,
     PRECISIONS,
     SOFTMAXES,
@@ -127,12 +130,11 @@ Tokenizer = Literal[TOKENIZERS]
 Optimizer = Literal[OPTIMIZERS]
 Softmax = Literal[SOFTMAXES]
 Precision = Literal[PRECISIONS]
-EvalPrecision = Literal["fp32", "bf16"]
+EvalPrecision = Literal[EVAL_PRECISIONS]
 Errors = Literal[DECODE_ERRORS]
-Engine = Literal["auto", "numpy", "torch"]
+Engine = Literal[ENGINES]
 OnUnknown = Literal["error", "skip"]
 VisualFormat = Literal["ansi", "tsv", "json"]  # visualize.FORMATS
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def _flag(*names: str, help: str) -> Any:

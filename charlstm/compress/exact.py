@@ -212,7 +212,7 @@ class _TorchOps:
         return a.sum(dim=1, keepdim=True)
 
 
-ENGINES = ("torch", "numpy")
+EXACT_ENGINES = ("torch", "numpy")
 
 
 def _ops(engine: str, device: str = "cpu") -> _NumpyOps | _TorchOps:
@@ -222,7 +222,7 @@ def _ops(engine: str, device: str = "cpu") -> _NumpyOps | _TorchOps:
         return _NumpyOps()
     if engine == "torch":
         return _TorchOps(device)
-    raise QuantizeError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    raise QuantizeError(f"unknown engine {engine!r}; choose one of {', '.join(EXACT_ENGINES)}")
 
 
 # ----------------------------------------------------------------------------------- model

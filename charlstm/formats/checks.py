@@ -12,17 +12,16 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from charlstm.cells import CELLS
+from charlstm.cells.base import gate_count
 from charlstm.config import CHECKPOINTS, ModelConfig
 from charlstm.data.tokenizer import AnyTokenizer, tokenizer_from_dict
 from charlstm.errors import CharlstmError
+from charlstm.formats.run_folder import BEST, MODEL_FILE, RunFolder
 
-# Gate blocks per layer, by cell: what a layer's weights cost.
-GATES = {"lstm": 4, "gru": 3, "rnn": 1, "peephole": 4, "coupled": 3, "mogrifier": 4, "slstm": 4}
 # Bias vectors per layer: torch's own LSTM, GRU and RNN keep an input and a hidden bias (the
 # model file sums them, but training updates both); charlstm's cells keep one.
 BIASES = {"lstm": 2, "gru": 2, "rnn": 2}
-# The model file written beside best.pt (portable.py); a run folder with nothing else still loads.
-PORTABLE_NAME = "model.safetensors"
 
 
 class CheckpointError(CharlstmError):
@@ -46,7 +45,7 @@ def resolve_checkpoint(model: Path | None, root: Path = CHECKPOINTS) -> Path:
     """A checkpoint file, a run folder (its best.pt, else last.pt, else model.safetensors), or,
     with none given, the most recently written best.pt under `root`."""
     if model is None:
-        found = sorted(root.glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
+        found = sorted(root.glob(f"*/{BEST}"), key=lambda p: p.stat().st_mtime)
         if not found:
             raise CheckpointError(
                 f"no trained model under '{root}/'; train one with `charlstm train CORPUS` "
@@ -54,18 +53,19 @@ def resolve_checkpoint(model: Path | None, root: Path = CHECKPOINTS) -> Path:
             )
         return found[-1]
     if model.is_dir():
-        for name in ("best.pt", "last.pt", PORTABLE_NAME):
-            if (model / name).is_file():
-                return model / name
-        runs = sorted(p.name for p in model.iterdir() if p.is_dir() and (
-            (p / "best.pt").is_file() or (p / "last.pt").is_file()))  # fmt: skip
+        found_file = RunFolder(model).checkpoint()
+        if found_file is not None:
+            return found_file
+        runs = sorted(
+            p.name for p in model.iterdir() if p.is_dir() and RunFolder(p).has_checkpoint()
+        )
         if runs:
             shown = ", ".join(runs[:12]) + (f" and {len(runs) - 12} more" if len(runs) > 12 else "")
             raise CheckpointError(
                 f"'{model}' is a folder of runs, not one: pick one with -m {model}/NAME "
                 f"({shown}; `charlstm runs` lists them)"
             )
-        raise CheckpointError(f"'{model}' holds no best.pt, last.pt or {PORTABLE_NAME}")
+        raise CheckpointError(f"'{model}' holds no best.pt, last.pt or {MODEL_FILE}")
     if not model.exists():
         raise CheckpointError(f"no checkpoint at '{model}'")
     return model
@@ -118,7 +118,7 @@ def parameter_count(cfg: ModelConfig) -> int:
     """The parameters a model of `cfg` trains (LanguageModel.num_parameters: a tied matrix
     counted once), computed without building it: the one count `info` shows for a checkpoint
     and for a model file, whose summed biases hold fewer numbers."""
-    g, h, e, v = GATES[cfg.cell], cfg.hidden_size, cfg.embed_size, cfg.vocab_size
+    g, h, e, v = gate_count(CELLS[cfg.cell]), cfg.hidden_size, cfg.embed_size, cfg.vocab_size
     nb = BIASES.get(cfg.cell, 1)
     layers = sum(g * h * ((e if k == 0 else h) + h + nb) for k in range(min(cfg.num_layers, 2)))
     layers += max(cfg.num_layers - 2, 0) * g * h * (2 * h + nb)

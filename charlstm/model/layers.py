@@ -27,13 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# What a layer's state holds, in order, by cell: h first; c for the LSTMs; the sLSTM adds its
-# normaliser n and stabiliser m. Every part is (L, B, H).
-STATE_NAMES = {"lstm": ("hidden", "cell"), "gru": ("hidden",), "rnn": ("hidden",),
-               "peephole": ("hidden", "cell"), "coupled": ("hidden", "cell"),
-               "mogrifier": ("hidden", "cell"),
-               "slstm": ("hidden", "cell", "normalizer", "stabilizer")}  # fmt: skip
-STATE_PARTS = {cell: len(names) for cell, names in STATE_NAMES.items()}
+from charlstm.cells import CELLS
+
+# How many parts a layer's state holds, by cell (the cell's STATE: h first; c for the LSTMs;
+# the sLSTM adds its normaliser n and stabiliser m). Every part is (L, B, H).
+STATE_PARTS = {name: len(cell.STATE) for name, cell in CELLS.items()}
 # The Mogrifier's rounds of mutual gating when not given: the paper's recommendation for LSTMs.
 MOGRIFIER_ROUNDS = 5
 

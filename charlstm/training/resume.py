@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 
 from charlstm.config import CHANGEABLE_ON_RESUME, CORPORA, TrainConfig, TrainOptions
-from charlstm.data.batches import fit_layout, split_ids
+from charlstm.data.batches import fit_layout
 from charlstm.data.corpus import CorpusStream
-from charlstm.data.tokens import CorpusInfo, fingerprint_of
+from charlstm.data.split import split_ids
+from charlstm.data.tokens import CorpusInfo, corpus_fingerprint
 from charlstm.errors import UsageError
 from charlstm.formats.checkpoint import CheckpointError, read_checkpoint
 from charlstm.formats.run_folder import RunFolder
@@ -42,7 +43,7 @@ def resume_run(options: TrainOptions, report: Report) -> Prepared:
         stream = CorpusStream(options.corpus, cache_dir=CORPORA, encoding=options.encoding,
                               errors=options.errors)  # fmt: skip
         report("stage", {"message": "checking the corpus…"})
-        if fingerprint_of(stream) != corpus.fingerprint:
+        if corpus_fingerprint(stream) != corpus.fingerprint:
             raise CheckpointError(
                 "cannot resume: the corpus given differs from the one this run was trained on"
             )
