@@ -31,7 +31,8 @@ from charlstm.compress.codec import (
     segment_count,
 )
 from charlstm.compress.exact import ExactLSTM, QuantizeError, tables
-from charlstm.data.tokenizer import BpeTokenizer, CharTokenizer, WordTokenizer
+from charlstm.data.hf_tokenizers import BpeTokenizer, WordTokenizer
+from charlstm.data.tokenizer import CharTokenizer
 from charlstm.formats.checkpoint import load_checkpoint, read_checkpoint
 from charlstm.model.language_model import LanguageModel, ModelConfig
 

@@ -29,13 +29,11 @@ import numpy as np
 from charlstm import files
 from charlstm.data.batches import DataError
 from charlstm.data.corpus import CorpusError
+from charlstm.data.pieces import code_points, safe_cut, split_for_encoding
 from charlstm.data.split import train_length
 from charlstm.data.tokenizer import (
     AnyTokenizer,
     CharTokenizer,
-    code_points,
-    safe_cut,
-    split_for_encoding,
     tokenizer_from_dict,
     train_tokenizer,
 )
