@@ -164,7 +164,8 @@ def breakdown(model: Path, text: bytes, implied: float) -> None:
     import numpy as np
     import torch
 
-    from charlstm.compress.codec import Codec, read_header, segment_count
+    from charlstm.compress.codec import Codec
+    from charlstm.compress.format import read_header, segment_count
     from charlstm.data.tokenizer import tokenizer_from_dict
     from charlstm.formats.checkpoint import load_checkpoint, resolve_checkpoint
     from charlstm.model.language_model import model_from_checkpoint

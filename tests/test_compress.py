@@ -20,17 +20,17 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from charlstm.cli.commands import app
-from charlstm.compress.codec import (
+from charlstm.compress.codec import Codec
+from charlstm.compress.exact import ExactLSTM, QuantizeError, tables
+from charlstm.compress.format import (
     MAGIC,
     MAX_SEGMENTS,
     MAX_TOKENS_PER_WORD,
-    Codec,
     CompressError,
-    _leb128,
+    leb128,
     read_header,
     segment_count,
 )
-from charlstm.compress.exact import ExactLSTM, QuantizeError, tables
 from charlstm.data.hf_tokenizers import BpeTokenizer, WordTokenizer
 from charlstm.data.tokenizer import CharTokenizer
 from charlstm.formats.checkpoint import load_checkpoint, read_checkpoint
@@ -422,7 +422,7 @@ def _craft(fingerprint: bytes, numbers: list[int], *, version: int = 2, flags: i
            table: tuple[int, ...] = (), checksum: bytes = bytes(8), payload: bytes = b"") -> bytes:
     """A header saying whatever it is told, with a valid CRC (as an attacker would write it)."""
     head = MAGIC + bytes([version, flags]) + fingerprint + checksum
-    head += b"".join(_leb128(v) for v in [*numbers, *table])
+    head += b"".join(leb128(v) for v in [*numbers, *table])
     return head + struct.pack("<I", zlib.crc32(head)) + payload  # fmt: skip
 
 
