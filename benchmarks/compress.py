@@ -164,15 +164,14 @@ def breakdown(model: Path, text: bytes, implied: float) -> None:
     import numpy as np
     import torch
 
-    from charlstm.compress.codec import Codec, read_header, segment_count
-    from charlstm.data.tokenizer import tokenizer_from_dict
-    from charlstm.formats.checkpoint import load_checkpoint, resolve_checkpoint
-    from charlstm.model.language_model import model_from_checkpoint
+    from charlstm.compress.codec import Codec
+    from charlstm.compress.format import read_header, segment_count
+    from charlstm.formats.checkpoint import read_checkpoint, resolve_checkpoint
 
     torch.set_num_threads(1)  # sizes only: exact on any thread count
-    ckpt = load_checkpoint(resolve_checkpoint(model))
-    net = model_from_checkpoint(ckpt).eval()
-    codec = Codec(net, tokenizer_from_dict(ckpt["tokenizer"]))
+    ckpt = read_checkpoint(resolve_checkpoint(model))
+    net = ckpt.model()
+    codec = Codec(net, ckpt.tokenizer)
     symbols, _ = codec.symbols(text)
     if (symbols == codec.escape).any():
         print("(breakdown skipped: the text has characters the model never saw)")

@@ -68,28 +68,23 @@ def in_process(run: Path, chars: int, repeats: int) -> dict[str, float]:
     from charlstm.data.tokenizer import tokenizer_from_dict
     from charlstm.export.convert import model_from_portable
     from charlstm.formats.model_file import read_portable
-    from charlstm.generate.choose import seeded
+    from charlstm.generate.loop import Request, generate
     from charlstm.generate.numpy_engine import NumpyStepper
-    from charlstm.generate.numpy_engine import generate as np_generate
-    from charlstm.generate.sample import generate as torch_generate
+    from charlstm.generate.torch_engine import TorchStepper
 
     torch.set_num_threads(1)
     model = read_portable(run / "model.safetensors")
     net = model_from_portable(model)
-    prime = tokenizer_from_dict(model.tokenizer.to_dict()).encode(PRIME)
-    cfg = SampleConfig(length=chars)
-    stepper = NumpyStepper(model)
+    tokenizer = tokenizer_from_dict(model.tokenizer.to_dict())
+    request = Request(tokenizer.encode(PRIME), SampleConfig(length=chars), seed=1)
+    steppers = {"numpy": lambda: NumpyStepper(model), "torch": lambda: TorchStepper(net)}
     rates: dict[str, list[float]] = {"numpy": [], "torch": []}
     for _ in range(repeats):
         for name in rates:
+            stepper = steppers[name]()
             t0 = time.perf_counter()
-            if name == "numpy":
-                for _ in np_generate(stepper.fork(), prime, cfg, seeded(1)):
-                    pass
-            else:
-                for _ in torch_generate(net, torch.from_numpy(prime.astype(np.int64)), cfg,
-                                        seeded(1)):  # fmt: skip
-                    pass
+            for _ in generate(stepper, tokenizer, request):  # the loop every door runs
+                pass
             rates[name].append(chars / (time.perf_counter() - t0))
     return {k: statistics.median(v) for k, v in rates.items()}
 

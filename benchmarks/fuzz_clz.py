@@ -31,7 +31,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from charlstm.compress.codec import MAGIC, Codec, CompressError, _leb128, read_header  # noqa: E402
+from charlstm.compress.codec import Codec  # noqa: E402
+from charlstm.compress.format import MAGIC, CompressError, leb128, read_header  # noqa: E402
 from charlstm.data.tokenizer import CharTokenizer  # noqa: E402
 from charlstm.model.language_model import LanguageModel, ModelConfig  # noqa: E402
 
@@ -43,7 +44,7 @@ HUGE = [0, 1, 2, 127, 128, 255, 256, 257, 1023, 1024, 1025, 10**6, 10**8, 10**9,
 def craft(fp: bytes, numbers: list[int], version: int, flags: int, table: tuple[int, ...],
           checksum: bytes, payload: bytes) -> bytes:  # fmt: skip
     head = MAGIC + bytes([version, flags]) + fp + checksum
-    head += b"".join(_leb128(v) for v in [*numbers, *table])
+    head += b"".join(leb128(v) for v in [*numbers, *table])
     return head + struct.pack("<I", zlib.crc32(head)) + payload
 
 

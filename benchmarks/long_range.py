@@ -55,7 +55,7 @@ from charlstm.config import CELLS, TrainConfig
 from charlstm.data.batches import fit_layout, window_batch
 from charlstm.model.language_model import LanguageModel, ModelConfig
 from charlstm.model.layers import detach_state
-from charlstm.training.loop import learning_rate, make_optimizer
+from charlstm.training.schedule import learning_rate, make_optimizer
 
 KEYS = "ABCDEFGH"  # what must be recalled
 NOISE = "abcdefghijklmnop"  # filler: disjoint from the keys, so it cannot leak the key

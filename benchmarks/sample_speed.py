@@ -22,17 +22,23 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from charlstm.config import SampleConfig
+from charlstm.data.tokenizer import CharTokenizer
 from charlstm.generate.choose import choose, seeded
-from charlstm.generate.sample import SampleConfig, generate
+from charlstm.generate.loop import Request, generate
+from charlstm.generate.torch_engine import TorchStepper
 from charlstm.model.language_model import LanguageModel, ModelConfig
 
 
 def ours(model: LanguageModel, n: int, batch: int) -> float:
-    g = seeded(0)
+    """The loop every door runs (generate/loop.py), on the torch engine."""
+    vocab = CharTokenizer("".join(chr(0x100 + i) for i in range(model.cfg.vocab_size)))
+    request = Request(np.array([0]), SampleConfig(length=n), seed=0, n=batch)
     t0 = time.perf_counter()
-    for _ in generate(model, torch.tensor([0]), SampleConfig(length=n), g, batch=batch):
+    for _ in generate(TorchStepper(model.eval()), vocab, request):
         pass
     return n * batch / (time.perf_counter() - t0)
 

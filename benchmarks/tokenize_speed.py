@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from charlstm.data.tokenizer import split_for_encoding, train_tokenizer
+from charlstm.data.pieces import split_for_encoding
+from charlstm.data.tokenizer import train_tokenizer
 
 CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
 FILES = ("ptb.valid.txt", "ptb.test.txt", "wikitext2.valid.txt", "wikitext2.test.txt")

@@ -27,13 +27,16 @@ import numpy as np
 from charlstm.config import (
     ADAPT,
     CHECKPOINTS,
+    ENGINES,
     DynamicConfig,
     SampleConfig,
 )
+from charlstm.data.split import train_length
 from charlstm.data.tokenizer import AnyTokenizer
 from charlstm.errors import CharlstmError, OptionError
 from charlstm.formats.checks import CheckpointError, resolve_checkpoint
 from charlstm.formats.model_file import Portable, fresh_portable, portable_path, read_portable
+from charlstm.formats.run_folder import RunFolder
 from charlstm.generate.choose import seeded
 from charlstm.generate.loop import Request, Rows, Stepper, generate, texts
 from charlstm.generate.options import Caps, SamplingOptions, check_sampling
@@ -45,11 +48,8 @@ if TYPE_CHECKING:  # these import torch: only the calls that need it load them
     from charlstm.evaluation.exact import EvalResult
     from charlstm.generate.numpy_engine import NumpyStepper
     from charlstm.model.language_model import LanguageModel
-    from charlstm.training.loop import Report
+    from charlstm.training.run import Report
 
-# How a model generates: numpy (from model.safetensors, no torch), torch, or auto: numpy when
-# the model file is there (and up to date) and the model runs on the CPU.
-ENGINES = ("auto", "numpy", "torch")
 # Training's events, as lines at INFO (and every progress event at DEBUG): a library user sees
 # a run's life with logging.basicConfig(level=logging.INFO), nothing otherwise.
 log = logging.getLogger("charlstm")
@@ -171,8 +171,8 @@ def info(path: str | Path | None = None, *, checkpoints: str | Path = CHECKPOINT
         data = describe(read_checkpoint(where).data, where)
     # Whether `charlstm train --resume` can continue the run: a last.pt with its training
     # state and the run's tokens.npy beside it, whichever of the run's files was described.
-    last = where if data["resumable"] else where.parent / "last.pt"
-    data["resumable"] = last.is_file() and (last.parent / "tokens.npy").is_file()
+    last = where if data["resumable"] else RunFolder(where.parent).last
+    data["resumable"] = last.is_file() and RunFolder(last.parent).tokens.is_file()
     return data
 
 
@@ -388,7 +388,7 @@ class Model:
     def training_ids(self) -> np.ndarray | None:
         """The training split of the run this checkpoint belongs to (its tokens.npy), memory-
         mapped; None when the checkpoint is not in its run folder."""
-        tokens = self.path.parent / "tokens.npy"
+        tokens = RunFolder(self.path.parent).tokens
         corpus = self.meta.get("corpus") or {}
         if not tokens.is_file():
             return None
@@ -401,7 +401,7 @@ class Model:
         n_train = corpus.get("n_train")
         if n_train is None:
             fraction = (self.meta.get("train_config") or {}).get("val_fraction", 0.1)
-            n_train = int(len(ids) * (1.0 - fraction)) if fraction > 0 else len(ids)
+            n_train = train_length(len(ids), fraction)
         return ids[:n_train] if n_train >= 2 else None
 
     def samples(

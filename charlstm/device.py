@@ -10,10 +10,11 @@ from collections.abc import Iterator
 
 import torch
 
+from charlstm.config import DEVICES, PRECISIONS
 from charlstm.errors import EXIT_USAGE, CharlstmError
 
-DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
-PRECISIONS = ("fp32", "bf16", "fp16")  # and "auto" for training (resolve_precision)
+_DEVICE_CHOICES = ", ".join((*DEVICES[:3], "cuda:N", *DEVICES[3:]))  # as messages list them
+_FIXED_PRECISIONS = tuple(p for p in PRECISIONS if p != "auto")  # auto: resolve_precision
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -34,7 +35,7 @@ def resolve_device(spec: str) -> torch.device:
         device = torch.device(spec)
     except RuntimeError:
         raise DeviceError(
-            f"unknown --device {spec!r}; choose {', '.join(DEVICES)}", EXIT_USAGE
+            f"unknown --device {spec!r}; choose {_DEVICE_CHOICES}", EXIT_USAGE
         ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -47,7 +48,7 @@ def resolve_device(spec: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise DeviceError("--device mps: Apple's Metal backend is not available here")
     if device.type not in ("cpu", "cuda", "mps"):
-        raise DeviceError(f"unsupported --device {spec!r}; choose {', '.join(DEVICES)}")
+        raise DeviceError(f"unsupported --device {spec!r}; choose {_DEVICE_CHOICES}")
     return device
 
 
@@ -69,9 +70,9 @@ def precision_available(precision: str, device: torch.device) -> bool:
 
 
 def check_precision(precision: str, device: torch.device) -> None:
-    if precision not in PRECISIONS:
+    if precision not in _FIXED_PRECISIONS:
         raise DeviceError(
-            f"unknown --precision {precision!r}; choose {', '.join(PRECISIONS)}", EXIT_USAGE
+            f"unknown --precision {precision!r}; choose {', '.join(_FIXED_PRECISIONS)}", EXIT_USAGE
         )
     if precision == "fp16" and device.type == "cpu":
         raise DeviceError("--precision fp16 needs a GPU; use fp32 (or bf16) on the CPU", EXIT_USAGE)

@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 
-from charlstm.data.batches import split_ids
+from charlstm.config import TrainConfig
+from charlstm.data.split import split_ids
 from charlstm.data.tokenizer import CharTokenizer
 from charlstm.data.tokens import CorpusInfo
 from charlstm.model.language_model import LanguageModel, ModelConfig
-from charlstm.training.loop import Run, TrainConfig
+from charlstm.training.run import Run
 
 
 def tiny_run(

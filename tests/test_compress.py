@@ -20,19 +20,20 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from charlstm.cli import app
-from charlstm.compress.codec import (
+from charlstm.compress.codec import Codec
+from charlstm.compress.exact import ExactModel, QuantizeError
+from charlstm.compress.exact_ops import tables
+from charlstm.compress.format import (
     MAGIC,
     MAX_SEGMENTS,
     MAX_TOKENS_PER_WORD,
-    Codec,
     CompressError,
-    _leb128,
+    leb128,
     read_header,
     segment_count,
 )
-from charlstm.compress.exact import ExactModel, QuantizeError
-from charlstm.compress.exact_ops import tables
-from charlstm.data.tokenizer import BpeTokenizer, CharTokenizer, WordTokenizer
+from charlstm.data.hf_tokenizers import BpeTokenizer, WordTokenizer
+from charlstm.data.tokenizer import CharTokenizer
 from charlstm.formats.checkpoint import load_checkpoint, read_checkpoint
 from charlstm.model.language_model import LanguageModel, ModelConfig
 
@@ -418,7 +419,7 @@ def _craft(fingerprint: bytes, numbers: list[int], *, version: int = 2, flags: i
            table: tuple[int, ...] = (), checksum: bytes = bytes(8), payload: bytes = b"") -> bytes:
     """A header saying whatever it is told, with a valid CRC (as an attacker would write it)."""
     head = MAGIC + bytes([version, flags]) + fingerprint + checksum
-    head += b"".join(_leb128(v) for v in [*numbers, *table])
+    head += b"".join(leb128(v) for v in [*numbers, *table])
     return head + struct.pack("<I", zlib.crc32(head)) + payload  # fmt: skip
 
 

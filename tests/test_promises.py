@@ -137,7 +137,7 @@ def test_a_budget_bounds_validation_its_summary_adds_up_and_a_finished_budget_is
     --val-tokens), the summary's parts add up to its total (after --resume too), a run that
     finished its budget is refused on --resume without new limits, and info says it resumes."""
     from charlstm import api
-    from charlstm.training import loop as training
+    from charlstm.training import run as training
 
     # A validation may take only a sliver of this budget: the split must be cut.
     monkeypatch.setattr(training, "VALIDATION_SHARE", 1e-4)

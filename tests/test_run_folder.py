@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 import charlstm
 from charlstm.cli import app
 from charlstm.formats.checkpoint import load_checkpoint
-from charlstm.formats.run_folder import LOCK_FILE, RUN_FILES, RunBusy, hold_run
+from charlstm.formats.checks import resolve_checkpoint
+from charlstm.formats.run_folder import LOCK_FILE, RUN_FILES, RunBusy, RunFolder, hold_run
 from tests.conftest import PLAY
 from tests.helpers import start_training, wait_for
 
@@ -180,3 +181,17 @@ def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_p
                             "50", *wild, *SHAPE, "--quiet"])  # fmt: skip
     assert r.exit_code == 1 and "no checkpoint was made" in one_error_line(r.stderr)
     assert not (tmp_path / "checkpoints" / "x").exists()
+
+
+def test_a_run_folder_names_its_files_and_resolves_best_then_last_then_the_model_file(tmp_path):
+    run = RunFolder(tmp_path / "r")
+    assert {p.name for p in (run.best, run.last, run.model_file, run.metrics, run.tokens,
+                             run.keep, run.summary)} == set(RUN_FILES)  # fmt: skip
+    assert run.lock.name == LOCK_FILE and run.name == "r"
+    run.path.mkdir()
+    assert run.checkpoint() is None and not run.has_checkpoint()
+    for path in (run.model_file, run.last, run.best):  # each new one wins over the ones before
+        path.write_bytes(b"x")
+        assert run.checkpoint() == path == resolve_checkpoint(run.path)
+    assert run.has_checkpoint()
+    assert RunFolder.of(run.last) == run and RunFolder.of(tmp_path / "r" / "x.pt") is None

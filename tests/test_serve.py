@@ -28,14 +28,9 @@ import charlstm
 from charlstm.cli import app as cli
 from charlstm.config import SampleConfig, ServeConfig
 from charlstm.serve.batching import Done, Engine, Failed, Job, Text
-from charlstm.serve.server import (
-    MAX_BODY,
-    MAX_HEAD,
-    create_app,
-    listen,
-    load_models,
-    uvicorn_config,
-)
+from charlstm.serve.requests import MAX_BODY, MAX_HEAD
+from charlstm.serve.server import create_app, load_models
+from charlstm.serve.transport import listen, uvicorn_config
 
 from .conftest import PLAY
 

@@ -7,19 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import pre_tokenizers
 
-from charlstm.data.tokenizer import (
-    _PRE_TOKEN_RE,
+from charlstm.data.hf_tokenizers import BpeTokenizer, WordTokenizer, byte_decoder
+from charlstm.data.pieces import (
     DEFAULT_VOCAB,
+    PRE_TOKEN_RE,
     UNK_PLACEHOLDER,
-    BpeTokenizer,
-    CharTokenizer,
     TokenizerError,
-    WordTokenizer,
-    _byte_decoder,
     split_for_encoding,
-    tokenizer_from_dict,
-    train_tokenizer,
 )
+from charlstm.data.tokenizer import CharTokenizer, tokenizer_from_dict, train_tokenizer
 
 FAST = settings(max_examples=50, deadline=None)
 
@@ -141,7 +137,7 @@ def test_word_unknown_becomes_placeholder_and_nothing_else_changes(word, data):
 def test_word_python_mirror_of_the_pre_tokenizer(word, text):
     """The Python pattern that locates unknown words cuts exactly as tokenizers does."""
     rust = [t for t, _ in word.hf.pre_tokenizer.pre_tokenize_str(text)]
-    assert _PRE_TOKEN_RE.findall(text) == rust
+    assert PRE_TOKEN_RE.findall(text) == rust
     vocab = word.hf.get_vocab()
     expected = "".join(
         t if t in vocab else (" " if t[0] == " " else "") + UNK_PLACEHOLDER for t in rust
@@ -216,7 +212,7 @@ def test_bpe_vocab_size_and_min_frequency():
 
 
 def test_byte_table_is_the_byte_level_alphabet():
-    assert sorted(_byte_decoder()) == sorted(pre_tokenizers.ByteLevel.alphabet())
+    assert sorted(byte_decoder()) == sorted(pre_tokenizers.ByteLevel.alphabet())
 
 
 # --- shared -----------------------------------------------------------------------------------

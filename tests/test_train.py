@@ -3,11 +3,14 @@ import math
 import pytest
 import torch
 
+from charlstm.config import TrainConfig
 from charlstm.data.tokens import CorpusInfo
 from charlstm.device import cpu_has_bf16
 from charlstm.formats.checkpoint import load_checkpoint
 from charlstm.model.language_model import LanguageModel, ModelConfig
-from charlstm.training.loop import Run, TrainConfig, TrainingDiverged, fit, learning_rate
+from charlstm.training.loop import TrainingDiverged, fit
+from charlstm.training.run import Run
+from charlstm.training.schedule import learning_rate
 
 from .conftest import PLAY
 from .helpers import tiny_run
@@ -89,19 +92,19 @@ def test_schedule_warms_up_then_decays_to_floor():
 
 
 def test_state_resets_are_a_function_of_seed_and_step_and_split_by_rank():
-    from charlstm.training.loop import _reset_some
+    from charlstm.training.schedule import reset_some
 
     cfg = TrainConfig(seed=4, state_reset=0.25)
     h = torch.ones(2, 64, 3)
-    full = _reset_some((h, h.clone()), cfg, step=7, streams=64, rows=slice(0, 64))[0]
-    again = _reset_some((h, h.clone()), cfg, step=7, streams=64, rows=slice(0, 64))[0]
+    full = reset_some((h, h.clone()), cfg, step=7, streams=64, rows=slice(0, 64))[0]
+    again = reset_some((h, h.clone()), cfg, step=7, streams=64, rows=slice(0, 64))[0]
     assert torch.equal(full, again)
     zeroed = (full[0, :, 0] == 0).float().mean().item()
     assert 0.05 < zeroed < 0.5  # about a quarter of the streams forget
-    halves = [_reset_some((h[:, r],), cfg, step=7, streams=64, rows=r)[0]
+    halves = [reset_some((h[:, r],), cfg, step=7, streams=64, rows=r)[0]
               for r in (slice(0, 32), slice(32, 64))]  # fmt: skip
     assert torch.equal(torch.cat(halves, dim=1), full)  # two ranks reset the same streams
-    other = _reset_some((h, h.clone()), cfg, step=8, streams=64, rows=slice(0, 64))[0]
+    other = reset_some((h, h.clone()), cfg, step=8, streams=64, rows=slice(0, 64))[0]
     assert not torch.equal(other, full)
 
 
@@ -115,7 +118,7 @@ def test_sgd_optimizer_trains(tmp_path):
 
 
 def test_patience_stops_when_validation_stops_improving(tmp_path):
-    from charlstm.training.loop import stale_validations
+    from charlstm.training.validate import stale_validations
 
     assert stale_validations([]) == 0
     assert stale_validations([{"val_loss": v} for v in (3.0, 2.0, 2.5, 2.1)]) == 2

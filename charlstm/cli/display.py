@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console
 
 from charlstm.errors import CharlstmError
+from charlstm.formats.run_folder import BEST, LAST, METRICS
 
 
 def err_console(quiet: bool = False) -> Console:
@@ -209,7 +210,7 @@ def print_summary(err: Console, s: dict[str, Any]) -> None:
         ("validation curve", _val_curve(s.get("val_losses") or [])),
         ("keep-eval", _val_curve(s.get("keep_losses") or [])),
         ("fine-tuned from", s.get("fine_tuned_from") or ""),
-        ("checkpoints", f"{run_dir}/best.pt, last.pt, metrics.jsonl"),
+        ("checkpoints", f"{run_dir}/{BEST}, {LAST}, {METRICS}"),
         ("sample", f"charlstm sample -m {run_dir}"),
     ]  # fmt: skip
     for k, v in rows:

@@ -12,7 +12,17 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from charlstm.config import CELLS, DECODE_ERRORS, OPTIMIZERS, PRECISIONS, SOFTMAXES, TOKENIZERS
+from charlstm.config import (
+    CELLS,
+    DECODE_ERRORS,
+    DEVICES,
+    ENGINES,
+    EVAL_PRECISIONS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SOFTMAXES,
+    TOKENIZERS,
+)
 from charlstm.options import TrainOptions, help_text
 
 # Choices, shown in --help and offered by shell completion.
@@ -21,12 +31,11 @@ Tokenizer = Literal[TOKENIZERS]
 Optimizer = Literal[OPTIMIZERS]
 Softmax = Literal[SOFTMAXES]
 Precision = Literal[PRECISIONS]
-EvalPrecision = Literal["fp32", "bf16"]
+EvalPrecision = Literal[EVAL_PRECISIONS]
 Errors = Literal[DECODE_ERRORS]
-Engine = Literal["auto", "numpy", "torch"]
+Engine = Literal[ENGINES]
 OnUnknown = Literal["error", "skip"]
 VisualFormat = Literal["ansi", "tsv", "json"]  # visualize.FORMATS
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def _flag(*names: str, help: str) -> Any:

@@ -25,8 +25,8 @@ from charlstm.compress.exact_ops import (
     A_BITS,
     C_LIMIT,
     CODER_BITS,
-    ENGINES,
     ESCAPE_WEIGHT,
+    EXACT_ENGINES,
     EXP_ARG_RANGE,
     EXP_BITS,
     EXP_RANGE,
@@ -48,7 +48,7 @@ from charlstm.compress.exact_ops import (
     tables,
 )
 
-__all__ = ["ENGINES", "ExactModel", "ExactRun", "QuantizeError"]
+__all__ = ["EXACT_ENGINES", "ExactModel", "ExactRun", "QuantizeError"]
 
 _EXACT_LIMIT = 1 << 52  # float64 integers are exact below 2^53; keep a bit in hand
 _WEIGHT_LIMIT = 1 << 40  # |w_q| below this keeps int64 column sums of any real layer exact

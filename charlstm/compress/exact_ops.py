@@ -212,7 +212,7 @@ class TorchOps:
         return a.sum(dim=1, keepdim=True)
 
 
-ENGINES = ("torch", "numpy")
+EXACT_ENGINES = ("torch", "numpy")
 
 
 def engine_ops(engine: str, device: str = "cpu") -> NumpyOps | TorchOps:
@@ -222,7 +222,7 @@ def engine_ops(engine: str, device: str = "cpu") -> NumpyOps | TorchOps:
         return NumpyOps()
     if engine == "torch":
         return TorchOps(device)
-    raise QuantizeError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    raise QuantizeError(f"unknown engine {engine!r}; choose one of {', '.join(EXACT_ENGINES)}")
 
 
 # ----------------------------------------------------------------------------------- values

@@ -1,5 +1,5 @@
-"""Token ids → batches: a contiguous train/validation split, and B parallel streams cut into
-T-step windows for truncated back-propagation through time.
+"""Token ids → batches: B parallel streams cut into T-step windows for truncated back-
+propagation through time (the train/validation split before it: split.py).
 
 Training layout (B streams, each L tokens long, read left to right one window at a time):
 
@@ -22,12 +22,6 @@ from charlstm.errors import CharlstmError
 
 class DataError(CharlstmError):
     """The corpus does not fit the requested layout; the message is one line for the user."""
-
-
-def split_ids(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Contiguous split with the validation part at the end (as nanoGPT splits tiny-shakespeare)."""
-    n_train = int(len(ids) * (1.0 - val_fraction)) if val_fraction > 0 else len(ids)
-    return ids[:n_train], ids[n_train:]
 
 
 @dataclass(frozen=True)

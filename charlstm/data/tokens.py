@@ -29,12 +29,11 @@ import numpy as np
 from charlstm import files
 from charlstm.data.batches import DataError
 from charlstm.data.corpus import CorpusError
+from charlstm.data.pieces import code_points, safe_cut, split_for_encoding
+from charlstm.data.split import train_length
 from charlstm.data.tokenizer import (
     AnyTokenizer,
     CharTokenizer,
-    code_points,
-    safe_cut,
-    split_for_encoding,
     tokenizer_from_dict,
     train_tokenizer,
 )
@@ -97,7 +96,7 @@ def _split_pieces(
     if val_fraction == 0:
         yield from ((0, p) for p in pieces)
         return
-    cut = int(n_chars * (1.0 - val_fraction))
+    cut = train_length(n_chars, val_fraction)
     pos = 0
     state, held = "head", ""  # head → (search: holding the text from the cut on) → tail
     for piece in pieces:
@@ -158,7 +157,7 @@ def _survey(pieces: Iterable[str]) -> tuple[str, int]:
     return h.hex(), n
 
 
-def fingerprint_of(pieces: Iterable[str]) -> str:
+def corpus_fingerprint(pieces: Iterable[str]) -> str:
     """The corpus fingerprint (as `Corpus.fingerprint`) of text that comes in pieces."""
     return _survey(pieces)[0]
 
@@ -247,7 +246,7 @@ def _tokenize_chars(
         sink.abandon()
         raise
     fraction = float(settings["val_fraction"])
-    n_train = int(n * (1.0 - fraction)) if fraction > 0 else n  # the cut _split_pieces makes
+    n_train = train_length(n, fraction)  # the cut _split_pieces makes
     tokenizer = CharTokenizer("".join(numbering.chars))
     val_chars = spelled_chars(tokenizer, ids[n_train:])
     result = TokenizedCorpus(tokenizer, ids, n_train, val_chars, False, fingerprint, n, path)

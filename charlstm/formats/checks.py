@@ -17,12 +17,11 @@ from charlstm.cells.base import gate_count, layer_shapes
 from charlstm.config import CHECKPOINTS, ModelConfig
 from charlstm.data.tokenizer import AnyTokenizer, tokenizer_from_dict
 from charlstm.errors import CharlstmError
+from charlstm.formats.run_folder import BEST, MODEL_FILE, RunFolder
 
 # Bias vectors per layer that the step layout sums into its b: torch's own LSTM and RNN keep an
 # input and a hidden bias (training updates both); the GRU's two are stored apart (b, b_h).
 SUMMED_BIASES = {"lstm": 1, "rnn": 1}
-# The model file written beside best.pt (portable.py); a run folder with nothing else still loads.
-PORTABLE_NAME = "model.safetensors"
 
 
 class CheckpointError(CharlstmError):
@@ -46,7 +45,7 @@ def resolve_checkpoint(model: Path | None, root: Path = CHECKPOINTS) -> Path:
     """A checkpoint file, a run folder (its best.pt, else last.pt, else model.safetensors), or,
     with none given, the most recently written best.pt under `root`."""
     if model is None:
-        found = sorted(root.glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
+        found = sorted(root.glob(f"*/{BEST}"), key=lambda p: p.stat().st_mtime)
         if not found:
             raise CheckpointError(
                 f"no trained model under '{root}/'; train one with `charlstm train CORPUS` "
@@ -54,18 +53,19 @@ def resolve_checkpoint(model: Path | None, root: Path = CHECKPOINTS) -> Path:
             )
         return found[-1]
     if model.is_dir():
-        for name in ("best.pt", "last.pt", PORTABLE_NAME):
-            if (model / name).is_file():
-                return model / name
-        runs = sorted(p.name for p in model.iterdir() if p.is_dir() and (
-            (p / "best.pt").is_file() or (p / "last.pt").is_file()))  # fmt: skip
+        found_file = RunFolder(model).checkpoint()
+        if found_file is not None:
+            return found_file
+        runs = sorted(
+            p.name for p in model.iterdir() if p.is_dir() and RunFolder(p).has_checkpoint()
+        )
         if runs:
             shown = ", ".join(runs[:12]) + (f" and {len(runs) - 12} more" if len(runs) > 12 else "")
             raise CheckpointError(
                 f"'{model}' is a folder of runs, not one: pick one with -m {model}/NAME "
                 f"({shown}; `charlstm runs` lists them)"
             )
-        raise CheckpointError(f"'{model}' holds no best.pt, last.pt or {PORTABLE_NAME}")
+        raise CheckpointError(f"'{model}' holds no best.pt, last.pt or {MODEL_FILE}")
     if not model.exists():
         raise CheckpointError(f"no checkpoint at '{model}'")
     return model

@@ -53,7 +53,6 @@ from charlstm.data.tokenizer import AnyTokenizer
 from charlstm.errors import CharlstmError
 from charlstm.files import FileWriteError, Fingerprinter, fingerprint, write_atomic
 from charlstm.formats.checks import (
-    PORTABLE_NAME,
     CheckpointError,
     Invalid,
     check_tokenizer,
@@ -63,6 +62,7 @@ from charlstm.formats.checks import (
     require,
     typed,
 )
+from charlstm.formats.run_folder import BEST, MODEL_FILE
 
 FORMAT = "charlstm-step"
 FORMAT_VERSION = 1
@@ -97,8 +97,8 @@ def no_portable_form(cfg: ModelConfig) -> str | None:
 def portable_path(checkpoint: Path) -> Path:
     """Where the model file of a checkpoint goes: model.safetensors beside best.pt, X.safetensors
     beside any other X.pt."""
-    if checkpoint.name == "best.pt":
-        return checkpoint.with_name(PORTABLE_NAME)
+    if checkpoint.name == BEST:
+        return checkpoint.with_name(MODEL_FILE)
     return checkpoint.with_suffix(".safetensors")
 
 

@@ -22,13 +22,75 @@ from typing import Any
 from charlstm import files, safejson
 from charlstm.errors import CharlstmError, UsageError
 
-# What a run folder holds (training writes these; --overwrite deletes them).
-RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "tokens.npy", "keep.npy", "run.json",
-             "model.safetensors")  # fmt: skip
-RESUME_READS = ("last.pt", "tokens.npy", "keep.npy")  # what resuming reads from the folder
-# `charlstm export` writes model.safetensors too, maybe now: its temporary file may be live.
-ONLY_TRAINING_WRITES = tuple(name for name in RUN_FILES if name != "model.safetensors")
+# The names of a run folder's files: spelled here only (RunFolder's properties use them).
+BEST, LAST, MODEL_FILE = "best.pt", "last.pt", "model.safetensors"
+METRICS, TOKENS, KEEP, SUMMARY = "metrics.jsonl", "tokens.npy", "keep.npy", "run.json"
 LOCK_FILE = ".lock"  # held by the one process training the run (files.try_lock)
+# What a run folder holds (training writes these; --overwrite deletes them).
+RUN_FILES = (BEST, LAST, METRICS, TOKENS, KEEP, SUMMARY, MODEL_FILE)
+RESUME_READS = (LAST, TOKENS, KEEP)  # what resuming reads from the folder
+# `charlstm export` writes model.safetensors too, maybe now: its temporary file may be live.
+ONLY_TRAINING_WRITES = tuple(name for name in RUN_FILES if name != MODEL_FILE)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One run's folder and the paths of its files; `checkpoint()` is the model a reader
+    takes from it (best.pt, else last.pt, else model.safetensors)."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST
+
+    @property
+    def last(self) -> Path:
+        return self.path / LAST
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def tokens(self) -> Path:
+        return self.path / TOKENS
+
+    @property
+    def keep(self) -> Path:
+        return self.path / KEEP
+
+    @property
+    def summary(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def lock(self) -> Path:
+        return self.path / LOCK_FILE
+
+    def checkpoint(self) -> Path | None:
+        """The model file a reader takes: best.pt, else last.pt, else model.safetensors."""
+        for path in (self.best, self.last, self.model_file):
+            if path.is_file():
+                return path
+        return None
+
+    def has_checkpoint(self) -> bool:
+        """Whether training left a checkpoint here (best.pt or last.pt): a run."""
+        return self.best.is_file() or self.last.is_file()
+
+    @classmethod
+    def of(cls, file: Path) -> RunFolder | None:
+        """The run folder a checkpoint file is one of (None: a file of another name)."""
+        return cls(file.parent) if file.name in (BEST, LAST) else None
 
 
 class RunsError(CharlstmError):
@@ -51,7 +113,7 @@ class HeldRun:
         it wrote with it, and the folder if it made it: a folder without last.pt could not be
         resumed, and would only stand in the way of the next run of the name."""
         try:
-            if failed and self.new and not _is_run(self.path):
+            if failed and self.new and not RunFolder(self.path).has_checkpoint():
                 for name in RUN_FILES:
                     (self.path / name).unlink(missing_ok=True)
                 files.remove_temporaries(self.path, RUN_FILES)
@@ -59,7 +121,7 @@ class HeldRun:
             pass  # what cannot be deleted stays; the next run of the name replaces it
         finally:
             self.lock.release()
-        if failed and self.made and not _is_run(self.path):
+        if failed and self.made and not RunFolder(self.path).has_checkpoint():
             try:
                 self.path.rmdir()  # only if empty: anything else in it is not ours
             except OSError:
@@ -73,7 +135,7 @@ def hold_run(folder: Path, *, new: bool, overwrite: bool = False) -> HeldRun:
     could lead its reads anywhere. Temporary files that killed writers left are deleted.
     Every write into the folder replaces the name it writes (files.py): links are never
     written through."""
-    if not new and not (folder / "last.pt").is_file():
+    if not new and not RunFolder(folder).last.is_file():
         raise RunsError(f"cannot resume: no last.pt in '{folder}'")
     made = new and not folder.is_dir()
     lock = None
@@ -81,7 +143,7 @@ def hold_run(folder: Path, *, new: bool, overwrite: bool = False) -> HeldRun:
         try:
             if new:
                 folder.mkdir(parents=True, exist_ok=True)
-            lock = files.try_lock(folder / LOCK_FILE)
+            lock = files.try_lock(RunFolder(folder).lock)
             break
         except FileNotFoundError:
             continue
@@ -93,7 +155,7 @@ def hold_run(folder: Path, *, new: bool, overwrite: bool = False) -> HeldRun:
         what = "choose another --name, or wait for it to end" if new else "wait for it to end"
         raise RunBusy(f"another process is training '{folder}' now; {what}")
     try:
-        if new and _is_run(folder):
+        if new and RunFolder(folder).has_checkpoint():
             if not overwrite:
                 raise RunsError(
                     f"'{folder}' already holds a run; continue it with --resume {folder}, "
@@ -141,13 +203,9 @@ def list_runs(root: Path) -> list[RunRecord]:
     """The runs under `root` (folders holding best.pt or last.pt), newest first."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and _is_run(p)]
+    found = [p for p in root.iterdir() if p.is_dir() and RunFolder(p).has_checkpoint()]
     records = [_record(p) for p in found]
     return sorted(records, key=lambda r: -r.modified)
-
-
-def _is_run(folder: Path) -> bool:
-    return (folder / "best.pt").is_file() or (folder / "last.pt").is_file()
 
 
 # run.json's fields `charlstm runs` shows, with the types training writes (None: absent).
@@ -158,7 +216,7 @@ _LOSSES = ("best_val_loss", "best_val_bpc")
 def _read_run_json(folder: Path) -> dict[str, Any]:
     """The fields of a run's run.json that listing uses, checked; {} when there is none.
     ValueError (one line) when it is there but damaged."""
-    path = folder / "run.json"
+    path = RunFolder(folder).summary
     try:
         if path.stat().st_size > 1 << 20:  # training writes a few KB
             raise ValueError("run.json is over 1 MB")
@@ -167,7 +225,7 @@ def _read_run_json(folder: Path) -> dict[str, Any]:
         return {}  # a run from before run.json: what the files say
     except (OSError, UnicodeError) as e:
         raise ValueError(f"run.json cannot be read ({e})") from None
-    info = safejson.loads(text, "run.json", strict=False)
+    info = safejson.loads(text, SUMMARY, strict=False)
     if not isinstance(info, dict):
         raise ValueError("run.json is no JSON object")
     for key in _COUNTS:
@@ -233,7 +291,7 @@ def _record(folder: Path) -> RunRecord:
         finished=info.get("finished"),
         modified=max((m for m, _ in sizes.values()), default=0.0),
         bytes=sum(n for _, n in sizes.values()),
-        last_bytes=sum(n for name, (_, n) in sizes.items() if name in ("last.pt", "tokens.npy")),
+        last_bytes=sum(n for name, (_, n) in sizes.items() if name in (LAST, TOKENS)),
         damaged=damaged,
     )
 
@@ -242,7 +300,7 @@ def _run_folder(root: Path, name: str) -> Path:
     if not name or name.strip(". ") == "" or any(sep in name for sep in "/\\"):
         raise UsageError(f"{name!r} is not a run name: give the folder's name under '{root}'")
     folder = root / name
-    if not folder.is_dir() or not _is_run(folder):
+    if not folder.is_dir() or not RunFolder(folder).has_checkpoint():
         known = ", ".join(r.name for r in list_runs(root)[:10]) or "none"
         raise RunsError(f"no run {name!r} under '{root}' (runs: {known})")
     return folder
@@ -251,7 +309,7 @@ def _run_folder(root: Path, name: str) -> Path:
 def _not_training(folder: Path) -> files.Lock:
     """The run's lock, for changing it: refused while a process trains it."""
     try:
-        lock = files.try_lock(folder / LOCK_FILE)
+        lock = files.try_lock(RunFolder(folder).lock)
     except OSError as e:
         raise RunsError(f"could not change '{folder}': {e.strerror or e}") from None
     if lock is None:
@@ -287,13 +345,12 @@ def slim_run(root: Path, name: str) -> int:
     """Keep a run's best.pt (all that sampling and evaluating need) and delete last.pt and
     tokens.npy (all that only resuming needs); returns the bytes freed."""
     folder = _run_folder(root, name)
-    if not (folder / "best.pt").is_file():
+    if not RunFolder(folder).best.is_file():
         raise RunsError(f"'{folder}' has no best.pt to keep; delete the run instead")
     lock = _not_training(folder)
     freed = 0
     try:
-        for part in ("last.pt", "tokens.npy"):
-            path = folder / part
+        for path in (RunFolder(folder).last, RunFolder(folder).tokens):
             if path.is_file():
                 freed += path.stat().st_size
                 path.unlink()

@@ -1,1 +1,7 @@
-"""`charlstm serve`: an OpenAI-style HTTP API over continuous batching."""
+"""`charlstm serve`: an OpenAI-style HTTP API over continuous batching.
+
+How this folder works, outside in: transport.py (the socket, uvicorn with time and size
+limits, stopping on signals) → guard.py (Host, Origin, API key; the access log) → server.py
+(the app: routes, replies, streams) → batching.py (the engine: jobs as rows of one step).
+requests.py declares what a request may say and how a refusal looks (ApiError).
+"""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,12 @@ import torch
 
 from charlstm import files
 from charlstm.config import CORPORA, DEFAULT_BUDGET, ModelConfig, TrainConfig, adaptive_cutoffs
-from charlstm.data.batches import DataError, fit_layout, split_ids
+from charlstm.data.batches import DataError
 from charlstm.data.corpus import CorpusStream
 from charlstm.data.tokenizer import AnyTokenizer
 from charlstm.data.tokens import (
     CorpusInfo,
     TokenizedCorpus,
-    fingerprint_of,
     spelled_chars,
     tokenize_corpus,
 )
@@ -42,21 +41,22 @@ from charlstm.device import (
     resolve_precision,
     set_threads,
 )
-from charlstm.errors import CharlstmError, UsageError
+from charlstm.errors import CharlstmError
 from charlstm.formats.checkpoint import (
     Checkpoint,
-    CheckpointError,
     check_size,
     read_checkpoint,
     resolve_checkpoint,
     weights_fingerprint,
 )
-from charlstm.formats.run_folder import HeldRun, hold_run
+from charlstm.formats.run_folder import HeldRun, RunFolder, hold_run
 from charlstm.model.language_model import LanguageModel, with_vocabulary
-from charlstm.options import CHANGEABLE_ON_RESUME, FINE_TUNE_BUDGET, TrainOptions, apply_preset
+from charlstm.options import FINE_TUNE_BUDGET, TrainOptions, apply_preset
 from charlstm.training import distributed, sizing
 from charlstm.training.distributed import World
-from charlstm.training.loop import KeepEval, Position, Report, Run, fit, progress_of
+from charlstm.training.loop import fit
+from charlstm.training.resume import resume_run
+from charlstm.training.run import KeepEval, Prepared, Report, Run
 
 
 def _ignore(event: str, data: dict[str, Any]) -> None:
@@ -65,15 +65,6 @@ def _ignore(event: str, data: dict[str, Any]) -> None:
 
 def _never() -> bool:
     return False
-
-
-@dataclass
-class Prepared:
-    """A run ready to train, the training state to resume from, and how it was made."""
-
-    run: Run
-    resume_state: dict[str, Any] | None = None
-    info: dict[str, Any] = field(default_factory=dict)  # goes into the summary
 
 
 def train(
@@ -200,9 +191,10 @@ def new_run(
     keep = keep_texts(opts, tokenized.tokenizer, report)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        keep_tokens(tokenized.ids, tokenized.path, run_dir / "tokens.npy")  # resume needs no corpus
+        folder = RunFolder(run_dir)
+        keep_tokens(tokenized.ids, tokenized.path, folder.tokens)  # resume needs no corpus
         if keep is not None:
-            files.write_atomic(run_dir / "keep.npy", lambda f: np.save(f, keep.ids))
+            files.write_atomic(folder.keep, lambda f: np.save(f, keep.ids))
     run = Run(
         model=model, model_cfg=model_cfg, train_cfg=train_cfg,
         tokenizer=tokenized.tokenizer.to_dict(), train_ids=train_ids, val_ids=val_ids,
@@ -406,117 +398,6 @@ def size_to_budget(
         "to its flag (--hidden, --layers, --lr, --dropout, --weight-decay, --batch-size, "
         "--window).")})  # fmt: skip
     return model_cfg, train_cfg, chosen
-
-
-def resume_run(options: TrainOptions, report: Report) -> Prepared:
-    """The run in options.resume as its last.pt left it, with its own token ids (tokens.npy);
-    a corpus given is only checked against the run's. What may change mid-run (learning rate
-    and schedule, clipping, weight decay, validation cadence, patience, state resets) is taken
-    from the options, and limits given mean "this much more"."""
-    assert options.resume is not None
-    run_dir = Path(options.resume)
-    if not (run_dir / "last.pt").is_file():
-        raise CheckpointError(f"cannot resume: no last.pt in '{run_dir}'")
-    checked = read_checkpoint(run_dir / "last.pt", resume=True)
-    ckpt = checked.data
-    tokens = run_dir / "tokens.npy"
-    if not tokens.is_file():
-        raise CheckpointError(f"cannot resume: '{tokens}' (the run's token ids) is missing")
-    ids = np.load(tokens, mmap_mode="r")
-    corpus = CorpusInfo.from_dict(ckpt["corpus"])
-    if options.corpus:
-        stream = CorpusStream(options.corpus, cache_dir=CORPORA, encoding=options.encoding,
-                              errors=options.errors)  # fmt: skip
-        report("stage", {"message": "checking the corpus…"})
-        if fingerprint_of(stream) != corpus.fingerprint:
-            raise CheckpointError(
-                "cannot resume: the corpus given differs from the one this run was trained on"
-            )
-    # Runs saved before --val-tokens validated on the whole split.
-    saved = TrainConfig(**{"val_tokens": 0, **ckpt["train_config"]})
-    if corpus.n_train is not None:  # where the text was cut before tokenizing
-        train_ids, val_ids = ids[: corpus.n_train], ids[corpus.n_train :]
-        if saved.val_tokens:  # the part the run validated on; its val_chars are saved
-            val_ids = val_ids[: saved.val_tokens]
-    else:
-        train_ids, val_ids = split_ids(np.asarray(ids), saved.val_fraction)
-    pos = Position(**ckpt["resume"]["position"])
-    train_cfg = resumed_config(saved, options, pos, len(train_ids), report)
-    model = checked.model()
-    run = Run(
-        model=model, model_cfg=model.cfg, train_cfg=train_cfg, tokenizer=ckpt["tokenizer"],
-        train_ids=train_ids, val_ids=val_ids, corpus=corpus, run_dir=run_dir,
-        metrics=list(ckpt.get("metrics") or []), curve=list(ckpt.get("train_curve") or []),
-        parent=ckpt.get("parent"), keep=_resumed_keep(run_dir, ckpt.get("keep_eval")),
-    )  # fmt: skip
-    return Prepared(run, ckpt["resume"], {})
-
-
-def _resumed_keep(run_dir: Path, saved: dict[str, Any] | None) -> KeepEval | None:
-    """A run's --keep-eval text, from its keep.npy."""
-    if not saved:
-        return None
-    try:
-        ids = np.load(run_dir / "keep.npy")
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot resume: the run's keep.npy cannot be read ({e})") from None
-    if len(ids) != saved["tokens"]:
-        raise CheckpointError("cannot resume: the run's keep.npy does not match its last.pt")
-    return KeepEval(ids=ids, chars=saved["chars"], sources=list(saved["sources"]))
-
-
-def resumed_config(
-    saved: TrainConfig, options: TrainOptions, pos: Position, train_tokens: int, report: Report
-) -> TrainConfig:
-    """The run's settings with the options a resume may change. Limits given are counted from
-    where the run stands (`--steps 500`: 500 more steps), and replace the old ones; the
-    learning-rate schedule then stretches over the new length. A run that has reached its
-    limits is refused unless new ones are given: resuming must never silently do nothing."""
-    given = options.train_fields()
-    changes = {k: v for k, v in given.items() if k in CHANGEABLE_ON_RESUME}
-    said = [f"--{k.replace('_steps', '').replace('_', '-')} {v:g} (was {getattr(saved, k):g})"
-            for k, v in changes.items() if v != getattr(saved, k)]  # fmt: skip
-    layout, _ = fit_layout(train_tokens, saved.batch_size, saved.window)
-    if pos.window >= layout.windows_per_epoch:
-        raise CheckpointError("cannot resume: its data position is past the end of an epoch")
-    epoch = pos.epoch + pos.window / layout.windows_per_epoch
-    if options.given("budget", "steps", "epochs"):
-        changes["budget"] = None if options.budget is None else pos.elapsed + float(options.budget)
-        changes["steps"] = None if options.steps is None else pos.step + options.steps
-        changes["epochs"] = None if options.epochs is None else epoch + options.epochs
-        more = []
-        if options.steps:
-            more.append(f"{options.steps:,} more steps (to step {pos.step + options.steps:,})")
-        if options.budget:
-            more.append(f"{_duration(float(options.budget))} more")
-        if options.epochs:
-            more.append(f"{options.epochs:g} more epochs")
-        said.append("training " + " or ".join(more))
-    train_cfg = replace(saved, **changes)
-    # As the loop tests it: a budget run ends when only its final validation's time is left.
-    if progress_of(train_cfg, pos, layout, reserve=pos.reserve) >= 1.0:
-        raise UsageError(
-            f"the run has reached its limit ({_where(pos, saved)}); to train more, give "
-            "--steps N, --budget TIME or --epochs N: that much more"
-        )
-    if said:
-        report("message", {"text": f"resuming at step {pos.step:,}: " + "; ".join(said)})
-    return train_cfg
-
-
-def _where(pos: Position, cfg: TrainConfig) -> str:
-    parts = []
-    if cfg.steps:
-        parts.append(f"step {pos.step:,} of {cfg.steps:,}")
-    if cfg.budget:
-        parts.append(f"{pos.elapsed:.0f}s of a {cfg.budget:.0f}s budget")
-    if cfg.epochs:
-        parts.append(f"{cfg.epochs:g} epochs")
-    return ", ".join(parts) or f"step {pos.step:,}"
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g}s"
 
 
 def default_run_name(corpus: list[str]) -> str:

@@ -216,7 +216,7 @@ def measure_rate(
     Give the first size measured in a process a quarter second of warm-up: a process's first
     steps run at a third to a half of its steady speed (thread pools spinning up), which made
     two warm-up steps measure 2×256 at 44k tok/s where it then trained at 83k."""
-    from charlstm.training.loop import apply_step, make_optimizer, train_step
+    from charlstm.training.schedule import apply_step, make_optimizer, train_step
 
     cfg = sized(model_cfg, rung)
     b, t = train_cfg.batch_size, train_cfg.window
