@@ -23,6 +23,8 @@ Facts a cell file declares (defaults in DEFAULTS):
                                `params(**options) -> dict` instead: the Mogrifier's rounds)
     SHOWN: tuple[str, ...]     the activations `visualize` can show (ops.show names)
     INPUT_GATED: bool          step gets x, not zx (see above)
+    H_BOUND: int               the largest |h| the cell makes (1 for tanh and σ outputs); the
+                               integer-exact engine clips h there
     PARALLEL: bool             h_t = a_t ⊙ h_{t−1} + b_t with a_t, b_t > 0 from x_t alone:
                                training scans a window at once (model/scan.py) from the cell's
                                `log_terms(zx) -> (log a, log b)`, zx (B, T, G·H) a torch tensor
@@ -42,7 +44,7 @@ from typing import Any, Protocol
 Array = Any  # an engine's array: torch.Tensor, numpy.ndarray, a traced symbol, ...
 Operand = Any  # an Array or a Python float
 
-DEFAULTS: dict[str, object] = {"SHOWN": (), "INPUT_GATED": False, "PARALLEL": False}
+DEFAULTS: dict[str, object] = {"SHOWN": (), "INPUT_GATED": False, "H_BOUND": 1, "PARALLEL": False}
 
 
 class Ops(Protocol):

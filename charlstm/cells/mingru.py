@@ -16,6 +16,9 @@ BLOCKS = "za"
 PARAMS = {"w_x": "in", "b": "bias"}
 SHOWN = ("update",)
 PARALLEL = True  # trained by model/scan.py from `log_terms`
+# g(a) = a + ½ has no ceiling: h is a convex mix of g values, far below this in a trained
+# model; the integer-exact engine (compress) clips |h| here.
+H_BOUND = 64
 
 
 def step(ops, p, zx, state):

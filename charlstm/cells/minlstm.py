@@ -16,6 +16,9 @@ BLOCKS = "fia"
 PARAMS = {"w_x": "in", "b": "bias"}
 SHOWN = ("forget", "input")
 PARALLEL = True
+# g(a) = a + ½ has no ceiling: h is a convex mix of g values, far below this in a trained
+# model; the integer-exact engine (compress) clips |h| here.
+H_BOUND = 64
 
 
 def step(ops, p, zx, state):

@@ -125,7 +125,7 @@ class ExactModel:
     def from_model(cls, model: Any, start_token: int) -> ExactModel:
         """Quantise a LanguageModel of any cell with a full softmax; QuantizeError if not."""
         from charlstm.cells import CELLS
-        from charlstm.cells.base import bind, params
+        from charlstm.cells.base import bind, fact, params
         from charlstm.export.trace import trace
         from charlstm.model.weights import FUSED_BLOCKS, _blocks, step_weights
 
@@ -151,11 +151,11 @@ class ExactModel:
             layers.append(layer)
         embed = _quantise(f64(sw.embed), A_BITS)
         table0 = None
-        # The largest |x| a matmul reads: |h| ≤ 1 in every cell, and each Mogrifier round
-        # multiplies x (or h) by 2σ < 2; clipped there, never reached.
+        # The largest |x| a matmul reads: |h| ≤ the cell's H_BOUND (1 for all but the min
+        # cells), and each Mogrifier round multiplies x (or h) by 2σ < 2; clipped there.
         rounds = max(sum(r == "q" for r in roles.values()), sum(r == "r" for r in roles.values()))
         gated = int(np.abs(embed).max(initial=0)) if plan.inputs[0] == "x" else 0
-        x_limit = max(1 << A_BITS, gated) << rounds
+        x_limit = max(fact(cell, "H_BOUND") << A_BITS, gated) << rounds
         for k, layer in enumerate(layers):
             for name in plan.params + (() if plan.inputs[0] == "x" else ("w_x",)):
                 if roles[name] in ("in", "hidden", "q", "r") and not (k == 0 and name == "w_x"):
