@@ -1,1 +1,13 @@
-"""Generating text: the torch and numpy engines, the choice rule, the sampling loop."""
+"""Generating text: the one loop, the choice rule, stop texts, the torch and numpy engines.
+
+How this folder works:
+- loop.py is the generation loop, once (prime → choose → text → stop → step) for every door:
+  `charlstm sample` and chat, the Python API, the server's batched rows. options.py checks
+  the sampling options once (each door passes its own caps and option names); stops.py
+  matches stop texts; choose.py is the next-token rule (temperature, top-k/p, one draw from
+  the seed's stream, the UTF-8 mask of byte-level vocabularies).
+- An engine is a Stepper (loop.py): torch_engine.py and numpy_engine.py compute a layer's
+  input and run the cell's traced step laid out on buffers allocated once (plan.py,
+  numpy_ops.py); neither names a cell.
+- Same seed, prime and options: the same text from every door (tests/test_generation.py).
+"""
