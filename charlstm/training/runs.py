@@ -359,6 +359,10 @@ def size_to_budget(
     """Choose the size, learning rate, dropout, weight decay, batch and window for the budget
     (sizing.py), keeping what the user gave; the time spent measuring comes out of the budget.
     Returns the new configs and one line saying what was chosen."""
+    # An optimizer's first use imports torch._dynamo (1-8 s, a process's cost, not measuring's):
+    # imported before sizing's clock starts, or the first measurement would spend its share on it.
+    import torch._dynamo  # noqa: F401
+
     t0 = time.perf_counter()
     rungs, small = sizing.LADDER, sizing.SMALL_LADDER
     if opts.hidden is not None or opts.layers is not None:
