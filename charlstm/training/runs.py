@@ -372,10 +372,7 @@ def size_to_budget(
     report("stage", {"message": "measuring this machine's speed to size the model to the budget…"})
     assert train_cfg.budget is not None
     until = t0 + sizing.SIZING_SHARE * train_cfg.budget  # every measurement stops by this clock
-
-    def out_of_time() -> bool:
-        return time.perf_counter() >= until
-
+    out_of_time = sizing.past(until)
     choice = sizing.choose(
         train_cfg.budget, train_tokens,
         rate=lambda r: sizing.measure_rate(

@@ -294,6 +294,11 @@ def measure_rate(
     return b * t / statistics.median(times)
 
 
+def past(until: float) -> Callable[[], bool]:
+    """A check that the time.perf_counter() clock has reached `until`."""
+    return lambda: time.perf_counter() >= until
+
+
 def timed_steps(
     step: Callable[[], float], steps: int, warmup_seconds: float, until: float | None
 ) -> list[float]:
@@ -302,9 +307,7 @@ def timed_steps(
     is in (a step cannot be cut). Where it ends the warm-up, the last warm-up step is returned:
     a slow guess, which is what a machine too slow to measure in time deserves."""
 
-    def late() -> bool:
-        return until is not None and time.perf_counter() >= until
-
+    late = past(until if until is not None else float("inf"))
     warm_from, warm = time.perf_counter(), 0.0
     for n in itertools.count(1):
         warm = step()
