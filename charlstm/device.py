@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
+import time
 from collections.abc import Iterator
 
 import torch
@@ -101,18 +103,64 @@ def usable_cores() -> int:
 
 
 def set_threads(threads: int, streams: int | None = None) -> int:
-    """CPU threads for torch: the number given, or for 0 all cores (shared among the processes
-    torchrun started on this machine), except for the work of one stream (a sample, a
-    per-line pass, a trace): each of its steps is a matrix-vector product that a second core
-    barely speeds up, and that slows down many times over when another process holds that
-    core (BENCHMARKS.md, "Threads"). Returns the number set."""
+    """CPU threads for torch: the number given, or for 0 the cores (shared among the processes
+    torchrun started on this machine) that a short probe finds pay (`threads_that_pay`), except
+    for the work of one stream (a sample, a per-line pass, a trace): each of its steps is a
+    matrix-vector product that a second core barely speeds up, and that slows down many times
+    over when another process holds that core (BENCHMARKS.md, "Threads"). Returns the number set."""
     from charlstm.training.distributed import local_size
 
     if threads <= 0:
         cores = max(1, usable_cores() // local_size())
-        threads = 1 if streams == 1 else cores
+        threads = 1 if streams == 1 else threads_that_pay(cores)
     torch.set_num_threads(threads)
     return threads
+
+
+# The probe: matrix products of a training step's shape (a batch of 64 rows through a 512-wide
+# layer's four gates), 3 a round, rounds until PROBE_SECONDS have passed (at least one).
+PROBE_SHAPE = (64, 512, 2048)
+PROBE_SECONDS = 0.2
+# Fewer threads are taken only where they are this much faster: on an idle machine the counts
+# tie on small products, and all cores then stay the default.
+PROBE_MARGIN = 0.9
+
+
+def threads_that_pay(cores: int) -> int:
+    """The thread count, of all `cores`, one fewer, or one, that runs matrix products fastest
+    here now (a probe of about 0.2 s; more threads unless fewer are clearly faster).
+
+    Why measure: torch's threads meet at a barrier after every operation, so a core that
+    another process holds stalls all of them. With one of two cores kept busy (2026-12-01, a
+    shell loop), training 2×256 (32 × 64, bf16) ran at 259-303 tok/s on 2 threads against
+    3,800-6,700 on 1, and a 20 s budget spent 54 s measuring sizes; the machine's load average
+    cannot tell that apart from work that leaves a core free, the probe does."""
+    if cores <= 1:
+        return max(1, cores)
+    counts = sorted({cores, cores - 1, 1}, reverse=True)
+    m, k, n = PROBE_SHAPE
+    a, w = torch.ones(m, k), torch.full((k, n), 1e-3)  # no random draw: seeds stay untouched
+    before = torch.get_num_threads()
+    times: dict[int, list[float]] = {c: [] for c in counts}
+    try:
+        for c in counts:  # warm each pool once
+            torch.set_num_threads(c)
+            torch.mm(a, w)
+        start = time.perf_counter()
+        while not times[1] or (len(times[1]) < 5 and time.perf_counter() - start < PROBE_SECONDS):
+            for c in counts:
+                torch.set_num_threads(c)
+                t = time.perf_counter()
+                for _ in range(3):
+                    torch.mm(a, w)
+                times[c].append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(before)
+    best = counts[0]
+    for c in counts[1:]:
+        if statistics.median(times[c]) < PROBE_MARGIN * statistics.median(times[best]):
+            best = c
+    return best
 
 
 def configure(device: torch.device) -> None:

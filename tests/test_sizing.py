@@ -183,6 +183,7 @@ def test_the_cli_chooses_the_layout_and_a_small_size(tmp_path, play_file, monkey
     big.write_text(play_file.read_text() * 10)
     monkeypatch.setattr(sizing, "LADDER", (Rung(16, 1, 1e-2),))
     monkeypatch.setattr(sizing, "LAYOUT_WORTH", {(32, 64): 1.0, (16, 64): 1.0})
+    monkeypatch.setattr(sizing, "SIZING_SHARE", 0.5)  # time to compare, on a busy machine too
     common = ["train", str(big), "--budget", "3s", "--threads", "1", "--json",
               "--val-fraction", "0.2"]  # fmt: skip
     auto = runner.invoke(app, [*common, "--name", "a"])
@@ -198,3 +199,99 @@ def test_the_cli_chooses_the_layout_and_a_small_size(tmp_path, play_file, monkey
     tiny = runner.invoke(app, ["train", str(play_file), *common[2:], "--name", "c"])
     assert tiny.exit_code == 0, tiny.stderr
     assert json.loads(tiny.stdout)["chosen"].startswith("1×12") and "small corpus" in tiny.stderr
+
+
+def test_a_measurement_stops_by_its_clock(monkeypatch):
+    """A machine so slow that nine steps would take most of the budget: the measurement ends
+    when its clock runs out, after the step it is in (#27: 54 s of a 20 s budget measuring)."""
+    import time
+
+    import torch
+
+    from charlstm.config import ModelConfig, TrainConfig
+    from charlstm.training import loop
+
+    calls: list[float] = []
+
+    def slow_step(model, optimizer, scaler, x, y, state, clip, precision):
+        calls.append(time.perf_counter())
+        time.sleep(0.05)
+        return None, state, None
+
+    monkeypatch.setattr(loop, "train_step", slow_step)
+    monkeypatch.setattr(loop, "apply_step", lambda optimizer, scaler: None)
+    mc = ModelConfig(vocab_size=8, hidden_size=8, num_layers=1)
+    tc = TrainConfig(batch_size=2, window=4)
+    rung, cpu = Rung(8, 1, 1e-2), torch.device("cpu")
+    rate = sizing.measure_rate(rung, mc, tc, cpu, "fp32", steps=9, warmup_seconds=0.0)
+    assert len(calls) == 11 and rate < 2 * 4 / 0.05  # unbounded: 2 warm-up + 9 timed steps
+    calls.clear()
+    start = time.perf_counter()
+    rate = sizing.measure_rate(rung, mc, tc, cpu, "fp32", steps=9, until=start + 0.12)
+    assert len(calls) <= 4 and rate < 2 * 4 / 0.05  # the clock ended it, a step at most late
+    calls.clear()
+    # The clock ends a warm-up too; the last warm-up step is then the measurement.
+    rate = sizing.measure_rate(rung, mc, tc, cpu, "fp32", warmup_seconds=10.0,
+                               until=time.perf_counter() + 0.12)  # fmt: skip
+    assert len(calls) <= 4 and rate < 2 * 4 / 0.05
+
+
+def test_sizing_takes_its_share_of_the_budget_on_a_slow_machine(tmp_path, play_file, monkeypatch):
+    """Every step of sizing's measuring made slow (a busy machine): it measures the first size
+    until its share of the budget is spent, takes it with a note, and compares no layouts."""
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    big = tmp_path / "big.txt"
+    big.write_text(play_file.read_text() * 10)
+    monkeypatch.setattr(sizing, "LADDER", (Rung(16, 1, 1e-2), Rung(24, 1, 9e-3)))
+    monkeypatch.setattr(sizing, "LAYOUT_WORTH", {(32, 64): 1.0, (16, 64): 1.0})
+    monkeypatch.setattr(sizing, "MIN_EPOCHS", 0.0)  # any speed would climb: only time stops it
+    real = sizing.timed_steps
+    seen: list[int] = []
+
+    def slow(step, steps, warmup_seconds, until):
+        times = real(lambda: time.sleep(0.2) or step() + 0.2, steps, warmup_seconds, until)
+        seen.append(len(times))
+        return times
+
+    monkeypatch.setattr(sizing, "timed_steps", slow)
+    done = runner.invoke(app, ["train", str(big), "--budget", "2s", "--threads", "1", "--json",
+                               "--val-fraction", "0.2", "--name", "s"])  # fmt: skip
+    assert done.exit_code == 0, done.stderr
+    assert seen == [1]  # one measurement, cut short in its warm-up (0.2 s: a tenth of 2 s)
+    assert "no time to measure more sizes" in done.stderr
+    assert "batch × window not compared" in done.stderr
+    assert json.loads(done.stdout)["chosen"].startswith("1×16")
+
+
+def test_threads_where_a_probe_finds_they_pay(monkeypatch):
+    """All cores for batched work, unless a short probe finds fewer threads clearly faster (a
+    core held by another process stalls every operation on all threads)."""
+    import time
+
+    import torch
+
+    from charlstm import device
+
+    before = torch.get_num_threads()
+    assert device.threads_that_pay(1) == 1  # nothing to choose
+    real_mm = torch.mm
+
+    def mm_on(busy: bool):
+        def mm(a, b):  # one thread's time, or ten times it on more threads where a core is busy
+            time.sleep(0.001 * (10 if busy and torch.get_num_threads() > 1 else 1))
+            return real_mm(a[:1], b[:, :1])
+
+        return mm
+
+    monkeypatch.setattr(torch, "mm", mm_on(busy=True))
+    assert device.threads_that_pay(2) == 1 and device.threads_that_pay(3) == 1
+    monkeypatch.setattr(torch, "mm", mm_on(busy=False))
+    assert device.threads_that_pay(2) == 2 and device.threads_that_pay(3) == 3  # a tie: all
+    assert torch.get_num_threads() == before  # the probe leaves the count as it found it
+    monkeypatch.setattr(device, "threads_that_pay", lambda cores: 1)
+    try:
+        assert device.set_threads(0, streams=64) == 1 and device.set_threads(2) == 2
+    finally:
+        torch.set_num_threads(before)

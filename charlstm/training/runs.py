@@ -342,6 +342,10 @@ def size_to_budget(
     """Choose the size, learning rate, dropout, weight decay, batch and window for the budget
     (sizing.py), keeping what the user gave; the time spent measuring comes out of the budget.
     Returns the new configs and one line saying what was chosen."""
+    # An optimizer's first use imports torch._dynamo (1-8 s, a process's cost, not measuring's):
+    # imported before sizing's clock starts, or the first measurement would spend its share on it.
+    import torch._dynamo  # noqa: F401
+
     t0 = time.perf_counter()
     rungs, small = sizing.LADDER, sizing.SMALL_LADDER
     if opts.hidden is not None or opts.layers is not None:
@@ -350,14 +354,17 @@ def size_to_budget(
         small = ()
     report("stage", {"message": "measuring this machine's speed to size the model to the budget…"})
     assert train_cfg.budget is not None
+    until = t0 + sizing.SIZING_SHARE * train_cfg.budget  # every measurement stops by this clock
+    out_of_time = sizing.past(until)
     choice = sizing.choose(
         train_cfg.budget, train_tokens,
         rate=lambda r: sizing.measure_rate(
             r, model_cfg, train_cfg, device, precision,
             warmup_seconds=0.25 if r in (rungs[0], *small) else 0.0,  # the process's first steps
+            until=until,
         ),
         params=lambda r: sizing.count_parameters(r, model_cfg), rungs=rungs, small=small,
-        out_of_time=lambda: time.perf_counter() - t0 > 0.1 * train_cfg.budget,
+        out_of_time=out_of_time,
     )  # fmt: skip
     rung, epochs = choice.rung, choice.epochs
     # The batch and window, for the size chosen (its speed at the run's layout is known).
@@ -365,20 +372,22 @@ def size_to_budget(
     here = (train_cfg.batch_size, train_cfg.window)
     layout_note = ""
     # Comparing layouts takes a dozen more measurements: not where the machine is so slow that
-    # sizing has already taken a tenth of the budget.
-    if time.perf_counter() - t0 > 0.1 * train_cfg.budget:
+    # sizing has already taken its share of the budget.
+    if out_of_time():
         layouts = ()
-        layout_note = "; batch × window not compared (sizing took over a tenth of the budget)"
+        layout_note = "; batch × window not compared (sizing took its share of the budget)"
     if len(layouts) > 1 and here in layouts:
         known = {here: choice.rates[str(rung)]}
 
         def rate(b: int, t: int) -> float:
             if (b, t) not in known:
                 cfg = replace(train_cfg, batch_size=b, window=t)
-                known[b, t] = sizing.measure_rate(rung, model_cfg, cfg, device, precision, steps=4)
+                known[b, t] = sizing.measure_rate(rung, model_cfg, cfg, device, precision,
+                                                  steps=4, until=until)  # fmt: skip
             return known[b, t]
 
-        layout = sizing.choose_layout(rate, (here, *(bt for bt in layouts if bt != here)))
+        order = (here, *(bt for bt in layouts if bt != here))
+        layout = sizing.choose_layout(rate, order, out_of_time=out_of_time)
         train_cfg = replace(train_cfg, batch_size=layout.batch, window=layout.window)
         epochs = epochs * layout.rate / known[here]
         layout_note = f"; batch × window: {layout.why}"

@@ -3,8 +3,10 @@ the lowest validation loss in the time given, on the machine the run is on.
 
 The rule (its sweeps are in BENCHMARKS.md, "Lower loss in less time"):
   1. Measure this machine's training speed for each rung of LADDER in turn, smallest first
-     (warm-up, then the median of nine steps on random ids, at the run's batch, window and
-     precision: 0.3-1.5 s a rung).
+     (warm-up, then the median of up to nine steps on random ids, at the run's batch, window
+     and precision: 0.3-1.5 s a rung). Sizing as a whole gets SIZING_SHARE of the budget, and
+     its clock, not a count of steps, ends each measurement and the climb: where even the first
+     rung cannot be measured in that share, it is taken, with a note.
   2. Take the largest rung that still sees the training split at least MIN_EPOCHS times in the
      budget, and whose parameters do not outnumber the training tokens by more than
      MAX_PARAMS_PER_TOKEN (a bigger model only memorises a small corpus). A corpus too small
@@ -20,6 +22,7 @@ Every choice yields to its flag; the measuring time counts against the budget.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -65,6 +68,9 @@ LAYOUT_WORTH = {
 }
 # A layout needs this many windows per pass over the training split to be considered.
 MIN_WINDOWS_PER_EPOCH = 8
+# The share of the budget that measuring (steps 1 and 3) may take: a busy machine made it 54 s
+# of a 20 s budget when each measurement ran a fixed number of steps (issue #27).
+SIZING_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,8 @@ def choose(
     chosen, epochs, stop = rungs[0], 0.0, ""
     for i, rung in enumerate(rungs):
         if i and out_of_time():  # measuring more would eat the budget it sizes for
-            stop = "no time to measure more sizes (sizing took over a tenth of the budget)"
+            stop = (f"no time to measure more sizes (sizing took its share of the budget, "
+                    f"{SIZING_SHARE:.0%})")  # fmt: skip
             break
         if params(rung) > MAX_PARAMS_PER_TOKEN * train_tokens and i:
             stop = f"{rung} has more than {MAX_PARAMS_PER_TOKEN:g} parameters per training token"
@@ -163,16 +170,24 @@ def choose_layout(
     rate: Callable[[int, int], float],
     layouts: tuple[tuple[int, int], ...] = tuple(LAYOUT_WORTH),
     worth: dict[tuple[int, int], float] = LAYOUT_WORTH,
+    out_of_time: Callable[[], bool] = lambda: False,
 ) -> Layout:
     """Step 3: the layout (B, T) that learns most per second, rate(B, T) × worth[B, T], where
-    `rate(b, t)` measures tokens/s (each layout once, in the order given) and `worth` is what a
-    token is worth to training in that layout. Pure given `rate`.
+    `rate(b, t)` measures tokens/s (each layout once, in the order given, the first always, the
+    others while `out_of_time()` is False) and `worth` is what a token is worth to training in
+    that layout. Pure given `rate` and `out_of_time`.
 
     The trade: a bigger batch makes more tokens per second (bigger matrix products use the
     machine better, bf16 matrix units above all) but fewer optimizer steps per token, which
     `worth` measures; and more streams of shorter windows fill the same multiply with less
     correlated text."""
-    rates = {bt: rate(*bt) for bt in layouts}
+    rates: dict[tuple[int, int], float] = {}
+    for i, bt in enumerate(layouts):
+        if i and out_of_time():
+            break
+        rates[bt] = rate(*bt)
+    cut = len(rates) < len(layouts)
+    layouts = tuple(rates)
 
     def pace(bt: tuple[int, int]) -> float:
         return rates[bt] * worth.get(bt, 1.0)
@@ -186,6 +201,8 @@ def choose_layout(
         speeds = ", ".join(f"{k} {v:,.0f}" for k, v in shown.items())
         why = (f"measured {speeds} tok/s; {best[0]}×{best[1]} learns most per second "
                f"({gain:.2f}× {layouts[0][0]}×{layouts[0][1]}'s)")  # fmt: skip
+    if cut:
+        why += f"; no time to measure more layouts (sizing took its share, {SIZING_SHARE:.0%})"
     return Layout(best[0], best[1], rates[best], shown, why)
 
 
@@ -208,10 +225,12 @@ def measure_rate(
     precision: str,
     steps: int = 9,
     warmup_seconds: float = 0.0,
+    until: float | None = None,
 ) -> float:
     """Training tokens/s of `rung` here, as the run will train it (random ids, the run's batch,
     window, precision and optimizer, the state carried between windows): two warm-up steps (or
-    more, for at least `warmup_seconds`), then the median of `steps` timed ones.
+    more, for at least `warmup_seconds`), then the median of `steps` timed ones, all ending
+    early at the time.perf_counter() reading `until` (`timed_steps`).
 
     Give the first size measured in a process a quarter second of warm-up: a process's first
     steps run at a third to a half of its steady speed (thread pools spinning up), which made
@@ -236,12 +255,35 @@ def measure_rate(
                 torch.cuda.synchronize(device)
             return time.perf_counter() - start
 
-        warm_from, warm_steps = time.perf_counter(), 0
-        while warm_steps < 2 or time.perf_counter() - warm_from < warmup_seconds:
-            step()
-            warm_steps += 1
-        times = [step() for _ in range(steps)]
+        times = timed_steps(step, steps, warmup_seconds, until)
     return b * t / statistics.median(times)
+
+
+def past(until: float) -> Callable[[], bool]:
+    """A check that the time.perf_counter() clock has reached `until`."""
+    return lambda: time.perf_counter() >= until
+
+
+def timed_steps(
+    step: Callable[[], float], steps: int, warmup_seconds: float, until: float | None
+) -> list[float]:
+    """The durations `step()` returns: two warm-up steps (or more, for `warmup_seconds`) left
+    out, then `steps` timed ones; the clock passing `until` ends either part after the step it
+    is in (a step cannot be cut). Where it ends the warm-up, the last warm-up step is returned:
+    a slow guess, which is what a machine too slow to measure in time deserves."""
+
+    late = past(until if until is not None else float("inf"))
+    warm_from, warm = time.perf_counter(), 0.0
+    for n in itertools.count(1):
+        warm = step()
+        if late():
+            return [warm]
+        if n >= 2 and time.perf_counter() - warm_from >= warmup_seconds:
+            break
+    times: list[float] = []
+    while len(times) < steps and not (times and late()):
+        times.append(step())
+    return times
 
 
 def count_parameters(rung: Rung, model_cfg: ModelConfig) -> int:
