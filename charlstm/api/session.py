@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from charlstm.config import SampleConfig
+from charlstm.data.tokenizer import AnyTokenizer
 from charlstm.errors import OptionError
-from charlstm.generate.loop import Request, Rows, texts
+from charlstm.generate.loop import Request, Rows, Stepper, texts
 from charlstm.generate.options import Caps, check_sampling
 
-if TYPE_CHECKING:  # these import torch: only the calls that need it load them
 
-    from charlstm.api.model import Model
+class _Model(Protocol):
+    """What a Session needs of its model (api.model.Model, which imports this module)."""
+
+    tokenizer: AnyTokenizer
+
+    def stepper(self) -> Stepper: ...
 
 
 class Session:
@@ -28,7 +33,7 @@ class Session:
             print(piece, end="")
     """
 
-    def __init__(self, model: Model, cfg: SampleConfig, rng: np.random.Generator) -> None:
+    def __init__(self, model: _Model, cfg: SampleConfig, rng: np.random.Generator) -> None:
         self.model, self.cfg, self.rng = model, cfg, rng
         self.stepper = model.stepper()  # either engine
         self.state = self.stepper.zero_state(1)

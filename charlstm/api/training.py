@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from charlstm.options import TrainOptions
 
-if TYPE_CHECKING:  # these import torch: only the calls that need it load them
-
+if TYPE_CHECKING:  # imports torch: only the calls that need it load it
     from charlstm.training.run import Report
 
 
