@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -420,3 +421,55 @@ class CodingBar:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+def runs_table(found: list[Any]) -> str:
+    """`charlstm runs`: one row per run, columns aligned."""
+    from charlstm.api import run_age
+
+    rows = [("name", "corpus", "tokens", "model", "steps", "best", "bits/char", "age", "disk")]
+    for r in found:
+        name = r.name + (" (damaged run.json)" if r.damaged else "")
+        rows.append((name, r.corpus[:32], r.tokenizer, r.model,
+                     "—" if r.steps is None else f"{r.steps:,}",
+                     "—" if r.best_val_loss is None else f"{r.best_val_loss:.4f}",
+                     "—" if r.best_val_bpc is None else f"{r.best_val_bpc:.3f}",
+                     run_age(r.modified), mb(r.bytes)))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
+                   for row in rows)  # fmt: skip
+
+
+def mb(n: int) -> str:
+    """Bytes as megabytes, as `charlstm runs` shows them."""
+    return f"{n / 2**20:,.1f} MB"
+
+
+def serve_report(quiet: bool) -> Callable[[str, dict], None]:
+    """What the server reports, as plain lines on stderr: where it listens, one line per
+    request (status, method, path, model, tokens, seconds, seconds to the first token,
+    client), errors (even --quiet)."""
+
+    def report(event: str, data: dict) -> None:
+        line = ""
+        if event == "error":
+            line = f"charlstm serve: {data['message']}\n{data['traceback']}"
+        elif quiet:
+            return
+        elif event == "listening":
+            key = ", API key required" if data["api_key"] else ""
+            models = ", ".join(data["models"])
+            line = (f"listening on {data['url']} (models: {models}; batch {data['max_batch']}, "
+                    f"queue {data['queue']}{key}); Ctrl-C stops")  # fmt: skip
+        elif event == "request":
+            model = f" {data['model']}" if data["model"] else ""
+            tokens = "" if data["tokens"] is None else f" {data['tokens']} tokens"
+            first = "" if data["first"] is None else f" (first {data['first']:.3f} s)"
+            line = (f"{data['status']} {data['method']} {data['path']}{model}{tokens} "
+                    f"{data['seconds']:.3f} s{first} {data['client']}")  # fmt: skip
+        elif event == "stopped":
+            line = "stopped"
+        if line:
+            sys.stderr.write(line.rstrip("\n") + "\n")
+
+    return report
