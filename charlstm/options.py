@@ -5,6 +5,8 @@ as a field of TrainOptions with its help, its choices, its flag and the config f
 
     TrainOptions ─ apply_preset (word/bpe, fine-tuning) ─ sizing (runs.py) ─▶ ModelConfig,
                                                                             TrainConfig
+The flags of sample, evaluate and visualize are declared the same way, at the end
+(SampleOptions, EvaluateOptions, VisualizeOptions).
 """
 
 from __future__ import annotations
