@@ -6,7 +6,7 @@
     print("".join(model.generate(prime="ROMEO:", length=200, seed=1)))
 
 Importing the package must not import torch, so `charlstm --help` stays instant: the names
-below come from api.py on first use.
+below come from charlstm.api on first use.
 """
 
 from __future__ import annotations

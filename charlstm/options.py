@@ -5,6 +5,8 @@ as a field of TrainOptions with its help, its choices, its flag and the config f
 
     TrainOptions ─ apply_preset (word/bpe, fine-tuning) ─ sizing (runs.py) ─▶ ModelConfig,
                                                                             TrainConfig
+The flags of sample, evaluate and visualize are declared the same way, at the end
+(SampleOptions, EvaluateOptions, VisualizeOptions).
 """
 
 from __future__ import annotations
@@ -18,13 +20,18 @@ from charlstm.config import (
     DEFAULT_BUDGET,
     DEFAULT_MIN_FREQUENCY,
     DEFAULT_VOCAB,
+    DYNAMIC_LR,
+    ENGINES,
+    EVAL_PRECISIONS,
     OPTIMIZERS,
     PRECISIONS,
     SOFTMAXES,
     TOKENIZER_PRESETS,
     TOKENIZERS,
     UNTIED_EMBED,
+    DynamicConfig,
     ModelConfig,
+    SampleConfig,
     TrainConfig,
     _at_least,
     _check,
@@ -33,7 +40,7 @@ from charlstm.config import (
 )
 from charlstm.training.ladder import CELL_LR_SCALE, DROPOUT_BY_EPOCHS, LADDER, OTHER_CELLS_LR_SCALE
 
-CONFIGS = {"ModelConfig": ModelConfig, "TrainConfig": TrainConfig}
+CONFIGS = {"ModelConfig": ModelConfig, "TrainConfig": TrainConfig, "DynamicConfig": DynamicConfig}
 
 
 def shown(value: object) -> str:
@@ -330,3 +337,119 @@ def apply_preset(options: TrainOptions) -> tuple[TrainOptions, dict[str, object]
     return replace(options, **chosen), chosen
 
 
+
+
+@dataclass
+class SampleOptions:
+    """The flags of `charlstm sample`: the sampling options (generate/options.py's
+    SamplingOptions, by the same names, checked there once) and how the text is given and shown."""
+
+    prime: str | None = option("Text that starts the sample and warms the state; - reads stdin.")
+    prime_file: Path | None = option("Read the prime from this file (UTF-8) instead.")
+    length: int | None = option(
+        "Tokens to generate: characters for a char model, words or runs of spacing for word, "
+        "subwords for bpe.", says=str(SampleConfig.length), flags=("--length", "-n"))
+    temp: float | None = option("Temperature: 0 = greedy, lower = safer, higher = wilder.",
+                                says=shown(SampleConfig.temperature), flags=("--temp",))
+    top_k: int | None = option("Sample among the k most likely tokens.", says="0 = all")
+    top_p: float | None = option(
+        "Sample among the most likely tokens whose probability sums to p.", says="1 = all")
+    greedy: bool = option("Always take the most likely token (= --temp 0).", False)
+    stop: list[str] | None = option(
+        "End the sample before this text (give it again for more); the text itself is not "
+        "printed. E.g. --stop $'\\n\\n' for one paragraph.")
+    seed: int | None = option("Random seed; random when absent and reported on stderr.")
+    num_samples: int = option(
+        "Independent samples, generated together in one batch from the same prime. With more "
+        "than one, each is printed whole under a line [bold]--- sample I ---[/] (I from 1), "
+        "samples separated by a blank line; only a single sample streams.", 1,
+        flags=("--num-samples", "-N"))
+    json_out: bool = option(
+        'One JSON object per sample per line: {"sample": I, "seed": SEED, "text": prime + '
+        'generated text} (without the prime with --no-echo-prime).', False, flags=("--json",))
+    echo_prime: bool = option("Print the prime before the sample.", True,
+                              flags=("--echo-prime/--no-echo-prime",))
+    on_unknown: str = option("Prime characters the model never saw: error or skip.", "error",
+                             choices=("error", "skip"))
+    adapt: int = option(
+        "Learn from the prime first, reading it this many times with dynamic evaluation's "
+        "updates, so a page of text steers the style (0 = off). The checkpoint is not changed.",
+        0, metavar="PASSES")
+    engine: str = option(
+        "What generates: numpy (from the run's model.safetensors, without loading torch: the "
+        "first character in a fraction of a second), torch, or auto: numpy when "
+        "model.safetensors is there and up to date.", "auto", choices=ENGINES)
+
+
+_DYN = "DynamicConfig."
+
+
+@dataclass
+class EvaluateOptions:
+    """The flags of `charlstm evaluate`; the --dynamic-* ones go into DynamicConfig."""
+
+    streams: int = option(
+        "Parallel streams, each carrying its state; 1 = one sequential pass. Each stream first "
+        "reads the 256 tokens before its start, unscored, so the figure matches one pass closely "
+        "(within 1e-4 nats on a character model) at a fraction of the time.", 64)
+    encoding: str = option("Text encoding of the files.", "utf-8")
+    errors: str = option("Undecodable bytes: strict (stop), replace or ignore.", "strict")
+    json_out: bool = option("Print one JSON object.", False, flags=("--json",))
+    per_line: bool = option(
+        'One JSON object per input line: {"line": TEXT, "tokens": N, "nats": TOTAL, '
+        '"bits_per_char": BPC}. One sequential pass carries the state through the whole text; '
+        "a line's newline counts in that line; the text's first character is not predicted.",
+        False)
+    precision: str = option(
+        "fp32 (exact), or bf16: about twice as fast on a GPU or a CPU with bf16 instructions, "
+        "the loss within 1e-4 of fp32's on a trained model (BENCHMARKS.md).", "fp32",
+        choices=EVAL_PRECISIONS)
+    reset_every: int = option(
+        "Score the text in blocks of this many tokens, each from a zero state, so a prediction "
+        "sees at most that much context (64: what nanoGPT's CPU recipe sees). 0 = carry the "
+        "state through the text.", 0)
+    dynamic: bool = option(
+        "Dynamic evaluation (Krause et al. 2018): read the text as one stream, and after scoring "
+        "each segment take a gradient step on it, so the model keeps learning the text as it "
+        "reads it. Every token is scored before it is learnt from; the checkpoint file is not "
+        "changed.", False)
+    dynamic_rule: str | None = option(
+        "--dynamic: rms (the paper's rule: steps scaled by the training split's gradient sizes, "
+        "decaying towards the trained weights) or sgd.", into=_DYN + "rule")
+    dynamic_lr: float | None = option(
+        "--dynamic: step size.", into=_DYN + "lr",
+        says=", ".join(f"{lr:g} ({rule})" for rule, lr in DYNAMIC_LR.items()))
+    dynamic_decay: float | None = option(
+        "--dynamic: pull towards the trained weights at each step (0 = none).",
+        into=_DYN + "decay")
+    dynamic_segment: int | None = option("--dynamic: tokens per gradient step.",
+                                         into=_DYN + "segment")
+
+    def tuned(self) -> dict[str, object]:
+        """The --dynamic-* options given, under DynamicConfig's names."""
+        return {f.metadata["into"].split(".")[1]: getattr(self, f.name) for f in fields(self)
+                if (f.metadata.get("into") or "").startswith(_DYN)
+                and getattr(self, f.name) is not None}  # fmt: skip
+
+
+@dataclass
+class VisualizeOptions:
+    """The flags of `charlstm visualize` (but --kind, whose completion knows the gate names)."""
+
+    layer: int | None = option("Layer to trace, counting from 0.", says="the last")
+    unit: int | None = option("Unit to show.", says="the best 5 with --find, else 0")
+    find: bool = option(
+        "Rank every unit and gate by correlation with simple properties of the text (in quotes, "
+        "in brackets, line position, word starts) and show the best 5.", False)
+    html_out: Path | None = option(
+        "Also write the shown units as one self-contained HTML page (hover for values).",
+        flags=("--html",))
+    max_chars: int = option(
+        "Trace only the first N characters (one step each: slow on long text).", 2000)
+    output_format: str | None = option(
+        "What stdout gets: ansi (the text coloured by each unit), tsv (a header, then one row per "
+        "character: position, the character escaped, each unit's value) or json (one object per "
+        "character).", says="ansi on a terminal, tsv otherwise", flags=("--format",),
+        choices=("ansi", "tsv", "json"))
+    encoding: str = option("Text encoding of the files.", "utf-8")
+    errors: str = option("Undecodable bytes: strict (stop), replace or ignore.", "strict")

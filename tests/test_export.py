@@ -27,13 +27,14 @@ from charlstm.api import load
 from charlstm.cli import app
 from charlstm.config import SampleConfig
 from charlstm.data.tokenizer import CharTokenizer
-from charlstm.export.convert import model_from_portable, portable_weights
+from charlstm.export.convert import model_from_portable
 from charlstm.formats.model_file import Portable, portable_bytes, read_portable
 from charlstm.generate.choose import choose
 from charlstm.generate.loop import Request, generate
 from charlstm.generate.numpy_engine import NumpyStepper
 from charlstm.generate.torch_engine import TorchStepper
 from charlstm.model.language_model import LanguageModel, ModelConfig
+from charlstm.model.weights import portable_weights
 from tests.conftest import PLAY
 
 CELLS = ("lstm", "gru", "rnn", "peephole", "coupled")

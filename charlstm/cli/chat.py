@@ -64,7 +64,3 @@ def chat(
             _stream(session.reply(length, stops), end_line=True)
         except KeyboardInterrupt:
             sys.stderr.write("(cut short)\n")
-
-
-# ----------------------------------------------------------------------------------- compress
-# Two thin commands over charlstm.compress.codec (the format and the coding) and

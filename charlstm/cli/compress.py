@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from rich.console import Console
 
 from charlstm.cli.app import _command
-from charlstm.cli.display import err_console
+from charlstm.cli.display import CodingBar, err_console
 from charlstm.cli.options import Checkpoints, ModelPath, Quiet
 from charlstm.cli.output import _load
 from charlstm.config import CHECKPOINTS
@@ -52,37 +51,6 @@ def _write_stdout_bytes(data: bytes) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         raise typer.Exit(0) from None
-
-
-class _CodingBar:
-    """The library's progress callback: a bar on a terminal for long inputs, else nothing."""
-
-    def __init__(self, err: Console, what: str) -> None:
-        self.err, self.what, self.progress, self.task = err, what, None, None
-        self.started = False
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.started:
-            self.started = True
-            if self.err.is_terminal and not self.err.quiet and total >= 20_000:
-                from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-                self.progress = Progress(
-                    TextColumn(f"[bold]{self.what}"),
-                    BarColumn(),
-                    TextColumn("{task.percentage:>3.0f}%"),
-                    TimeRemainingColumn(),
-                    console=self.err,
-                    transient=True,
-                )
-                self.progress.start()
-                self.task = self.progress.add_task(self.what, total=total)
-        if self.progress is not None:  # the total grows when compress makes a second pass
-            self.progress.update(self.task, completed=done, total=total)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
 
 
 def _load_codec(
@@ -126,7 +94,7 @@ def compress(
     check_coder()
     data = _read_input(source)
     path, codec = _load_codec(model, engine, threads, checkpoints)
-    bar = _CodingBar(err, "compress")
+    bar = CodingBar(err, "compress")
     t0 = time.perf_counter()
     try:
         blob = codec.compress(data, segments=segments or None, progress=bar)
@@ -166,7 +134,7 @@ def decompress(
     blob = _read_input(source)
     compressed_header(blob)  # a file that is no compressed file fails before the model loads
     path, codec = _load_codec(model, engine, threads, checkpoints)
-    bar = _CodingBar(err, "decompress")
+    bar = CodingBar(err, "decompress")
     t0 = time.perf_counter()
     try:
         data = codec.decompress(blob, progress=bar)
@@ -180,6 +148,3 @@ def decompress(
         style="dim",
         soft_wrap=True,
     )
-
-
-# ----------------------------------------------------------------------------------- export

@@ -6,6 +6,8 @@ cli.py only; everything here writes to stderr (or to an image file), never to st
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -331,3 +333,143 @@ def plot_metrics(
         raise CharlstmError(f"could not write '{out}': {getattr(e, 'strerror', None) or e}") from e
     finally:
         plt.close(fig)
+
+
+def unit_table(acts: dict, body: str, layer: int, unit: int | None, err: Console) -> list[dict]:
+    """Rank the units by how well they track properties of the text; print the best 5 (stderr)
+    and return them unless a --unit was given."""
+    from rich.table import Table
+
+    from charlstm.api import units_tracking
+
+    best = units_tracking(acts, body, top=5)
+    table = Table(title=f"layer {layer}: units that track the text", title_style="bold")
+    for col in ("kind", "unit", "property", "r"):
+        table.add_column(col, justify="right" if col in ("unit", "r") else "left")
+    for b in best:
+        table.add_row(b["kind"], str(b["unit"]), b["property"], f"{b['correlation']:+.3f}")
+    err.print(table if best else "no unit varies with any property of this text")
+    return best if unit is None else []
+
+
+def show_units(
+    body: str, acts: dict, shown: list[dict], layer: int, cell: str, html_out: Path | None,
+    err: Console, form: str = "ansi",
+) -> None:  # fmt: skip
+    """The text coloured by each shown unit on stdout (or their values, `form` tsv or json);
+    and the coloured text as a page with --html."""
+    from charlstm.cli.output import _flush_pending, _StdoutConsole
+    from charlstm.evaluation.visualize import render_html, render_terminal, value_lines
+
+    rows = []
+    for s in shown:
+        label = f"layer {layer} · {s['kind']} · unit {s['unit']}"
+        if "correlation" in s:
+            label += f" · r={s['correlation']:+.2f} with {s['property']}"
+        rows.append((label, acts[s["kind"]][:, s["unit"]], s["kind"]))
+    if form != "ansi":
+        columns = [(f"{s['kind']} {s['unit']}", values) for s, (_, values, _) in zip(shown, rows,
+                   strict=True)]  # fmt: skip
+        pending: list[str] = []
+        for line in value_lines(body, columns, form):
+            pending.append(line)
+            if len(pending) >= 1000:
+                _flush_pending(pending, "")
+        _flush_pending(pending, "")
+    # Colours also into a pipe when asked for (--format ansi); NO_COLOR still drops them.
+    out = _StdoutConsole(file=sys.stdout, highlight=False, force_terminal=form == "ansi")
+    for label, values, k in rows if form == "ansi" else ():
+        out.print(label, style="bold", markup=False)
+        end = "" if body.endswith("\n") else "\n"  # the text's own last newline ends it
+        out.print(render_terminal(body, values, kind=k), soft_wrap=True, end=end)
+    if html_out is not None:
+        title = f"charlstm · {cell} · layer {layer}"
+        page = render_html(body, [r[:2] for r in rows], title, kinds=[r[2] for r in rows])
+        try:
+            html_out.write_text(page, encoding="utf-8")
+        except OSError as e:
+            raise CharlstmError(f"cannot write {html_out}: {e.strerror or e}") from None
+        err.print(f"wrote {html_out}", style="dim")
+
+
+class CodingBar:
+    """The library's progress callback: a bar on a terminal for long inputs, else nothing."""
+
+    def __init__(self, err: Console, what: str) -> None:
+        self.err, self.what, self.progress, self.task = err, what, None, None
+        self.started = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.started:
+            self.started = True
+            if self.err.is_terminal and not self.err.quiet and total >= 20_000:
+                from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self.progress = Progress(
+                    TextColumn(f"[bold]{self.what}"),
+                    BarColumn(),
+                    TextColumn("{task.percentage:>3.0f}%"),
+                    TimeRemainingColumn(),
+                    console=self.err,
+                    transient=True,
+                )
+                self.progress.start()
+                self.task = self.progress.add_task(self.what, total=total)
+        if self.progress is not None:  # the total grows when compress makes a second pass
+            self.progress.update(self.task, completed=done, total=total)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def runs_table(found: list[Any]) -> str:
+    """`charlstm runs`: one row per run, columns aligned."""
+    from charlstm.api import run_age
+
+    rows = [("name", "corpus", "tokens", "model", "steps", "best", "bits/char", "age", "disk")]
+    for r in found:
+        name = r.name + (" (damaged run.json)" if r.damaged else "")
+        rows.append((name, r.corpus[:32], r.tokenizer, r.model,
+                     "—" if r.steps is None else f"{r.steps:,}",
+                     "—" if r.best_val_loss is None else f"{r.best_val_loss:.4f}",
+                     "—" if r.best_val_bpc is None else f"{r.best_val_bpc:.3f}",
+                     run_age(r.modified), mb(r.bytes)))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
+                   for row in rows)  # fmt: skip
+
+
+def mb(n: int) -> str:
+    """Bytes as megabytes, as `charlstm runs` shows them."""
+    return f"{n / 2**20:,.1f} MB"
+
+
+def serve_report(quiet: bool) -> Callable[[str, dict], None]:
+    """What the server reports, as plain lines on stderr: where it listens, one line per
+    request (status, method, path, model, tokens, seconds, seconds to the first token,
+    client), errors (even --quiet)."""
+
+    def report(event: str, data: dict) -> None:
+        line = ""
+        if event == "error":
+            line = f"charlstm serve: {data['message']}\n{data['traceback']}"
+        elif quiet:
+            return
+        elif event == "listening":
+            key = ", API key required" if data["api_key"] else ""
+            models = ", ".join(data["models"])
+            line = (f"listening on {data['url']} (models: {models}; batch {data['max_batch']}, "
+                    f"queue {data['queue']}{key}); Ctrl-C stops")  # fmt: skip
+        elif event == "request":
+            model = f" {data['model']}" if data["model"] else ""
+            tokens = "" if data["tokens"] is None else f" {data['tokens']} tokens"
+            first = "" if data["first"] is None else f" (first {data['first']:.3f} s)"
+            line = (f"{data['status']} {data['method']} {data['path']}{model}{tokens} "
+                    f"{data['seconds']:.3f} s{first} {data['client']}")  # fmt: skip
+        elif event == "stopped":
+            line = "stopped"
+        if line:
+            sys.stderr.write(line.rstrip("\n") + "\n")
+
+    return report

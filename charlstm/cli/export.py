@@ -48,6 +48,3 @@ def export(
     err = err_console(quiet)
     for path in export_model(model, html=html_out, onnx=onnx_out, checkpoints=checkpoints):
         err.print(f"wrote {path}", style="dim")
-
-
-# ----------------------------------------------------------------------------------- serve

@@ -51,6 +51,3 @@ def info(
         _write_stdout(json.dumps(data) + "\n")
     else:
         _write_stdout(info_lines(data))
-
-
-# ----------------------------------------------------------------------------------- visualize

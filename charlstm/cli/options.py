@@ -12,30 +12,10 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from charlstm.config import (
-    CELLS,
-    DECODE_ERRORS,
-    DEVICES,
-    ENGINES,
-    EVAL_PRECISIONS,
-    OPTIMIZERS,
-    PRECISIONS,
-    SOFTMAXES,
-    TOKENIZERS,
-)
+from charlstm.config import DECODE_ERRORS, DEVICES
 from charlstm.options import TrainOptions, help_text
 
-# Choices, shown in --help and offered by shell completion.
-Cell = Literal[CELLS]
-Tokenizer = Literal[TOKENIZERS]
-Optimizer = Literal[OPTIMIZERS]
-Softmax = Literal[SOFTMAXES]
-Precision = Literal[PRECISIONS]
-EvalPrecision = Literal[EVAL_PRECISIONS]
-Errors = Literal[DECODE_ERRORS]
-Engine = Literal[ENGINES]
-OnUnknown = Literal["error", "skip"]
-VisualFormat = Literal["ansi", "tsv", "json"]  # visualize.FORMATS
+Errors = Literal[DECODE_ERRORS]  # the choices of --errors, shown in --help
 
 
 def _flag(*names: str, help: str) -> Any:
@@ -90,7 +70,6 @@ Texts = Annotated[
         show_default=False,
     ),
 ]
-
 
 
 def _opt(help: str, *names: str) -> Any:

@@ -116,9 +116,6 @@ def _blas_threads(threads: int, streams: int) -> None:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
-# ----------------------------------------------------------------------------------- evaluate
-
-
 def _read_texts(args: list[str], encoding: str, errors: str, err: Console) -> str:
     from charlstm.api import read_text
 
@@ -135,6 +132,3 @@ def _note_unknown(encoded: Any, err: Console) -> None:
     if encoded.unknown_words:
         err.print(f"[yellow]note:[/] {encoded.unknown_words:,} words outside the vocabulary "
                   "count as unknown")  # fmt: skip
-
-
-# ----------------------------------------------------------------------------------- info

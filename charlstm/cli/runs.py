@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 from charlstm.cli.app import _command
-from charlstm.cli.display import err_console
+from charlstm.cli.display import err_console, mb, runs_table
 from charlstm.cli.options import Checkpoints, Quiet, _flag, _opt
 from charlstm.cli.output import _write_stdout
 from charlstm.config import CHECKPOINTS
@@ -41,10 +41,10 @@ def runs(
         names += [r.name for r in list_runs(checkpoints) if r.finished and r.last_bytes]
     for name in delete or []:
         freed = delete_run(name, checkpoints=checkpoints)
-        err.print(f"deleted {checkpoints / name} ({_mb(freed)})")
+        err.print(f"deleted {checkpoints / name} ({mb(freed)})")
     for name in names:
         freed = slim_run(name, checkpoints=checkpoints)
-        err.print(f"slimmed {checkpoints / name}: kept best.pt, freed {_mb(freed)}; it can no "
+        err.print(f"slimmed {checkpoints / name}: kept best.pt, freed {mb(freed)}; it can no "
                   "longer be resumed")  # fmt: skip
     if delete or names:
         return
@@ -55,7 +55,7 @@ def runs(
     if not found:
         err.print(f"no runs under '{checkpoints}'; train one with: charlstm train CORPUS")
         return
-    _write_stdout(_runs_table(found))
+    _write_stdout(runs_table(found))
     for r in found:
         if r.damaged:
             from rich.markup import escape
@@ -63,30 +63,7 @@ def runs(
             err.print(f"[yellow]note:[/] {escape(f'{r.name}: {r.damaged}')}; listed from its files")
     total, resumable = sum(r.bytes for r in found), sum(r.last_bytes for r in found)
     err.print(
-        f"{len(found)} runs, {_mb(total)}; {_mb(resumable)} of it is last.pt and tokens.npy, "
+        f"{len(found)} runs, {mb(total)}; {mb(resumable)} of it is last.pt and tokens.npy, "
         "which only resuming needs (charlstm runs --slim-finished frees it for finished runs)",
         style="dim",
     )
-
-
-def _runs_table(found: list[Any]) -> str:
-    from charlstm.api import run_age
-
-    rows = [("name", "corpus", "tokens", "model", "steps", "best", "bits/char", "age", "disk")]
-    for r in found:
-        name = r.name + (" (damaged run.json)" if r.damaged else "")
-        rows.append((name, r.corpus[:32], r.tokenizer, r.model,
-                     "—" if r.steps is None else f"{r.steps:,}",
-                     "—" if r.best_val_loss is None else f"{r.best_val_loss:.4f}",
-                     "—" if r.best_val_bpc is None else f"{r.best_val_bpc:.3f}",
-                     run_age(r.modified), _mb(r.bytes)))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
-                   for row in rows)  # fmt: skip
-
-
-def _mb(n: int) -> str:
-    return f"{n / 2**20:,.1f} MB"
-
-
-# ----------------------------------------------------------------------------------- chat

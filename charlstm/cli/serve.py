@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import signal
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from charlstm.cli.app import _command
-from charlstm.cli.display import err_console
+from charlstm.cli.display import err_console, serve_report
 from charlstm.cli.options import Checkpoints, Device, Quiet, Threads, options_of
 from charlstm.config import CHECKPOINTS, ServeConfig
 from charlstm.errors import CharlstmError
@@ -56,43 +54,10 @@ def serve(
     for name, model in models.items():
         err.print(f"model {name}: {model.path}", style="dim")
     try:
-        server.run(models, cfg, _serve_report(quiet), signals)
+        server.run(models, cfg, serve_report(quiet), signals)
     finally:
         # Stopped: a further signal has nothing to stop. Ignored, not recorded: Python resets
         # handlers written in Python while it exits, and a signal then (torch takes a moment
         # to unload) would end the process by that signal instead of with status 0.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
-
-
-def _serve_report(quiet: bool) -> Callable[[str, dict], None]:
-    """What the server reports, as plain lines on stderr: where it listens, one line per
-    request (status, method, path, model, tokens, seconds, seconds to the first token,
-    client), errors (even --quiet)."""
-
-    def report(event: str, data: dict) -> None:
-        line = ""
-        if event == "error":
-            line = f"charlstm serve: {data['message']}\n{data['traceback']}"
-        elif quiet:
-            return
-        elif event == "listening":
-            key = ", API key required" if data["api_key"] else ""
-            models = ", ".join(data["models"])
-            line = (f"listening on {data['url']} (models: {models}; batch {data['max_batch']}, "
-                    f"queue {data['queue']}{key}); Ctrl-C stops")  # fmt: skip
-        elif event == "request":
-            model = f" {data['model']}" if data["model"] else ""
-            tokens = "" if data["tokens"] is None else f" {data['tokens']} tokens"
-            first = "" if data["first"] is None else f" (first {data['first']:.3f} s)"
-            line = (f"{data['status']} {data['method']} {data['path']}{model}{tokens} "
-                    f"{data['seconds']:.3f} s{first} {data['client']}")  # fmt: skip
-        elif event == "stopped":
-            line = "stopped"
-        if line:
-            sys.stderr.write(line.rstrip("\n") + "\n")
-
-    return report
-
-
-# ----------------------------------------------------------------------------------- entry

@@ -36,24 +36,13 @@ if TYPE_CHECKING:
 
 
 
-def portable_weights(model: LanguageModel) -> dict[str, np.ndarray]:
-    """A torch model's weights in the step layout, by the model file's names, float32."""
-    from charlstm.model.weights import step_weights
-
-    w = step_weights(model)
-    assert w.w_out is not None and w.b_out is not None, "an adaptive head has no portable form"
-    out = {"embed": w.embed}
-    for k, layer in enumerate(w.layers):
-        out.update({f"layer{k}.{name}": t for name, t in layer.items()})
-    out.update({"head.w": w.w_out, "head.b": w.b_out})
-    return {k: v.detach().float().cpu().numpy() for k, v in out.items()}
-
-
 def write_model_file(
     path: Path, model: LanguageModel, tokenizer: dict[str, Any], run: dict[str, Any]
 ) -> Path:
     """Write `model` as a model file (portable.py) at `path`; `run` as in a checkpoint (only
     RUN_KEYS are kept)."""
+    from charlstm.model.weights import portable_weights
+
     kept = {k: run[k] for k in RUN_KEYS if run.get(k) is not None}
     if "best_val_loss" in kept and not np.isfinite(kept["best_val_loss"]):
         del kept["best_val_loss"]  # inf before the first validation: not JSON
@@ -61,7 +50,8 @@ def write_model_file(
 
 
 def model_from_portable(model: Portable) -> LanguageModel:
-    """The torch model a model file describes (the inverse of `portable_weights`), eval mode."""
+    """The torch model a model file describes, in eval mode (the inverse of
+    model.weights.portable_weights)."""
     import torch
 
     from charlstm.model.language_model import LanguageModel
@@ -81,6 +71,7 @@ def model_from_portable(model: Portable) -> LanguageModel:
 def portable_from_checkpoint(where: Path) -> Portable:
     """A checked checkpoint file's model in memory as a model file would hold it."""
     from charlstm.formats.checkpoint import read_checkpoint
+    from charlstm.model.weights import portable_weights
 
     ckpt = read_checkpoint(where)
     why = no_portable_form(ckpt.config)
@@ -120,4 +111,4 @@ def export(where: Path, *, html: Path | None = None, onnx: Path | None = None) -
     return written
 
 
-__all__ = ["export", "model_from_portable", "portable_weights", "write_model_file"]
+__all__ = ["export", "model_from_portable", "write_model_file"]

@@ -40,6 +40,7 @@ from charlstm.formats.checks import number as _number
 from charlstm.formats.checks import require as _require
 from charlstm.model.language_model import LanguageModel
 from charlstm.model.layers import STATE_PARTS
+from charlstm.model.weights import portable_weights
 
 FORMAT = "charlstm"
 FORMAT_VERSION = 1
@@ -262,7 +263,6 @@ def weights_fingerprint(ckpt: dict[str, Any]) -> str:
 def model_fingerprint(net: LanguageModel, config: dict[str, Any], tokenizer: dict[str, Any]) -> str:
     """The one fingerprint (weights_fingerprint) of a model in memory, given its config and
     tokenizer as saved (asdict, to_dict)."""
-    from charlstm.export.convert import portable_weights
     from charlstm.formats.model_file import fingerprint_of, no_portable_form
 
     if no_portable_form(net.cfg) is None:

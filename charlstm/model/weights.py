@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -123,3 +124,15 @@ def step_weights(model: Any) -> StepWeights:
             b_out=head.bias.detach().clone() if full else None,
             options=cell_options(model.cfg),
         )
+
+
+def portable_weights(model: Any) -> dict[str, np.ndarray]:
+    """A torch model's weights in the step layout, by the model file's names, float32 (what
+    model.safetensors holds: formats/model_file.py)."""
+    w = step_weights(model)
+    assert w.w_out is not None and w.b_out is not None, "an adaptive head has no portable form"
+    out = {"embed": w.embed}
+    for k, layer in enumerate(w.layers):
+        out.update({f"layer{k}.{name}": t for name, t in layer.items()})
+    out.update({"head.w": w.w_out, "head.b": w.b_out})
+    return {k: v.detach().float().cpu().numpy() for k, v in out.items()}

@@ -1,46 +1,26 @@
-"""The front door for Python, and what the CLI calls: train a model, load one, and use it.
-
-    from charlstm import load, train
-    summary = train(["corpus.txt"], budget="2m", report=print)   # the run `charlstm train` makes
-    model = load("checkpoints/my-run")               # a run folder or .pt file; None: the newest
-    for piece in model.generate(prime="ROMEO:", temp=0.8, length=200, seed=1):
-        print(piece, end="")
-    print(model.evaluate(open("held_out.txt").read()))   # loss, perplexity, bits per character
-    print(model.evaluate(text, dynamic=True))   # learning from the text as it reads it
-    model.generate(prime=open("page.txt").read(), adapt=2)   # learn the prime's style first
-
-Nothing here prints; expected failures raise CharlstmError subclasses whose message is one line
-(errors.py), and options are checked by the config dataclasses (config.py).
-"""
+"""Model: a trained model with its tokenizer, ready to generate, score and trace text (on
+either engine), and the checks of what it is asked that need the model (check_adapt)."""
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
 import numpy as np
 
-from charlstm.config import (
-    ADAPT,
-    CHECKPOINTS,
-    ENGINES,
-    DynamicConfig,
-    SampleConfig,
-)
+from charlstm.api.session import Session
+from charlstm.config import ADAPT, DynamicConfig
 from charlstm.data.split import train_length
 from charlstm.data.tokenizer import AnyTokenizer
 from charlstm.errors import CharlstmError, OptionError
-from charlstm.formats.checks import CheckpointError, resolve_checkpoint
-from charlstm.formats.model_file import Portable, fresh_portable, portable_path, read_portable
+from charlstm.formats.model_file import Portable
 from charlstm.formats.run_folder import RunFolder
 from charlstm.generate.choose import seeded
-from charlstm.generate.loop import Request, Rows, Stepper, generate, texts
-from charlstm.generate.options import Caps, SamplingOptions, check_sampling
-from charlstm.options import TrainOptions
+from charlstm.generate.loop import Request, Stepper, generate
+from charlstm.generate.options import SamplingOptions, check_sampling
 
 if TYPE_CHECKING:  # these import torch: only the calls that need it load them
     import torch
@@ -48,150 +28,6 @@ if TYPE_CHECKING:  # these import torch: only the calls that need it load them
     from charlstm.evaluation.exact import EvalResult
     from charlstm.generate.numpy_engine import NumpyStepper
     from charlstm.model.language_model import LanguageModel
-    from charlstm.training.run import Report
-
-# Training's events, as lines at INFO (and every progress event at DEBUG): a library user sees
-# a run's life with logging.basicConfig(level=logging.INFO), nothing otherwise.
-log = logging.getLogger("charlstm")
-
-
-def train(
-    corpus: list[str] | str | None = None,
-    *,
-    report: Report | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    **options: Any,
-) -> dict[str, Any]:
-    """Train a model on `corpus` (files, folders, "-" or a built-in name) with the options of
-    `charlstm train` as keywords (budget="2m", hidden=512, resume="checkpoints/run", ...; see
-    options.TrainOptions) and return the summary. `report(event, data)` sees what happens
-    (print shows it all); the "charlstm" logger says it too, in lines at INFO (progress every
-    10%, each validation). `should_stop()` returning True ends the run before its next step
-    with last.pt saved."""
-    if isinstance(corpus, str):
-        corpus = [corpus]
-    from charlstm.training import runs
-
-    opts = TrainOptions(corpus=list(corpus or []), **options)
-    return runs.train(opts, report=_logging(report), should_stop=should_stop or runs._never)
-
-
-def _logging(report: Report | None) -> Report:
-    """`report`, after each event is logged (see `log`)."""
-    shown = {"progress": 0.0}
-
-    def both(event: str, data: dict[str, Any]) -> None:
-        line = _log_line(event, data)
-        if event == "progress":
-            due = data["progress"] >= shown["progress"] + 0.1
-            log.log(logging.INFO if due else logging.DEBUG, "%s", line)
-            if due:
-                shown["progress"] = data["progress"] // 0.1 * 0.1
-        elif line is not None:
-            log.info("%s", line)
-        if report is not None:
-            report(event, data)
-
-    return both
-
-
-def _log_line(event: str, d: dict[str, Any]) -> str | None:
-    """One event as one line of text (None: not worth a line)."""
-    if event in ("message", "note", "stage"):
-        return d.get("text") or d.get("message")
-    if event == "tokenized":
-        return f"{d['kind']} tokenizer: vocabulary {d['vocab_size']:,}, {d['tokens']:,} tokens"
-    if event == "start":
-        resumed = f", resumed at step {d['resumed_at']:,}" if d["resumed_at"] is not None else ""
-        return (f"training {d['parameters']:,} parameters on {d['train_tokens']:,} tokens, "
-                f"{d['tokens_per_step']:,} tokens a step, on {d['where']}{resumed}")  # fmt: skip
-    if event == "progress":
-        return (f"step {d['step']:,}: train loss {d['loss']:.4f}, {d['tokens_per_s']:,.0f} "
-                f"tokens/s, {d['progress']:.0%} done")  # fmt: skip
-    if event == "eval":
-        val = "no validation split" if d["val_loss"] is None else f"val loss {d['val_loss']:.4f}"
-        best = " (best)" if d.get("best") else ""
-        return f"step {d['step']:,}: train loss {d['train_loss']:.4f}, {val}{best}"
-    return None
-
-
-def load(
-    path: str | Path | None = None,
-    *,
-    checkpoints: str | Path = CHECKPOINTS,
-    device: str | torch.device = "cpu",
-    engine: str = "auto",
-) -> Model:
-    """The model in a run folder (its best.pt, else last.pt), a checkpoint file or a model file
-    (.safetensors); with no path, the most recently written best.pt under `checkpoints`.
-
-    `engine` says what generates: "numpy" from the checkpoint's model.safetensors, without
-    importing torch (the CPU only); "torch"; "auto" (the default): numpy when that file is
-    there, up to date, and the device is the CPU. Evaluating and tracing always use torch,
-    loaded when first asked for."""
-    if engine not in ENGINES:
-        raise OptionError(f"{{engine}} must be {', '.join(ENGINES)}; got {_lit(engine)}")
-    where = resolve_checkpoint(None if path is None else Path(path), Path(checkpoints))
-    on_cpu = str(device) == "cpu"
-    if engine == "numpy" and not on_cpu:
-        raise OptionError(f"{{engine=numpy}} runs on the CPU, not {OptionError.literal(device)}; "
-                          "use {engine=torch}")  # fmt: skip
-    if where.suffix == ".safetensors":
-        model = read_portable(where)
-        if engine == "torch" or not on_cpu:
-            return Model.from_portable(model, engine="torch").to(device)
-        return Model.from_portable(model)
-    if engine != "torch" and on_cpu:
-        fresh = fresh_portable(where)
-        if fresh is not None:
-            return Model.from_portable(read_portable(fresh), checkpoint=where)
-        if engine == "numpy":
-            raise CheckpointError(
-                f"--engine numpy needs an up-to-date {portable_path(where).name} beside '{where}'; "
-                f"write it with: charlstm export {where}"
-            )
-    from charlstm.formats.checkpoint import read_checkpoint
-
-    ckpt = read_checkpoint(where)
-    meta = {k: v for k, v in ckpt.data.items() if k != "model"}
-    return Model(ckpt.model().to(device), ckpt.tokenizer, where, meta)
-
-
-def info(path: str | Path | None = None, *, checkpoints: str | Path = CHECKPOINTS) -> dict:
-    """What a checkpoint or model file holds (as `charlstm info --json`), read without building
-    the model."""
-    where = resolve_checkpoint(None if path is None else Path(path), Path(checkpoints))
-    if where.suffix == ".safetensors":
-        from charlstm.formats.model_file import describe_portable
-
-        data = describe_portable(read_portable(where))
-    else:
-        from charlstm.formats.checkpoint import describe, read_checkpoint
-
-        data = describe(read_checkpoint(where).data, where)
-    # Whether `charlstm train --resume` can continue the run: a last.pt with its training
-    # state and the run's tokens.npy beside it, whichever of the run's files was described.
-    last = where if data["resumable"] else RunFolder(where.parent).last
-    data["resumable"] = last.is_file() and RunFolder(last.parent).tokens.is_file()
-    return data
-
-
-def export(
-    path: str | Path | None = None,
-    *,
-    html: str | Path | None = None,
-    onnx: str | Path | None = None,
-    checkpoints: str | Path = CHECKPOINTS,
-) -> list[Path]:
-    """Write a checkpoint's model.safetensors (torch-free sampling), and with `html` a
-    self-contained browser page, with `onnx` a one-step ONNX graph (export.py). Given a
-    .safetensors file, only the page and the graph are written, and torch is not needed.
-    Returns the files written."""
-    from charlstm.export.convert import export as export_files
-
-    where = resolve_checkpoint(None if path is None else Path(path), Path(checkpoints))
-    return export_files(where, html=None if html is None else Path(html),
-                        onnx=None if onnx is None else Path(onnx))  # fmt: skip
 
 
 def random_seed() -> int:
@@ -557,63 +393,6 @@ class Model:
         return Trace(body, layer, trace(self.net, ids, layer=layer))
 
 
-class Session:
-    """A conversation with a model: text fed in and text generated continue one recurrent
-    state, so each turn reads all the turns before it.
-
-        chat = model.session(temp=0.8, seed=1)
-        chat.feed("ROMEO: Good morrow.\n")
-        for piece in chat.reply(length=300, stop=["\n\n"]):
-            print(piece, end="")
-    """
-
-    def __init__(self, model: Model, cfg: SampleConfig, rng: np.random.Generator) -> None:
-        self.model, self.cfg, self.rng = model, cfg, rng
-        self.stepper = model.stepper()  # either engine
-        self.state = self.stepper.zero_state(1)
-        self.logits: np.ndarray | None = None  # (1, V): the prediction after the last token
-
-    def feed(self, text: str) -> list[str]:
-        """Read `text` into the state (characters the model never saw are skipped; returned)."""
-        if not isinstance(text, str):
-            raise OptionError(f"{{text}} must be a text, not {type(text).__name__}")
-        tok = self.model.tokenizer
-        unknown = tok.unknown(text)
-        ids = tok.encode(text, skip_unknown=True)
-        if len(ids):
-            self.logits = self.stepper.prime(ids.astype(np.int64), self.state).copy()
-            self.state = self.stepper.state()
-        return unknown
-
-    def reply(
-        self, length: int | None = None, stop: Sequence[str] | str | None = ()
-    ) -> Iterator[str]:
-        """Generate up to `length` tokens (default SampleConfig's), ending before the first of
-        `stop`; what is generated becomes part of the state. A character begun by the last
-        token is finished (at most 3 more byte tokens): the text goes on from whole text."""
-        given = check_sampling(length=length, stop=stop, caps=Caps(default_length=self.cfg.length))
-        if self.logits is None:
-            self.feed("\n")  # nothing read yet: start as at the start of a line
-        cfg = replace(self.cfg, length=given.cfg.length)
-        req = Request(np.zeros(0, np.int64), cfg, stop=given.stop, whole=True, rng=self.rng)
-        return self._reply(req)
-
-    def _reply(self, req: Request) -> Iterator[str]:
-        rows = Rows(self.stepper, self.model.tokenizer)
-        rows.join(req, self.state, self.logits)
-        try:
-            for _, text in texts(rows):
-                yield text
-        finally:  # stopped early or not, the state holds everything generated
-            if rows.unstepped is not None:  # every row finished: step the last token
-                self.logits = self.stepper.step(rows.unstepped).copy()
-            elif rows.live:
-                assert rows.logits is not None
-                self.logits = rows.logits.copy()
-            if rows.unstepped is not None or rows.live:
-                self.state = self.stepper.state()
-
-
 def check_adapt(adapt: int, prime: str | None, prime_ids: np.ndarray) -> None:
     """`adapt` passes over a prime read as `prime_ids` (Model.encode_prime) can be made: a whole
     number of passes in range, and a prime of at least two tokens (one prediction to learn)."""
@@ -646,108 +425,3 @@ def _lit(value: object) -> str:
 def _need_two(ids: np.ndarray) -> None:
     if len(ids) < 2:
         raise CharlstmError("the text is too short to evaluate: it needs at least 2 known tokens")
-
-
-# ------------------------------------------------------------------------ what the CLI does too
-# Thin doors for what `charlstm` does besides loading and sampling, so that cli/ reaches the
-# library only through this module (and serve/, which is built on it). Each imports what it
-# needs when called (--help stays light).
-
-
-def train_options(
-    opts: TrainOptions,
-    *,
-    report: Report | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    started: float | None = None,
-) -> dict[str, Any]:
-    """`train` for options already built (and so checked before torch loads); the budget counts
-    from `started` (a time.perf_counter(), e.g. the process's start), else from now."""
-    from charlstm.training import runs
-
-    return runs.train(opts, report=report or runs._ignore,
-                      should_stop=should_stop or runs._never, started=started)  # fmt: skip
-
-
-def read_text(sources: list[str], *, encoding: str = "utf-8", errors: str = "strict") -> str:
-    """The text of files, folders, "-" (stdin) or a built-in corpus, as `evaluate` reads it."""
-    from charlstm.config import CORPORA
-    from charlstm.data.corpus import load_corpus
-
-    return load_corpus(sources, cache_dir=CORPORA, encoding=encoding, errors=errors).text
-
-
-def torch_device(name: str = "auto") -> torch.device:
-    """The torch device a name means: "auto" (a CUDA GPU, else Apple's MPS, else the CPU),
-    cpu, cuda, cuda:N or mps; an OptionError for one this machine lacks."""
-    from charlstm.device import resolve_device
-
-    return resolve_device(name)
-
-
-def use_threads(threads: int = 0, streams: int = 1) -> None:
-    """torch on `threads` CPU threads (0: chosen for `streams` parallel streams)."""
-    from charlstm.device import set_threads
-
-    set_threads(threads, streams)
-
-
-def list_runs(checkpoints: str | Path = CHECKPOINTS) -> list[Any]:
-    """The runs under `checkpoints`, newest first (formats.run_folder.RunRecord)."""
-    from charlstm.formats.run_folder import list_runs as found
-
-    return found(Path(checkpoints))
-
-
-def delete_run(name: str, *, checkpoints: str | Path = CHECKPOINTS) -> int:
-    """Delete a run's folder; the bytes freed."""
-    from charlstm.formats.run_folder import delete_run as delete
-
-    return delete(Path(checkpoints), name)
-
-
-def slim_run(name: str, *, checkpoints: str | Path = CHECKPOINTS) -> int:
-    """Keep only a run's best.pt (delete what only resuming needs); the bytes freed."""
-    from charlstm.formats.run_folder import slim_run as slim
-
-    return slim(Path(checkpoints), name)
-
-
-def check_coder() -> None:
-    """A CharlstmError unless the entropy coder compress needs is installed."""
-    from charlstm.compress.codec import require_constriction
-
-    require_constriction()
-
-
-def run_age(seconds_since_epoch: float) -> str:
-    """How long ago a time was, as `charlstm runs` shows it ("3 h")."""
-    from charlstm.formats.run_folder import age
-
-    return age(seconds_since_epoch)
-
-
-def codec(model: Model, engine: str = "torch") -> Any:
-    """The lossless coder over a loaded model (compress.codec.Codec: compress, decompress)."""
-    from charlstm.compress.codec import Codec
-
-    return Codec(model.net, model.tokenizer, engine=engine)
-
-
-def compressed_header(blob: bytes) -> Any:
-    """What a compressed file's header says (compress.codec.Header); a CharlstmError if `blob`
-    is no compressed file."""
-    from charlstm.compress.codec import read_header
-
-    return read_header(blob)
-
-
-def units_tracking(activations: dict[str, np.ndarray], text: str, top: int = 5) -> list[dict]:
-    """The units whose values follow simple properties of `text` best (quotes, brackets, line
-    position, word starts): kind, unit, property, correlation."""
-    from charlstm.evaluation.visualize import find_units, properties
-
-    return find_units(activations, properties(text), top=top)
-
-
-__all__ = ["ENGINES", "EncodedText", "Model", "Session", "Trace", "export", "info", "load", "train"]
