@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from charlstm.generate.plan import Layout, Slot
+from charlstm.generate.plan import Layout, viewer
 
 
 class NumpyOps:
@@ -91,11 +91,7 @@ def numpy_calls(
     for name, (width, dtype) in layout.temps.items():
         buffers[name] = np.zeros((batch, width), bool if dtype == "b" else np.float32)
 
-    def view(a: Any) -> Any:
-        if isinstance(a, Slot):
-            return buffers[a.buf][:, a.start : a.stop]
-        return params[a] if isinstance(a, str) else a
-
+    view = viewer(buffers, params)
     calls: list[Callable[[], Any]] = []
     for step in layout.steps:
         out, args = view(step.out), [view(a) for a in step.args]

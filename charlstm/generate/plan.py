@@ -185,6 +185,18 @@ def lay_out(plan: Plan, hidden: int, inputs: int, fuse: frozenset[str] = frozens
     return Layout(temps, tuple(_merged(steps)), copies)
 
 
+def viewer(buffers: dict[str, Any], params: dict[str, Any]) -> Any:
+    """What a step's argument stands for, in an engine's arrays: a slot's columns of its
+    buffer (a view), a parameter by name, or the constant itself."""
+
+    def view(a: Any) -> Any:
+        if isinstance(a, Slot):
+            return buffers[a.buf][:, a.start : a.stop]
+        return params[a] if isinstance(a, str) else a
+
+    return view
+
+
 def _joined(a: Step, b: Step) -> Step | None:
     """a and b as one step over both their columns, if they are the same elementwise op on
     adjacent columns of one buffer with inputs laid out alike (else None)."""

@@ -40,7 +40,7 @@ from charlstm.export.trace import trace
 from charlstm.generate.numpy_engine import (
     table_fits,  # when layer 0 becomes a table: one rule for both engines
 )
-from charlstm.generate.plan import Layout, Slot, lay_out
+from charlstm.generate.plan import Layout, lay_out, viewer
 from charlstm.model.language_model import LanguageModel
 from charlstm.model.layers import State
 from charlstm.model.weights import StepWeights, step_weights
@@ -202,11 +202,7 @@ def torch_program(
         kind = torch.bool if dtype == "b" else like.dtype
         buffers[name] = like.new_zeros(like.shape[0], width, dtype=kind)
 
-    def view(a: Any) -> Any:
-        if isinstance(a, Slot):
-            return buffers[a.buf][:, a.start : a.stop]
-        return params[a] if isinstance(a, str) else a
-
+    view = viewer(buffers, params)
     calls: list[Callable[[], Any]] = []
     for step in layout.steps:
         calls += _calls(step.kind, view(step.out), [view(a) for a in step.args], like)
