@@ -209,7 +209,7 @@ def test_a_measurement_stops_by_its_clock(monkeypatch):
     import torch
 
     from charlstm.config import ModelConfig, TrainConfig
-    from charlstm.training import loop
+    from charlstm.training import schedule
 
     calls: list[float] = []
 
@@ -218,8 +218,8 @@ def test_a_measurement_stops_by_its_clock(monkeypatch):
         time.sleep(0.05)
         return None, state, None
 
-    monkeypatch.setattr(loop, "train_step", slow_step)
-    monkeypatch.setattr(loop, "apply_step", lambda optimizer, scaler: None)
+    monkeypatch.setattr(schedule, "train_step", slow_step)  # sizing steps as training does
+    monkeypatch.setattr(schedule, "apply_step", lambda optimizer, scaler: None)
     mc = ModelConfig(vocab_size=8, hidden_size=8, num_layers=1)
     tc = TrainConfig(batch_size=2, window=4)
     rung, cpu = Rung(8, 1, 1e-2), torch.device("cpu")
