@@ -34,7 +34,12 @@ from click.testing import CliRunner  # noqa: E402
 from charlstm.cli import app  # noqa: E402
 from charlstm.formats.checkpoint import load_checkpoint  # noqa: E402
 from tests.conftest import PLAY  # noqa: E402
-from tests.fuzzfiles import hostile_run_json, hostile_safetensors, hostile_tokenizer  # noqa: E402
+from tests.fuzzfiles import (  # noqa: E402
+    hostile_run_json,
+    hostile_safetensors,
+    hostile_tokenizer,
+    train_tiny_runs,
+)
 from tests.test_promises import HOWS, _apply, _paths  # noqa: E402
 
 KINDS = ("char", "word", "bpe")
@@ -68,14 +73,7 @@ def invoke(args: list[str], result: list | None = None) -> tuple[str, str]:
 
 
 def train(home: Path) -> None:
-    (home / "play.txt").write_text(PLAY)
-    for kind in KINDS:
-        vocab = {"char": [], "word": ["--vocab-size", "40"], "bpe": ["--vocab-size", "280"]}[kind]
-        r = runner.invoke(cli, ["train", str(home / "play.txt"), "--steps", "4", "--eval-every",
-                                "2", "--name", kind, "--tokenizer", kind, *vocab, "--checkpoints",
-                                str(home / "ck"), "--hidden", "8", "--layers", "1", "-b", "2",
-                                "-t", "8", "--threads", "1", "-q"])  # fmt: skip
-        assert r.exit_code == 0, r.stderr
+    train_tiny_runs(home, cli, PLAY)
 
 
 def cases(home: Path, what: str, n: int, tmp: Path):

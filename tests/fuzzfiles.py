@@ -267,3 +267,22 @@ def hostile_tokenizer(pristine: dict[str, Any], case: int) -> dict[str, Any]:
     if case % 3 == 0:
         return _edit(pristine, rng)
     return _edit_tokenizer(pristine, rng)
+
+
+KINDS = ("char", "word", "bpe")
+
+
+def train_tiny_runs(home: Any, app: Any, play: str) -> None:
+    """Three tiny runs, char, word and bpe, under home/ck: what the hostile files are made from
+    (the suite's test and benchmarks/fuzz_files.py)."""
+    from click.testing import CliRunner
+
+    (home / "play.txt").write_text(play)
+    for kind in KINDS:
+        vocab = {"char": [], "word": ["--vocab-size", "40"], "bpe": ["--vocab-size", "280"]}[kind]
+        r = CliRunner().invoke(app, ["train", str(home / "play.txt"), "--steps", "4",
+                                     "--eval-every", "2", "--name", kind, "--tokenizer", kind,
+                                     *vocab, "--checkpoints", str(home / "ck"), "--hidden", "8",
+                                     "--layers", "1", "-b", "2", "-t", "8", "--threads", "1",
+                                     "-q"])  # fmt: skip
+        assert r.exit_code == 0, r.stderr

@@ -28,6 +28,7 @@ from tests.fuzzfiles import (
     hostile_tokenizer,
     join_safetensors,
     split_safetensors,
+    train_tiny_runs,
 )
 
 runner = CliRunner()
@@ -46,14 +47,7 @@ def one_error_line(stderr: str) -> str:
 def home(tmp_path_factory) -> Path:
     """Three tiny runs (char, word, bpe) under home/ck."""
     home = tmp_path_factory.mktemp("hostile")
-    (home / "play.txt").write_text(PLAY)
-    for kind in KINDS:
-        vocab = {"char": [], "word": ["--vocab-size", "40"], "bpe": ["--vocab-size", "280"]}[kind]
-        r = runner.invoke(cli, ["train", str(home / "play.txt"), "--steps", "4", "--eval-every",
-                                "2", "--name", kind, "--tokenizer", kind, *vocab, "--checkpoints",
-                                str(home / "ck"), "--hidden", "8", "--layers", "1", "-b", "2",
-                                "-t", "8", "--threads", "1", "-q"])  # fmt: skip
-        assert r.exit_code == 0, r.stderr
+    train_tiny_runs(home, cli, PLAY)
     return home
 
 
