@@ -255,7 +255,7 @@ def test_plain_progress_lines_fill_only_the_gaps_between_validations():
 
     from rich.console import Console
 
-    from charlstm.cli.display import TrainDisplay
+    from charlstm.display.training import TrainDisplay
 
     def lines(eval_at: set[int]) -> list[str]:
         out = io.StringIO()

@@ -20,7 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 from charlstm.cli import app
-from charlstm.cli.display import sparkline
+from charlstm.display.console import sparkline
 from charlstm.formats.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tests.conftest import PLAY
 from tests.helpers import start_training, wait_for

@@ -109,10 +109,9 @@ def main() -> None:
         sys.stderr.write("charlstm: interrupted\n")
         code = EXIT_INTERRUPTED
     except BrokenPipeError:
-        # The reader went away (e.g. `| head`): stop quietly, and keep Python from
-        # complaining while it flushes stdout at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        from charlstm.cli.output import reader_gone
+
+        reader_gone()
         code = 0
     if code == EXIT_INTERRUPTED:
         # Already on the way out: a further Ctrl-C must not kill the process mid-exit (which

@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 
 from charlstm.cli.app import _command
-from charlstm.cli.display import err_console
 from charlstm.cli.options import Checkpoints, ModelPath, Quiet, Threads, _opt
 from charlstm.cli.output import _load, _stream
 from charlstm.config import CHECKPOINTS, SampleConfig
+from charlstm.display.console import err_console
 
 
 @_command

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 
 from charlstm.cli.app import _command
-from charlstm.cli.display import CodingBar, err_console
 from charlstm.cli.options import Checkpoints, ModelPath, Quiet
-from charlstm.cli.output import _load
+from charlstm.cli.output import _load, _write_stdout
 from charlstm.config import CHECKPOINTS
+from charlstm.display.coding import CodingBar, compress_summary, decompress_summary
+from charlstm.display.console import err_console
 from charlstm.errors import CharlstmError, UsageError
 
 CompressInput = Annotated[str, typer.Argument(help="The file to read; - (default) reads stdin.")]
@@ -43,16 +44,6 @@ def _read_input(source: str) -> bytes:
         raise CharlstmError(f"cannot read '{source}': {e.strerror or e}") from None
 
 
-def _write_stdout_bytes(data: bytes) -> None:
-    try:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        raise typer.Exit(0) from None
-
-
 def _load_codec(
     model: Path | None, engine: str, threads: int, checkpoints: Path
 ) -> tuple[Path, Any]:
@@ -62,6 +53,16 @@ def _load_codec(
 
     net = _load(model, threads, err_console(quiet=True), streams=0, checkpoints=checkpoints)
     return net.path, codec(net, engine)
+
+
+def _coded(err: Any, what: str, code: Callable[[CodingBar], bytes]) -> tuple[bytes, float]:
+    """Run `code` with a progress bar: its bytes and the seconds it took."""
+    bar = CodingBar(err, what)
+    t0 = time.perf_counter()
+    try:
+        return code(bar), time.perf_counter() - t0
+    finally:
+        bar.close()
 
 
 @_command
@@ -89,31 +90,15 @@ def compress(
         raise CharlstmError(
             "refusing to write compressed data to a terminal; redirect it: > FILE.clz"
         )
-    from charlstm.api import check_coder, compressed_header
+    from charlstm.api import check_coder
 
     check_coder()
     data = _read_input(source)
     path, codec = _load_codec(model, engine, threads, checkpoints)
-    bar = CodingBar(err, "compress")
-    t0 = time.perf_counter()
-    try:
-        blob = codec.compress(data, segments=segments or None, progress=bar)
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - t0
-    _write_stdout_bytes(blob)
-    header = compressed_header(blob)
-    chars = len(data.decode("utf-8", errors="surrogateescape"))
-    err.print(
-        f"{path}: {len(data):,} → {len(blob):,} bytes "
-        f"({8 * len(blob) / max(chars, 1):.3f} bits/char) "
-        f"in {seconds:.1f}s ({len(data) / 1000 / max(seconds, 1e-9):,.1f} KB/s) · "
-        f"{header.segments} segments"
-        + (f", {header.raw_segments} stored raw (the model cannot predict them)"
-           if header.raw_segments else ""),  # fmt: skip
-        style="dim",
-        soft_wrap=True,
-    )
+    blob, seconds = _coded(err, "compress", lambda bar: codec.compress(
+        data, segments=segments or None, progress=bar))
+    _write_stdout(blob)
+    err.print(compress_summary(path, data, blob, seconds), style="dim", soft_wrap=True)
 
 
 @_command
@@ -134,17 +119,6 @@ def decompress(
     blob = _read_input(source)
     compressed_header(blob)  # a file that is no compressed file fails before the model loads
     path, codec = _load_codec(model, engine, threads, checkpoints)
-    bar = CodingBar(err, "decompress")
-    t0 = time.perf_counter()
-    try:
-        data = codec.decompress(blob, progress=bar)
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - t0
-    _write_stdout_bytes(data)
-    err.print(
-        f"{path}: {len(blob):,} → {len(data):,} bytes in {seconds:.1f}s "
-        f"({len(data) / 1000 / max(seconds, 1e-9):,.1f} KB/s)",
-        style="dim",
-        soft_wrap=True,
-    )
+    data, seconds = _coded(err, "decompress", lambda bar: codec.decompress(blob, progress=bar))
+    _write_stdout(data)
+    err.print(decompress_summary(path, blob, data, seconds), style="dim", soft_wrap=True)

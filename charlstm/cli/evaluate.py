@@ -9,10 +9,10 @@ from typing import Annotated, Any
 import typer
 
 from charlstm.cli.app import _command
-from charlstm.cli.display import err_console
 from charlstm.cli.options import Checkpoints, Device, ModelPath, Quiet, Threads, options_of
 from charlstm.cli.output import _load, _note_unknown, _read_texts, _write_stdout
 from charlstm.config import CHECKPOINTS, DynamicConfig
+from charlstm.display.console import err_console
 from charlstm.errors import UsageError
 from charlstm.options import EvaluateOptions
 

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from charlstm.cli.app import _command
-from charlstm.cli.display import err_console
 from charlstm.cli.options import Checkpoints, Quiet, _opt
 from charlstm.config import CHECKPOINTS
+from charlstm.display.console import err_console
 
 
 @_command

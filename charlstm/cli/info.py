@@ -9,10 +9,11 @@ from typing import Annotated
 import typer
 
 from charlstm.cli.app import _command
-from charlstm.cli.display import err_console, info_lines, plot_metrics
 from charlstm.cli.options import Checkpoints, Json, Quiet, _opt
 from charlstm.cli.output import _write_stdout
 from charlstm.config import CHECKPOINTS
+from charlstm.display.console import err_console
+from charlstm.display.runs import info_lines, plot_metrics
 from charlstm.errors import CharlstmError
 
 

@@ -16,15 +16,23 @@ from rich.console import Console
 from charlstm.config import CHECKPOINTS
 
 
-def _write_stdout(text: str) -> None:
+def reader_gone() -> None:
+    """The reader of stdout went away (`| head`): point stdout at /dev/null, so that Python's
+    flush at exit does not complain, and the command can stop quietly with success, as
+    `yes | head` does. (Left alone, click would turn the broken pipe into exit status 1.)"""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _write_stdout(text: str | bytes) -> None:
     try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        if isinstance(text, bytes):
+            sys.stdout.buffer.write(text)
+            sys.stdout.buffer.flush()
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
     except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly with success, as `yes | head` does.
-        # (Left alone, click would turn the broken pipe into exit status 1.)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        reader_gone()
         raise typer.Exit(0) from None
 
 
@@ -34,8 +42,7 @@ class _StdoutConsole(Console):
 
     def on_broken_pipe(self) -> None:
         self.quiet = True
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        reader_gone()
         raise typer.Exit(0)
 
 

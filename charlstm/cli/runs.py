@@ -6,10 +6,11 @@ import json
 from typing import Annotated
 
 from charlstm.cli.app import _command
-from charlstm.cli.display import err_console, mb, runs_table
 from charlstm.cli.options import Checkpoints, Quiet, _flag, _opt
 from charlstm.cli.output import _write_stdout
 from charlstm.config import CHECKPOINTS
+from charlstm.display.console import err_console, mb
+from charlstm.display.runs import runs_table
 
 
 @_command

@@ -10,10 +10,10 @@ from typing import Any
 from rich.console import Console
 
 from charlstm.cli.app import _command
-from charlstm.cli.display import err_console
 from charlstm.cli.options import Checkpoints, ModelPath, Quiet, Threads, options_of
 from charlstm.cli.output import _blas_threads, _load, _stdin_note, _stream, _write_stdout
 from charlstm.config import CHECKPOINTS
+from charlstm.display.console import err_console
 from charlstm.errors import CharlstmError, OptionError, UsageError
 from charlstm.options import SampleOptions
 

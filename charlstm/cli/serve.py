@@ -9,9 +9,10 @@ from typing import Annotated, Any
 import typer
 
 from charlstm.cli.app import _command
-from charlstm.cli.display import err_console, serve_report
 from charlstm.cli.options import Checkpoints, Device, Quiet, Threads, options_of
 from charlstm.config import CHECKPOINTS, ServeConfig
+from charlstm.display.console import err_console
+from charlstm.display.serving import serve_report
 from charlstm.errors import CharlstmError
 
 

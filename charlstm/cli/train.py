@@ -10,9 +10,10 @@ from typing import Annotated, Any
 import typer
 
 from charlstm.cli.app import _command
-from charlstm.cli.display import TrainDisplay, err_console, print_summary
 from charlstm.cli.options import Quiet, _flag, options_of
 from charlstm.cli.output import _stdin_note, _write_stdout
+from charlstm.display.console import err_console
+from charlstm.display.training import TrainDisplay, print_summary
 from charlstm.errors import EXIT_INTERRUPTED
 from charlstm.options import TrainOptions
 

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 import typer
 
 from charlstm.cli.app import _command
-from charlstm.cli.display import err_console, show_units, unit_table
 from charlstm.cli.options import (
     Checkpoints,
     ModelPath,
@@ -19,6 +18,8 @@ from charlstm.cli.options import (
 )
 from charlstm.cli.output import _load, _note_unknown, _read_texts, _stdout_is_terminal
 from charlstm.config import CHECKPOINTS
+from charlstm.display.console import err_console
+from charlstm.display.units import show_units, unit_table
 from charlstm.errors import UsageError
 from charlstm.options import VisualizeOptions
 
