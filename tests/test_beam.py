@@ -117,10 +117,27 @@ def test_a_beam_that_holds_every_text_finds_the_true_best_k(runs: Path, length: 
     assert [b.logprob for b in beams] == pytest.approx([s for s, _ in every], abs=1e-5)
     for beam in beams:
         assert beam.logprob == pytest.approx(score("a", beam.ids), abs=1e-5)
-    # the best K' for a smaller K' are the first K' of them
     top = model.beam("a", vocab**length, length)
-    assert [b.ids for b in top] == [b.ids for b in beams]
+    assert [b.ids for b in top] == [b.ids for b in beams]  # the same search
     assert {b.ids for b in beams} == {ids for _, ids in every}
+
+
+def test_with_a_stop_text_every_text_that_can_end_is_ranked_truly(runs: Path) -> None:
+    """Texts end at a newline (the stop) or at 4 tokens: 15 end at the stop, 16 run to the
+    length; a beam of 40 holds them all, in the model's own order."""
+    model = charlstm.load(runs / "abc", engine="torch")
+    score, newline = _scorer(model), int(model.tokenizer.encode("\n")[0])
+    ends = [ids for n in range(1, 5) for ids in itertools.product(range(3), repeat=n)
+            if newline not in ids[:-1] and (ids[-1] == newline or n == 4)]  # fmt: skip
+    assert len(ends) == 31
+    truth = sorted(score("b", ids) for ids in ends)[::-1]
+    beams = model.beam("b", 40, 4, stop="\n")
+    assert {b.ids for b in beams} == set(ends) and len(beams) == 31
+    assert [b.logprob for b in beams] == pytest.approx(truth, abs=1e-5)  # in order
+    for b in beams:  # (the order of two texts within 1e-6 of each other is float32's)
+        assert b.logprob == pytest.approx(score("b", b.ids), abs=1e-5)
+        assert b.reason == ("stop" if b.ids[-1] == newline else "length")
+        assert "\n" not in b.text
 
 
 def test_beams_are_sorted_distinct_and_the_same_every_time(runs: Path) -> None:
@@ -133,35 +150,56 @@ def test_beams_are_sorted_distinct_and_the_same_every_time(runs: Path) -> None:
     assert model.beam(PRIME, 8, 0) == [Beam("", 0.0, (), "length")]
 
 
-class _Uniform:
-    """A Stepper under which every token is as likely as any other: every candidate ties."""
+class _Table:
+    """A Stepper over three tokens whose next-token log-probabilities depend only on the last
+    token: row t of `table` (3, 3). Its state is each row's last token."""
 
     vocab_size = 3
 
+    def __init__(self, table: np.ndarray) -> None:
+        self.table = np.asarray(table, np.float32)
+
     def prime(self, ids: np.ndarray, state: object = None) -> np.ndarray:
-        self.rows = np.zeros((1, 1, 1))
-        return np.zeros((1, 3), np.float32)
+        self.last = np.asarray(ids[-1:], dtype=np.int64)
+        return self.table[self.last]
 
     def state(self) -> tuple[np.ndarray]:
-        return (self.rows,)
+        return (self.last[None, :, None].copy(),)
 
     def pick(self, state: tuple[np.ndarray], index: list[int]) -> tuple[np.ndarray]:
         return (state[0][:, index],)
 
     def start(self, state: tuple[np.ndarray]) -> None:
-        self.rows = state[0]
+        self.last = state[0][0, :, 0].copy()
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
-        assert len(tokens) == self.rows.shape[1]
-        return np.zeros((len(tokens), 3), np.float32)
+        assert len(tokens) == len(self.last), "a token for each row of the state"
+        self.last = tokens.copy()
+        return self.table[tokens]
+
+
+def _search(table: np.ndarray, k: int, length: int, stop: tuple[str, ...] = ()) -> list:
+    """(text, tokens, reason, logprob) of each beam, over the tokens a, b, c."""
+    beams = beam_search(_Table(table), CharTokenizer("abc"), np.array([0]), k, length, stop)  # type: ignore[arg-type]
+    return [(b.text, b.tokens, b.reason, pytest.approx(b.logprob)) for b in beams]
 
 
 def test_ties_go_to_the_better_row_then_the_lower_token_id() -> None:
-    beams = beam_search(_Uniform(), CharTokenizer("abc"), np.array([0]), 4, 3)  # type: ignore[arg-type]
-    assert [b.text for b in beams] == ["aaa", "aab", "aac", "aba"]
-    assert [b.logprob for b in beams] == pytest.approx([3 * np.log(1 / 3)] * 4)
-    beams = beam_search(_Uniform(), CharTokenizer("abc"), np.array([0]), 2, 3, stop=("b",))  # type: ignore[arg-type]
-    assert [(b.text, b.tokens, b.reason) for b in beams] == [("", 1, "stop"), ("a", 2, "stop")]
+    third = np.log(1 / 3)
+    assert _search(np.zeros((3, 3)), 4, 3) == [
+        ("aaa", 3, "length", 3 * third), ("aab", 3, "length", 3 * third),
+        ("aac", 3, "length", 3 * third), ("aba", 3, "length", 3 * third)]  # fmt: skip
+    assert _search(np.zeros((3, 3)), 2, 3, ("b",)) == [("", 1, "stop", third),
+                                                        ("a", 2, "stop", 2 * third)]  # fmt: skip
+
+
+def test_finished_hypotheses_are_kept_aside_and_the_rest_search_on() -> None:
+    """After a: a 0.6, b 0.1, c 0.3 (c stops); after b or c: any. Step 1 keeps a and b live
+    and c finished; step 2 keeps aa only (ac finishes, and every b… is behind it); step 3
+    ends with aaa ahead of everything left."""
+    table = np.log([[0.6, 0.1, 0.3], [1 / 3] * 3, [1 / 3] * 3])
+    want = [("", 1, "stop", np.log(0.3)), ("aaa", 3, "length", 3 * np.log(0.6))]
+    assert _search(table, 2, 3, ("c",)) == want
 
 
 @pytest.mark.parametrize("cell", list(CELLS))

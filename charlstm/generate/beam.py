@@ -108,7 +108,7 @@ def beam_search(
         if not live or (len(done) >= k and done[k - 1].logprob >= live[0].logprob):
             break
         state = stepper.state()
-        if parents != list(range(len(parents))):
+        if parents != list(range(len(total))):  # not every row, each once, in order
             state = stepper.pick(state, parents)
         stepper.start(state)
         tokens = [h.node.token for h in live if h.node is not None]
