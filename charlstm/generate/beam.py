@@ -107,10 +107,8 @@ def beam_search(
         live, parents = _select(total, live, done, k, t == length, spell, stop)
         if not live or (len(done) >= k and done[k - 1].logprob >= live[0].logprob):
             break
-        state = stepper.state()
         if parents != list(range(len(total))):  # not every row, each once, in order
-            state = stepper.pick(state, parents)
-        stepper.start(state)
+            stepper.start(stepper.pick(stepper.state(), parents))
         tokens = [h.node.token for h in live if h.node is not None]
         logits = stepper.step(np.array(tokens, dtype=np.int64))
     return done[:k]
