@@ -13,7 +13,7 @@ Nothing here prints; expected failures raise CharlstmError subclasses whose mess
 (errors.py), and options are checked by the config dataclasses (config.py).
 
     training.py  train, train_options          loading.py  load, info, export
-    model.py     Model (generate, evaluate, trace), check_adapt
+    model.py     Model (generate, beam, evaluate, trace), check_adapt
     session.py   Session (a conversation)      runs.py     thin doors for the rest of the CLI
 
 Importing this package imports numpy but no torch: only the calls that need torch load it.
