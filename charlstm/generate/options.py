@@ -118,9 +118,10 @@ def check_beam(k: object, **given: object) -> int:
     """Beam search's K, a whole number from 1 to MAX_BEAM, given with none of the options that
     only sampling takes (`given`: the caller's options by name; those of _SAMPLES must be at
     their neutral values): beam search is deterministic and draws nothing. One OptionError
-    naming the first."""
+    naming the first (K as `k`, or --beam on the command line)."""
     if not _whole(k) or not 1 <= k <= MAX_BEAM:  # type: ignore[operator]
-        raise OptionError(f"{{beam}} must be a whole number from 1 to {MAX_BEAM}, not {_lit(k)}")
+        raise OptionError(f"{{k}} must be a whole number from 1 to {MAX_BEAM}, not {_lit(k)}",
+                          flags={"k": "--beam"})  # fmt: skip
     for name, neutral in _SAMPLES.items():
         if given.get(name, neutral) != neutral:
             raise OptionError(f"{{beam}} finds the most likely texts and does not sample: drop "
