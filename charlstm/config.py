@@ -276,6 +276,7 @@ DYNAMIC_LR = {"rms": 2e-4, "sgd": 0.1}
 # which would cap how far repeated passes can move them.
 ADAPT = {"segment": 20, "decay": 0.0}
 MAX_ADAPT_PASSES = 1000  # `sample --adapt`: more passes over a prime only memorise it
+MAX_BEAM = 100  # `sample --beam`: hypotheses kept (each step scores K × vocabulary tokens)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from charlstm.config import (
     DYNAMIC_LR,
     ENGINES,
     EVAL_PRECISIONS,
+    MAX_BEAM,
     OPTIMIZERS,
     PRECISIONS,
     SOFTMAXES,
@@ -364,6 +365,12 @@ class SampleOptions:
         "than one, each is printed whole under a line [bold]--- sample I ---[/] (I from 1), "
         "samples separated by a blank line; only a single sample streams.", 1,
         flags=("--num-samples", "-N"))
+    beam: int | None = option(
+        "Beam search: the K most likely continuations, best first, found deterministically "
+        "(no --temp, --top-k, --top-p, --seed or -N), each printed whole under a line "
+        '[bold]--- beam I · log-prob X ---[/] (--json: {"beam": I, "logprob": X, "tokens": N, '
+        '"text": ...}); X is the natural log of the probability of its tokens, a stop '
+        f"text's included. K from 1 to {MAX_BEAM}.", metavar="K")
     json_out: bool = option(
         'One JSON object per sample per line: {"sample": I, "seed": SEED, "text": prime + '
         'generated text} (without the prime with --no-echo-prime).', False, flags=("--json",))

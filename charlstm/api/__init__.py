@@ -13,7 +13,7 @@ Nothing here prints; expected failures raise CharlstmError subclasses whose mess
 (errors.py), and options are checked by the config dataclasses (config.py).
 
     training.py  train, train_options          loading.py  load, info, export
-    model.py     Model (generate, evaluate, trace), check_adapt
+    model.py     Model (generate, beam, evaluate, trace), check_adapt
     session.py   Session (a conversation)      runs.py     thin doors for the rest of the CLI
 
 Importing this package imports numpy but no torch: only the calls that need torch load it.
@@ -37,9 +37,9 @@ from charlstm.api.runs import (
 from charlstm.api.session import Session
 from charlstm.api.training import log, train, train_options
 from charlstm.config import ENGINES
-from charlstm.generate.options import SamplingOptions, check_sampling
+from charlstm.generate.options import SamplingOptions, check_beam, check_sampling
 
-__all__ = ["ENGINES", "EncodedText", "Model", "SamplingOptions", "Session", "Trace",
+__all__ = ["ENGINES", "EncodedText", "Model", "SamplingOptions", "Session", "Trace", "check_beam",
            "check_adapt", "check_coder", "check_sampling", "codec", "compressed_header",
            "delete_run", "export", "info", "list_runs", "load", "log", "random_seed",
            "read_text", "run_age", "slim_run", "torch_device", "train", "train_options",

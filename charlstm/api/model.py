@@ -4,7 +4,7 @@ either engine), and the checks of what it is asked that need the model (check_ad
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
@@ -18,9 +18,10 @@ from charlstm.data.tokenizer import AnyTokenizer
 from charlstm.errors import CharlstmError, OptionError
 from charlstm.formats.model_file import Portable
 from charlstm.formats.run_folder import RunFolder
+from charlstm.generate.beam import Beam, beam_search
 from charlstm.generate.choose import seeded
 from charlstm.generate.loop import Request, Stepper, generate
-from charlstm.generate.options import SamplingOptions, check_sampling
+from charlstm.generate.options import SamplingOptions, check_beam, check_sampling
 
 if TYPE_CHECKING:  # these import torch: only the calls that need it load them
     import torch
@@ -254,6 +255,25 @@ class Model:
         for i, text in generate(self.stepper(net), self.tokenizer, req):
             rows[i].append(text)
         return ["".join(row) for row in rows]
+
+    def beam(
+        self,
+        prime: str | None,
+        k: int,
+        length: int | None = None,
+        *,
+        stop: Sequence[str] | str | None = None,
+        on_unknown: str = "error",
+    ) -> list[Beam]:
+        """The `k` most likely continuations of the prime, best first (beam search,
+        generate/beam.py): `length` tokens each (None: SampleConfig's), or up to the first of
+        the `stop` texts (not included). Each Beam has its text, its logprob (the natural log
+        of its tokens' probability under the model, a stop text's tokens included), its ids
+        and why it ended. Deterministic: no temperature, no seed."""
+        given = check_sampling(length=length, stop=stop, on_unknown=on_unknown)
+        k = check_beam(k)
+        ids = self.encode_prime(prime, on_unknown)
+        return beam_search(self.stepper(), self.tokenizer, ids, k, given.cfg.length, given.stop)
 
     def session(self, **options: Unpack[SamplingOptions]) -> Session:
         """A conversation (see Session) with generate()'s sampling options."""

@@ -36,6 +36,9 @@ def sample(
     err = err_console(quiet)
     choice = {k: getattr(opts, k) for k in SamplingOptions.__annotations__}
     check_sampling(**choice)  # before loading
+    if opts.beam is not None:  # the K most likely texts: no draws
+        _beams(model, opts, err, checkpoints, threads)
+        return
     prime = _read_prime(opts.prime, opts.prime_file, err)
     if opts.adapt and opts.engine == "numpy":
         raise OptionError("{adapt} learns with torch; drop {engine=numpy}")
@@ -58,9 +61,33 @@ def sample(
     for i, text in enumerate(texts, start=1):
         if opts.json_out:
             _write_stdout(json.dumps({"sample": i, "seed": seed, "text": head + text}) + "\n")
-        else:  # a sample's own last newline ends its line: no second one (--json is exact)
-            end = "" if (head + text).endswith("\n") else "\n"
-            _write_stdout(("\n" if i > 1 else "") + f"--- sample {i} ---\n{head}{text}{end}")
+        else:
+            _write_whole(i, f"sample {i}", head + text)
+
+
+def _write_whole(i: int, header: str, text: str) -> None:
+    """Text I (from 1) of several, printed whole under its header line, after a blank line
+    (from the second on). Its own last newline ends its line: no second one (--json is exact)."""
+    end = "" if text.endswith("\n") else "\n"
+    _write_stdout(("\n" if i > 1 else "") + f"--- {header} ---\n{text}{end}")
+
+
+def _beams(model: Path | None, opts: SampleOptions, err: Console, checkpoints: Path,
+           threads: int) -> None:  # fmt: skip
+    """`--beam K`: the K most likely continuations (generate/beam.py), best first, each whole."""
+    from charlstm.api import check_beam
+
+    k = check_beam(opts.beam, **vars(opts))  # before loading
+    prime = _read_prime(opts.prime, opts.prime_file, err)
+    net = _load(model, threads, err, streams=k, checkpoints=checkpoints, engine=opts.engine)
+    beams = net.beam(prime, k, opts.length, stop=opts.stop, on_unknown=opts.on_unknown)
+    head = (prime or "") if opts.echo_prime else ""
+    for i, beam in enumerate(beams, start=1):
+        if opts.json_out:
+            _write_stdout(json.dumps({"beam": i, "logprob": beam.logprob, "tokens": beam.tokens,
+                                      "text": head + beam.text}) + "\n")  # fmt: skip
+        else:
+            _write_whole(i, f"beam {i} · log-prob {beam.logprob:.3f}", head + beam.text)
 
 
 def _read_prime(prime: str | None, prime_file: Path | None, err: Console) -> str | None:

@@ -18,7 +18,7 @@ from typing import TypedDict, Unpack
 
 import numpy as np
 
-from charlstm.config import MAX_ADAPT_PASSES, SampleConfig
+from charlstm.config import MAX_ADAPT_PASSES, MAX_BEAM, SampleConfig
 from charlstm.errors import OptionError
 from charlstm.generate.choose import MAX_SEED
 
@@ -112,6 +112,26 @@ def check_sampling(
 
 
 _MAYBE = ("length", "temp", "top_k", "top_p", "seed")  # the options that may be None
+
+
+def check_beam(k: object, **given: object) -> int:
+    """Beam search's K, a whole number from 1 to MAX_BEAM, given with none of the options that
+    only sampling takes (`given`: the caller's options by name; those of _SAMPLES must be at
+    their neutral values): beam search is deterministic and draws nothing. One OptionError
+    naming the first (K as `k`, or --beam on the command line)."""
+    if not _whole(k) or not 1 <= k <= MAX_BEAM:  # type: ignore[operator]
+        raise OptionError(f"{{k}} must be a whole number from 1 to {MAX_BEAM}, not {_lit(k)}",
+                          flags={"k": "--beam"})  # fmt: skip
+    for name, neutral in _SAMPLES.items():
+        if given.get(name, neutral) != neutral:
+            raise OptionError(f"{{beam}} finds the most likely texts and does not sample: drop "
+                              f"{{{name}}}")  # fmt: skip
+    return int(k)  # type: ignore[call-overload]
+
+
+# What only sampling takes, each with its value when not given.
+_SAMPLES = {"temp": None, "top_k": None, "top_p": None, "greedy": False, "seed": None,
+            "num_samples": 1, "adapt": 0}  # fmt: skip
 
 
 def _stops(stop: object, caps: Caps, bad: Callable[..., OptionError]) -> tuple[str, ...]:
