@@ -167,3 +167,21 @@ def test_the_api_checks_logprobs_once(run: Path) -> None:
             model.generate("RO", length=3, logprobs=bad)
     with pytest.raises(OptionError, match="logprobs"):
         model.session(logprobs=2)
+
+
+def test_a_subword_models_tokens_add_up_to_its_text(tmp_path: Path) -> None:
+    """Byte-level tokens split inside a character: the one that begins it has "" for text and
+    the one that ends it the character, so the tokens' texts add up to the text."""
+    corpus = tmp_path / "accents.txt"
+    corpus.write_text(PLAY + "Caf\u00e9 na\u00efve \u2014 \U0001f339 r\u00f4le.\n" * 40,
+                      encoding="utf-8")  # fmt: skip
+    charlstm.train([str(corpus)], steps=15, name="sub", checkpoints=tmp_path / "ck",
+                   tokenizer="bpe", vocab_size=300, **TINY)  # fmt: skip
+    model = charlstm.load(tmp_path / "ck" / "sub")
+    plain = model.samples(3, "Caf", length=60, seed=6, temp=1.5)
+    scored = model.samples(3, "Caf", length=60, seed=6, temp=1.5, logprobs=2)
+    assert ["".join(t.text for t in s) for s in scored] == plain
+    assert any(t.text == "" for s in scored for t in s)  # a character split across tokens
+    text = "Caf\u00e9 \U0001f339 r\u00f4le.\n"
+    read = model.token_logprobs(text, top=2)
+    assert "".join(t.text for t in read) == text and len(read) == len(model.encode_text(text).ids)

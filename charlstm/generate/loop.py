@@ -13,8 +13,9 @@ server's batched rows (serve/batching.py).
 One advance, for all the rows: a row still reading its prime takes its next token; every other
 row chooses one (choose.py: each request draws n uniforms per step from its own generator,
 rows with the same options chosen together, a byte-level vocabulary's rows kept valid UTF-8),
-decodes it, and matches its stop texts (stops.py); the rows that finished (length, stop, or
-a model error) leave; then one step of the rows left. Whoever shares the batch, row i of a
+decodes it, and matches its stop texts (stops.py); a request that asks for logprobs gets a
+Token event per token too (logprobs.py); the rows that finished (length, stop, or a model
+error) leave; then one step of the rows left. Whoever shares the batch, row i of a
 request gives the text of `charlstm sample -N n --seed S`'s sample i.
 
 A Stepper (numpy_engine.NumpyStepper, torch_engine.TorchStepper) runs B streams with numpy
