@@ -362,6 +362,13 @@ class ServeConfig:
         "Let web pages from this origin call the server from a browser, e.g. "
         "http://localhost:3000 (repeatable; '*': any; 'null': local files). Requests from "
         "other pages are refused.", (), flags=("--allow-origin",), metavar="ORIGIN")
+    chat_template: tuple[str, ...] = option(
+        "How /v1/chat/completions writes messages for a model: play (each turn 'NAME:', its "
+        "text on the next lines, then a blank line, as in a play's script) or lines (each turn "
+        "one line 'NAME: text'), with the user's and the assistant's names after a colon, for "
+        "every model or (MODEL=...) one (repeatable), e.g. play:ROMEO,JULIET. A message's "
+        "'name' overrides its role's.", (), says="play:USER,ASSISTANT",
+        metavar="[MODEL=]STYLE[:USER,ASSISTANT]")
     head_timeout: float = option("Seconds a request line and its headers may take to arrive.",
                                  10.0, cli=False)
     body_timeout: float = option("Seconds a request body may take to arrive.", 30.0, cli=False)
@@ -389,5 +396,9 @@ class ServeConfig:
         tokens = self.max_tokens
         _check(1 <= tokens <= 100_000_000,
                f"--max-tokens must be between 1 and 100,000,000, got {tokens}")  # fmt: skip
+        for spec in self.chat_template:  # the model names are checked once the models load
+            _check(re.fullmatch(r"([^=:]+=)?(play|lines)(:[^,]+,[^,]+)?", spec.strip()) is not None,
+                   "--chat-template takes [MODEL=]play|lines[:USER,ASSISTANT], e.g. "
+                   f"play:ROMEO,JULIET; got {spec!r}")  # fmt: skip
         _check(math.isfinite(self.grace) and self.grace >= 0,
                f"--grace must be 0 or more seconds, got {self.grace}")  # fmt: skip

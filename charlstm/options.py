@@ -374,6 +374,11 @@ class SampleOptions:
     json_out: bool = option(
         'One JSON object per sample per line: {"sample": I, "seed": SEED, "text": prime + '
         'generated text} (without the prime with --no-echo-prime).', False, flags=("--json",))
+    logprobs: int | None = option(
+        'With --json: each sample\'s "logprobs" too, as OpenAI\'s completions give them '
+        '({"tokens", "token_logprobs", "top_logprobs", "text_offset"}): every generated token\'s '
+        "log-probability under the distribution it was drawn from (greedy: temperature 1's) "
+        "and the K most likely tokens with theirs (0: the token's own alone).", metavar="K")
     echo_prime: bool = option("Print the prime before the sample.", True,
                               flags=("--echo-prime/--no-echo-prime",))
     on_unknown: str = option("Prime characters the model never saw: error or skip.", "error",
@@ -407,6 +412,10 @@ class EvaluateOptions:
         '"bits_per_char": BPC}. One sequential pass carries the state through the whole text; '
         "a line's newline counts in that line; the text's first character is not predicted.",
         False)
+    per_token: bool = option(
+        'One JSON object per token: {"token": TEXT, "logprob": NATS}, its log-probability from '
+        "one sequential pass from a zero state (the first token, which nothing predicts, has "
+        "null); the tokens' texts add up to the text read.", False)
     precision: str = option(
         "fp32 (exact), or bf16: about twice as fast on a GPU or a CPU with bf16 instructions, "
         "the loss within 1e-4 of fp32's on a trained model (BENCHMARKS.md).", "fp32",

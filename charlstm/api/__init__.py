@@ -37,10 +37,11 @@ from charlstm.api.runs import (
 from charlstm.api.session import Session
 from charlstm.api.training import log, train, train_options
 from charlstm.config import ENGINES
+from charlstm.generate.logprobs import Token, openai_logprobs
 from charlstm.generate.options import SamplingOptions, check_beam, check_sampling
 
-__all__ = ["ENGINES", "EncodedText", "Model", "SamplingOptions", "Session", "Trace", "check_beam",
-           "check_adapt", "check_coder", "check_sampling", "codec", "compressed_header",
-           "delete_run", "export", "info", "list_runs", "load", "log", "random_seed",
-           "read_text", "run_age", "slim_run", "torch_device", "train", "train_options",
-           "units_tracking", "use_threads"]  # fmt: skip
+__all__ = ["ENGINES", "EncodedText", "Model", "SamplingOptions", "Session", "Token",
+           "Trace", "check_adapt", "check_beam", "check_coder", "check_sampling", "codec",
+           "compressed_header", "delete_run", "export", "info", "list_runs", "load", "log",
+           "openai_logprobs", "random_seed", "read_text", "run_age", "slim_run", "torch_device",
+           "train", "train_options", "units_tracking", "use_threads"]  # fmt: skip

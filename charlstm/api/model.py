@@ -20,7 +20,8 @@ from charlstm.formats.model_file import Portable
 from charlstm.formats.run_folder import RunFolder
 from charlstm.generate.beam import Beam, beam_search
 from charlstm.generate.choose import seeded
-from charlstm.generate.loop import Request, Stepper, generate
+from charlstm.generate.logprobs import Token, scored
+from charlstm.generate.loop import Request, Rows, Stepper, generate
 from charlstm.generate.options import SamplingOptions, check_beam, check_sampling
 
 if TYPE_CHECKING:  # these import torch: only the calls that need it load them
@@ -171,9 +172,23 @@ class Model:
 
         `adapt` N first reads the prime N times learning from it, with dynamic evaluation's
         updates (`dynamic`; default: config.ADAPT's segments and decay): a page of text steers
-        the style. The model itself is not changed (a copy learns, with torch)."""
+        the style. The model itself is not changed (a copy learns, with torch).
+
+        `logprobs` K (0 to 20) yields Tokens instead of texts: each generated token's text
+        (they add up to the text), its log-probability under the distribution it was drawn
+        from, and the K most likely tokens with theirs (generate/logprobs.py)."""
         req, net = self.request(prime, dynamic=dynamic, **options)
+        if req.logprobs is not None:
+            return self._tokens(req, net)
         return (text for _, text in generate(self.stepper(net), self.tokenizer, req))
+
+    def _tokens(self, req: Request, net: LanguageModel | None) -> Iterator[Token]:
+        """The request's tokens with their log-probabilities, every row's, as they come."""
+        stepper = self.stepper(net)
+        logits = stepper.prime(req.prime_ids)
+        rows = Rows(stepper, self.tokenizer)
+        rows.join(req, stepper.state(), logits)
+        return (item for _, item in scored(rows) if isinstance(item, Token))
 
     def request(
         self,
@@ -192,7 +207,8 @@ class Model:
         check_adapt(adapt, prime, prime_ids)
         net = self.adapted(prime_ids, adapt, dynamic) if adapt else None
         seed = random_seed() if given.seed is None else given.seed
-        return Request(prime_ids, given.cfg, seed, n=n, stop=given.stop), net
+        req = Request(prime_ids, given.cfg, seed, n=n, stop=given.stop, logprobs=given.logprobs)
+        return req, net
 
     def stepper(self, net: LanguageModel | None = None) -> Stepper:
         """What runs the model a token at a time (generate/loop.py): the numpy engine's, or
@@ -243,14 +259,19 @@ class Model:
 
     def samples(
         self, n: int, prime: str | None = None, **options: Unpack[SamplingOptions]
-    ) -> list[str]:
+    ) -> list[str] | list[list[Token]]:
         """`n` independent samples from the same prime, generated together as one batch; the
-        options are generate()'s."""
+        options are generate()'s. With `logprobs`, each sample is its list of Tokens."""
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10_000:
             raise OptionError(f"{{n}} must be between 1 and 10,000, got {_lit(n)}", flags=_N)
         req, net = self.request(prime, n=n, **options)
         if n > 1 and req.cfg.length * n > 100_000_000:
             raise OptionError("{length} × {n} must be at most 100,000,000 tokens", flags=_N)
+        if req.logprobs is not None:
+            tokens: list[list[Token]] = [[] for _ in range(n)]
+            for token in self._tokens(req, net):
+                tokens[token.index].append(token)
+            return tokens
         rows: list[list[str]] = [[] for _ in range(n)]
         for i, text in generate(self.stepper(net), self.tokenizer, req):
             rows[i].append(text)
@@ -278,6 +299,8 @@ class Model:
     def session(self, **options: Unpack[SamplingOptions]) -> Session:
         """A conversation (see Session) with generate()'s sampling options."""
         given = check_sampling(**options)
+        if given.logprobs is not None:
+            raise OptionError("a session's replies are text: {logprobs} is for generate")
         seed = random_seed() if given.seed is None else given.seed
         return Session(self, given.cfg, seeded(seed))
 
@@ -384,6 +407,27 @@ class Model:
         same = len(written) == len(scores)
         return [{**line.to_dict(), **({"line": written[i]} if same else {})}
                 for i, line in enumerate(scores)]  # fmt: skip
+
+    def token_logprobs(self, text: str | EncodedText, *, top: int = 0) -> list[Token]:
+        """Each token of `text` (as encode_text reads it) with its log-probability from one
+        sequential pass from a zero state, and the `top` most likely tokens at that point;
+        the first token, which nothing predicts, has None for both. The tokens' texts add up
+        to the text read (a byte-level token that begins a character has "")."""
+        from charlstm.evaluation.exact import token_logprobs
+
+        enc = text if isinstance(text, EncodedText) else self.encode_text(text)
+        chosen, top_ids, top_lps = token_logprobs(self.net, enc.ids, top)
+        decoder, piece = self.tokenizer.stream_decoder(), self.tokenizer.piece
+        out = []
+        for i, token in enumerate(enc.ids):
+            shown = decoder.push(int(token))
+            if i == 0:
+                out.append(Token(0, shown, None, None))
+                continue
+            alternatives = tuple((piece(int(t)), float(v))
+                                 for t, v in zip(top_ids[i - 1], top_lps[i - 1], strict=True))
+            out.append(Token(0, shown, float(chosen[i - 1]), alternatives))  # fmt: skip
+        return out
 
     # ------------------------------------------------------------------------- looking inside
 

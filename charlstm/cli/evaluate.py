@@ -35,19 +35,30 @@ def evaluate(
     """Loss (nats per token), perplexity and bits per character of a held-out text."""
     err = err_console(quiet)
     o = EvaluateOptions(**options)
-    if o.reset_every and o.per_line:
-        raise UsageError("--per-line scores one pass carrying the state; drop --reset-every")
+    if o.reset_every and (o.per_line or o.per_token):
+        raise UsageError("--per-line and --per-token score one pass carrying the state; drop "
+                         "--reset-every")  # fmt: skip
+    if o.per_token and (o.per_line or o.dynamic):
+        raise UsageError("--per-token scores each token of one plain pass; drop --per-line and "
+                         "--dynamic")  # fmt: skip
     if not o.dynamic and o.tuned():
         raise UsageError("--dynamic-rule/-lr/-decay/-segment tune --dynamic; add --dynamic")
     how = DynamicConfig.build(**o.tuned()) if o.dynamic else None
     from charlstm.api import torch_device
 
     body = _read_texts(text, o.encoding, o.errors, err)
-    streams = 1 if o.per_line or o.dynamic else o.streams
+    streams = 1 if o.per_line or o.per_token or o.dynamic else o.streams
     net = _load(model, threads, err, torch_device(device), streams, checkpoints)
     encoded = net.encode_text(body)
     _note_unknown(encoded, err)
     t0 = time.perf_counter()
+    if o.per_token:
+        with err.status(f"evaluating {len(encoded.ids):,} tokens…"):
+            tokens = net.token_logprobs(encoded)
+        _write_stdout("".join(json.dumps({"token": t.text, "logprob": t.logprob},
+                                         ensure_ascii=False) + "\n" for t in tokens))  # fmt: skip
+        err.print(f"{len(encoded.ids) / (time.perf_counter() - t0):,.0f} tokens/s", style="dim")
+        return
     if o.per_line:
         with err.status(f"evaluating {len(encoded.ids):,} tokens…"):
             rows = net.score_lines(encoded, dynamic=how)

@@ -31,11 +31,19 @@ def sample(
     """Stream generated text to stdout, one token at a time."""
     opts = SampleOptions(**options)
     _blas_threads(threads, opts.num_samples)  # before numpy loads (charlstm.api imports it)
-    from charlstm.api import SamplingOptions, check_adapt, check_sampling, random_seed
+    from charlstm.api import (
+        SamplingOptions,
+        check_adapt,
+        check_sampling,
+        openai_logprobs,
+        random_seed,
+    )
 
     err = err_console(quiet)
     choice = {k: getattr(opts, k) for k in SamplingOptions.__annotations__}
     check_sampling(**choice)  # before loading
+    if opts.logprobs is not None and not opts.json_out:
+        raise OptionError("{logprobs} are shown in JSON: add {json}")
     if opts.beam is not None:  # the K most likely texts: no draws
         _beams(model, opts, err, checkpoints, threads)
         return
@@ -59,7 +67,12 @@ def sample(
         return
     texts = net.samples(opts.num_samples, prime, **choice)
     for i, text in enumerate(texts, start=1):
-        if opts.json_out:
+        if opts.logprobs is not None:  # each sample is its tokens (text_offset: in "text")
+            scored = openai_logprobs(text, len(head))
+            line = {"sample": i, "seed": seed, "text": head + "".join(scored["tokens"]),
+                    "logprobs": scored}  # fmt: skip
+            _write_stdout(json.dumps(line, ensure_ascii=False) + "\n")
+        elif opts.json_out:
             _write_stdout(json.dumps({"sample": i, "seed": seed, "text": head + text}) + "\n")
         else:
             _write_whole(i, f"sample {i}", head + text)

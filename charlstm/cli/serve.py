@@ -34,7 +34,8 @@ def serve(
     quiet: Quiet = False,
     **options: Any,
 ) -> None:
-    """Serve models over HTTP: OpenAI-style /v1/completions (streaming too), /score, /health."""
+    """Serve models over HTTP: OpenAI-style /v1/completions and /v1/chat/completions (streaming
+    too), /score, /health."""
     # From here on SIGINT and SIGTERM only stop the server (status 0), even while models load.
     signals: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):

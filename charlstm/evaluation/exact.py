@@ -140,6 +140,38 @@ def token_losses(model: LanguageModel, ids: np.ndarray, *, window: int = 256) ->
     return losses.cpu().numpy()[: predictions(len(ids))]
 
 
+def token_logprobs(
+    model: LanguageModel, ids: np.ndarray, top: int = 0, *, window: int = 256
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One sequential pass over `ids` from a zero state: the log-probability of every token
+    after the first (len(ids) - 1,) float64, and the `top` most likely tokens at each of those
+    predictions, ids and log-probabilities (len(ids) - 1, top), most likely first."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    window = max(1, min(window, _LOGITS_PER_WINDOW // model.cfg.vocab_size))
+    chosen, top_ids, top_lps, state = [], [], [], None
+    try:
+        with torch.no_grad():
+            for start in range(0, max(0, len(ids) - 1), window):
+                x = torch.from_numpy(np.asarray(ids[start : start + window], np.int64))
+                y = torch.from_numpy(np.asarray(ids[start + 1 : start + window + 1], np.int64))
+                logits, state = model(x[: len(y)].view(1, -1).to(device), state)  # (1, T, V)
+                logp = torch.log_softmax(logits[0].double(), dim=-1)  # (T, V)
+                chosen.append(logp.gather(1, y.view(-1, 1).to(device))[:, 0].cpu())
+                found = logp.topk(min(top, logp.shape[-1]), dim=-1)
+                top_ids.append(found.indices.cpu())
+                top_lps.append(found.values.cpu())
+                if len(y) < len(x):
+                    break
+    finally:
+        model.train(was_training)
+    if not chosen:
+        return np.zeros(0), np.zeros((0, top), np.int64), np.zeros((0, top))
+    return (torch.cat(chosen).numpy(), torch.cat(top_ids).numpy(),
+            torch.cat(top_lps).numpy())  # fmt: skip
+
+
 @dataclass(frozen=True)
 class LineScore:
     line: str  # the line's text, without its newline

@@ -5,8 +5,10 @@ How this folder works:
   `charlstm sample` and chat, the Python API, the server's batched rows. options.py checks
   the sampling options once (each door passes its own caps and option names); stops.py
   matches stop texts; choose.py is the next-token rule (temperature, top-k/p, one draw from
-  the seed's stream, the UTF-8 mask of byte-level vocabularies). beam.py is beam search (the
-  K most likely continuations, no draws) over the same Stepper, stop matcher and UTF-8 masks.
+  the seed's stream, the UTF-8 mask of byte-level vocabularies); logprobs.py gives a
+  request that asks each token's log-probability under that same rule, and the top K.
+  beam.py is beam search (the K most likely continuations, no draws) over the same Stepper,
+  stop matcher and UTF-8 masks.
 - An engine is a Stepper (loop.py): torch_engine.py and numpy_engine.py compute a layer's
   input and run the cell's traced step laid out on buffers allocated once (plan.py,
   numpy_ops.py); neither names a cell.

@@ -48,7 +48,16 @@ def choose(
         scaled = z / cfg.temperature
     if not np.isfinite(scaled[np.isfinite(z)]).all():
         return z.argmax(axis=-1)
-    z = scaled
+    p = weights(scaled, cfg)
+    cumulative = np.cumsum(p, axis=-1)
+    target = np.asarray(u, dtype=np.float64) * cumulative[:, -1]
+    picked = (cumulative <= target[:, None]).sum(axis=-1)
+    return np.minimum(picked, p.shape[-1] - 1)
+
+
+def weights(z: np.ndarray, cfg: SampleConfig) -> np.ndarray:
+    """The unnormalised probabilities (B, V) that choose draws from, the top token at 1, given
+    the scores already divided by the temperature (B, V) float64: top-k, then top-p."""
     vocab = z.shape[-1]
     if 0 < cfg.top_k < vocab:
         kth = np.partition(z, vocab - cfg.top_k, axis=-1)[:, vocab - cfg.top_k, None]
@@ -60,10 +69,7 @@ def choose(
         before = (np.cumsum(ranked, axis=-1) - ranked) / ranked.sum(axis=-1, keepdims=True)
         # Drop a token when the tokens before it already reach top_p (the first always stays).
         np.put_along_axis(p, order, np.where(before >= cfg.top_p, 0.0, ranked), axis=-1)
-    cumulative = np.cumsum(p, axis=-1)
-    target = np.asarray(u, dtype=np.float64) * cumulative[:, -1]
-    picked = (cumulative <= target[:, None]).sum(axis=-1)
-    return np.minimum(picked, vocab - 1)
+    return p
 
 
 # ------------------------------------------------------------------------- valid UTF-8 only

@@ -13,8 +13,9 @@ server's batched rows (serve/batching.py).
 One advance, for all the rows: a row still reading its prime takes its next token; every other
 row chooses one (choose.py: each request draws n uniforms per step from its own generator,
 rows with the same options chosen together, a byte-level vocabulary's rows kept valid UTF-8),
-decodes it, and matches its stop texts (stops.py); the rows that finished (length, stop, or
-a model error) leave; then one step of the rows left. Whoever shares the batch, row i of a
+decodes it, and matches its stop texts (stops.py); a request that asks for logprobs gets a
+Token event per token too (logprobs.py); the rows that finished (length, stop, or a model
+error) leave; then one step of the rows left. Whoever shares the batch, row i of a
 request gives the text of `charlstm sample -N n --seed S`'s sample i.
 
 A Stepper (numpy_engine.NumpyStepper, torch_engine.TorchStepper) runs B streams with numpy
@@ -33,6 +34,7 @@ from charlstm.config import SampleConfig
 from charlstm.data.tokenizer import AnyTokenizer, StreamDecoder
 from charlstm.generate.choose import ModelOutputError, Utf8Table, choose, seeded, utf8_masks
 from charlstm.generate.choose import unfinished as unfinished_char
+from charlstm.generate.logprobs import Token, TokenLog, token_scores
 from charlstm.generate.stops import StopMatcher
 
 State = tuple[Any, ...]  # (h, ...) each (L, B, H): numpy arrays or torch tensors
@@ -74,6 +76,7 @@ class Request:
     # on from is whole); otherwise the unfinished character is left out.
     whole: bool = False
     rng: np.random.Generator | None = None  # the draws; None: seeded(seed)
+    logprobs: int | None = None  # K: Token events with the top K too (logprobs.py); None: none
     cancelled: bool = field(default=False, init=False)  # its rows leave at the next advance
     live: int = field(default=0, init=False)  # rows still running
 
@@ -100,20 +103,23 @@ class Failed(NamedTuple):
     code: str  # "model_error" (NaN output); the server adds "shutting_down"
 
 
-Event = Text | Done | Failed
+Event = Text | Done | Failed | Token
 
 
 class _Row:
     """One sample: the prime it has still to read, its decoder, stop matcher and pending
     UTF-8 bytes."""
 
-    __slots__ = ("req", "index", "decoder", "stops", "tokens", "reading", "pending")
+    __slots__ = ("req", "index", "decoder", "stops", "tokens", "reading", "pending", "piece",
+                 "log")  # fmt: skip
 
     def __init__(self, req: Request, index: int, decoder: StreamDecoder, reading: int) -> None:
         self.req, self.index, self.decoder, self.reading = req, index, decoder, reading
         self.stops = StopMatcher(req.stop) if req.stop else None
         self.tokens = 0
         self.pending = b""  # the bytes of a character begun (a byte-level vocabulary)
+        self.piece = ""  # the text the decoder made of the last token
+        self.log = TokenLog() if req.logprobs is not None else None
 
     def push(self, token: int, table: Utf8Table | None) -> tuple[str, str | None]:
         """Take the row's next token: (text to send now, the finish reason or None)."""
@@ -125,6 +131,7 @@ class _Row:
         done = self.tokens >= req.cfg.length and not (req.whole and self.pending)
         if done:
             text += self.decoder.flush()
+        self.piece = text
         if self.stops is None:
             return text, "length" if done else None
         text, stopped = self.stops.push(text)
@@ -144,6 +151,7 @@ class Rows:
         self.rows: list[_Row] = []
         self.logits: np.ndarray | None = None  # (B, V): each row's next-token scores
         self._one: Request | None = None  # the only request, when no row reads its prime
+        self.scoring = False  # a row's request asked for logprobs
         # The tokens of the last advance that no step took, because every row finished then
         # (the stepper still stands before them): a conversation steps them itself.
         self.unstepped: np.ndarray | None = None
@@ -173,6 +181,7 @@ class Rows:
             logits = np.concatenate([self.logits, logits])
         stepper.start(state)
         self._one = req if not self.rows and not reading else None
+        self.scoring = self.scoring or req.logprobs is not None
         self.logits, self.unstepped = logits, None
         self.rows += [_Row(req, i, self.tokenizer.stream_decoder(), reading) for i in range(n)]
 
@@ -182,7 +191,7 @@ class Rows:
 
     def clear(self) -> None:
         """Every row leaves now (the stepper keeps its state)."""
-        self.rows, self.logits, self._one = [], None, None
+        self.rows, self.logits, self._one, self.scoring = [], None, None, False
 
     def advance(self) -> list[tuple[Request, Event]]:
         """One token for every row, then one step (module docstring)."""
@@ -198,6 +207,7 @@ class Rows:
             tokens, writing = self._choose_one(self._one, events), range(len(rows))
         else:
             tokens, writing = self._choose(events)
+        scores = self._scores(tokens, writing) if self.scoring else {}
         done = []
         for i in writing:
             row = rows[i]
@@ -205,6 +215,9 @@ class Rows:
                 done.append(i)
                 continue
             text, reason = row.push(int(tokens[i]), self.table)
+            if row.log is not None and i in scores:
+                token = Token(row.index, row.piece, *scores[i])
+                events += [(row.req, t) for t in row.log.push(token, text, reason)]
             if text:
                 events.append((row.req, Text(row.index, text)))
             if reason is not None:
@@ -266,6 +279,25 @@ class Rows:
                 self._failed([rows[i].req for i in idx], str(e), events)
         return tokens, writing
 
+    def _scores(self, tokens: np.ndarray, writing: Any) -> dict[int, tuple[float, Any]]:
+        """The chosen tokens' log-probabilities and top K of the writing rows that want them
+        (logprobs.py), rows with the same options computed together."""
+        rows, groups = self.rows, {}
+        for i in writing:
+            req = rows[i].req
+            if rows[i].log is not None and not req.cancelled:
+                cfg = req.cfg
+                groups.setdefault((cfg.temperature, cfg.top_k, cfg.top_p), []).append(i)
+        out = {}
+        for idx in groups.values():
+            cfg, k = rows[idx[0]].req.cfg, max(rows[i].req.logprobs or 0 for i in idx)
+            allowed = self._allowed([rows[i] for i in idx])
+            found = token_scores(self.logits[idx], cfg, allowed, tokens[idx], k,  # type: ignore[index]
+                                 self.tokenizer.piece)  # fmt: skip
+            for i, (lp, top) in zip(idx, found, strict=True):
+                out[i] = (lp, top[: rows[i].req.logprobs])
+        return out
+
     def _failed(self, reqs: list[Request], message: str, events: list) -> None:
         """The requests end with an error (the model's output is not numbers)."""
         for req in dict.fromkeys(reqs):
@@ -284,6 +316,7 @@ class Rows:
             return
         assert self.logits is not None
         self.rows = [self.rows[i] for i in keep]
+        self.scoring = any(row.log is not None for row in self.rows)
         self.stepper.start(self.stepper.pick(self.stepper.state(), keep))
         self.logits = self.logits[keep]
 

@@ -23,6 +23,7 @@ from charlstm.errors import OptionError
 from charlstm.generate.choose import MAX_SEED
 
 MAX_LENGTH = 100_000_000  # tokens one sample may ask for (SampleConfig's range)
+MAX_LOGPROBS = 20  # alternatives per token a logprobs request may ask for (OpenAI's chat: 20)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Caps:
     default_length: int = SampleConfig.length
     max_stops: int | None = None  # stop texts at most (None: any number)
     max_stop_chars: int | None = None  # characters per stop text at most
+    max_logprobs: int = MAX_LOGPROBS  # logprobs at most
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Checked:
     cfg: SampleConfig
     seed: int | None  # None: the caller picks a random one
     stop: tuple[str, ...]
+    logprobs: int | None = None  # K alternatives per token (None: no log-probabilities)
 
 
 class SamplingOptions(TypedDict, total=False):
@@ -55,6 +58,7 @@ class SamplingOptions(TypedDict, total=False):
     stop: Sequence[str] | str | None  # end before the first of these texts
     on_unknown: str  # prime characters the model never saw: "error" or "skip"
     adapt: int  # passes learning from the prime first (0 = off)
+    logprobs: int | None  # each token's log-probability and the top K (None: none; logprobs.py)
 
 
 def check_sampling(
@@ -73,6 +77,7 @@ def check_sampling(
     length, temp, top_k, top_p, seed = (options.get(k) for k in _MAYBE)
     greedy, stop = options.get("greedy", False), options.get("stop", ())
     on_unknown, adapt = options.get("on_unknown", "error"), options.get("adapt", 0)
+    logprobs = options.get("logprobs")
 
     def bad(template: str, value: object = None) -> OptionError:
         rename = names or {}
@@ -106,9 +111,13 @@ def check_sampling(
     if not _whole(adapt) or not 0 <= adapt <= MAX_ADAPT_PASSES:
         raise bad(f"{{adapt}} must be a whole number of passes from 0 to {MAX_ADAPT_PASSES:,}, "
                   "not VALUE", adapt)  # fmt: skip
+    if logprobs is not None and (not _whole(logprobs) or not 0 <= logprobs <= caps.max_logprobs):
+        raise bad(f"{{logprobs}} must be a whole number from 0 to {caps.max_logprobs} (the "
+                  "alternatives shown per token), not VALUE", logprobs)  # fmt: skip
     cfg = SampleConfig.build(caps.default_length if length is None else length, temp, top_k,
                              top_p)  # fmt: skip
-    return Checked(cfg, None if seed is None else int(seed), stops)
+    return Checked(cfg, None if seed is None else int(seed), stops,
+                   None if logprobs is None else int(logprobs))  # fmt: skip
 
 
 _MAYBE = ("length", "temp", "top_k", "top_p", "seed")  # the options that may be None
@@ -131,7 +140,7 @@ def check_beam(k: object, **given: object) -> int:
 
 # What only sampling takes, each with its value when not given.
 _SAMPLES = {"temp": None, "top_k": None, "top_p": None, "greedy": False, "seed": None,
-            "num_samples": 1, "adapt": 0}  # fmt: skip
+            "num_samples": 1, "adapt": 0, "logprobs": None}  # fmt: skip
 
 
 def _stops(stop: object, caps: Caps, bad: Callable[..., OptionError]) -> tuple[str, ...]:

@@ -89,9 +89,11 @@ class Job(Request):
         n: int = 1,
         stop: tuple[str, ...] = (),  # a row ends when its text holds one; the text is not sent
         handle: object = None,  # the caller's own, untouched (serve.py: where events go)
+        logprobs: int | None = None,  # Token events, with the top K (generate/logprobs.py)
     ) -> None:
-        super().__init__(prompt_ids, cfg, seed, n, tuple(stop))
+        super().__init__(prompt_ids, cfg, seed, n, tuple(stop), logprobs=logprobs)
         self.model, self.handle = model, handle
+        self.first = 0  # its first row's number among its request's choices (serve/replies.py)
         self.started = False  # its first text has been sent
 
     @property

@@ -23,18 +23,21 @@ MAX_HEAD = 64 << 10  # bytes in a request line and its headers (nginx allows 4 �
 MAX_PROMPT_TOKENS = 16_384  # a prompt's tokens (a char LSTM remembers far less than that)
 MAX_SCORE_TOKENS = 200_000  # tokens /score reads in one request (~10 s of a 2×512 on a CPU)
 MAX_STOPS, MAX_STOP_CHARS = 4, 256  # as OpenAI: at most 4 stop strings
+MAX_LOGPROBS = 5  # /v1/completions' logprobs at most, as OpenAI's (chat's top_logprobs: 20)
+MAX_MESSAGES = 1000  # messages in one chat request
 
 
 class _Strict(BaseModel):
     # Wrong types are refused, not converted ("5" is no integer); unknown fields too, so that a
-    # misspelt or unsupported option (logprobs, echo, best_of…) is an error, not ignored.
+    # misspelt or unsupported option (best_of, suffix…) is an error, not ignored.
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class CompletionRequest(_Strict):
+class _Sampling(_Strict):
+    """What /v1/completions and /v1/chat/completions both take."""
+
     model: str | None = None  # may be left out when one model is served
-    prompt: str | None = None  # "" or absent: start as at the beginning of a line
-    max_tokens: int | None = Field(None, ge=1)  # default: SampleConfig.length, capped
+    max_tokens: int | None = Field(None, ge=0)  # default: SampleConfig.length, capped; 0: echo
     temperature: float | None = Field(None, ge=0, allow_inf_nan=False)  # 0: greedy
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)  # not OpenAI's; 0 = all
@@ -44,6 +47,31 @@ class CompletionRequest(_Strict):
     stream: bool | None = None
     on_unknown: Literal["error", "skip"] | None = None  # prompt characters the model never saw
     user: str | None = None  # accepted and ignored, as OpenAI's clients may send it
+
+
+class CompletionRequest(_Sampling):
+    # "" or absent: start as at the beginning of a line; a list: n choices for each
+    prompt: str | list[str] | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # each token's, and the top K
+    echo: bool | None = None  # the prompt (with logprobs: its tokens' too) before the text
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None  # a list: the text parts, joined
+    name: str | None = Field(None, min_length=1, max_length=64)  # its speaker's name
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
+    logprobs: bool | None = None  # each token's log-probability ...
+    top_logprobs: int | None = Field(None, ge=0, le=20)  # ... and the top K (with logprobs)
 
 
 class ScoreRequest(_Strict):
@@ -111,7 +139,7 @@ def too_large() -> ApiError:
                     headers={"Connection": "close"})  # fmt: skip
 
 
-def bad(message: str, param: str) -> ApiError:
+def bad(message: str, param: str | None) -> ApiError:
     return ApiError(400, message, param=param)
 
 

@@ -2,9 +2,13 @@
 rows of a batched recurrent step (batching.py). Needs the `[serve]` extra (Starlette, uvicorn
 with httptools and uvloop, pydantic).
 
-    POST /v1/completions   {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k",
-                            "seed", "n", "stop", "stream", "on_unknown"} → OpenAI's completion
-                           object, or with "stream": true server-sent events ending `[DONE]`
+    POST /v1/completions   {"model", "prompt" (a text or a list), "max_tokens", "temperature",
+                            "top_p", "top_k", "seed", "n", "stop", "stream", "on_unknown",
+                            "logprobs", "echo"} → OpenAI's completion object, or with "stream":
+                           true server-sent events ending `[DONE]` (replies.py)
+    POST /v1/chat/completions  {"messages", the same options, "logprobs", "top_logprobs"} →
+                           a chat completion (or its chunks): the messages written as the
+                           model's own transcript (chat.py, `--chat-template`)
     GET  /v1/models        the models served, by name
     GET  /health           {"status", "models", "rows", "prefilling", "queued", "steps"}
     POST /score            {"model", "text"} → bits per character of each line (evaluate
@@ -42,7 +46,6 @@ import signal
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -53,30 +56,31 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive
 
-from charlstm.api import Model, load, random_seed
+from charlstm.api import EncodedText, Model, load, random_seed
 from charlstm.config import CHECKPOINTS, SampleConfig, ServeConfig
-from charlstm.errors import CharlstmError, OptionError, UsageError
+from charlstm.errors import OptionError, UsageError
 from charlstm.evaluation.exact import predictions
 from charlstm.formats.run_folder import RunFolder
 from charlstm.generate.options import Caps, check_sampling
-from charlstm.serve.batching import Done, Engine, Event, Failed, Job, QueueFull, ShuttingDown, Text
+from charlstm.serve.batching import Done, Engine, Event, Failed, Job, QueueFull, ShuttingDown
+from charlstm.serve.chat import templates
 from charlstm.serve.guard import AccessLog, Guard
+from charlstm.serve.replies import Channel, Echo, Reply, failure
 from charlstm.serve.requests import (
     MAX_PROMPT_TOKENS,
     MAX_SCORE_TOKENS,
     MAX_STOP_CHARS,
     MAX_STOPS,
     ApiError,
+    ChatRequest,
     CompletionRequest,
     Gone,
     Report,
     ScoreRequest,
     bad,
-    json_bytes,
     parse_body,
-    sse,
 )
 from charlstm.serve.transport import StoppingUvicorn, listen, uvicorn_config
 
@@ -90,27 +94,6 @@ def _ignore(event: str, data: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------- the app
 
 
-class _Channel:
-    """Where one request's events arrive (on the event loop), and the watch on its client."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[list[Event] | None] = asyncio.Queue()
-        self.watch: asyncio.Task[None] | None = None
-
-    async def get(self) -> list[Event] | None:
-        """The events gathered since the last call (waiting for one); None: the client left."""
-        first = await self.queue.get()
-        if first is None:
-            return None
-        events = list(first)
-        while not self.queue.empty():
-            more = self.queue.get_nowait()
-            if more is None:
-                return None
-            events.extend(more)
-        return events
-
-
 class _Server:
     """The endpoints, over one engine and the loaded models."""
 
@@ -122,6 +105,7 @@ class _Server:
         self.created = int(time.time())
         self.scoring = 0  # /score requests running or waiting
         self.score_lock = asyncio.Lock()  # one at a time: each may take seconds of CPU
+        self.templates = templates(cfg.chat_template, list(self.models))  # chat.py
 
     # ------------------------------------------------------------------- small endpoints
 
@@ -148,23 +132,23 @@ class _Server:
 
     # ------------------------------------------------------------------- completions
 
-    def _job(self, name: str, model: Model, req: CompletionRequest) -> tuple[Job, int]:
-        """The request as an engine job, every option checked against this server's limits,
-        and the prompt's length in tokens."""
+    def _job(self, name: str, model: Model, req: CompletionRequest | ChatRequest, prompt: str,
+             logprobs: int | None, ends: tuple[str, ...] = ()) -> tuple[Job, int]:  # fmt: skip
+        """One prompt of the request as an engine job, every option checked against this
+        server's limits (`ends`: stop texts of the server's own), and its length in tokens."""
         cfg = self.cfg
         caps = Caps(cfg.max_tokens, min(SampleConfig.length, cfg.max_tokens), MAX_STOPS,
                     MAX_STOP_CHARS)  # fmt: skip
         try:  # the sampling options, checked as the CLI's and the API's are
             given = check_sampling(length=req.max_tokens, temp=req.temperature, top_k=req.top_k,
                                    top_p=req.top_p, seed=req.seed, stop=req.stop, caps=caps,
-                                   names=_NAMES)  # fmt: skip
+                                   logprobs=logprobs, names=_NAMES)  # fmt: skip
         except OptionError as e:
-            raise bad(str(e), e.option) from e  # type: ignore[attr-defined]
+            raise bad(str(e), getattr(e, "option", None)) from e  # a config's range: no option
         n = req.n or 1
         if n > cfg.max_batch:
             raise bad(f"n must be at most {cfg.max_batch}, got {n}", "n")
-        sample, stop = given.cfg, given.stop
-        prompt = req.prompt or ""
+        sample, stop = given.cfg, given.stop + ends
         tok = model.tokenizer
         unknown = tok.unknown(prompt) if req.on_unknown != "skip" else []
         if unknown:
@@ -177,55 +161,109 @@ class _Server:
             raise bad(f"the prompt is {len(ids):,} tokens; at most {MAX_PROMPT_TOKENS:,}",
                        "prompt")  # fmt: skip
         seed = random_seed() if req.seed is None else req.seed
-        job = Job(name, ids, sample, seed, n=n, stop=stop, handle=_Channel())
+        job = Job(name, ids, sample, seed, n=n, stop=stop, handle=None, logprobs=given.logprobs)
         return job, len(ids) if prompt else 0  # no prompt: the newline it starts from is ours
 
     async def completions(self, request: Request) -> Any:
         t0 = time.perf_counter()
         req = await parse_body(request, CompletionRequest, self.cfg.body_timeout)
         name, model = self._model(req.model)
-        try:
-            job, prompt_tokens = self._job(name, model, req)
-        except CharlstmError as e:  # a range the config checks (config.py)
-            raise ApiError(400, str(e)) from e
+        prompts = req.prompt if isinstance(req.prompt, list) else [req.prompt or ""]
+        if not prompts:
+            raise bad("prompt must be a text or a list of at least one text", "prompt")
+        if req.max_tokens == 0 and not req.echo:
+            raise bad("max_tokens 0 generates nothing: it is for echo (the prompt and, with "
+                      "logprobs, its tokens' log-probabilities)", "max_tokens")  # fmt: skip
+        jobs = [self._job(name, model, req, prompt, req.logprobs) for prompt in prompts]
+        echo = None
+        if req.echo:
+            echo = [await self._echo(model, prompt, job, req.logprobs)
+                    for prompt, (job, _) in zip(prompts, jobs, strict=True)]  # fmt: skip
+        return await self._answer(request, t0, name, jobs, bool(req.stream), echo=echo)
+
+    async def chat(self, request: Request) -> Any:
+        t0 = time.perf_counter()
+        req = await parse_body(request, ChatRequest, self.cfg.body_timeout)
+        name, model = self._model(req.model)
+        if req.max_completion_tokens is not None:
+            req.max_tokens = req.max_completion_tokens
+        if req.max_tokens == 0:
+            raise bad("max_tokens must be at least 1", "max_tokens")
+        if req.top_logprobs is not None and not req.logprobs:
+            raise bad("top_logprobs needs logprobs: true", "top_logprobs")
+        req.on_unknown = req.on_unknown or "skip"  # a chat client sends what its user typed
+        prompt, ends = self.templates[name].render(req.messages)
+        job = self._job(name, model, req, prompt, (req.top_logprobs or 0) if req.logprobs
+                        else None, ends)  # fmt: skip
+        return await self._answer(request, t0, name, [job], bool(req.stream), chat=True)
+
+    async def _echo(self, model: Model, prompt: str, job: Job, logprobs: int | None) -> Echo:
+        """What echo puts before a choice: the prompt, and with logprobs its tokens' (one pass
+        over it from a zero state, as evaluate --per-token: the first token's is null)."""
+        if logprobs is None or not prompt:
+            return Echo(prompt, [] if logprobs is not None else None)
+        read = EncodedText(prompt, job.prompt_ids, [], 0, 0)
+        async with self.score_lock:  # beside the decode loop, in a worker thread, as /score
+            tokens = await asyncio.to_thread(model.token_logprobs, read, top=logprobs)
+        return Echo("".join(t.text for t in tokens), tokens)
+
+    async def _answer(self, request: Request, t0: float, name: str, jobs: list[tuple[Job, int]],
+                      stream: bool, *, chat: bool = False,
+                      echo: list[Echo] | None = None) -> Any:  # fmt: skip
+        """Run the jobs (one per prompt; their choices numbered in order) and answer."""
+        n = sum(job.n for job, _ in jobs)
+        if n > self.cfg.max_batch:
+            raise bad(f"n × prompts must be at most {self.cfg.max_batch}, got {n}", "n")
+        channel = Channel()
+        for i, (job, _) in enumerate(jobs):
+            job.handle, job.first = channel, i * job.n
         request.state.model = name
-        channel: _Channel = job.handle
+        reply: Reply | None = Reply(self, [job for job, _ in jobs], name,
+                                    sum(tokens for _, tokens in jobs), request.state, chat=chat,
+                                    echo=echo)  # fmt: skip
+        first: list[Event] | None = [Done(i, "length", 0) for i in range(n)]  # max_tokens 0
         try:
-            self.engine.submit(job)
-        except QueueFull as e:
-            raise ApiError(503, f"{e}; try again shortly", "server_error", "queue_full",
-                           headers={"Retry-After": "1"}) from e  # fmt: skip
-        except ShuttingDown as e:
-            raise ApiError(503, str(e), "server_error", "shutting_down") from e
-        channel.watch = asyncio.create_task(self._watch(request.receive, job))
-        reply: _Reply | None = _Reply(self, job, name, prompt_tokens, request.state)
-        try:
-            first = await channel.get()  # the first tokens: what a status code can still say
+            if jobs[0][0].cfg.length:
+                self._submit([job for job, _ in jobs])
+                channel.watch = asyncio.create_task(self._watch(request.receive, jobs))
+                first = await channel.get()  # the first tokens: what a status can still say
             request.state.first = time.perf_counter() - t0
             if first is None:
                 return reply.gone()
-            failure = next((e for e in first if isinstance(e, Failed)), None)
-            if failure is not None:
-                raise _failure(failure)
-            if req.stream:
-                stream, reply = reply.stream(first), None  # the stream finishes the job
-                return stream
+            failed = next((e for e in first if isinstance(e, Failed)), None)
+            if failed is not None:
+                raise failure(failed)
+            if stream:
+                answer, reply = reply.stream(first), None  # the stream finishes the job
+                return answer
             return await reply.collect(first)
         finally:
             if reply is not None:
                 reply.close()
 
-    async def _watch(self, receive: Receive, job: Job) -> None:
-        """Cancel the job when its client disconnects."""
+    def _submit(self, jobs: list[Job]) -> None:
+        """Every job to the engine, or (the queue full, the server stopping) none."""
+        try:
+            for job in jobs:
+                self.engine.submit(job)
+        except QueueFull as e:
+            raise ApiError(503, f"{e}; try again shortly", "server_error", "queue_full",
+                           headers={"Retry-After": "1"}) from e  # fmt: skip
+        except ShuttingDown as e:
+            raise ApiError(503, str(e), "server_error", "shutting_down") from e
+
+    async def _watch(self, receive: Receive, jobs: list[tuple[Job, int]]) -> None:
+        """Cancel the jobs when their client disconnects."""
         while (await receive())["type"] != "http.disconnect":
             pass
-        self.engine.cancel(job)
-        job.handle.queue.put_nowait(None)
+        for job, _ in jobs:
+            self.engine.cancel(job)
+        jobs[0][0].handle.queue.put_nowait(None)
 
     def deliver(self, updates: list[tuple[Job, list[Event]]]) -> None:
         """Events from the decode loop, on the event loop: into each request's channel."""
         for job, events in updates:
-            job.handle.queue.put_nowait(events)
+            job.handle.put(job, events)
 
     # ------------------------------------------------------------------- scoring
 
@@ -257,119 +295,6 @@ class _Server:
         return JSONResponse({"object": "score", "model": name, "lines": lines,
                              "tokens": tokens, "skipped_chars": encoded.skipped_chars,
                              "unknown_words": encoded.unknown_words})  # fmt: skip
-
-
-def _failure(failed: Failed) -> ApiError:
-    if failed.code == "shutting_down":
-        return ApiError(503, failed.message, "server_error", failed.code)
-    return ApiError(500, failed.message, "server_error", failed.code)
-
-
-class _Reply:
-    """One completion's answer: collected whole, or streamed as server-sent events."""
-
-    def __init__(self, server: _Server, job: Job, name: str, prompt_tokens: int,
-                 state: Any) -> None:  # fmt: skip
-        self.server, self.job, self.state = server, job, state
-        self.prompt_tokens = prompt_tokens
-        self.rows_done = 0
-        self.around: tuple[bytes, bytes] | None = None  # a stream chunk's bytes, less its choice
-        self.channel: _Channel = job.handle
-        self.head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
-                     "created": int(time.time()), "model": name}  # fmt: skip
-        self.state.tokens = 0
-
-    def close(self) -> None:
-        """The request is over: stop watching its client, free its rows if it still runs."""
-        if self.channel.watch is not None:
-            self.channel.watch.cancel()
-        self.server.engine.cancel(self.job)
-
-    def gone(self) -> Response:
-        self.state.gone = True
-        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
-
-    def _usage(self) -> dict[str, int]:
-        done = self.state.tokens
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": done,
-                "total_tokens": self.prompt_tokens + done}  # fmt: skip
-
-    async def collect(self, events: list[Event] | None) -> Response:
-        n = self.job.n
-        texts: list[list[str]] = [[] for _ in range(n)]
-        reasons: list[str | None] = [None] * n
-        while True:
-            if events is None:
-                return self.gone()
-            for e in events:
-                if isinstance(e, Text):
-                    texts[e.index].append(e.text)
-                elif isinstance(e, Done):
-                    reasons[e.index] = e.reason
-                    self.state.tokens += e.tokens
-                else:
-                    raise _failure(e)
-            if None not in reasons:
-                break
-            events = await self.channel.get()
-        choices = [{"text": "".join(texts[i]), "index": i, "logprobs": None,
-                    "finish_reason": reasons[i]} for i in range(n)]  # fmt: skip
-        return JSONResponse({**self.head, "choices": choices, "usage": self._usage(),
-                             "seed": self.job.seed})  # fmt: skip
-
-    def stream(self, first: list[Event]) -> ASGIApp:
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            try:
-                await send({"type": "http.response.start", "status": 200, "headers": [
-                    (b"content-type", b"text/event-stream; charset=utf-8"),
-                    (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]})  # fmt: skip
-                events: list[Event] | None = first
-                while events is not None:
-                    body, finished = self._chunks(events)
-                    await send({"type": "http.response.body", "body": body,
-                                "more_body": not finished})  # fmt: skip
-                    if finished:
-                        return
-                    events = await self.channel.get()
-                self.state.gone = True
-            except OSError:  # a server on ASGI 2.4 says so when the client has gone
-                self.state.gone = True
-            finally:
-                self.close()
-
-        return app
-
-    def _chunks(self, events: list[Event]) -> tuple[bytes, bool]:
-        """Server-sent events for what gathered: one chunk per choice that has news; after the
-        last choice's end (or an error), `data: [DONE]`."""
-        texts: dict[int, list[str]] = {}
-        reasons: dict[int, str] = {}
-        out = []
-        for e in events:
-            if isinstance(e, Text):
-                texts.setdefault(e.index, []).append(e.text)
-            elif isinstance(e, Done):
-                reasons[e.index] = e.reason
-                self.state.tokens += e.tokens
-                self.rows_done += 1
-            else:
-                error = _failure(e)
-                body = {"message": error.message, "type": error.kind, "code": error.code}
-                out.append(sse({"error": body}))
-                out.append(b"data: [DONE]\n\n")
-                return b"".join(out), True
-        if self.around is None:  # what every chunk of this stream has around its choice
-            before = b"data: " + json_bytes(self.head)[:-1] + b',"choices":['
-            self.around = before, b'],"seed":%d}\n\n' % self.job.seed
-        before, after = self.around
-        for i in sorted(texts.keys() | reasons.keys()):
-            choice = {"text": "".join(texts.get(i, ())), "index": i, "logprobs": None,
-                      "finish_reason": reasons.get(i)}  # fmt: skip
-            out.append(before + json_bytes(choice) + after)
-        finished = self.rows_done == self.job.n
-        if finished:
-            out.append(b"data: [DONE]\n\n")
-        return b"".join(out), finished
 
 
 # ----------------------------------------------------------------------------------- assembly
@@ -421,6 +346,7 @@ def create_app(
 
     routes = [
         Route("/v1/completions", server.completions, methods=["POST"]),
+        Route("/v1/chat/completions", server.chat, methods=["POST"]),
         Route("/v1/models", server.list_models, methods=["GET"]),
         Route("/health", server.health, methods=["GET"]),
         Route("/score", server.score, methods=["POST"]),
