@@ -13,12 +13,14 @@ import numpy as np
 
 from charlstm.api.session import Session
 from charlstm.config import ADAPT, DynamicConfig
+from charlstm.data.items import SEPARATORS
 from charlstm.data.split import train_length
 from charlstm.data.tokenizer import AnyTokenizer
 from charlstm.errors import CharlstmError, OptionError
 from charlstm.formats.model_file import Portable
 from charlstm.formats.run_folder import RunFolder
 from charlstm.generate.choose import seeded
+from charlstm.generate.items import DEFAULT_ITEMS, Drawn, draw_items
 from charlstm.generate.loop import Request, Stepper, generate
 from charlstm.generate.options import SamplingOptions, check_sampling
 
@@ -255,6 +257,36 @@ class Model:
             rows[i].append(text)
         return ["".join(row) for row in rows]
 
+    @property
+    def item_kind(self) -> str | None:
+        """How an item model's list was cut ("lines": train --items), else None."""
+        return (self.meta.get("train_config") or {}).get("items")
+
+    def items(
+        self, n: int = DEFAULT_ITEMS, *, novel: bool = False, **options: Unpack[SamplingOptions]
+    ) -> Drawn:
+        """`n` items of an item model, each from the start (generate/items.py); `novel`: only
+        items not in the training list (the run's items.npy) and not drawn already, giving up
+        after MAX_DRAWS candidates per item (the result's `short`). The options are
+        generate()'s; a stop text given ends an item early."""
+        kind = self.item_kind
+        if kind is None:
+            raise OptionError("{items} needs a model trained with --items (this one learnt "
+                              "running text)", flags=_ITEMS)  # fmt: skip
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_ITEMS:
+            raise OptionError(f"{{n}} must be between 1 and {MAX_ITEMS:,}, got {_lit(n)}",
+                              flags=_ITEMS)  # fmt: skip
+        hashes = None
+        if novel:
+            try:
+                hashes = np.load(RunFolder(self.path.parent).items)
+            except (OSError, ValueError):
+                raise CharlstmError(f"{{novel}} needs the training list's items.npy beside "
+                                    f"'{self.path}' (train writes it)") from None  # fmt: skip
+        stops = check_sampling(**options).stop
+        req, net = self.request(None, **{**options, "stop": (SEPARATORS[kind], *stops)})
+        return draw_items(self.stepper(net), self.tokenizer, req, n, hashes, novel)
+
     def session(self, **options: Unpack[SamplingOptions]) -> Session:
         """A conversation (see Session) with generate()'s sampling options."""
         given = check_sampling(**options)
@@ -408,6 +440,8 @@ def check_adapt(adapt: int, prime: str | None, prime_ids: np.ndarray) -> None:
 
 # The options whose flag is not their keyword with dashes.
 _N = {"n": "--num-samples"}
+_ITEMS = {"n": "--items"}
+MAX_ITEMS = 100_000
 
 
 @dataclass(frozen=True)

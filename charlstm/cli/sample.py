@@ -50,6 +50,9 @@ def sample(
     choice.update(seed=seed, stop=opts.stop or ())
     if opts.adapt:
         err.print(f"learning from the prime ({opts.adapt} pass{'es' if opts.adapt > 1 else ''})…")
+    if opts.items is not None or opts.novel or (net.item_kind and prime is None):
+        _print_items(net, opts, choice, err)
+        return
     head = (prime or "") if opts.echo_prime else ""
     if opts.num_samples == 1 and not opts.json_out:
         _stream(net.generate(prime, **choice), head)  # options checked before anything is written
@@ -61,6 +64,29 @@ def sample(
         else:  # a sample's own last newline ends its line: no second one (--json is exact)
             end = "" if (head + text).endswith("\n") else "\n"
             _write_stdout(("\n" if i > 1 else "") + f"--- sample {i} ---\n{head}{text}{end}")
+
+
+def _print_items(net: Any, opts: SampleOptions, choice: dict[str, Any], err: Console) -> None:
+    """An item model's items, one per line (--json: one object each), and on stderr how many
+    candidates they took; too few new ones is a failure (exit 1), after what was found."""
+    from charlstm.generate.items import DEFAULT_ITEMS, MAX_DRAWS
+
+    if opts.num_samples != 1:
+        raise OptionError("{items} prints items, one per line; drop {num_samples}",
+                          flags={"num_samples": "--num-samples"})  # fmt: skip
+    n = DEFAULT_ITEMS if opts.items is None else opts.items
+    got = net.items(n, novel=opts.novel, **choice)
+    for i, item in enumerate(got.items, start=1):
+        line = {"item": i, "seed": choice["seed"], "text": item} if opts.json_out else None
+        _write_stdout((item if line is None else json.dumps(line)) + "\n")
+    what = "new items" if opts.novel else "items"
+    err.print(f"{len(got.items):,} {what} from {got.drawn:,} candidates", highlight=False)
+    if got.short:
+        raise CharlstmError(
+            f"only {len(got.items):,} new items of the {n:,} asked for: the model gave no more "
+            f"in {got.drawn:,} candidates ({MAX_DRAWS} per item at most); a higher --temp "
+            "strays further from the training list"
+        )
 
 
 def _read_prime(prime: str | None, prime_file: Path | None, err: Console) -> str | None:
