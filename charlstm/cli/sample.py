@@ -17,6 +17,8 @@ from charlstm.config import CHECKPOINTS
 from charlstm.errors import CharlstmError, OptionError, UsageError
 from charlstm.options import SampleOptions
 
+MAX_ITEMS = 100_000  # as api.Model.items takes (not imported: it loads numpy's engine)
+
 
 @_command
 @options_of(SampleOptions)
@@ -37,6 +39,11 @@ def sample(
     choice = {k: getattr(opts, k) for k in SamplingOptions.__annotations__}
     check_sampling(**choice)  # before loading
     prime = _read_prime(opts.prime, opts.prime_file, err)
+    if opts.items is not None and opts.num_samples != 1:  # before loading
+        raise OptionError("{items} prints items, one per line; drop {num_samples}",
+                          flags={"num_samples": "--num-samples"})  # fmt: skip
+    if opts.items is not None and not 1 <= opts.items <= MAX_ITEMS:
+        raise OptionError(f"{{items}} must be between 1 and {MAX_ITEMS:,}, got {opts.items}")
     if opts.adapt and opts.engine == "numpy":
         raise OptionError("{adapt} learns with torch; drop {engine=numpy}")
     # Adapting learns and samples with torch: load torch's model (and say so), not numpy's.
@@ -71,9 +78,6 @@ def _print_items(net: Any, opts: SampleOptions, choice: dict[str, Any], err: Con
     candidates they took; too few new ones is a failure (exit 1), after what was found."""
     from charlstm.generate.items import DEFAULT_ITEMS, MAX_DRAWS
 
-    if opts.num_samples != 1:
-        raise OptionError("{items} prints items, one per line; drop {num_samples}",
-                          flags={"num_samples": "--num-samples"})  # fmt: skip
     n = DEFAULT_ITEMS if opts.items is None else opts.items
     got = net.items(n, novel=opts.novel, **choice)
     for i, item in enumerate(got.items, start=1):

@@ -80,6 +80,8 @@ def item_rows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and targets (each (B, W), int64) of the items at `starts`: one a row from its
     separator, cut at `window` tokens, padded to the longest (x 0, y -100: not scored)."""
+    import torch
+
     lengths = np.minimum(lengths, window)
     width = int(lengths.max()) if len(lengths) else 1
     idx = starts[:, None] + np.arange(width)  # (B, W)
