@@ -126,7 +126,8 @@ def test_both_engines_give_the_same_items(home):
     a = numpy_model.items(12, seed=5, novel=True)
     b = torch_model.items(12, seed=5, novel=True)
     assert a.items == b.items and a.drawn == b.drawn
-    assert numpy_model.item_kind == "lines" and charlstm.load(home / "ck" / "text").item_kind is None
+    assert numpy_model.item_kind == "lines"
+    assert charlstm.load(home / "ck" / "text").item_kind is None
     hashes = np.load(home / "ck" / "names" / "items.npy")
     assert all(known(hashes, n) for n in NAMES) and not any(known(hashes, i) for i in a.items)
     assert (hashes == item_hashes(NAMES)).all()
