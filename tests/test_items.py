@@ -13,10 +13,12 @@ import torch
 from typer.testing import CliRunner
 
 import charlstm
+from charlstm.cells import CELLS
 from charlstm.cli import app
 from charlstm.data.items import item_hashes, item_layout, item_rows, item_spans, known
 from charlstm.data.split import split_items
 from charlstm.data.tokenizer import CharTokenizer
+from charlstm.device import cpu_has_bf16
 from charlstm.formats.checkpoint import load_checkpoint
 from charlstm.model.language_model import LanguageModel, ModelConfig
 
@@ -170,17 +172,21 @@ def test_val_file_validates_on_the_held_out_file(home):
     assert summary["val_tokens_scored"] == len("the mat sat on the cat. " * 5) - 1
 
 
-def test_an_item_run_resumes_exactly(home):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_an_item_run_resumes_exactly(home, precision):
+    if precision == "bf16" and not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16")
     common = {"items": "lines", "steps": 30, "eval_every": 10, "checkpoints": home / "ck",
-              **SMALL}  # fmt: skip
+              **SMALL, "precision": precision}  # fmt: skip
     corpus = str(home / "names.txt")
-    charlstm.train(corpus, name="whole", **common)
+    charlstm.train(corpus, name=f"whole-{precision}", **common)
     polls = iter(range(1000))
-    charlstm.train(corpus, name="cut", should_stop=lambda: next(polls) >= 13, **common)
-    assert load_checkpoint(home / "ck" / "cut" / "last.pt")["step"] == 13
-    charlstm.train(resume=home / "ck" / "cut", threads=1, precision="fp32")
-    whole = load_checkpoint(home / "ck" / "whole" / "last.pt")
-    cut = load_checkpoint(home / "ck" / "cut" / "last.pt")
+    charlstm.train(corpus, name=f"cut-{precision}", should_stop=lambda: next(polls) >= 13,
+                   **common)  # fmt: skip
+    assert load_checkpoint(home / "ck" / f"cut-{precision}" / "last.pt")["step"] == 13
+    charlstm.train(resume=home / "ck" / f"cut-{precision}", threads=1, precision=precision)
+    whole = load_checkpoint(home / "ck" / f"whole-{precision}" / "last.pt")
+    cut = load_checkpoint(home / "ck" / f"cut-{precision}" / "last.pt")
     assert cut["step"] == 30
     for a, b in zip(whole["metrics"][-2:], cut["metrics"][-2:], strict=True):
         assert a["step"] == b["step"] and a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
@@ -192,3 +198,35 @@ def test_info_says_it_is_an_item_model(home):
     r = runner.invoke(app, ["info", str(home / "ck" / "names"), "--json"])
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["train_config"]["items"] == "lines"
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_every_cell_learns_items_each_from_a_zero_state(home, cell):
+    """Whatever layer runs the cell (torch's fused one, our own, a parallel scan), a row's
+    item is read from a zero state: its losses are the same alone or among others; and both
+    engines draw the same items."""
+    charlstm.train(str(home / "names.txt"), items="lines", steps=4, name=f"cell-{cell}",
+                   checkpoints=home / "ck", cell=cell, mogrifier_rounds=2,
+                   **{**SMALL, "layers": 2, "hidden": 8})  # fmt: skip
+    run = home / "ck" / f"cell-{cell}"
+    model = charlstm.load(run, engine="torch")
+    tok = model.tokenizer
+    ids = tok.encode("\nAda\nQuin\nBo\n")
+    starts, lengths = item_spans(ids, int(tok.encode("\n")[0]))
+    net = model.net.eval()
+    x1, y1 = item_rows(ids, starts[2:], lengths[2:], 16)
+    x3, y3 = item_rows(ids, starts, lengths, 16)
+    with torch.no_grad():
+        alone, _ = net(x1, None, y1)
+        among, _ = net(x3, None, y3)
+    assert torch.allclose(alone[0], among[2, :3], atol=1e-5)
+    if (run / "model.safetensors").is_file():
+        numpy_items = charlstm.load(run, engine="numpy").items(5, seed=1).items
+        assert model.items(5, seed=1).items == numpy_items
+
+
+def test_a_budget_sizes_an_item_model(home):
+    summary = charlstm.train(str(home / "names.txt"), items="lines", budget="6s", name="sized",
+                             checkpoints=home / "ck", threads=1, precision="fp32")  # fmt: skip
+    assert "chosen" in summary and summary["steps"] > 0
+    assert load_checkpoint(home / "ck" / "sized" / "last.pt")["train_config"]["items"] == "lines"
