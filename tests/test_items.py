@@ -198,6 +198,9 @@ def test_info_says_it_is_an_item_model(home):
     r = runner.invoke(app, ["info", str(home / "ck" / "names"), "--json"])
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["train_config"]["items"] == "lines"
+    for where in ("names", "names/model.safetensors"):  # either file says so
+        r = runner.invoke(app, ["info", str(home / "ck" / where)])
+        assert f"items        lines: a list of {len(set(NAMES))} items" in r.stdout
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
