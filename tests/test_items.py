@@ -233,3 +233,19 @@ def test_a_budget_sizes_an_item_model(home):
                              checkpoints=home / "ck", threads=1, precision="fp32")  # fmt: skip
     assert "chosen" in summary and summary["steps"] > 0
     assert load_checkpoint(home / "ck" / "sized" / "last.pt")["train_config"]["items"] == "lines"
+
+
+def test_the_server_gives_n_items_for_an_empty_prompt(home):
+    from charlstm.serve.server import load_models
+    from tests.test_serve import complete, serving
+
+    model = load_models([home / "ck" / "names"])["names"]
+    with serving({"names": model}) as base:
+        got = complete(base, model="names", prompt="", n=6, seed=4)
+        ran_on = complete(base, model="names", prompt="Ad", n=1, seed=4, max_tokens=30)
+    choices = got["choices"]
+    assert [c["finish_reason"] for c in choices] == ["stop"] * 6
+    texts = [c["text"] for c in choices]
+    assert texts == model.samples(6, None, seed=4, stop="\n")  # each row one item, from the start
+    assert all(t and "\n" not in t for t in texts)
+    assert ran_on["choices"][0]["finish_reason"] == "length"  # a prompt: running text as before
