@@ -5,6 +5,8 @@ the bounded search for new ones, exact resume, and the bad inputs."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +145,8 @@ def test_items_on_a_running_text_model_is_one_line_and_exit_2(home, args):
     assert r.stderr.count("error") == 1 and line.startswith("charlstm: error: --items")
 
 
-@pytest.mark.parametrize("args", [["--items", "0"], ["--items", "3", "-N", "2"]])
+@pytest.mark.parametrize("args", [["--items", "0"], ["--items", "3", "-N", "2"],
+                                  ["--novel", "--prime", "Ad"]])  # fmt: skip
 def test_bad_item_counts_are_one_line_and_exit_2(home, args):
     r = runner.invoke(app, ["sample", "-m", str(home / "ck" / "names"), *args])
     assert r.exit_code == 2 and r.stdout == ""
@@ -249,3 +252,11 @@ def test_the_server_gives_n_items_for_an_empty_prompt(home):
     assert texts == model.samples(6, None, seed=4, stop="\n")  # each row one item, from the start
     assert all(t and "\n" not in t for t in texts)
     assert ran_on["choices"][0]["finish_reason"] == "length"  # a prompt: running text as before
+
+
+def test_novel_items_on_the_numpy_engine_import_no_torch(home):
+    code = ("import sys, charlstm; m = charlstm.load(sys.argv[1], engine='numpy'); "
+            "print(len(m.items(4, seed=1, novel=True).items), 'torch' in sys.modules)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code, str(home / "ck" / "names")],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert done.stdout.split() == ["4", "False"]

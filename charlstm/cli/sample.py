@@ -39,6 +39,8 @@ def sample(
     choice = {k: getattr(opts, k) for k in SamplingOptions.__annotations__}
     check_sampling(**choice)  # before loading
     prime = _read_prime(opts.prime, opts.prime_file, err)
+    if (opts.items is not None or opts.novel) and prime is not None:
+        raise OptionError("{items} starts every item from the start; drop the prime")
     if opts.items is not None and opts.num_samples != 1:  # before loading
         raise OptionError("{items} prints items, one per line; drop {num_samples}",
                           flags={"num_samples": "--num-samples"})  # fmt: skip

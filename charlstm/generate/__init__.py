@@ -6,6 +6,8 @@ How this folder works:
   the sampling options once (each door passes its own caps and option names); stops.py
   matches stop texts; choose.py is the next-token rule (temperature, top-k/p, one draw from
   the seed's stream, the UTF-8 mask of byte-level vocabularies).
+- items.py draws an item model's items through the loop (each from the separator, ending at
+  it), keeping only new ones with --novel, within a bound on the candidates drawn.
 - An engine is a Stepper (loop.py): torch_engine.py and numpy_engine.py compute a layer's
   input and run the cell's traced step laid out on buffers allocated once (plan.py,
   numpy_ops.py); neither names a cell.
