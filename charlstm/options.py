@@ -23,6 +23,7 @@ from charlstm.config import (
     DYNAMIC_LR,
     ENGINES,
     EVAL_PRECISIONS,
+    ITEM_TEMPERATURE,
     ITEMS,
     OPTIMIZERS,
     PRECISIONS,
@@ -360,7 +361,8 @@ class SampleOptions:
         "Tokens to generate: characters for a char model, words or runs of spacing for word, "
         "subwords for bpe.", says=str(SampleConfig.length), flags=("--length", "-n"))
     temp: float | None = option("Temperature: 0 = greedy, lower = safer, higher = wilder.",
-                                says=shown(SampleConfig.temperature), flags=("--temp",))
+                                says=f"{shown(SampleConfig.temperature)}; an item model's "
+                                f"items: {shown(ITEM_TEMPERATURE)}", flags=("--temp",))
     top_k: int | None = option("Sample among the k most likely tokens.", says="0 = all")
     top_p: float | None = option(
         "Sample among the most likely tokens whose probability sums to p.", says="1 = all")

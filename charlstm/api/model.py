@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 import numpy as np
 
 from charlstm.api.session import Session
-from charlstm.config import ADAPT, DynamicConfig
+from charlstm.config import ADAPT, ITEM_TEMPERATURE, DynamicConfig
 from charlstm.data.items import SEPARATORS
 from charlstm.data.split import train_length
 from charlstm.data.tokenizer import AnyTokenizer
@@ -268,7 +268,8 @@ class Model:
         """`n` items of an item model, each from the start (generate/items.py); `novel`: only
         items not in the training list (the run's items.npy) and not drawn already, giving up
         after MAX_DRAWS candidates per item (the result's `short`). The options are
-        generate()'s; a stop text given ends an item early."""
+        generate()'s (the temperature: config.ITEM_TEMPERATURE unless given); a stop text given
+        ends an item early."""
         kind = self.item_kind
         if kind is None:
             raise OptionError("{items} needs a model trained with --items (this one learnt "
@@ -284,6 +285,8 @@ class Model:
                 raise CharlstmError(f"{{novel}} needs the training list's items.npy beside "
                                     f"'{self.path}' (train writes it)") from None  # fmt: skip
         stops = check_sampling(**options).stop
+        if options.get("temp") is None and not options.get("greedy"):
+            options = {**options, "temp": ITEM_TEMPERATURE}
         req, net = self.request(None, **{**options, "stop": (SEPARATORS[kind], *stops)})
         return draw_items(self.stepper(net), self.tokenizer, req, n, hashes, novel)
 
