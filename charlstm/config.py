@@ -33,6 +33,7 @@ ITEMS = ("lines",)  # --items: how a corpus is cut into items (data/items.py has
 # An item model's items are drawn from the model's own distribution (as makemore draws names):
 # a 60 s model of 30,000 surnames gave 80% new ones at 0.8, 89% at 1.0 (benchmarks/items.py).
 ITEM_TEMPERATURE = 1.0
+DEFAULT_ITEMS, MAX_ITEMS = 10, 100_000  # `sample` on an item model without --items; at most
 CORPORA = Path("corpora")  # built-in corpora and the token cache (corpora/cache), beside the runs
 CHECKPOINTS = Path("checkpoints")  # the run folders, unless --checkpoints says otherwise
 DEFAULT_BUDGET = 600.0  # seconds, when no --budget, --steps or --epochs is given

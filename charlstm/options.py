@@ -18,6 +18,7 @@ from charlstm.config import (
     CELLS,
     CHECKPOINTS,
     DEFAULT_BUDGET,
+    DEFAULT_ITEMS,
     DEFAULT_MIN_FREQUENCY,
     DEFAULT_VOCAB,
     DYNAMIC_LR,
@@ -389,7 +390,7 @@ class SampleOptions:
         0, metavar="PASSES")
     items: int | None = option(
         "An item model (trained with --items): print this many items, one per line, each from "
-        "the start.", says="10 for an item model", metavar="N")
+        "the start.", says=f"{DEFAULT_ITEMS} for an item model", metavar="N")
     novel: bool = option(
         "With an item model: print only items that are not in the training list and not "
         "printed already; stderr says how many candidates it took.", False)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 import numpy as np
 
 from charlstm.api.session import Session
-from charlstm.config import ADAPT, ITEM_TEMPERATURE, DynamicConfig
+from charlstm.config import ADAPT, DEFAULT_ITEMS, ITEM_TEMPERATURE, MAX_ITEMS, DynamicConfig
 from charlstm.data.items import SEPARATORS
 from charlstm.data.split import train_length
 from charlstm.data.tokenizer import AnyTokenizer
@@ -20,7 +20,7 @@ from charlstm.errors import CharlstmError, OptionError
 from charlstm.formats.model_file import Portable
 from charlstm.formats.run_folder import RunFolder
 from charlstm.generate.choose import seeded
-from charlstm.generate.items import DEFAULT_ITEMS, Drawn, draw_items
+from charlstm.generate.items import Drawn, draw_items
 from charlstm.generate.loop import Request, Stepper, generate
 from charlstm.generate.options import SamplingOptions, check_sampling
 
@@ -444,7 +444,6 @@ def check_adapt(adapt: int, prime: str | None, prime_ids: np.ndarray) -> None:
 # The options whose flag is not their keyword with dashes.
 _N = {"n": "--num-samples"}
 _ITEMS = {"n": "--items"}
-MAX_ITEMS = 100_000
 
 
 @dataclass(frozen=True)

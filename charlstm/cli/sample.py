@@ -13,11 +13,9 @@ from charlstm.cli.app import _command
 from charlstm.cli.display import err_console
 from charlstm.cli.options import Checkpoints, ModelPath, Quiet, Threads, options_of
 from charlstm.cli.output import _blas_threads, _load, _stdin_note, _stream, _write_stdout
-from charlstm.config import CHECKPOINTS
+from charlstm.config import CHECKPOINTS, DEFAULT_ITEMS, MAX_ITEMS
 from charlstm.errors import CharlstmError, OptionError, UsageError
 from charlstm.options import SampleOptions
-
-MAX_ITEMS = 100_000  # as api.Model.items takes (not imported: it loads numpy's engine)
 
 
 @_command
@@ -78,7 +76,7 @@ def sample(
 def _print_items(net: Any, opts: SampleOptions, choice: dict[str, Any], err: Console) -> None:
     """An item model's items, one per line (--json: one object each), and on stderr how many
     candidates they took; too few new ones is a failure (exit 1), after what was found."""
-    from charlstm.generate.items import DEFAULT_ITEMS, MAX_DRAWS
+    from charlstm.generate.items import MAX_DRAWS
 
     n = DEFAULT_ITEMS if opts.items is None else opts.items
     got = net.items(n, novel=opts.novel, **choice)

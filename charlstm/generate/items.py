@@ -22,7 +22,6 @@ from charlstm.data.tokenizer import AnyTokenizer
 from charlstm.generate.choose import MAX_SEED, ModelOutputError
 from charlstm.generate.loop import Done, Failed, Request, Rows, Stepper, Text
 
-DEFAULT_ITEMS = 10  # `sample` on an item model, without --items
 MAX_DRAWS = 50  # candidates drawn per item asked for, at most, before giving up
 MAX_ROUND = 1024  # rows drawn together at most
 
