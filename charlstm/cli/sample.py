@@ -86,10 +86,11 @@ def _print_items(net: Any, opts: SampleOptions, choice: dict[str, Any], err: Con
     what = "new items" if opts.novel else "items"
     err.print(f"{len(got.items):,} {what} from {got.drawn:,} candidates", highlight=False)
     if got.short:
+        why = ("a higher --temp strays further from the training list" if opts.novel else
+               "the others were empty or ran to --length without ending")  # fmt: skip
         raise CharlstmError(
-            f"only {len(got.items):,} new items of the {n:,} asked for: the model gave no more "
-            f"in {got.drawn:,} candidates ({MAX_DRAWS} per item at most); a higher --temp "
-            "strays further from the training list"
+            f"only {len(got.items):,} {what} of the {n:,} asked for: the model gave no more in "
+            f"{got.drawn:,} candidates ({MAX_DRAWS} per item at most); {why}"
         )
 
 
