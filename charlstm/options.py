@@ -18,11 +18,14 @@ from charlstm.config import (
     CELLS,
     CHECKPOINTS,
     DEFAULT_BUDGET,
+    DEFAULT_ITEMS,
     DEFAULT_MIN_FREQUENCY,
     DEFAULT_VOCAB,
     DYNAMIC_LR,
     ENGINES,
     EVAL_PRECISIONS,
+    ITEM_TEMPERATURE,
+    ITEMS,
     MAX_BEAM,
     OPTIMIZERS,
     PRECISIONS,
@@ -114,7 +117,7 @@ def help_text(f: Field) -> str:
 FIXED_BY_RUN = ("cell", "hidden", "layers", "embed", "dropout", "weight_drop", "tie_weights",
                 "softmax", "mogrifier_rounds", "tokenizer", "vocab_size", "min_frequency",
                 "batch_size", "window", "seed", "optimizer", "val_fraction", "val_tokens",
-                "name")  # fmt: skip
+                "name", "items", "val_file")  # fmt: skip
 # What `--init-from` takes from the base: the model's shape and its tokenizer.
 FIXED_BY_BASE = ("cell", "hidden", "layers", "embed", "weight_drop", "tie_weights", "softmax",
                  "mogrifier_rounds", "tokenizer", "vocab_size", "min_frequency")  # fmt: skip
@@ -199,8 +202,15 @@ class TrainOptions:
         f"{shown(TOKENIZER_PRESETS['word']['lr'])} it beat AdamW on word models).",
         into=_T + "optimizer", choices=OPTIMIZERS)
     clip: float | None = option("Clip the gradient norm to this value.", into=_T + "clip")
-    val_fraction: float | None = option("Tail of the corpus held out for validation.",
-                                        into=_T + "val_fraction")
+    val_fraction: float | None = option(
+        "Part of the corpus held out for validation: its tail, or with --items that share of "
+        "the items drawn at random (seeded).", into=_T + "val_fraction")
+    val_file: Path | None = option(
+        "Validate on this held-out file instead; the corpus then all trains (no split).")
+    items: str | None = option(
+        "The corpus is a list: lines (each non-empty line is one item). Each item is learnt "
+        "from a zero state to its end, and `sample` then prints new items, one per line.",
+        into=_T + "items", choices=ITEMS, says="off")
     eval_every: int | None = option("Steps between validations.", into=_T + "eval_every",
                                     says="{} = up to ten times per run, in at most ~2% of its time")
     val_tokens: int | None = option(
@@ -276,6 +286,8 @@ class TrainOptions:
                "--resume continues one: give one of them")  # fmt: skip
         _check(not (self.keep_eval and self.resume), "--keep-eval is chosen when a run starts; "
                "--resume keeps the run's own")  # fmt: skip
+        _check(self.val_file is None or self.val_fraction is None,
+               "--val-file holds the validation text; drop --val-fraction")  # fmt: skip
         if self.init_from is not None:
             taken = self.given(*FIXED_BY_BASE)
             flags = ", ".join("--" + n.replace("_", "-") for n in taken)
@@ -351,7 +363,8 @@ class SampleOptions:
         "Tokens to generate: characters for a char model, words or runs of spacing for word, "
         "subwords for bpe.", says=str(SampleConfig.length), flags=("--length", "-n"))
     temp: float | None = option("Temperature: 0 = greedy, lower = safer, higher = wilder.",
-                                says=shown(SampleConfig.temperature), flags=("--temp",))
+                                says=f"{shown(SampleConfig.temperature)}; an item model's "
+                                f"items: {shown(ITEM_TEMPERATURE)}", flags=("--temp",))
     top_k: int | None = option("Sample among the k most likely tokens.", says="0 = all")
     top_p: float | None = option(
         "Sample among the most likely tokens whose probability sums to p.", says="1 = all")
@@ -387,6 +400,12 @@ class SampleOptions:
         "Learn from the prime first, reading it this many times with dynamic evaluation's "
         "updates, so a page of text steers the style (0 = off). The checkpoint is not changed.",
         0, metavar="PASSES")
+    items: int | None = option(
+        "An item model (trained with --items): print this many items, one per line, each from "
+        "the start.", says=f"{DEFAULT_ITEMS} for an item model", metavar="N")
+    novel: bool = option(
+        "With an item model: print only items that are not in the training list and not "
+        "printed already; stderr says how many candidates it took.", False)
     engine: str = option(
         "What generates: numpy (from the run's model.safetensors, without loading torch: the "
         "first character in a fraction of a second), torch, or auto: numpy when "

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Unpack
 import numpy as np
 
 from charlstm.api.session import Session
-from charlstm.config import ADAPT, DynamicConfig
+from charlstm.config import ADAPT, DEFAULT_ITEMS, ITEM_TEMPERATURE, MAX_ITEMS, DynamicConfig
+from charlstm.data.items import SEPARATORS
 from charlstm.data.split import train_length
 from charlstm.data.tokenizer import AnyTokenizer
 from charlstm.errors import CharlstmError, OptionError
@@ -20,6 +21,7 @@ from charlstm.formats.model_file import Portable
 from charlstm.formats.run_folder import RunFolder
 from charlstm.generate.beam import Beam, beam_search
 from charlstm.generate.choose import seeded
+from charlstm.generate.items import Drawn, draw_items
 from charlstm.generate.logprobs import Token, scored
 from charlstm.generate.loop import Request, Rows, Stepper, generate
 from charlstm.generate.options import SamplingOptions, check_beam, check_sampling
@@ -294,7 +296,42 @@ class Model:
         given = check_sampling(length=length, stop=stop, on_unknown=on_unknown)
         k = check_beam(k)
         ids = self.encode_prime(prime, on_unknown)
-        return beam_search(self.stepper(), self.tokenizer, ids, k, given.cfg.length, given.stop)
+        stops = given.stop
+        if self.item_kind:  # an item ends at its separator
+            stops = (SEPARATORS[self.item_kind], *stops)
+        return beam_search(self.stepper(), self.tokenizer, ids, k, given.cfg.length, stops)
+    @property
+    def item_kind(self) -> str | None:
+        """How an item model's list was cut ("lines": train --items), else None."""
+        return (self.meta.get("train_config") or {}).get("items")
+
+    def items(
+        self, n: int = DEFAULT_ITEMS, *, novel: bool = False, **options: Unpack[SamplingOptions]
+    ) -> Drawn:
+        """`n` items of an item model, each from the start (generate/items.py); `novel`: only
+        items not in the training list (the run's items.npy) and not drawn already, giving up
+        after MAX_DRAWS candidates per item (the result's `short`). The options are
+        generate()'s (the temperature: config.ITEM_TEMPERATURE unless given); a stop text given
+        ends an item early."""
+        kind = self.item_kind
+        if kind is None:
+            raise OptionError("{items} needs a model trained with --items (this one learnt "
+                              "running text)", flags=_ITEMS)  # fmt: skip
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_ITEMS:
+            raise OptionError(f"{{n}} must be between 1 and {MAX_ITEMS:,}, got {_lit(n)}",
+                              flags=_ITEMS)  # fmt: skip
+        hashes = None
+        if novel:
+            try:
+                hashes = np.load(RunFolder(self.path.parent).items)
+            except (OSError, ValueError):
+                raise CharlstmError(f"{{novel}} needs the training list's items.npy beside "
+                                    f"'{self.path}' (train writes it)") from None  # fmt: skip
+        stops = check_sampling(**options).stop
+        if options.get("temp") is None and not options.get("greedy"):
+            options = {**options, "temp": ITEM_TEMPERATURE}
+        req, net = self.request(None, **{**options, "stop": (SEPARATORS[kind], *stops)})
+        return draw_items(self.stepper(net), self.tokenizer, req, n, hashes, novel)
 
     def session(self, **options: Unpack[SamplingOptions]) -> Session:
         """A conversation (see Session) with generate()'s sampling options."""
@@ -472,6 +509,7 @@ def check_adapt(adapt: int, prime: str | None, prime_ids: np.ndarray) -> None:
 
 # The options whose flag is not their keyword with dashes.
 _N = {"n": "--num-samples"}
+_ITEMS = {"n": "--items"}
 
 
 @dataclass(frozen=True)

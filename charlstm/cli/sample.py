@@ -12,7 +12,7 @@ from rich.console import Console
 from charlstm.cli.app import _command
 from charlstm.cli.options import Checkpoints, ModelPath, Quiet, Threads, options_of
 from charlstm.cli.output import _blas_threads, _load, _stdin_note, _stream, _write_stdout
-from charlstm.config import CHECKPOINTS
+from charlstm.config import CHECKPOINTS, DEFAULT_ITEMS, MAX_ITEMS
 from charlstm.display.console import err_console
 from charlstm.errors import CharlstmError, OptionError, UsageError
 from charlstm.options import SampleOptions
@@ -48,6 +48,13 @@ def sample(
         _beams(model, opts, err, checkpoints, threads)
         return
     prime = _read_prime(opts.prime, opts.prime_file, err)
+    if (opts.items is not None or opts.novel) and prime is not None:
+        raise OptionError("{items} starts every item from the start; drop the prime")
+    if opts.items is not None and opts.num_samples != 1:  # before loading
+        raise OptionError("{items} prints items, one per line; drop {num_samples}",
+                          flags={"num_samples": "--num-samples"})  # fmt: skip
+    if opts.items is not None and not 1 <= opts.items <= MAX_ITEMS:
+        raise OptionError(f"{{items}} must be between 1 and {MAX_ITEMS:,}, got {opts.items}")
     if opts.adapt and opts.engine == "numpy":
         raise OptionError("{adapt} learns with torch; drop {engine=numpy}")
     # Adapting learns and samples with torch: load torch's model (and say so), not numpy's.
@@ -61,6 +68,9 @@ def sample(
     choice.update(seed=seed, stop=opts.stop or ())
     if opts.adapt:
         err.print(f"learning from the prime ({opts.adapt} pass{'es' if opts.adapt > 1 else ''})…")
+    if opts.items is not None or opts.novel or (net.item_kind and prime is None):
+        _print_items(net, opts, choice, err)
+        return
     head = (prime or "") if opts.echo_prime else ""
     if opts.num_samples == 1 and not opts.json_out:
         _stream(net.generate(prime, **choice), head)  # options checked before anything is written
@@ -101,6 +111,27 @@ def _beams(model: Path | None, opts: SampleOptions, err: Console, checkpoints: P
                                       "text": head + beam.text}) + "\n")  # fmt: skip
         else:
             _write_whole(i, f"beam {i} · log-prob {beam.logprob:.3f}", head + beam.text)
+
+
+def _print_items(net: Any, opts: SampleOptions, choice: dict[str, Any], err: Console) -> None:
+    """An item model's items, one per line (--json: one object each), and on stderr how many
+    candidates they took; too few new ones is a failure (exit 1), after what was found."""
+    from charlstm.generate.items import MAX_DRAWS
+
+    n = DEFAULT_ITEMS if opts.items is None else opts.items
+    got = net.items(n, novel=opts.novel, **choice)
+    for i, item in enumerate(got.items, start=1):
+        line = {"item": i, "seed": choice["seed"], "text": item} if opts.json_out else None
+        _write_stdout((item if line is None else json.dumps(line)) + "\n")
+    what = "new items" if opts.novel else "items"
+    err.print(f"{len(got.items):,} {what} from {got.drawn:,} candidates", highlight=False)
+    if got.short:
+        why = ("a higher --temp strays further from the training list" if opts.novel else
+               "the others were empty or ran to --length without ending")  # fmt: skip
+        raise CharlstmError(
+            f"only {len(got.items):,} {what} of the {n:,} asked for: the model gave no more in "
+            f"{got.drawn:,} candidates ({MAX_DRAWS} per item at most); {why}"
+        )
 
 
 def _read_prime(prime: str | None, prime_file: Path | None, err: Console) -> str | None:

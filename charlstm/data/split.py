@@ -1,7 +1,8 @@
 """The one train/validation split: the first train_length(n, fraction) of n items (token ids,
 or a corpus's characters before tokenizing) train, the tail validates. Contiguous, with the
 validation part at the end, as nanoGPT splits tiny-shakespeare. Every place that cuts a
-corpus (the token cache, a resume of an old run, a model's training ids) cuts here."""
+corpus (the token cache, a resume of an old run, a model's training ids) cuts here. A list of
+items (--items) validates on the same share of its items, drawn at random: split_items."""
 
 from __future__ import annotations
 
@@ -17,3 +18,13 @@ def split_ids(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndar
     """(train, validation): the ids cut at train_length."""
     n_train = train_length(len(ids), val_fraction)
     return ids[:n_train], ids[n_train:]
+
+
+def split_items(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices of n items (a list's lines, --items): as many validate as
+    the tail would hold (n - train_length), but drawn at random, seeded, so a sorted list does
+    not validate on its last letters alone. Each part keeps the list's order."""
+    n_val = n - train_length(n, val_fraction)
+    chosen = np.zeros(n, dtype=bool)
+    chosen[np.random.default_rng([seed, n]).choice(n, size=n_val, replace=False)] = True
+    return np.flatnonzero(~chosen), np.flatnonzero(chosen)

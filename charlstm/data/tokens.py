@@ -57,6 +57,8 @@ class CorpusInfo:
     val_chars: int | None = None  # characters spelled by the validation tokens after the first
     skipped: list[list[str]] = field(default_factory=list)  # [file, why]: a folder's non-text files
     n_skipped: int = 0
+    val_file: str | None = None  # --val-file: the held-out file validated on
+    items: int | None = None  # --items: how many distinct items the list holds
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CorpusInfo:

@@ -26,6 +26,7 @@ def info_lines(data: dict[str, Any]) -> str:
         f"tokenizer    {data['tokenizer']['kind']}, vocabulary {data['tokenizer']['vocab_size']:,}",
         f"corpus       {corpus.get('chars', 0):,} chars, fingerprint {corpus.get('fingerprint')}"
         + _files(corpus),
+        *_items(data, corpus),
         f"trained      {data['steps'] or 0:,} steps, {data['tokens_seen'] or 0:,} tokens",
         "best val     " + ("—" if best is None else f"{best:.4f} nats/token"),
         f"resumable    {'yes (last.pt)' if data['resumable'] else 'no'}",
@@ -39,6 +40,17 @@ def info_lines(data: dict[str, Any]) -> str:
         ),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _items(data: dict[str, Any], corpus: dict[str, Any]) -> list[str]:
+    """An item model's line (train --items), and the held-out file it validated on."""
+    items, out = (data.get("train_config") or {}).get("items"), []
+    if items:
+        out.append(f"items        {items}: a list of {corpus.get('items') or 0:,} items, each "
+                   "learnt from the start (sample prints new items)")  # fmt: skip
+    if corpus.get("val_file"):
+        out.append(f"validation   {corpus['val_file']} (--val-file)")
+    return out
 
 
 def _files(corpus: dict[str, Any]) -> str:

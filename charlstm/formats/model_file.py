@@ -238,7 +238,8 @@ def version_number(text: object, what: str) -> int:
 # tokens.CorpusInfo's fields and types (tokens.py imports torch; a test keeps the two alike).
 CORPUS_FIELDS = {"fingerprint": "str", "chars": "int", "sources": "list[str]", "n_sources": "int",
                  "tokenizer": "str", "n_train": "int | None", "val_chars": "int | None",
-                 "skipped": "list[list[str]]", "n_skipped": "int"}  # fmt: skip
+                 "skipped": "list[list[str]]", "n_skipped": "int", "val_file": "str | None",
+                 "items": "int | None"}  # fmt: skip
 
 
 def check_run(run: object) -> dict[str, Any]:

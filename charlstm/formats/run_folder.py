@@ -25,9 +25,10 @@ from charlstm.errors import CharlstmError, UsageError
 # The names of a run folder's files: spelled here only (RunFolder's properties use them).
 BEST, LAST, MODEL_FILE = "best.pt", "last.pt", "model.safetensors"
 METRICS, TOKENS, KEEP, SUMMARY = "metrics.jsonl", "tokens.npy", "keep.npy", "run.json"
+ITEMS = "items.npy"  # an item model's list, as hashes (data/items.py): what --novel checks
 LOCK_FILE = ".lock"  # held by the one process training the run (files.try_lock)
 # What a run folder holds (training writes these; --overwrite deletes them).
-RUN_FILES = (BEST, LAST, METRICS, TOKENS, KEEP, SUMMARY, MODEL_FILE)
+RUN_FILES = (BEST, LAST, METRICS, TOKENS, KEEP, SUMMARY, MODEL_FILE, ITEMS)
 RESUME_READS = (LAST, TOKENS, KEEP)  # what resuming reads from the folder
 # `charlstm export` writes model.safetensors too, maybe now: its temporary file may be live.
 ONLY_TRAINING_WRITES = tuple(name for name in RUN_FILES if name != MODEL_FILE)
@@ -67,6 +68,10 @@ class RunFolder:
     @property
     def keep(self) -> Path:
         return self.path / KEEP
+
+    @property
+    def items(self) -> Path:
+        return self.path / ITEMS
 
     @property
     def summary(self) -> Path:

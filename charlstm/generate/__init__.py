@@ -9,6 +9,8 @@ How this folder works:
   request that asks each token's log-probability under that same rule, and the top K.
   beam.py is beam search (the K most likely continuations, no draws) over the same Stepper,
   stop matcher and UTF-8 masks.
+- items.py draws an item model's items through the loop (each from the separator, ending at
+  it), keeping only new ones with --novel, within a bound on the candidates drawn.
 - An engine is a Stepper (loop.py): torch_engine.py and numpy_engine.py compute a layer's
   input and run the cell's traced step laid out on buffers allocated once (plan.py,
   numpy_ops.py); neither names a cell.

@@ -140,7 +140,8 @@ def check_beam(k: object, **given: object) -> int:
 
 # What only sampling takes, each with its value when not given.
 _SAMPLES = {"temp": None, "top_k": None, "top_p": None, "greedy": False, "seed": None,
-            "num_samples": 1, "adapt": 0, "logprobs": None}  # fmt: skip
+            "num_samples": 1, "adapt": 0, "logprobs": None, "items": None,
+            "novel": False}  # fmt: skip
 
 
 def _stops(stop: object, caps: Caps, bad: Callable[..., OptionError]) -> tuple[str, ...]:

@@ -60,6 +60,7 @@ from starlette.types import Receive
 
 from charlstm.api import EncodedText, Model, load, random_seed
 from charlstm.config import CHECKPOINTS, SampleConfig, ServeConfig
+from charlstm.data.items import SEPARATORS
 from charlstm.errors import OptionError, UsageError
 from charlstm.evaluation.exact import predictions
 from charlstm.formats.run_folder import RunFolder
@@ -161,6 +162,8 @@ class _Server:
             raise bad(f"the prompt is {len(ids):,} tokens; at most {MAX_PROMPT_TOKENS:,}",
                        "prompt")  # fmt: skip
         seed = random_seed() if req.seed is None else req.seed
+        if not prompt and model.item_kind:  # an item model: n items, each to its separator
+            stop = (*stop, SEPARATORS[model.item_kind])
         job = Job(name, ids, sample, seed, n=n, stop=stop, handle=None, logprobs=given.logprobs)
         return job, len(ids) if prompt else 0  # no prompt: the newline it starts from is ours
 

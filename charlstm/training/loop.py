@@ -19,12 +19,14 @@ from typing import Any
 
 import torch
 
-from charlstm.data.batches import StreamLayout, epoch_offset, fit_layout, window_batch
+from charlstm.data.batches import StreamLayout, epoch_offset, window_batch
+from charlstm.data.items import ItemLayout
 from charlstm.device import grad_scaler
 from charlstm.errors import CharlstmError
 from charlstm.formats.checkpoint import save_checkpoint
 from charlstm.formats.run_folder import RunFolder
 from charlstm.training import distributed
+from charlstm.training.held_out import training_layout
 from charlstm.training.run import Report, Run, Timing
 from charlstm.training.schedule import (
     RECORD_EVERY,
@@ -71,7 +73,7 @@ def _save_last(run: Run) -> bool:
 class _Loop:
     """What fit carries from one step to the next (its locals, named)."""
 
-    layout: StreamLayout
+    layout: StreamLayout | ItemLayout
     rows: slice  # this rank's streams
     net: torch.nn.Module  # the model, wrapped for DDP when there are several processes
     scaler: torch.amp.GradScaler | None
@@ -142,7 +144,7 @@ def _begin(run: Run, report: Report, resume: dict[str, Any] | None) -> _Loop:
     cfg, model, world = run.train_cfg, run.model, run.world
     device = world.device
     began = time.perf_counter()
-    layout, notes = fit_layout(len(run.train_ids), cfg.batch_size, cfg.window)
+    layout, notes = training_layout(run.train_ids, cfg, run.tokenizer)
     for note in notes:
         report("note", {"message": note})
     if layout.batch_size % world.size:
@@ -225,11 +227,16 @@ def _one_step(
     # Dropout and weight-drop masks are a pure function of (seed, step, rank): a resumed
     # run draws the masks the uninterrupted one drew, and each rank draws its own.
     torch.manual_seed(step_seed(cfg.seed, pos.step, world.rank))
-    if loop.offset is None or pos.window == 0:
-        loop.offset = epoch_offset(cfg.seed, pos.epoch, layout, len(run.train_ids))
-        if pos.window == 0:
-            run.rnn_state = None  # streams jumped back to their starts: forget
-    x, y = window_batch(run.train_ids, layout, loop.offset, pos.window, loop.rows)
+    if isinstance(layout, ItemLayout):  # an item model: B items, each from a zero state
+        x, y = layout.batch(run.train_ids, pos.epoch, pos.window, loop.rows)
+        run.rnn_state = None
+    else:
+        if loop.offset is None or pos.window == 0:
+            loop.offset = epoch_offset(cfg.seed, pos.epoch, layout, len(run.train_ids))
+            if pos.window == 0:
+                run.rnn_state = None  # streams jumped back to their starts: forget
+        x, y = window_batch(run.train_ids, layout, loop.offset, pos.window, loop.rows)
+    tokens = int((y != -100).sum()) if cfg.items else x.numel()  # padding is no token
     x, y = x.to(world.device, non_blocking=True), y.to(world.device, non_blocking=True)
     if run.rnn_state is not None and cfg.state_reset > 0:
         run.rnn_state = reset_some(run.rnn_state, cfg, pos.step, layout.batch_size, loop.rows)
@@ -239,7 +246,8 @@ def _one_step(
         group["lr"] = lr
     try:
         loss, state, grad_norm = train_step(
-            loop.net, run.optimizer, loop.scaler, x, y, run.rnn_state, cfg.clip, run.precision
+            loop.net, run.optimizer, loop.scaler, x, y, run.rnn_state, cfg.clip, run.precision,
+            masked=cfg.items is not None,
         )
     except (torch.OutOfMemoryError, RuntimeError) as e:
         if not _out_of_memory(e):
@@ -257,13 +265,13 @@ def _one_step(
         ) from None
     elapsed = _share_step(run, loop, loss, should_stop)
     apply_step(run.optimizer, loop.scaler)
-    run.rnn_state = state
+    run.rnn_state = None if cfg.items else state
     pos.step += 1
     pos.window += 1
     if pos.window >= layout.windows_per_epoch:
         pos.epoch, pos.window = pos.epoch + 1, 0
-    pos.tokens_seen += x.numel() * world.size
-    loop.window_tokens += x.numel() * world.size
+    pos.tokens_seen += tokens * world.size
+    loop.window_tokens += tokens * world.size
     pos.elapsed = elapsed
     loop.timing.steps += 1
     pos.reserve = loop.timing.reserve(run)  # from shared figures: the same on every rank

@@ -11,14 +11,16 @@ from typing import Any
 import numpy as np
 
 from charlstm.config import CORPORA, TrainConfig
-from charlstm.data.batches import fit_layout
+from charlstm.data.batches import StreamLayout, fit_layout
 from charlstm.data.corpus import CorpusStream
+from charlstm.data.items import ItemLayout
 from charlstm.data.split import split_ids
 from charlstm.data.tokens import CorpusInfo, corpus_fingerprint
 from charlstm.errors import UsageError
 from charlstm.formats.checkpoint import CheckpointError, read_checkpoint
 from charlstm.formats.run_folder import RunFolder
 from charlstm.options import CHANGEABLE_ON_RESUME, TrainOptions
+from charlstm.training.held_out import training_layout
 from charlstm.training.run import KeepEval, Prepared, Report, Run
 from charlstm.training.schedule import Position, progress_of
 
@@ -57,7 +59,8 @@ def resume_run(options: TrainOptions, report: Report) -> Prepared:
     else:
         train_ids, val_ids = split_ids(np.asarray(ids), saved.val_fraction)
     pos = Position(**ckpt["resume"]["position"])
-    train_cfg = resumed_config(saved, options, pos, len(train_ids), report)
+    layout, _ = training_layout(train_ids, saved, ckpt["tokenizer"])
+    train_cfg = resumed_config(saved, options, pos, len(train_ids), report, layout=layout)
     model = checked.model()
     run = Run(
         model=model, model_cfg=model.cfg, train_cfg=train_cfg, tokenizer=ckpt["tokenizer"],
@@ -82,7 +85,12 @@ def _resumed_keep(run_dir: Path, saved: dict[str, Any] | None) -> KeepEval | Non
 
 
 def resumed_config(
-    saved: TrainConfig, options: TrainOptions, pos: Position, train_tokens: int, report: Report
+    saved: TrainConfig,
+    options: TrainOptions,
+    pos: Position,
+    train_tokens: int,
+    report: Report,
+    layout: StreamLayout | ItemLayout | None = None,
 ) -> TrainConfig:
     """The run's settings with the options a resume may change. Limits given are counted from
     where the run stands (`--steps 500`: 500 more steps), and replace the old ones; the
@@ -92,7 +100,8 @@ def resumed_config(
     changes = {k: v for k, v in given.items() if k in CHANGEABLE_ON_RESUME}
     said = [f"--{k.replace('_steps', '').replace('_', '-')} {v:g} (was {getattr(saved, k):g})"
             for k, v in changes.items() if v != getattr(saved, k)]  # fmt: skip
-    layout, _ = fit_layout(train_tokens, saved.batch_size, saved.window)
+    if layout is None:
+        layout, _ = fit_layout(train_tokens, saved.batch_size, saved.window)
     if pos.window >= layout.windows_per_epoch:
         raise CheckpointError("cannot resume: its data position is past the end of an epoch")
     epoch = pos.epoch + pos.window / layout.windows_per_epoch

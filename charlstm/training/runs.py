@@ -54,6 +54,7 @@ from charlstm.model.language_model import LanguageModel, with_vocabulary
 from charlstm.options import FINE_TUNE_BUDGET, TrainOptions, apply_preset
 from charlstm.training import distributed, sizing
 from charlstm.training.distributed import World
+from charlstm.training.held_out import item_sizing, tokenize_apart
 from charlstm.training.loop import fit
 from charlstm.training.resume import resume_run
 from charlstm.training.run import KeepEval, Prepared, Report, Run
@@ -151,8 +152,9 @@ def new_run(
     if opts.budget is None and opts.steps is None and opts.epochs is None:
         opts = replace(opts, budget=FINE_TUNE_BUDGET if base else DEFAULT_BUDGET)
     train_cfg = TrainConfig(**opts.train_fields())
-    tokenized, corpus, seconds = tokenize(opts, train_cfg.val_fraction, report,
-                                          base=base.tokenizer if base else None)  # fmt: skip
+    tokenized, corpus, seconds, hashes = tokenize(
+        opts, train_cfg.val_fraction, report, base=base.tokenizer if base else None,
+        seed=train_cfg.seed)  # fmt: skip
     train_ids, val_ids = tokenized.train_ids, tokenized.val_ids
     if len(val_ids) < 2 and train_cfg.val_fraction > 0:
         raise DataError(
@@ -182,9 +184,14 @@ def new_run(
                 report("note", {"message": note})
             else:
                 sizing_started = time.perf_counter()
-                model_cfg, train_cfg, info["chosen"] = size_to_budget(
-                    model_cfg, train_cfg, opts, len(train_ids), world.device, precision, report
+                measured, tokens = train_cfg, len(train_ids)
+                if train_cfg.items:  # measured at its batches' width, with their padding
+                    width, tokens = item_sizing(train_ids, train_cfg, tokenized.tokenizer.to_dict())
+                    measured = replace(train_cfg, window=width)
+                model_cfg, measured, info["chosen"] = size_to_budget(
+                    model_cfg, measured, opts, tokens, world.device, precision, report
                 )
+                train_cfg = replace(measured, window=train_cfg.window)
                 info["sizing_seconds"] = round(time.perf_counter() - sizing_started, 3)
         check_size(model_cfg, training=True)  # one line now, not an allocation failure later
         model = LanguageModel(model_cfg)
@@ -195,6 +202,8 @@ def new_run(
         keep_tokens(tokenized.ids, tokenized.path, folder.tokens)  # resume needs no corpus
         if keep is not None:
             files.write_atomic(folder.keep, lambda f: np.save(f, keep.ids))
+        if hashes is not None:  # what `sample --novel` checks new items against
+            files.write_atomic(folder.items, lambda f: np.save(f, hashes))
     run = Run(
         model=model, model_cfg=model_cfg, train_cfg=train_cfg,
         tokenizer=tokenized.tokenizer.to_dict(), train_ids=train_ids, val_ids=val_ids,
@@ -281,22 +290,32 @@ def keep_texts(opts: TrainOptions, tokenizer: AnyTokenizer, report: Report) -> K
 
 
 def tokenize(
-    opts: TrainOptions, val_fraction: float, report: Report, base: AnyTokenizer | None = None
-) -> tuple[TokenizedCorpus, CorpusInfo, float]:
+    opts: TrainOptions,
+    val_fraction: float,
+    report: Report,
+    base: AnyTokenizer | None = None,
+    seed: int = 0,
+) -> tuple[TokenizedCorpus, CorpusInfo, float, np.ndarray | None]:
     """Read the corpus a piece at a time (a corpus larger than memory streams into the id
     file) and tokenize it through the cache under corpora/cache (with the `base` tokenizer's
-    vocabulary when fine-tuning)."""
+    vocabulary when fine-tuning); with --items or --val-file, apart from its validation text
+    (held_out.py), the items' hashes returned too."""
     t0 = time.perf_counter()
     kind = base.kind if base is not None else opts.kind
     report("stage", {"message": f"reading and tokenizing ({kind})…"})
     stream = CorpusStream(
         opts.corpus, cache_dir=CORPORA, encoding=opts.encoding, errors=opts.errors
     )
-    tokenized = tokenize_corpus(
-        stream, kind=kind, vocab_size=opts.vocab_size, min_frequency=opts.min_frequency,
-        val_fraction=val_fraction, cache_dir=CORPORA / "cache", signature=stream.signature(),
-        base=base,
-    )  # fmt: skip
+    hashes = None
+    if opts.items or opts.val_file:  # the validation text apart: drawn items, or a file
+        tokenized, hashes = tokenize_apart(opts, stream, kind=kind, val_fraction=val_fraction,
+                                           seed=seed, base=base)  # fmt: skip
+    else:
+        tokenized = tokenize_corpus(
+            stream, kind=kind, vocab_size=opts.vocab_size, min_frequency=opts.min_frequency,
+            val_fraction=val_fraction, cache_dir=CORPORA / "cache", signature=stream.signature(),
+            base=base,
+        )  # fmt: skip
     seconds = time.perf_counter() - t0
     sources = list(tokenized.sources or stream.sources)
     skipped = [list(pair) for pair in tokenized.skipped]
@@ -304,6 +323,8 @@ def tokenize(
         fingerprint=tokenized.fingerprint, chars=tokenized.chars, sources=sources[:20],
         n_sources=len(sources), tokenizer=kind, n_train=tokenized.n_train,
         skipped=skipped[:20], n_skipped=len(skipped),
+        val_file=None if opts.val_file is None else str(opts.val_file),
+        items=None if hashes is None else len(hashes),
     )  # fmt: skip
     if skipped:
         shown = "; ".join(f"{name} ({why})" for name, why in skipped[:5])
@@ -314,7 +335,7 @@ def tokenize(
     report("tokenized", {"kind": kind, "vocab_size": tokenized.tokenizer.vocab_size,
                          "tokens": len(tokenized.ids), "chars": tokenized.chars,
                          "seconds": seconds, "cached": tokenized.cached})  # fmt: skip
-    return tokenized, corpus, seconds
+    return tokenized, corpus, seconds, hashes
 
 
 def validation_part(
@@ -376,6 +397,8 @@ def size_to_budget(
     if out_of_time():
         layouts = ()
         layout_note = "; batch × window not compared (sizing took its share of the budget)"
+    if train_cfg.items:  # an item model's rows are its items: their width is not a choice
+        layouts = ()
     if len(layouts) > 1 and here in layouts:
         known = {here: choice.rates[str(rung)]}
 

@@ -88,13 +88,15 @@ def train_step(
     state: State | None,
     clip: float,
     precision: str,
+    masked: bool = False,
 ) -> tuple[torch.Tensor, State, torch.Tensor]:
     """Forward and backward over one window (B, T), the gradients clipped to `clip`: returns
     the mean loss, the new state (detached: truncated BPTT) and the gradient norm. The caller
-    checks the loss, then applies the step with `apply_step`."""
+    checks the loss, then applies the step with `apply_step`. `masked`: the mean is over the
+    targets that are not padding (-100: an item model's rows)."""
     with autocast(x.device, precision):
         losses, new_state = net(x, state, y)  # (B, T) nats
-    loss = losses.float().mean()
+    loss = losses.float().mean() if not masked else losses.float().sum() / (y != -100).sum()
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()

@@ -11,6 +11,8 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from charlstm.data.items import item_loss_total, item_predictions, separator_id
+from charlstm.data.tokenizer import tokenizer_from_dict
 from charlstm.evaluation.exact import EvalResult, loss_total
 from charlstm.export.convert import write_model_file
 from charlstm.files import write_atomic
@@ -95,7 +97,10 @@ def _score(run: Run, timing: Timing, record: dict[str, Any]) -> None:
     has_val = len(run.val_ids) >= 2
     start = time.perf_counter()
     sums = []
-    if has_val:
+    sep = separator_id(tokenizer_from_dict(run.tokenizer), cfg.items) if cfg.items else None
+    if has_val and sep is not None:  # an item model: each item from a zero state
+        sums.append(item_loss_total(run.model, run.val_ids, sep, cfg.window, part=world.rows))
+    elif has_val:
         sums.append(loss_total(run.model, run.val_ids, streams=cfg.eval_streams,
                                part=world.rows))  # fmt: skip
     if run.keep is not None:
@@ -112,6 +117,9 @@ def _score(run: Run, timing: Timing, record: dict[str, Any]) -> None:
         n = len(run.val_ids) - 1
         # Bits per character count the characters of the text, whatever the tokens are.
         chars = run.corpus.val_chars if run.corpus.val_chars is not None else n
+        if sep is not None:
+            n = item_predictions(run.val_ids, sep, cfg.window)
+            chars = n if run.corpus.tokenizer == "char" else chars
         result = EvalResult(loss=sums[0] / n, tokens=n, chars=chars)
         record.update(val_loss=result.loss, val_bpc=result.bits_per_char)
         tokens += n
