@@ -260,3 +260,13 @@ def test_novel_items_on_the_numpy_engine_import_no_torch(home):
     done = subprocess.run([sys.executable, "-c", code, str(home / "ck" / "names")],
                           capture_output=True, text=True, check=True)  # fmt: skip
     assert done.stdout.split() == ["4", "False"]
+
+
+def test_beam_search_on_an_item_model_gives_whole_items(home):
+    model = charlstm.load(home / "ck" / "names", engine="numpy")
+    beams = model.beam(None, 3, 30)
+    assert len(beams) == 3 and all(b.reason == "stop" for b in beams)
+    assert all(b.text and "\n" not in b.text for b in beams)  # each ends at its separator
+    r = runner.invoke(app, ["sample", "-m", str(home / "ck" / "names"), "--beam", "2", "--items",
+                            "2"])  # fmt: skip
+    assert r.exit_code == 2 and "--beam" in r.stderr and "--items" in r.stderr
