@@ -13,7 +13,7 @@ from charlstm.cli.app import _command
 from charlstm.cli.display import err_console
 from charlstm.cli.options import Checkpoints, ModelPath, Quiet, Threads, options_of
 from charlstm.cli.output import _blas_threads, _load, _stdin_note, _stream, _write_stdout
-from charlstm.config import CHECKPOINTS
+from charlstm.config import CHECKPOINTS, SampleConfig
 from charlstm.errors import CharlstmError, OptionError, UsageError
 from charlstm.options import SampleOptions
 
@@ -52,7 +52,9 @@ def sample(
         err.print(f"learning from the prime ({opts.adapt} pass{'es' if opts.adapt > 1 else ''})…")
     head = (prime or "") if opts.echo_prime else ""
     if opts.num_samples == 1 and not opts.json_out:
-        _stream(net.generate(prime, **choice), head)  # options checked before anything is written
+        pieces = net.generate(prime, **choice)  # options checked before anything is written
+        _stream(pieces, head)
+        _say_cut(opts, [pieces.finish_reason], err)
         return
     texts = net.samples(opts.num_samples, prime, **choice)
     for i, text in enumerate(texts, start=1):
@@ -61,6 +63,20 @@ def sample(
         else:  # a sample's own last newline ends its line: no second one (--json is exact)
             end = "" if (head + text).endswith("\n") else "\n"
             _write_stdout(("\n" if i > 1 else "") + f"--- sample {i} ---\n{head}{text}{end}")
+    _say_cut(opts, texts.finish_reasons, err)
+
+
+def _say_cut(opts: SampleOptions, reasons: list[str | None], err: Console) -> None:
+    """Under a pattern, a sample that reached --length before its match ended is cut: say so."""
+    cut = [str(i) for i, reason in enumerate(reasons, start=1) if reason == "length"]
+    if cut and (opts.regex is not None or opts.json_schema is not None):
+        if len(reasons) == 1:
+            which = "the sample was"
+        else:
+            which = f"sample {cut[0]} was" if len(cut) == 1 else f"samples {', '.join(cut)} were"
+        length = SampleConfig.length if opts.length is None else opts.length
+        err.print(f"{which} cut at --length {length} tokens before the model "
+                  "ended its match: it may be only the start of one", markup=False)
 
 
 def _read_prime(prime: str | None, prime_file: Path | None, err: Console) -> str | None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from charlstm.data.tokenizer import AnyTokenizer, StreamDecoder
 from charlstm.generate.choose import ModelOutputError, Utf8Table, choose, seeded, utf8_masks
 from charlstm.generate.choose import unfinished as unfinished_char
 from charlstm.generate.stops import StopMatcher
+
+if TYPE_CHECKING:
+    from charlstm.generate.constrain import Automaton
 
 State = tuple[Any, ...]  # (h, ...) each (L, B, H): numpy arrays or torch tensors
 
@@ -74,13 +77,18 @@ class Request:
     # on from is whole); otherwise the unfinished character is left out.
     whole: bool = False
     rng: np.random.Generator | None = None  # the draws; None: seeded(seed)
+    # Only texts that match this pattern's automaton (constrain.py); a row ends when the model
+    # chooses to end a match, or when no token can go on.
+    constraint: Automaton | None = None
     cancelled: bool = field(default=False, init=False)  # its rows leave at the next advance
     live: int = field(default=0, init=False)  # rows still running
+    reasons: list[str | None] = field(default_factory=list, init=False)  # each row's Done's
 
     def __post_init__(self) -> None:
         if self.rng is None:
             self.rng = seeded(self.seed)
         self.live = self.n
+        self.reasons = [None] * self.n
 
 
 # The events of a row (tuples: one is made per token, and a tuple is the cheapest to make).
@@ -107,13 +115,15 @@ class _Row:
     """One sample: the prime it has still to read, its decoder, stop matcher and pending
     UTF-8 bytes."""
 
-    __slots__ = ("req", "index", "decoder", "stops", "tokens", "reading", "pending")
+    __slots__ = ("req", "index", "decoder", "stops", "tokens", "reading", "pending", "state")
 
     def __init__(self, req: Request, index: int, decoder: StreamDecoder, reading: int) -> None:
         self.req, self.index, self.decoder, self.reading = req, index, decoder, reading
         self.stops = StopMatcher(req.stop) if req.stop else None
         self.tokens = 0
         self.pending = b""  # the bytes of a character begun (a byte-level vocabulary)
+        auto = req.constraint  # the automaton's state, or None: no pattern
+        self.state = auto.initial if auto is not None else None
 
     def push(self, token: int, table: Utf8Table | None) -> tuple[str, str | None]:
         """Take the row's next token: (text to send now, the finish reason or None)."""
@@ -133,6 +143,21 @@ class _Row:
         if done:
             return text + self.stops.flush(), "length"
         return text, None
+
+    def follow(self, token: int, table: Utf8Table | None) -> tuple[str, str | None]:
+        """push() for a row under a pattern: the end token, or a state that cannot go on,
+        ends it ("stop")."""
+        auto = self.req.constraint
+        assert auto is not None and self.state is not None
+        if token != auto.end:
+            self.state = auto.next(self.state, token)
+            text, reason = self.push(token, table)
+            if reason is not None or auto.goes_on(self.state):
+                return text, reason
+        else:
+            text = ""
+        text += self.decoder.flush()
+        return text + (self.stops.flush() if self.stops is not None else ""), "stop"
 
 
 class Rows:
@@ -204,11 +229,15 @@ class Rows:
             if row.req.cancelled:  # its model output failed
                 done.append(i)
                 continue
-            text, reason = row.push(int(tokens[i]), self.table)
+            if row.state is None:
+                text, reason = row.push(int(tokens[i]), self.table)
+            else:
+                text, reason = row.follow(int(tokens[i]), self.table)
             if text:
                 events.append((row.req, Text(row.index, text)))
             if reason is not None:
                 events.append((row.req, Done(row.index, reason, row.tokens)))
+                row.req.reasons[row.index] = reason
                 row.req.live -= 1
                 done.append(i)
         if len(done) == len(rows):
@@ -229,7 +258,7 @@ class Rows:
         if len(rows) < req.n:  # some have finished: the others keep their own draws
             u = u[[row.index for row in rows]]
         try:
-            return choose(self.logits, req.cfg, u, self._allowed(rows))  # type: ignore[arg-type]
+            return self._pick(rows, self.logits, req.cfg, u, req.constraint)  # type: ignore[arg-type]
         except ModelOutputError as e:
             self._failed([req], str(e), events)
             return np.zeros(len(rows), dtype=np.int64)
@@ -244,7 +273,7 @@ class Rows:
         writing = []
         draws: dict[Request, list[float]] = {}  # n uniforms per request per step
         u = [0.0] * len(rows)
-        groups: dict[tuple[float, int, float], tuple[SampleConfig, list[int]]] = {}
+        groups: dict[tuple[Any, ...], tuple[SampleConfig, list[int]]] = {}
         for i, row in enumerate(rows):
             req = row.req
             if row.reading:  # still taking in its prime: no draw, no choice
@@ -257,11 +286,12 @@ class Rows:
                 drawn = draws[req] = req.rng.random(req.n).tolist()  # type: ignore[union-attr]
             u[i] = drawn[row.index]
             cfg = req.cfg
-            groups.setdefault((cfg.temperature, cfg.top_k, cfg.top_p), (cfg, []))[1].append(i)
-        for cfg, idx in groups.values():
+            key = (cfg.temperature, cfg.top_k, cfg.top_p, req.constraint)
+            groups.setdefault(key, (cfg, []))[1].append(i)
+        for (*_, auto), (cfg, idx) in groups.items():
             try:
-                allowed = self._allowed([rows[i] for i in idx])
-                tokens[idx] = choose(logits[idx], cfg, np.array([u[i] for i in idx]), allowed)
+                tokens[idx] = self._pick([rows[i] for i in idx], logits[idx], cfg,
+                                         np.array([u[i] for i in idx]), auto)  # fmt: skip
             except ModelOutputError as e:
                 self._failed([rows[i].req for i in idx], str(e), events)
         return tokens, writing
@@ -272,6 +302,16 @@ class Rows:
             if not req.cancelled:
                 req.live, req.cancelled = 0, True
                 events.append((req, Failed(message, "model_error")))
+
+    def _pick(
+        self, rows: list[_Row], logits: np.ndarray, cfg: SampleConfig, u: np.ndarray,
+        auto: Automaton | None,
+    ) -> np.ndarray:
+        """choose() for rows of one group: within their UTF-8 masks, and their pattern's."""
+        allowed = self._allowed(rows)
+        if auto is not None:  # the end is token V, scored as constrain.py says
+            logits, allowed = auto.choice_inputs(logits, [r.state for r in rows], allowed)
+        return choose(logits, cfg, u, allowed)
 
     def _allowed(self, rows: list[_Row]) -> np.ndarray | None:
         """The rows' UTF-8 masks for choose, or None when nothing restricts them."""

@@ -1,0 +1,220 @@
+"""Constrained sampling: a regular expression (or a JSON schema, turned into one) compiled by
+outlines-core into an automaton over the model's own vocabulary, so that at every step only
+the tokens that keep the text on a path to a full match can be chosen.
+
+    pattern = pattern_of(regex=r"[A-Z][a-z]+")            # or json_schema={...}: its regex
+    auto = automaton(pattern, tokenizer)                   # built once per (pattern, tokenizer)
+    z, allowed = auto.choice_inputs(logits, [state], utf8)  # (B, V+1) each, for choose
+    state = auto.next(state, token)                        # token == auto.end: the text ends
+
+The end is a virtual token, id V (the vocabulary's size), that the automaton takes only in an
+accepting state. Its score is the log of the probability (at temperature 1) that the model
+puts on the tokens that cannot continue the match, so the model decides when a match ends:
+temperature, top-k and top-p then treat it as any other token. A state that cannot go on ends
+the text at once; a state every token can continue never ends it (only the length does).
+
+The text matched is the generated text alone (not the prime). outlines-core works on bytes:
+char and word tokens are their UTF-8, a BPE token its bytes (a piece of a character may stay
+pending; every match is whole UTF-8, so a choice on the path to one never leaves bad bytes).
+outlines-core is an optional extra (`pip install 'charlstm[steer]'`), imported only here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from charlstm.errors import OptionError
+
+EXTRA = "pip install 'charlstm[steer]'"
+SCHEMA_SPACE = r"[ ]?"  # whitespace a schema's JSON may hold between its tokens: one space
+MAX_PATTERNS = 64  # automata kept per tokenizer (the oldest goes first)
+
+
+def _outlines() -> Any:
+    try:
+        import outlines_core
+    except ImportError:
+        raise OptionError("{regex} and {json_schema} need outlines-core: " + EXTRA) from None
+    return outlines_core
+
+
+def pattern_of(regex: object = None, json_schema: object = None) -> str | None:
+    """The regular expression to match: `regex` itself, or the one of `json_schema` (a dict,
+    its JSON text, or a Path to a file holding it); None when neither is given."""
+    if regex is not None and json_schema is not None:
+        raise OptionError("give {regex} or {json_schema}, not both")
+    if regex is not None:
+        if not isinstance(regex, str):
+            raise OptionError(f"{{regex}} must be a text, not {type(regex).__name__}")
+        return regex
+    if json_schema is None:
+        return None
+    schema = _schema(json_schema)
+    _outlines()
+    from outlines_core.json_schema import build_regex_from_schema
+
+    try:
+        return build_regex_from_schema(json.dumps(schema), whitespace_pattern=SCHEMA_SPACE)
+    except (ValueError, TypeError, RuntimeError) as e:
+        why = f"{{json_schema}} is not a schema outlines-core can follow: {_first_line(e)}"
+        raise OptionError(why) from None
+
+
+def _schema(given: object) -> dict[str, Any]:
+    """The schema as a dict: a Path is read as JSON, a text parsed as JSON."""
+    where = ""
+    if isinstance(given, Path):
+        where = f" in '{given}'"
+        try:
+            given = given.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            why = getattr(e, "strerror", None) or _first_line(e)
+            raise OptionError(f"cannot read the {{json_schema}} file '{given}': {why}") from None
+    if isinstance(given, str):
+        try:
+            given = json.loads(given)
+        except ValueError as e:
+            raise OptionError(f"the {{json_schema}}{where} is not JSON: {_first_line(e)}") from None
+    if not isinstance(given, dict):
+        raise OptionError(f"the {{json_schema}}{where} must be a JSON object (a schema), not "
+                          f"{type(given).__name__}")  # fmt: skip
+    return given
+
+
+def _first_line(e: BaseException) -> str:
+    return OptionError.literal((str(e).strip().splitlines() or [type(e).__name__])[0])
+
+
+def token_bytes(tokenizer: Any) -> list[bytes | None]:
+    """What each token id writes, as bytes; None for a token no text spells (a word model's
+    unknown-word placeholders)."""
+    if tokenizer.kind == "bpe":
+        return list(tokenizer.utf8_rows(1).table.token_bytes)
+    unknown = set(tokenizer.unknown_ids)
+    return [None if i in unknown else tokenizer.piece(i).encode()
+            for i in range(tokenizer.vocab_size)]  # fmt: skip
+
+
+class Automaton:
+    """A pattern's automaton over one vocabulary of V tokens, the end being id V; the
+    allowed-token mask of each state visited is made once and kept."""
+
+    def __init__(self, pattern: str, tokenizer: Any, what: str = "regex") -> None:
+        oc = _outlines()
+        self.pattern = pattern
+        self.vocab_size = tokenizer.vocab_size
+        self.end = self.vocab_size  # the virtual "end here" token
+        spelled: dict[bytes, list[int]] = {}
+        for i, b in enumerate(token_bytes(tokenizer)):
+            if b:  # an empty token would be a step that writes nothing
+                spelled.setdefault(b, []).append(i)
+        try:
+            self.index = oc.Index(pattern, oc.Vocabulary(self.end, spelled))
+        except ValueError as e:
+            raise OptionError(_why_not(pattern, str(e), what)) from None
+        self.initial = self.index.get_initial_state()
+        self._masks: dict[int, np.ndarray] = {}  # state -> (1, V+1) bool
+        if not self.mask(self.initial).any():
+            raise OptionError(f"no text the model's vocabulary can spell matches {{{what}}}"
+                              + _shown(pattern, what))
+        if not self.goes_on(self.initial):
+            raise OptionError(f"{{{what}}}{_shown(pattern, what)} matches only the empty text: "
+                              "nothing to generate")
+
+    def mask(self, state: int) -> np.ndarray:
+        """(1, V+1) bool: the tokens that keep a text in `state` on a path to a match, and
+        (column V) whether it may end here."""
+        mask = self._masks.get(state)
+        if mask is None:
+            mask = np.zeros((1, self.end + 1), dtype=bool)
+            mask[0, self.index.get_allowed_tokens(state) or []] = True
+            self._masks[state] = mask
+        return mask
+
+    def goes_on(self, state: int) -> bool:
+        """Whether a text in `state` can take another token (if not, it ends there)."""
+        return bool(self.mask(state)[0, : self.end].any())
+
+    def next(self, state: int, token: int) -> int:
+        return self.index.get_next_state(state, token)
+
+    def choice_inputs(
+        self, logits: np.ndarray, states: list[int | None], utf8: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """What choose() takes for rows in `states` (None: a row without a pattern, beside
+        constrained ones in the server's batch): the logits (B, V) with the end's score as
+        column V, and the allowed tokens (B, V+1), within the rows' UTF-8 masks `utf8` ((B, V),
+        (1, V) or None) where that leaves any."""
+        v = self.end
+        if len(states) == 1 and states[0] is not None:
+            allowed = self.mask(states[0])
+        else:
+            free = np.ones((1, v + 1), dtype=bool)
+            free[0, v] = False
+            allowed = np.concatenate([free if s is None else self.mask(s) for s in states])
+        if utf8 is not None:
+            both = allowed[:, :v] & utf8
+            keep = both.any(axis=1)
+            allowed = allowed.copy()
+            allowed[keep, :v] = both[keep]  # else the pattern alone: its path is UTF-8
+        z = np.asarray(logits, dtype=np.float64)
+        ending = allowed[:, v]
+        end = np.zeros((len(z), 1))  # a finite stand-in where the end is not allowed
+        if ending.any():
+            off = np.where(allowed[ending, :v], -np.inf, z[ending])  # what cannot continue
+            top = off.max(axis=1, keepdims=True)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mass = top + np.log(np.exp(off - top).sum(axis=1, keepdims=True))
+            none = np.isneginf(top[:, 0])  # every token continues: no mass to end with
+            end[ending] = np.where(none[:, None], 0.0, mass)
+            if none.any():
+                allowed = allowed.copy()
+                allowed[np.flatnonzero(ending)[none], v] = False
+        return np.concatenate([z, end], axis=1), allowed
+
+
+def _why_not(pattern: str, message: str, what: str) -> str:
+    """outlines-core's refusal as one line: a pattern that does not compile, or that the
+    vocabulary cannot spell."""
+    first = (message.strip().splitlines() or ["?"])[0]
+    if "incompatible" in first:
+        missing = re.search(r"characters: \[(.*?)\]", first)
+        seen = missing.group(1) if missing else ""
+        never = f" (it never saw {seen})" if seen and len(seen) < 60 else ""
+        return (f"no text the model's vocabulary can spell matches {{{what}}}"
+                + _shown(pattern, what) + OptionError.literal(never))
+    return f"{{{what}}}{_shown(pattern, what)} does not compile: {OptionError.literal(first)}"
+
+
+def _shown(pattern: str, what: str) -> str:
+    """The regex as the message shows it (a schema's is long, and the user wrote the schema)."""
+    if what != "regex":
+        return ""
+    return " '" + OptionError.literal(pattern if len(pattern) <= 80 else pattern[:77] + "...") + "'"
+
+
+_CACHE: weakref.WeakKeyDictionary[Any, dict[str, Automaton]] = weakref.WeakKeyDictionary()
+_CACHE_LOCK = threading.Lock()
+
+
+def automaton(pattern: str, tokenizer: Any, what: str = "regex") -> Automaton:
+    """The pattern's automaton over the tokenizer's vocabulary, built on first use and kept
+    (MAX_PATTERNS per tokenizer): a pattern compiles once, not once per sample."""
+    with _CACHE_LOCK:
+        kept = _CACHE.setdefault(tokenizer, {})
+        found = kept.get(pattern)
+    if found is not None:
+        return found
+    built = Automaton(pattern, tokenizer, what)
+    with _CACHE_LOCK:
+        if len(kept) >= MAX_PATTERNS:
+            del kept[next(iter(kept))]
+        kept[pattern] = built
+    return built
