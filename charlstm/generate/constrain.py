@@ -21,12 +21,13 @@ outlines-core is an optional extra (`pip install 'charlstm[steer]'`), imported o
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -56,12 +57,17 @@ def pattern_of(regex: object = None, json_schema: object = None) -> str | None:
         return regex
     if json_schema is None:
         return None
-    schema = _schema(json_schema)
+    return _schema_regex(json.dumps(_schema(json_schema)))  # (properties keep their order)
+
+
+@functools.lru_cache(maxsize=MAX_PATTERNS)
+def _schema_regex(schema: str) -> str:
+    """The regex of a schema (its JSON text), made once per schema."""
     _outlines()
     from outlines_core.json_schema import build_regex_from_schema
 
     try:
-        return build_regex_from_schema(json.dumps(schema), whitespace_pattern=SCHEMA_SPACE)
+        return build_regex_from_schema(schema, whitespace_pattern=SCHEMA_SPACE)
     except (ValueError, TypeError, RuntimeError) as e:
         why = f"{{json_schema}} is not a schema outlines-core can follow: {_first_line(e)}"
         raise OptionError(why) from None
@@ -120,64 +126,66 @@ class Automaton:
         except ValueError as e:
             raise OptionError(_why_not(pattern, str(e), what)) from None
         self.initial = self.index.get_initial_state()
-        self._masks: dict[int, np.ndarray] = {}  # state -> (1, V+1) bool
-        if not self.mask(self.initial).any():
+        self._steps: dict[int, _Step] = {}
+        if not self.at(self.initial).mask.any():
             raise OptionError(f"no text the model's vocabulary can spell matches {{{what}}}"
                               + _shown(pattern, what))
         if not self.goes_on(self.initial):
             raise OptionError(f"{{{what}}}{_shown(pattern, what)} matches only the empty text: "
                               "nothing to generate")
 
-    def mask(self, state: int) -> np.ndarray:
-        """(1, V+1) bool: the tokens that keep a text in `state` on a path to a match, and
-        (column V) whether it may end here."""
-        mask = self._masks.get(state)
-        if mask is None:
-            mask = np.zeros((1, self.end + 1), dtype=bool)
+    def at(self, state: int) -> _Step:
+        """What a text in `state` may do next (made on the first visit, then kept)."""
+        step = self._steps.get(state)
+        if step is None:
+            v = self.end
+            mask = np.zeros((1, v + 1), dtype=bool)
             mask[0, self.index.get_allowed_tokens(state) or []] = True
-            self._masks[state] = mask
-        return mask
+            off = np.flatnonzero(~mask[0, :v]) if mask[0, v] else None
+            if off is not None and not len(off):  # every token goes on: no mass to end with
+                mask[0, v], off = False, None
+            step = self._steps[state] = _Step(mask, off, bool(mask[0, :v].any()))
+        return step
 
     def goes_on(self, state: int) -> bool:
         """Whether a text in `state` can take another token (if not, it ends there)."""
-        return bool(self.mask(state)[0, : self.end].any())
+        return self.at(state).goes_on
 
     def next(self, state: int, token: int) -> int:
         return self.index.get_next_state(state, token)
 
     def choice_inputs(
-        self, logits: np.ndarray, states: list[int | None], utf8: np.ndarray | None
+        self, logits: np.ndarray, states: list[int], utf8: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """What choose() takes for rows in `states` (None: a row without a pattern, beside
-        constrained ones in the server's batch): the logits (B, V) with the end's score as
-        column V, and the allowed tokens (B, V+1), within the rows' UTF-8 masks `utf8` ((B, V),
-        (1, V) or None) where that leaves any."""
+        """What choose() takes for rows in `states`: the logits (B, V) with the end's score as
+        column V (the log of the mass on the tokens that cannot continue), and the allowed
+        tokens (B, V+1), within the rows' UTF-8 masks `utf8` ((B, V), (1, V) or None) where
+        that leaves any."""
         v = self.end
-        if len(states) == 1 and states[0] is not None:
-            allowed = self.mask(states[0])
-        else:
-            free = np.ones((1, v + 1), dtype=bool)
-            free[0, v] = False
-            allowed = np.concatenate([free if s is None else self.mask(s) for s in states])
+        steps = [self.at(s) for s in states]
+        allowed = steps[0].mask if len(steps) == 1 else np.concatenate([s.mask for s in steps])
         if utf8 is not None:
             both = allowed[:, :v] & utf8
             keep = both.any(axis=1)
-            allowed = allowed.copy()
+            allowed = allowed.copy()  # (the kept masks are never written)
             allowed[keep, :v] = both[keep]  # else the pattern alone: its path is UTF-8
-        z = np.asarray(logits, dtype=np.float64)
-        ending = allowed[:, v]
-        end = np.zeros((len(z), 1))  # a finite stand-in where the end is not allowed
-        if ending.any():
-            off = np.where(allowed[ending, :v], -np.inf, z[ending])  # what cannot continue
-            top = off.max(axis=1, keepdims=True)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mass = top + np.log(np.exp(off - top).sum(axis=1, keepdims=True))
-            none = np.isneginf(top[:, 0])  # every token continues: no mass to end with
-            end[ending] = np.where(none[:, None], 0.0, mass)
-            if none.any():
-                allowed = allowed.copy()
-                allowed[np.flatnonzero(ending)[none], v] = False
-        return np.concatenate([z, end], axis=1), allowed
+        z = np.empty((len(steps), v + 1))
+        z[:, :v] = logits
+        z[:, v] = 0.0  # a finite stand-in where the end is not allowed
+        for i, step in enumerate(steps):
+            if step.off is not None:
+                off = z[i, step.off]
+                top = off.max()
+                z[i, v] = top + np.log(np.exp(off - top).sum())
+        return z, allowed
+
+
+class _Step(NamedTuple):
+    """An automaton state as sampling sees it."""
+
+    mask: np.ndarray  # (1, V+1) bool: the tokens on a path to a match; column V: may end here
+    off: np.ndarray | None  # where it may end: the tokens that cannot continue (the end's mass)
+    goes_on: bool  # some token can follow (else the text ends here)
 
 
 def _why_not(pattern: str, message: str, what: str) -> str:
