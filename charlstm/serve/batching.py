@@ -51,6 +51,7 @@ import torch
 from charlstm.api import Model
 from charlstm.config import SampleConfig
 from charlstm.errors import CharlstmError
+from charlstm.generate.constrain import Automaton
 from charlstm.generate.loop import Done, Event, Failed, Request, Rows, Text
 from charlstm.generate.torch_engine import TorchStepper
 
@@ -89,8 +90,9 @@ class Job(Request):
         n: int = 1,
         stop: tuple[str, ...] = (),  # a row ends when its text holds one; the text is not sent
         handle: object = None,  # the caller's own, untouched (serve.py: where events go)
+        constraint: Automaton | None = None,  # only text that matches (generate/constrain.py)
     ) -> None:
-        super().__init__(prompt_ids, cfg, seed, n, tuple(stop))
+        super().__init__(prompt_ids, cfg, seed, n, tuple(stop), constraint=constraint)
         self.model, self.handle = model, handle
         self.started = False  # its first text has been sent
 

@@ -31,6 +31,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class JsonSchemaFormat(_Strict):
+    """OpenAI's response_format.json_schema: the schema under "schema" (name, strict and
+    description are taken and not needed)."""
+
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's response_format: free text, any JSON object, or JSON a schema accepts."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class CompletionRequest(_Strict):
     model: str | None = None  # may be left out when one model is served
     prompt: str | None = None  # "" or absent: start as at the beginning of a line
@@ -44,6 +61,11 @@ class CompletionRequest(_Strict):
     stream: bool | None = None
     on_unknown: Literal["error", "skip"] | None = None  # prompt characters the model never saw
     user: str | None = None  # accepted and ignored, as OpenAI's clients may send it
+    # Only text that matches (generate/constrain.py), named as vLLM names them; or OpenAI's
+    # response_format.
+    guided_regex: str | None = None
+    guided_json: dict[str, Any] | str | None = None  # a schema, or its JSON text
+    response_format: ResponseFormat | None = None
 
 
 class ScoreRequest(_Strict):

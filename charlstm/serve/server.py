@@ -60,7 +60,7 @@ from charlstm.config import CHECKPOINTS, SampleConfig, ServeConfig
 from charlstm.errors import CharlstmError, OptionError, UsageError
 from charlstm.evaluation.exact import predictions
 from charlstm.formats.run_folder import RunFolder
-from charlstm.generate.options import Caps, check_sampling
+from charlstm.generate.options import Caps, check_sampling, constraint
 from charlstm.serve.batching import Done, Engine, Event, Failed, Job, QueueFull, ShuttingDown, Text
 from charlstm.serve.guard import AccessLog, Guard
 from charlstm.serve.requests import (
@@ -81,6 +81,24 @@ from charlstm.serve.requests import (
 from charlstm.serve.transport import StoppingUvicorn, listen, uvicorn_config
 
 _NAMES = {"length": "max_tokens", "temp": "temperature"}  # generate/options.py's -> ours
+
+
+def _steering(req: CompletionRequest) -> tuple[dict[str, str], dict[str, Any]]:
+    """The option names for check_sampling's messages, and the pattern options it takes, from
+    vLLM's guided_regex and guided_json or OpenAI's response_format."""
+    steer: dict[str, Any] = {"regex": req.guided_regex, "json_schema": req.guided_json}
+    names = {**_NAMES, "regex": "guided_regex", "json_schema": "guided_json"}
+    form = req.response_format
+    if form is not None and form.type != "text":
+        if req.guided_json is not None or req.guided_regex is not None:
+            raise bad("give response_format or guided_regex/guided_json, not both",
+                      "response_format")
+        if form.type == "json_schema" and form.json_schema is None:
+            raise bad("response_format of type json_schema needs its json_schema",
+                      "response_format")
+        schema = form.json_schema.schema_ if form.json_schema else {"type": "object"}
+        steer["json_schema"], names["json_schema"] = schema, "response_format"
+    return names, steer
 
 
 def _ignore(event: str, data: dict[str, Any]) -> None:
@@ -155,9 +173,11 @@ class _Server:
         caps = Caps(cfg.max_tokens, min(SampleConfig.length, cfg.max_tokens), MAX_STOPS,
                     MAX_STOP_CHARS)  # fmt: skip
         try:  # the sampling options, checked as the CLI's and the API's are
+            names, steer = _steering(req)
             given = check_sampling(length=req.max_tokens, temp=req.temperature, top_k=req.top_k,
                                    top_p=req.top_p, seed=req.seed, stop=req.stop, caps=caps,
-                                   names=_NAMES)  # fmt: skip
+                                   names=names, **steer)  # fmt: skip
+            auto = constraint(given, model.tokenizer, names)  # kept per pattern once compiled
         except OptionError as e:
             raise bad(str(e), e.option) from e  # type: ignore[attr-defined]
         n = req.n or 1
@@ -177,7 +197,7 @@ class _Server:
             raise bad(f"the prompt is {len(ids):,} tokens; at most {MAX_PROMPT_TOKENS:,}",
                        "prompt")  # fmt: skip
         seed = random_seed() if req.seed is None else req.seed
-        job = Job(name, ids, sample, seed, n=n, stop=stop, handle=_Channel())
+        job = Job(name, ids, sample, seed, n=n, stop=stop, handle=_Channel(), constraint=auto)
         return job, len(ids) if prompt else 0  # no prompt: the newline it starts from is ours
 
     async def completions(self, request: Request) -> Any:
