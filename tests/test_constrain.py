@@ -150,6 +150,14 @@ def test_the_end_scores_the_mass_on_tokens_that_cannot_continue() -> None:
     assert choose(z, greedy, np.zeros(1), allowed).tolist() == [auto.end]
 
 
+def test_a_part_of_a_pattern_the_vocabulary_cannot_spell_is_never_entered() -> None:
+    auto = automaton("a(b@|c)", CharTokenizer("abc"))  # "ab@" needs an "@" it lacks
+    after_a = auto.next(auto.initial, 0)
+    assert auto.at(after_a).mask.tolist() == [[False, False, True, False]]  # only c
+    with pytest.raises(OptionError, match='never saw "@"'):
+        automaton("ab@", CharTokenizer("abc"))
+
+
 def test_the_automaton_is_built_once_per_pattern(runs: Path, monkeypatch) -> None:
     built = []
 
@@ -242,6 +250,8 @@ def test_the_server_follows_guided_regex_guided_json_and_response_format(runs: P
             assert r.status_code == 200, r.text
             want = model.samples(6, "\n", json_schema=SCHEMA, length=200, seed=3)
             assert [c["text"] for c in r.json()["choices"]] == want
+        r = post(prompt="\n", seed=1, response_format={"type": "text"}, max_tokens=5)
+        assert r.status_code == 200 and len(r.json()["choices"][0]["text"]) == 5
         r = post(guided_regex="(ab")
         assert r.status_code == 400 and "guided_regex" in r.json()["error"]["message"]
         assert r.json()["error"]["param"] == "guided_regex"

@@ -5,7 +5,9 @@ How this folder works:
   `charlstm sample` and chat, the Python API, the server's batched rows. options.py checks
   the sampling options once (each door passes its own caps and option names); stops.py
   matches stop texts; choose.py is the next-token rule (temperature, top-k/p, one draw from
-  the seed's stream, the UTF-8 mask of byte-level vocabularies).
+  the seed's stream, the UTF-8 mask of byte-level vocabularies); constrain.py keeps a text to
+  a pattern or JSON schema (--regex, --json-schema: outlines-core's automaton, cached per
+  pattern), its mask joining the UTF-8 one.
 - An engine is a Stepper (loop.py): torch_engine.py and numpy_engine.py compute a layer's
   input and run the cell's traced step laid out on buffers allocated once (plan.py,
   numpy_ops.py); neither names a cell.

@@ -121,15 +121,25 @@ class Automaton:
         for i, b in enumerate(token_bytes(tokenizer)):
             if b:  # an empty token would be a step that writes nothing
                 spelled.setdefault(b, []).append(i)
+        # outlines-core refuses a pattern any part of which the vocabulary cannot spell (a JSON
+        # number's exponent needs "+" or "-"), so every byte a char or word vocabulary lacks
+        # gets an id past the end, never chosen: the states only they lead on from are pruned.
+        lacking = [b for b in range(256) if bytes([b]) not in spelled]
+        for b in lacking:
+            spelled[bytes([b])] = [self.end + 1 + b]
         try:
             self.index = oc.Index(pattern, oc.Vocabulary(self.end, spelled))
         except ValueError as e:
             raise OptionError(_why_not(pattern, str(e), what)) from None
         self.initial = self.index.get_initial_state()
         self._steps: dict[int, _Step] = {}
+        self._live: set[int] | None = None  # None: every state outlines-core kept is live
+        needs: set[int] = set()  # the bytes the vocabulary lacks on the way to a match
+        if lacking:
+            self._live, needs = self._spellable()
         if not self.at(self.initial).mask.any():
             raise OptionError(f"no text the model's vocabulary can spell matches {{{what}}}"
-                              + _shown(pattern, what))
+                              + _shown(pattern, what) + _never_saw(needs))
         if not self.goes_on(self.initial):
             raise OptionError(f"{{{what}}}{_shown(pattern, what)} matches only the empty text: "
                               "nothing to generate")
@@ -140,12 +150,40 @@ class Automaton:
         if step is None:
             v = self.end
             mask = np.zeros((1, v + 1), dtype=bool)
-            mask[0, self.index.get_allowed_tokens(state) or []] = True
+            tokens = [t for t in self.index.get_allowed_tokens(state) or [] if t <= v]
+            if self._live is not None:
+                live, go = self._live, self.index.get_next_state
+                tokens = [t for t in tokens if t == v or go(state, t) in live]
+            mask[0, tokens] = True
             off = np.flatnonzero(~mask[0, :v]) if mask[0, v] else None
             if off is not None and not len(off):  # every token goes on: no mass to end with
                 mask[0, v], off = False, None
             step = self._steps[state] = _Step(mask, off, bool(mask[0, :v].any()))
         return step
+
+    def _spellable(self) -> tuple[set[int], set[int]]:
+        """The states the model's own tokens lead to from the start and on to a match; and the
+        bytes (lacking from the vocabulary) that the states it reaches would need."""
+        trans, v = self.index.get_transitions(), self.end
+        seen, todo, back, needs = {self.initial}, [self.initial], {}, set()
+        while todo:
+            state = todo.pop()
+            for token, after in trans.get(state, {}).items():
+                if token > v:
+                    needs.add(token - v - 1)
+                elif token < v:
+                    back.setdefault(after, []).append(state)
+                    if after not in seen:
+                        seen.add(after)
+                        todo.append(after)
+        live = {s for s in seen if self.index.is_final_state(s)}
+        todo = list(live)
+        while todo:
+            for before in back.get(todo.pop(), ()):
+                if before not in live:
+                    live.add(before)
+                    todo.append(before)
+        return live, needs
 
     def goes_on(self, state: int) -> bool:
         """Whether a text in `state` can take another token (if not, it ends there)."""
@@ -199,6 +237,15 @@ def _why_not(pattern: str, message: str, what: str) -> str:
         return (f"no text the model's vocabulary can spell matches {{{what}}}"
                 + _shown(pattern, what) + OptionError.literal(never))
     return f"{{{what}}}{_shown(pattern, what)} does not compile: {OptionError.literal(first)}"
+
+
+def _never_saw(needs: set[int]) -> str:
+    """' (it never saw "@")': the characters the vocabulary lacks that a match would need."""
+    ascii_ = "".join(chr(b) for b in sorted(needs) if 32 <= b < 127)
+    shown = ", ".join(json.dumps(c) for c in ascii_[:12])
+    if any(b >= 128 for b in needs):
+        shown += (", and " if shown else "") + "characters beyond ASCII"
+    return OptionError.literal(f" (it never saw {shown})") if shown else ""
 
 
 def _shown(pattern: str, what: str) -> str:

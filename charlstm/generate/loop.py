@@ -14,8 +14,10 @@ One advance, for all the rows: a row still reading its prime takes its next toke
 row chooses one (choose.py: each request draws n uniforms per step from its own generator,
 rows with the same options chosen together, a byte-level vocabulary's rows kept valid UTF-8),
 decodes it, and matches its stop texts (stops.py); the rows that finished (length, stop, or
-a model error) leave; then one step of the rows left. Whoever shares the batch, row i of a
-request gives the text of `charlstm sample -N n --seed S`'s sample i.
+a model error) leave; then one step of the rows left. A request with a pattern (constrain.py)
+chooses within its automaton's mask, the end being one more choice; its rows keep their state.
+Whoever shares the batch, row i of a request gives the text of `charlstm sample -N n --seed S`'s
+sample i.
 
 A Stepper (numpy_engine.NumpyStepper, torch_engine.TorchStepper) runs B streams with numpy
 arrays in and out; its state, (h, ...) of (L, B, H) each, is the engine's own arrays.

@@ -42,9 +42,10 @@ class JsonSchemaFormat(_Strict):
 
 
 class ResponseFormat(_Strict):
-    """OpenAI's response_format: free text, any JSON object, or JSON a schema accepts."""
+    """OpenAI's response_format: free text, or JSON that a schema accepts."""
 
-    type: Literal["text", "json_object", "json_schema"]
+    type: Literal["text", "json_schema"]  # (json_object's open-ended schema takes seconds to
+    # compile, for every vocabulary: not offered)
     json_schema: JsonSchemaFormat | None = None
 
 
@@ -135,6 +136,25 @@ def too_large() -> ApiError:
 
 def bad(message: str, param: str) -> ApiError:
     return ApiError(400, message, param=param)
+
+
+def steering(
+    req: CompletionRequest, names: dict[str, str]
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """The option names for check_sampling's messages (`names` and ours), and the pattern
+    options it takes, from vLLM's guided_regex and guided_json or OpenAI's response_format."""
+    steer: dict[str, Any] = {"regex": req.guided_regex, "json_schema": req.guided_json}
+    names = {**names, "regex": "guided_regex", "json_schema": "guided_json"}
+    form = req.response_format
+    if form is not None and form.type != "text":
+        if req.guided_json is not None or req.guided_regex is not None:
+            raise bad("give response_format or guided_regex/guided_json, not both",
+                      "response_format")
+        if form.json_schema is None:
+            raise bad("response_format of type json_schema needs its json_schema",
+                      "response_format")
+        steer["json_schema"], names["json_schema"] = form.json_schema.schema_, "response_format"
+    return names, steer
 
 
 def json_bytes(obj: Any) -> bytes:

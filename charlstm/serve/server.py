@@ -77,28 +77,11 @@ from charlstm.serve.requests import (
     json_bytes,
     parse_body,
     sse,
+    steering,
 )
 from charlstm.serve.transport import StoppingUvicorn, listen, uvicorn_config
 
 _NAMES = {"length": "max_tokens", "temp": "temperature"}  # generate/options.py's -> ours
-
-
-def _steering(req: CompletionRequest) -> tuple[dict[str, str], dict[str, Any]]:
-    """The option names for check_sampling's messages, and the pattern options it takes, from
-    vLLM's guided_regex and guided_json or OpenAI's response_format."""
-    steer: dict[str, Any] = {"regex": req.guided_regex, "json_schema": req.guided_json}
-    names = {**_NAMES, "regex": "guided_regex", "json_schema": "guided_json"}
-    form = req.response_format
-    if form is not None and form.type != "text":
-        if req.guided_json is not None or req.guided_regex is not None:
-            raise bad("give response_format or guided_regex/guided_json, not both",
-                      "response_format")
-        if form.type == "json_schema" and form.json_schema is None:
-            raise bad("response_format of type json_schema needs its json_schema",
-                      "response_format")
-        schema = form.json_schema.schema_ if form.json_schema else {"type": "object"}
-        steer["json_schema"], names["json_schema"] = schema, "response_format"
-    return names, steer
 
 
 def _ignore(event: str, data: dict[str, Any]) -> None:
@@ -173,7 +156,7 @@ class _Server:
         caps = Caps(cfg.max_tokens, min(SampleConfig.length, cfg.max_tokens), MAX_STOPS,
                     MAX_STOP_CHARS)  # fmt: skip
         try:  # the sampling options, checked as the CLI's and the API's are
-            names, steer = _steering(req)
+            names, steer = steering(req, _NAMES)
             given = check_sampling(length=req.max_tokens, temp=req.temperature, top_k=req.top_k,
                                    top_p=req.top_p, seed=req.seed, stop=req.stop, caps=caps,
                                    names=names, **steer)  # fmt: skip
