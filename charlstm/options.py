@@ -365,7 +365,9 @@ class SampleOptions:
         "matches and the model chooses to end it. Needs outlines-core (charlstm[steer]).",
         metavar="PATTERN")
     json_schema: Path | None = option(
-        "Only JSON that this JSON schema (a file) accepts, as --regex.", metavar="FILE")
+        "Only JSON that this JSON schema (a file) accepts, as --regex: types, required "
+        "properties, enum, const, string pattern and lengths, array lengths (outlines-core's "
+        "schemas; numbers' minimum and maximum are not enforced).", metavar="FILE")
     num_samples: int = option(
         "Independent samples, generated together in one batch from the same prime. With more "
         "than one, each is printed whole under a line [bold]--- sample I ---[/] (I from 1), "
