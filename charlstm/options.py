@@ -373,6 +373,15 @@ class SampleOptions:
         "End the sample before this text (give it again for more); the text itself is not "
         "printed. E.g. --stop $'\\n\\n' for one paragraph.")
     seed: int | None = option("Random seed; random when absent and reported on stderr.")
+    regex: str | None = option(
+        "Only text that matches this regular expression (in full, from after the prime): at "
+        "each step only tokens on a path to a match can be chosen, and the text ends when it "
+        "matches and the model chooses to end it. Needs outlines-core (charlstm[steer]).",
+        metavar="PATTERN")
+    json_schema: Path | None = option(
+        "Only JSON that this JSON schema (a file) accepts, as --regex: types, required "
+        "properties, enum, const, string pattern and lengths, array lengths (outlines-core's "
+        "schemas; numbers' minimum and maximum are not enforced).", metavar="FILE")
     num_samples: int = option(
         "Independent samples, generated together in one batch from the same prime. With more "
         "than one, each is printed whole under a line [bold]--- sample I ---[/] (I from 1), "

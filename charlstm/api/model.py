@@ -24,7 +24,7 @@ from charlstm.generate.choose import seeded
 from charlstm.generate.items import Drawn, draw_items
 from charlstm.generate.logprobs import Token, scored
 from charlstm.generate.loop import Request, Rows, Stepper, generate
-from charlstm.generate.options import SamplingOptions, check_beam, check_sampling
+from charlstm.generate.options import SamplingOptions, check_beam, check_sampling, constraint
 
 if TYPE_CHECKING:  # these import torch: only the calls that need it load them
     import torch
@@ -178,11 +178,16 @@ class Model:
 
         `logprobs` K (0 to 20) yields Tokens instead of texts: each generated token's text
         (they add up to the text), its log-probability under the distribution it was drawn
-        from, and the K most likely tokens with theirs (generate/logprobs.py)."""
+        from, and the K most likely tokens with theirs (generate/logprobs.py).
+
+        `regex` (or `json_schema`: a dict, its JSON text or a Path to its file) keeps the text
+        to what matches it (generate/constrain.py): it ends when it matches and the model
+        chooses to end; `finish_reason` then says "stop", or "length" if it was cut first."""
         req, net = self.request(prime, dynamic=dynamic, **options)
         if req.logprobs is not None:
             return self._tokens(req, net)
-        return (text for _, text in generate(self.stepper(net), self.tokenizer, req))
+        pieces = (text for _, text in generate(self.stepper(net), self.tokenizer, req))
+        return Generated(pieces, req)
 
     def _tokens(self, req: Request, net: LanguageModel | None) -> Iterator[Token]:
         """The request's tokens with their log-probabilities, every row's, as they come."""
@@ -209,7 +214,9 @@ class Model:
         check_adapt(adapt, prime, prime_ids)
         net = self.adapted(prime_ids, adapt, dynamic) if adapt else None
         seed = random_seed() if given.seed is None else given.seed
-        req = Request(prime_ids, given.cfg, seed, n=n, stop=given.stop, logprobs=given.logprobs)
+        auto = constraint(given, self.tokenizer)  # compiled once per pattern, then kept
+        req = Request(prime_ids, given.cfg, seed, n=n, stop=given.stop, logprobs=given.logprobs,
+                      constraint=auto)  # fmt: skip
         return req, net
 
     def stepper(self, net: LanguageModel | None = None) -> Stepper:
@@ -261,9 +268,10 @@ class Model:
 
     def samples(
         self, n: int, prime: str | None = None, **options: Unpack[SamplingOptions]
-    ) -> list[str] | list[list[Token]]:
+    ) -> Samples | list[list[Token]]:
         """`n` independent samples from the same prime, generated together as one batch; the
-        options are generate()'s. With `logprobs`, each sample is its list of Tokens."""
+        options are generate()'s (the list's `finish_reasons` are each sample's). With
+        `logprobs`, each sample is its list of Tokens."""
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10_000:
             raise OptionError(f"{{n}} must be between 1 and 10,000, got {_lit(n)}", flags=_N)
         req, net = self.request(prime, n=n, **options)
@@ -277,7 +285,7 @@ class Model:
         rows: list[list[str]] = [[] for _ in range(n)]
         for i, text in generate(self.stepper(net), self.tokenizer, req):
             rows[i].append(text)
-        return ["".join(row) for row in rows]
+        return Samples(["".join(row) for row in rows], req.reasons)
 
     def beam(
         self,
@@ -338,6 +346,8 @@ class Model:
         given = check_sampling(**options)
         if given.logprobs is not None:
             raise OptionError("a session's replies are text: {logprobs} is for generate")
+        if given.pattern is not None:
+            raise OptionError(f"a session's replies are free text; drop {{{given.pattern_from}}}")
         seed = random_seed() if given.seed is None else given.seed
         return Session(self, given.cfg, seeded(seed))
 
@@ -505,6 +515,30 @@ def check_adapt(adapt: int, prime: str | None, prime_ids: np.ndarray) -> None:
             f"{{adapt}} learns from the prime: it needs at least 2 tokens the model knows, and "
             f"{_lit(prime)} reads as {len(prime_ids)}"
         )
+
+
+class Generated(Iterator[str]):
+    """generate()'s text, piece by piece as it is made; once it is all read, `finish_reason`
+    says why it ended: "stop" (a stop text, or a pattern's match that the model ended) or
+    "length" (its tokens were all made)."""
+
+    def __init__(self, pieces: Iterator[str], request: Request) -> None:
+        self._pieces, self.request = pieces, request
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.request.reasons[0]
+
+
+class Samples(list[str]):
+    """samples()'s texts, and why each ended (Generated.finish_reason's values)."""
+
+    def __init__(self, texts: list[str], finish_reasons: list[str | None]) -> None:
+        super().__init__(texts)
+        self.finish_reasons = finish_reasons
 
 
 # The options whose flag is not their keyword with dashes.

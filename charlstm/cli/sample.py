@@ -12,7 +12,7 @@ from rich.console import Console
 from charlstm.cli.app import _command
 from charlstm.cli.options import Checkpoints, ModelPath, Quiet, Threads, options_of
 from charlstm.cli.output import _blas_threads, _load, _stdin_note, _stream, _write_stdout
-from charlstm.config import CHECKPOINTS, DEFAULT_ITEMS, MAX_ITEMS
+from charlstm.config import CHECKPOINTS, DEFAULT_ITEMS, MAX_ITEMS, SampleConfig
 from charlstm.display.console import err_console
 from charlstm.errors import CharlstmError, OptionError, UsageError
 from charlstm.options import SampleOptions
@@ -73,7 +73,9 @@ def sample(
         return
     head = (prime or "") if opts.echo_prime else ""
     if opts.num_samples == 1 and not opts.json_out:
-        _stream(net.generate(prime, **choice), head)  # options checked before anything is written
+        pieces = net.generate(prime, **choice)  # options checked before anything is written
+        _stream(pieces, head)
+        _say_cut(opts, [pieces.finish_reason], err)
         return
     texts = net.samples(opts.num_samples, prime, **choice)
     for i, text in enumerate(texts, start=1):
@@ -86,6 +88,7 @@ def sample(
             _write_stdout(json.dumps({"sample": i, "seed": seed, "text": head + text}) + "\n")
         else:
             _write_whole(i, f"sample {i}", head + text)
+    _say_cut(opts, getattr(texts, "finish_reasons", []), err)
 
 
 def _write_whole(i: int, header: str, text: str) -> None:
@@ -132,6 +135,19 @@ def _print_items(net: Any, opts: SampleOptions, choice: dict[str, Any], err: Con
             f"only {len(got.items):,} {what} of the {n:,} asked for: the model gave no more in "
             f"{got.drawn:,} candidates ({MAX_DRAWS} per item at most); {why}"
         )
+
+
+def _say_cut(opts: SampleOptions, reasons: list[str | None], err: Console) -> None:
+    """Under a pattern, a sample that reached --length before its match ended is cut: say so."""
+    cut = [str(i) for i, reason in enumerate(reasons, start=1) if reason == "length"]
+    if cut and (opts.regex is not None or opts.json_schema is not None):
+        if len(reasons) == 1:
+            which = "the sample was"
+        else:
+            which = f"sample {cut[0]} was" if len(cut) == 1 else f"samples {', '.join(cut)} were"
+        length = SampleConfig.length if opts.length is None else opts.length
+        err.print(f"{which} cut at --length {length} tokens before the model "
+                  "ended its match: it may be only the start of one", markup=False)
 
 
 def _read_prime(prime: str | None, prime_file: Path | None, err: Console) -> str | None:

@@ -15,8 +15,10 @@ row chooses one (choose.py: each request draws n uniforms per step from its own 
 rows with the same options chosen together, a byte-level vocabulary's rows kept valid UTF-8),
 decodes it, and matches its stop texts (stops.py); a request that asks for logprobs gets a
 Token event per token too (logprobs.py); the rows that finished (length, stop, or a model
-error) leave; then one step of the rows left. Whoever shares the batch, row i of a
-request gives the text of `charlstm sample -N n --seed S`'s sample i.
+error) leave; then one step of the rows left. A request with a pattern (constrain.py) chooses
+within its automaton's mask, the end being one more choice; its rows keep their state.
+Whoever shares the batch, row i of a request gives the text of `charlstm sample -N n --seed S`'s
+sample i.
 
 A Stepper (numpy_engine.NumpyStepper, torch_engine.TorchStepper) runs B streams with numpy
 arrays in and out; its state, (h, ...) of (L, B, H) each, is the engine's own arrays.
@@ -24,9 +26,10 @@ arrays in and out; its state, (h, ...) of (L, B, H) each, is the engine's own ar
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -36,6 +39,9 @@ from charlstm.generate.choose import ModelOutputError, Utf8Table, choose, seeded
 from charlstm.generate.choose import unfinished as unfinished_char
 from charlstm.generate.logprobs import Token, TokenLog, token_scores
 from charlstm.generate.stops import StopMatcher
+
+if TYPE_CHECKING:
+    from charlstm.generate.constrain import Automaton
 
 State = tuple[Any, ...]  # (h, ...) each (L, B, H): numpy arrays or torch tensors
 
@@ -77,13 +83,18 @@ class Request:
     whole: bool = False
     rng: np.random.Generator | None = None  # the draws; None: seeded(seed)
     logprobs: int | None = None  # K: Token events with the top K too (logprobs.py); None: none
+    # Only texts that match this pattern's automaton (constrain.py); a row ends when the model
+    # chooses to end a match, or when no token can go on.
+    constraint: Automaton | None = None
     cancelled: bool = field(default=False, init=False)  # its rows leave at the next advance
     live: int = field(default=0, init=False)  # rows still running
+    reasons: list[str | None] = field(default_factory=list, init=False)  # each row's Done's
 
     def __post_init__(self) -> None:
         if self.rng is None:
             self.rng = seeded(self.seed)
         self.live = self.n
+        self.reasons = [None] * self.n
 
 
 # The events of a row (tuples: one is made per token, and a tuple is the cheapest to make).
@@ -111,7 +122,7 @@ class _Row:
     UTF-8 bytes."""
 
     __slots__ = ("req", "index", "decoder", "stops", "tokens", "reading", "pending", "piece",
-                 "log")  # fmt: skip
+                 "log", "state")  # fmt: skip
 
     def __init__(self, req: Request, index: int, decoder: StreamDecoder, reading: int) -> None:
         self.req, self.index, self.decoder, self.reading = req, index, decoder, reading
@@ -120,6 +131,8 @@ class _Row:
         self.pending = b""  # the bytes of a character begun (a byte-level vocabulary)
         self.piece = ""  # the text the decoder made of the last token
         self.log = TokenLog() if req.logprobs is not None else None
+        auto = req.constraint  # the automaton's state, or None: no pattern
+        self.state = auto.initial if auto is not None else None
 
     def push(self, token: int, table: Utf8Table | None) -> tuple[str, str | None]:
         """Take the row's next token: (text to send now, the finish reason or None)."""
@@ -140,6 +153,21 @@ class _Row:
         if done:
             return text + self.stops.flush(), "length"
         return text, None
+
+    def follow(self, token: int, table: Utf8Table | None) -> tuple[str, str | None]:
+        """push() for a row under a pattern: the end token, or a state that cannot go on,
+        ends it ("stop")."""
+        auto = self.req.constraint
+        assert auto is not None and self.state is not None
+        if token != auto.end:
+            self.state = auto.next(self.state, token)
+            text, reason = self.push(token, table)
+            if reason is not None or auto.goes_on(self.state):
+                return text, reason
+        else:
+            text = self.piece = ""  # the end: no text of its own
+        text += self.decoder.flush()
+        return text + (self.stops.flush() if self.stops is not None else ""), "stop"
 
 
 class Rows:
@@ -214,7 +242,10 @@ class Rows:
             if row.req.cancelled:  # its model output failed
                 done.append(i)
                 continue
-            text, reason = row.push(int(tokens[i]), self.table)
+            if row.state is None:
+                text, reason = row.push(int(tokens[i]), self.table)
+            else:
+                text, reason = row.follow(int(tokens[i]), self.table)
             if row.log is not None and i in scores:
                 token = Token(row.index, row.piece, *scores[i])
                 events += [(row.req, t) for t in row.log.push(token, text, reason)]
@@ -222,6 +253,7 @@ class Rows:
                 events.append((row.req, Text(row.index, text)))
             if reason is not None:
                 events.append((row.req, Done(row.index, reason, row.tokens)))
+                row.req.reasons[row.index] = reason
                 row.req.live -= 1
                 done.append(i)
         if len(done) == len(rows):
@@ -242,7 +274,7 @@ class Rows:
         if len(rows) < req.n:  # some have finished: the others keep their own draws
             u = u[[row.index for row in rows]]
         try:
-            return choose(self.logits, req.cfg, u, self._allowed(rows))  # type: ignore[arg-type]
+            return self._pick(rows, self.logits, req.cfg, u, req.constraint)  # type: ignore[arg-type]
         except ModelOutputError as e:
             self._failed([req], str(e), events)
             return np.zeros(len(rows), dtype=np.int64)
@@ -257,7 +289,7 @@ class Rows:
         writing = []
         draws: dict[Request, list[float]] = {}  # n uniforms per request per step
         u = [0.0] * len(rows)
-        groups: dict[tuple[float, int, float], tuple[SampleConfig, list[int]]] = {}
+        groups: dict[tuple[Any, ...], tuple[SampleConfig, list[int]]] = {}
         for i, row in enumerate(rows):
             req = row.req
             if row.reading:  # still taking in its prime: no draw, no choice
@@ -270,11 +302,12 @@ class Rows:
                 drawn = draws[req] = req.rng.random(req.n).tolist()  # type: ignore[union-attr]
             u[i] = drawn[row.index]
             cfg = req.cfg
-            groups.setdefault((cfg.temperature, cfg.top_k, cfg.top_p), (cfg, []))[1].append(i)
-        for cfg, idx in groups.values():
+            key = (cfg.temperature, cfg.top_k, cfg.top_p, req.constraint)
+            groups.setdefault(key, (cfg, []))[1].append(i)
+        for (*_, auto), (cfg, idx) in groups.items():
             try:
-                allowed = self._allowed([rows[i] for i in idx])
-                tokens[idx] = choose(logits[idx], cfg, np.array([u[i] for i in idx]), allowed)
+                tokens[idx] = self._pick([rows[i] for i in idx], logits[idx], cfg,
+                                         np.array([u[i] for i in idx]), auto)  # fmt: skip
             except ModelOutputError as e:
                 self._failed([rows[i].req for i in idx], str(e), events)
         return tokens, writing
@@ -287,13 +320,17 @@ class Rows:
             req = rows[i].req
             if rows[i].log is not None and not req.cancelled:
                 cfg = req.cfg
-                groups.setdefault((cfg.temperature, cfg.top_k, cfg.top_p), []).append(i)
+                key = (cfg.temperature, cfg.top_k, cfg.top_p, req.constraint)
+                groups.setdefault(key, []).append(i)
         out = {}
-        for idx in groups.values():
+        for (*_, auto), idx in groups.items():
             cfg, k = rows[idx[0]].req.cfg, max(rows[i].req.logprobs or 0 for i in idx)
-            allowed = self._allowed([rows[i] for i in idx])
-            found = token_scores(self.logits[idx], cfg, allowed, tokens[idx], k,  # type: ignore[index]
-                                 self.tokenizer.piece)  # fmt: skip
+            logits, allowed = self.logits[idx], self._allowed([rows[i] for i in idx])  # type: ignore[index]
+            piece = self.tokenizer.piece
+            if auto is not None:  # the distribution _pick drew from: the end (token V) too
+                logits, allowed = auto.choice_inputs(logits, [rows[i].state for i in idx], allowed)
+                piece = functools.partial(_piece_or_end, piece, auto.end)
+            found = token_scores(logits, cfg, allowed, tokens[idx], k, piece)
             for i, (lp, top) in zip(idx, found, strict=True):
                 out[i] = (lp, top[: rows[i].req.logprobs])
         return out
@@ -304,6 +341,16 @@ class Rows:
             if not req.cancelled:
                 req.live, req.cancelled = 0, True
                 events.append((req, Failed(message, "model_error")))
+
+    def _pick(
+        self, rows: list[_Row], logits: np.ndarray, cfg: SampleConfig, u: np.ndarray,
+        auto: Automaton | None,
+    ) -> np.ndarray:
+        """choose() for rows of one group: within their UTF-8 masks, and their pattern's."""
+        allowed = self._allowed(rows)
+        if auto is not None:  # the end is token V, scored as constrain.py says
+            logits, allowed = auto.choice_inputs(logits, [r.state for r in rows], allowed)
+        return choose(logits, cfg, u, allowed)
 
     def _allowed(self, rows: list[_Row]) -> np.ndarray | None:
         """The rows' UTF-8 masks for choose, or None when nothing restricts them."""
@@ -319,6 +366,11 @@ class Rows:
         self.scoring = any(row.log is not None for row in self.rows)
         self.stepper.start(self.stepper.pick(self.stepper.state(), keep))
         self.logits = self.logits[keep]
+
+
+def _piece_or_end(piece: Callable[[int], str], end: int, token: int) -> str:
+    """A token's text; the end of a pattern's match (token V) has none."""
+    return "" if token == end else piece(token)
 
 
 def texts(rows: Rows) -> Iterator[tuple[int, str]]:

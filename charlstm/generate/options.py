@@ -14,13 +14,17 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypedDict, Unpack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import numpy as np
 
 from charlstm.config import MAX_ADAPT_PASSES, MAX_BEAM, SampleConfig
 from charlstm.errors import OptionError
 from charlstm.generate.choose import MAX_SEED
+
+if TYPE_CHECKING:
+    from charlstm.generate.constrain import Automaton
 
 MAX_LENGTH = 100_000_000  # tokens one sample may ask for (SampleConfig's range)
 MAX_LOGPROBS = 20  # alternatives per token a logprobs request may ask for (OpenAI's chat: 20)
@@ -43,6 +47,8 @@ class Checked:
     seed: int | None  # None: the caller picks a random one
     stop: tuple[str, ...]
     logprobs: int | None = None  # K alternatives per token (None: no log-probabilities)
+    pattern: str | None = None  # the regex every text must match (a schema's), or None
+    pattern_from: str = "regex"  # the option that gave it: "regex" or "json_schema"
 
 
 class SamplingOptions(TypedDict, total=False):
@@ -59,6 +65,8 @@ class SamplingOptions(TypedDict, total=False):
     on_unknown: str  # prime characters the model never saw: "error" or "skip"
     adapt: int  # passes learning from the prime first (0 = off)
     logprobs: int | None  # each token's log-probability and the top K (None: none; logprobs.py)
+    regex: str | None  # only texts that match this regular expression (constrain.py)
+    json_schema: dict[str, Any] | str | Path | None  # only JSON that this schema accepts
 
 
 def check_sampling(
@@ -106,6 +114,15 @@ def check_sampling(
         raise bad(f"{{seed}} must be a whole number from 0 to {MAX_SEED:,} or None, not VALUE",
                   seed)  # fmt: skip
     stops = _stops(stop, caps, bad)
+    regex, schema = options.get("regex"), options.get("json_schema")
+    pattern = None
+    if regex is not None or schema is not None:
+        from charlstm.generate.constrain import pattern_of
+
+        try:
+            pattern = pattern_of(regex, schema)
+        except OptionError as e:
+            raise _renamed(e, names) from None
     if on_unknown not in ("error", "skip"):
         raise bad("{on_unknown} must be error or skip, not VALUE", on_unknown)
     if not _whole(adapt) or not 0 <= adapt <= MAX_ADAPT_PASSES:
@@ -117,7 +134,34 @@ def check_sampling(
     cfg = SampleConfig.build(caps.default_length if length is None else length, temp, top_k,
                              top_p)  # fmt: skip
     return Checked(cfg, None if seed is None else int(seed), stops,
-                   None if logprobs is None else int(logprobs))  # fmt: skip
+                   None if logprobs is None else int(logprobs), pattern,
+                   "regex" if regex is not None else "json_schema")  # fmt: skip
+
+
+def constraint(
+    given: Checked, tokenizer: Any, names: dict[str, str] | None = None
+) -> Automaton | None:
+    """The automaton of the checked pattern over the tokenizer's vocabulary (constrain.py,
+    cached per pattern), or None without one; a pattern the vocabulary cannot spell, or that
+    does not compile, is an OptionError named as `names` calls the option."""
+    if given.pattern is None:
+        return None
+    from charlstm.generate.constrain import automaton
+
+    try:
+        return automaton(given.pattern, tokenizer, given.pattern_from)
+    except OptionError as e:
+        raise _renamed(e, names) from None
+
+
+def _renamed(error: OptionError, names: dict[str, str] | None) -> OptionError:
+    """The error, its options named as the caller knows them (check_sampling's `names`)."""
+    rename = names or {}
+    named = OptionError(_KEY.sub(lambda m: "{" + rename.get(m.group(1), m.group(1)),
+                                 error.template), code=error.code)  # fmt: skip
+    key = _KEY.search(error.template)
+    named.option = rename.get(key.group(1), key.group(1)) if key else None  # type: ignore[attr-defined]
+    return named
 
 
 _MAYBE = ("length", "temp", "top_k", "top_p", "seed")  # the options that may be None
@@ -141,7 +185,8 @@ def check_beam(k: object, **given: object) -> int:
 # What only sampling takes, each with its value when not given.
 _SAMPLES = {"temp": None, "top_k": None, "top_p": None, "greedy": False, "seed": None,
             "num_samples": 1, "adapt": 0, "logprobs": None, "items": None,
-            "novel": False}  # fmt: skip
+            "novel": False, "regex": None,
+            "json_schema": None}  # fmt: skip
 
 
 def _stops(stop: object, caps: Caps, bad: Callable[..., OptionError]) -> tuple[str, ...]:

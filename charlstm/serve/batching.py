@@ -51,6 +51,7 @@ import torch
 from charlstm.api import Model
 from charlstm.config import SampleConfig
 from charlstm.errors import CharlstmError
+from charlstm.generate.constrain import Automaton
 from charlstm.generate.loop import Done, Event, Failed, Request, Rows, Text
 from charlstm.generate.torch_engine import TorchStepper
 
@@ -90,8 +91,10 @@ class Job(Request):
         stop: tuple[str, ...] = (),  # a row ends when its text holds one; the text is not sent
         handle: object = None,  # the caller's own, untouched (serve.py: where events go)
         logprobs: int | None = None,  # Token events, with the top K (generate/logprobs.py)
+        constraint: Automaton | None = None,  # only text that matches (generate/constrain.py)
     ) -> None:
-        super().__init__(prompt_ids, cfg, seed, n, tuple(stop), logprobs=logprobs)
+        super().__init__(prompt_ids, cfg, seed, n, tuple(stop), logprobs=logprobs,
+                         constraint=constraint)  # fmt: skip
         self.model, self.handle = model, handle
         self.first = 0  # its first row's number among its request's choices (serve/replies.py)
         self.started = False  # its first text has been sent

@@ -33,6 +33,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class JsonSchemaFormat(_Strict):
+    """OpenAI's response_format.json_schema: the schema under "schema" (name, strict and
+    description are taken and not needed)."""
+
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's response_format: free text, or JSON that a schema accepts."""
+
+    type: Literal["text", "json_schema"]  # (json_object's open-ended schema takes seconds to
+    # compile, for every vocabulary: not offered)
+    json_schema: JsonSchemaFormat | None = None
+
+
 class _Sampling(_Strict):
     """What /v1/completions and /v1/chat/completions both take."""
 
@@ -47,6 +65,11 @@ class _Sampling(_Strict):
     stream: bool | None = None
     on_unknown: Literal["error", "skip"] | None = None  # prompt characters the model never saw
     user: str | None = None  # accepted and ignored, as OpenAI's clients may send it
+    # Only text that matches (generate/constrain.py), named as vLLM names them; or OpenAI's
+    # response_format.
+    guided_regex: str | None = None
+    guided_json: dict[str, Any] | str | None = None  # a schema, or its JSON text
+    response_format: ResponseFormat | None = None
 
 
 class CompletionRequest(_Sampling):
@@ -141,6 +164,25 @@ def too_large() -> ApiError:
 
 def bad(message: str, param: str | None) -> ApiError:
     return ApiError(400, message, param=param)
+
+
+def steering(
+    req: _Sampling, names: dict[str, str]
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """The option names for check_sampling's messages (`names` and ours), and the pattern
+    options it takes, from vLLM's guided_regex and guided_json or OpenAI's response_format."""
+    steer: dict[str, Any] = {"regex": req.guided_regex, "json_schema": req.guided_json}
+    names = {**names, "regex": "guided_regex", "json_schema": "guided_json"}
+    form = req.response_format
+    if form is not None and form.type != "text":
+        if req.guided_json is not None or req.guided_regex is not None:
+            raise bad("give response_format or guided_regex/guided_json, not both",
+                      "response_format")
+        if form.json_schema is None:
+            raise bad("response_format of type json_schema needs its json_schema",
+                      "response_format")
+        steer["json_schema"], names["json_schema"] = form.json_schema.schema_, "response_format"
+    return names, steer
 
 
 def json_bytes(obj: Any) -> bytes:

@@ -64,7 +64,7 @@ from charlstm.data.items import SEPARATORS
 from charlstm.errors import OptionError, UsageError
 from charlstm.evaluation.exact import predictions
 from charlstm.formats.run_folder import RunFolder
-from charlstm.generate.options import Caps, check_sampling
+from charlstm.generate.options import Caps, check_sampling, constraint
 from charlstm.serve.batching import Done, Engine, Event, Failed, Job, QueueFull, ShuttingDown
 from charlstm.serve.chat import templates
 from charlstm.serve.guard import AccessLog, Guard
@@ -82,6 +82,7 @@ from charlstm.serve.requests import (
     ScoreRequest,
     bad,
     parse_body,
+    steering,
 )
 from charlstm.serve.transport import StoppingUvicorn, listen, uvicorn_config
 
@@ -141,9 +142,11 @@ class _Server:
         caps = Caps(cfg.max_tokens, min(SampleConfig.length, cfg.max_tokens), MAX_STOPS,
                     MAX_STOP_CHARS)  # fmt: skip
         try:  # the sampling options, checked as the CLI's and the API's are
+            names, steer = steering(req, _NAMES)
             given = check_sampling(length=req.max_tokens, temp=req.temperature, top_k=req.top_k,
                                    top_p=req.top_p, seed=req.seed, stop=req.stop, caps=caps,
-                                   logprobs=logprobs, names=_NAMES)  # fmt: skip
+                                   logprobs=logprobs, names=names, **steer)  # fmt: skip
+            auto = constraint(given, model.tokenizer, names)  # kept per pattern once compiled
         except OptionError as e:
             raise bad(str(e), getattr(e, "option", None)) from e  # a config's range: no option
         n = req.n or 1
@@ -164,7 +167,8 @@ class _Server:
         seed = random_seed() if req.seed is None else req.seed
         if not prompt and model.item_kind:  # an item model: n items, each to its separator
             stop = (*stop, SEPARATORS[model.item_kind])
-        job = Job(name, ids, sample, seed, n=n, stop=stop, handle=None, logprobs=given.logprobs)
+        job = Job(name, ids, sample, seed, n=n, stop=stop, handle=None, logprobs=given.logprobs,
+                  constraint=auto)  # fmt: skip
         return job, len(ids) if prompt else 0  # no prompt: the newline it starts from is ours
 
     async def completions(self, request: Request) -> Any:
