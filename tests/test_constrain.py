@@ -261,3 +261,18 @@ def test_the_server_follows_guided_regex_guided_json_and_response_format(runs: P
         assert r.status_code == 400 and "not JSON" in r.json()["error"]["message"]
         r = post(response_format={"type": "json_schema"})
         assert r.status_code == 400
+
+
+def test_log_probabilities_under_a_pattern_are_of_the_distribution_drawn_from(runs: Path) -> None:
+    """With a pattern and logprobs, the tokens spell the matching text, and each token's
+    log-probability is of the masked distribution (the end a candidate): above the free one."""
+    model = charlstm.load(runs / "char", engine="numpy")
+    pattern = "[a-z]{2,6}"
+    texts = model.samples(4, "\n", regex=pattern, temp=1.0, seed=3, length=20)
+    scored = model.samples(4, "\n", regex=pattern, temp=1.0, seed=3, length=20, logprobs=2)
+    free = model.token_logprobs("\n" + texts[0])
+    for text, tokens in zip(texts, scored, strict=True):
+        assert "".join(t.text for t in tokens) == text and re.fullmatch(pattern, text)
+        assert all(t.logprob <= 0 and len(t.top) <= 2 for t in tokens)
+    # the first letter under the mask is at least as likely as without it
+    assert scored[0][0].logprob >= free[1].logprob - 1e-9
