@@ -106,3 +106,31 @@ def test_the_python_api_trains_samples_and_evaluates_with_attention(tmp_path: Pa
     assert model.evaluate(PLAY[:600], streams=1, dynamic=True).loss < 10
     with torch.no_grad():
         assert all(torch.isfinite(p).all() for p in model.net.attend.parameters())
+
+
+def test_visualize_shows_where_the_head_looks(run: Path, tmp_path: Path) -> None:
+    """--kind attention: for each character its best earlier sources, within the memory, with
+    the weights the block gave them (they and the character's own weight sum to at most 1);
+    the page lights them up; a model without attention is refused in one line."""
+    import json
+
+    text = PLAY[:60]  # characters the model knows
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    out = cli("visualize", "-m", str(run), "--kind", "attention", str(tmp_path / "t.txt"),
+              "--format", "json", "--html", str(tmp_path / "f.html"), "-q")  # fmt: skip
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert "".join(r["char"] for r in rows) == text
+    assert rows[0]["looks_at"] == [] and rows[0]["self"] == pytest.approx(1.0)
+    for r in rows[1:]:
+        assert 1 <= len(r["looks_at"]) <= 3
+        assert all(r["position"] - MEMORY <= s["position"] < r["position"] for s in r["looks_at"])
+        assert all(s["char"] == text[s["position"]] for s in r["looks_at"])
+        assert r["self"] + sum(s["weight"] for s in r["looks_at"]) <= 1.0 + 1e-3
+    page = (tmp_path / "f.html").read_text(encoding="utf-8")
+    assert page.count("<span id=") == len(text) and "onmouseover" in page
+    plain = tmp_path / "plain"
+    cli("train", str(tmp_path / "t.txt"), "--hidden", "8", "--layers", "1", "--steps", "2", "-b",
+        "2", "-t", "8", "--threads", "1", "--checkpoints", str(plain), "--name", "p")  # fmt: skip
+    r = runner.invoke(app, ["visualize", "-m", str(plain / "p"), "--kind", "attention",
+                            str(tmp_path / "t.txt")])  # fmt: skip
+    assert r.exit_code == 2 and "--attention" in r.stderr and "Traceback" not in r.output
