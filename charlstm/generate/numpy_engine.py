@@ -94,6 +94,7 @@ class NumpyStepper:
         """A stepper over the same weights (shared, never written) with buffers of its own."""
         other = copy.copy(self)
         other.batch = 0
+        other.attend = copy.copy(self.attend)  # its memory is loaded anew at the first start
         return other
 
     def zero_state(self, batch: int) -> State:
@@ -106,13 +107,16 @@ class NumpyStepper:
         """Take `state` (copied) as where the streams stand; its batch sets B."""
         if state[0].shape[1] != self.batch:
             self._allocate(state[0].shape[1])
-        for mine, given in zip(self.memory + self.past, state, strict=True):
+        for mine, given in zip(self.memory, state[: len(self.names)], strict=True):
             for k, row in enumerate(mine):
                 row[...] = given[k]
+        if self.attend is not None:
+            self.attend.load(state[-1])
 
     def state(self) -> State:
         """A copy of the current state, (L, B, H) each, then --attention's memory (M, B, H)."""
-        return tuple(np.stack(part) for part in self.memory + self.past)
+        past = (self.attend.unload(),) if self.attend is not None else ()
+        return tuple(np.stack(part) for part in self.memory) + past
 
     # The rows of states (generate/loop.py keeps its batch with these).
     @staticmethod
@@ -138,9 +142,7 @@ class NumpyStepper:
                         and j == self.fold_part else new(batch, hid) for k in layers]
                        for j in range(len(self.names))]  # fmt: skip
         self.inputs = [new(batch, width) for width in self.widths]
-        # --attention's rolling buffer (M, B, H) and the block's output, which the head reads.
-        self.past = [new(self.attend.memory, batch, hid)] if self.attend is not None else []
-        self.top = new(batch, hid)
+        self.top = new(batch, hid)  # --attention's output, which the head reads
         self.sp = new(batch, self.widths[0])  # s @ P, added to layer 0's table row
         self.programs = [numpy_calls(layout, {"input": self.inputs[k], **{
             f"state:{n}": part[k] for n, part in zip(self.names, self.memory, strict=True)}},
@@ -182,7 +184,7 @@ class NumpyStepper:
     def _attend(self, h: np.ndarray) -> None:
         """--attention's block over h (B, H) into self.top, the buffer shifting by one."""
         assert self.attend is not None
-        self.top[...] = self.attend.step(h, self.past[0])
+        self.top[...] = self.attend.step(h)
 
     def _folded_sum(self, k: int) -> list:
         """Calls that add s @ P to layer k's input (see __init__)."""
