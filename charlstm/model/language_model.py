@@ -1,6 +1,8 @@
-"""The language model: embedding → multi-layer recurrent cells → linear head over the vocabulary.
+"""The language model: embedding → multi-layer recurrent cells → (with --attention, the SHA-RNN
+block: model/attention.py) → linear head over the vocabulary.
 
-forward(ids (B, T), state) → (logits (B, T, V), state), the state a `cells.State` tuple. The
+forward(ids (B, T), state) → (logits (B, T, V), state), the state a `cells.State` tuple, with
+--attention's memory (M, B, H) as its last part. The
 recurrent layers (torch's fused LSTM/GRU/RNN, our own peephole, coupled-gate, Mogrifier and
 sLSTM cells, or the scanned minGRU and minLSTM) come from model/layers.make_recurrent; the
 one-token fast path over this model is generate/torch_engine.py.
