@@ -111,13 +111,13 @@ def help_text(f: Field) -> str:
 
 # What a run is (its model, its data and their layout, its seed): `--resume` refuses these.
 FIXED_BY_RUN = ("cell", "hidden", "layers", "embed", "dropout", "weight_drop", "tie_weights",
-                "softmax", "mogrifier_rounds", "attention", "tokenizer", "vocab_size",
-                "min_frequency", "batch_size", "window", "seed", "optimizer", "val_fraction",
-                "val_tokens", "name")  # fmt: skip
+                "softmax", "mogrifier_rounds", "tokenizer", "vocab_size", "min_frequency",
+                "batch_size", "window", "seed", "optimizer", "val_fraction", "val_tokens",
+                "name", "attention")  # fmt: skip
 # What `--init-from` takes from the base: the model's shape and its tokenizer.
 FIXED_BY_BASE = ("cell", "hidden", "layers", "embed", "weight_drop", "tie_weights", "softmax",
-                 "mogrifier_rounds", "attention", "tokenizer", "vocab_size",
-                 "min_frequency")  # fmt: skip
+                 "mogrifier_rounds", "tokenizer", "vocab_size", "min_frequency",
+                 "attention")  # fmt: skip
 # Fine-tuning's own defaults (a small text, a model that already knows a language): each
 # applies unless its option is given (BENCHMARKS.md, "Fine-tuning": lr 1e-3, 2e-3 and 4e-3
 # held out within 0.01 bits/char of each other; 2e-3 best).
