@@ -3,6 +3,8 @@
     python benchmarks/long_range.py                             # 7 cells × d = 10, 50, 200
     python benchmarks/long_range.py --cells mogrifier,slstm     # the two cells after 2017
     python benchmarks/long_range.py --steps 50 --distances 10   # a quick smoke run
+    python benchmarks/long_range.py --cells lstm --attention 0,1024 --distances 200,1000
+                                    # the LSTM beside the LSTM with --attention 1024 (#30)
 
 The corpus is a run of records, each a key, d characters of noise, `=`, and the key again:
 
@@ -29,6 +31,12 @@ thread; at a fixed time, fewer streams and more steps measured better than the r
 256-step window, 96% / 80% / 21% of the recalls at d = 10 / 50 / 200 have their key inside
 the same window, where gradient can reach it. `--mix` trains one model per cell on all the
 distances shuffled together instead.
+
+`--attention M1,M2,...` trains each cell once per memory M (0: without attention; otherwise
+charlstm's --attention M, SHA-RNN's head over the last M outputs, model/attention.py), rows
+named "cell +attn M". A recall at distance d needs M ≥ d + 1; the memory is carried (and
+detached) between windows like the state, so a key a window or more back is reached by the
+head, not by gradient through the recurrence.
 
 One learning rate serves every cell, and lr 1e-2 suits the gated cells better than the plain
 RNN: at the defaults the RNN stays at chance even at d = 10, but reaches 71% there with
@@ -105,9 +113,17 @@ def bptt_coverage(distance: int, window: int) -> float:
     return max(0.0, (window - distance - 1) / window)
 
 
-def train_one(cell: str, distances: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
+def variant(cell: str, memory: int) -> str:
+    """A row's name: the cell, and its --attention memory when it has one."""
+    return f"{cell} +attn {memory}" if memory else cell
+
+
+def train_one(
+    cell: str, distances: list[int], args: argparse.Namespace, memory: int = 0
+) -> list[dict[str, Any]]:
     """Train one model on the recall task at `distances` (records of every distance, shuffled,
-    when there are several) and evaluate it at each distance on fresh records."""
+    when there are several) and evaluate it at each distance on fresh records; `memory` M > 0
+    adds --attention M."""
     cfg = TrainConfig(
         batch_size=args.batch,
         window=args.window,
@@ -130,8 +146,10 @@ def train_one(cell: str, distances: list[int], args: argparse.Namespace) -> list
     label = "+".join(map(str, distances))
     torch.manual_seed(args.seed)
     model_cfg = ModelConfig(
-        vocab_size=len(VOCAB), cell=cell, hidden_size=args.hidden, num_layers=args.layers
-    )
+        vocab_size=len(VOCAB), cell=cell, hidden_size=args.hidden, num_layers=args.layers,
+        attention=memory,
+    )  # fmt: skip
+    cell = variant(cell, memory)  # the row's name from here on
     model = LanguageModel(model_cfg)
     optimizer = make_optimizer(model, cfg)
     model.train()
@@ -274,6 +292,9 @@ def main() -> None:
         action="store_true",
         help="one model per cell on all distances shuffled together, instead of one per distance",
     )
+    parser.add_argument(
+        "--attention", default="0", help="comma-separated --attention memories M (0: none)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--json", type=Path, help="also write every result to this file")
     parser.add_argument(
@@ -282,6 +303,7 @@ def main() -> None:
     args = parser.parse_args()
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     distances = [int(d) for d in args.distances.split(",")]
+    memories = [int(m) for m in args.attention.split(",")]
     for cell in cells:
         if cell not in CELLS:
             parser.error(f"unknown cell {cell!r}; choose from {', '.join(CELLS)}")
@@ -299,22 +321,23 @@ def main() -> None:
     results = []
     t0 = time.perf_counter()
     jobs = (
-        [(c, distances) for c in cells]
+        [(c, distances, m) for c in cells for m in memories]
         if args.mix
-        else [(c, [d]) for d in distances for c in cells]
+        else [(c, [d], m) for d in distances for c in cells for m in memories]
     )
     if args.jobs > 1:  # each process trains whole models on its own thread(s)
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads,
                                  initargs=(args.threads,)) as pool:  # fmt: skip
-            done = list(pool.map(train_one, *zip(*jobs, strict=True), [args] * len(jobs)))
+            cells_, trained, mems = zip(*jobs, strict=True)
+            done = list(pool.map(train_one, cells_, trained, [args] * len(jobs), mems))
     else:
-        done = [train_one(cell, trained_on, args) for cell, trained_on in jobs]
+        done = [train_one(cell, trained_on, args, m) for cell, trained_on, m in jobs]
     for per_job in done:
         for r in per_job:
             print(
-                f"{cell} d={r['distance']}: accuracy {r['accuracy']:.1%}, recall loss "
+                f"{r['cell']} d={r['distance']}: accuracy {r['accuracy']:.1%}, recall loss "
                 f"{r['recall_loss']:.3f}, val loss {r['val_loss']:.4f} "
                 f"(floor {r['val_floor']:.4f}), {r['train_seconds']:.0f} s",
                 file=sys.stderr,
@@ -331,7 +354,7 @@ def main() -> None:
         f"{args.steps} steps of {args.batch} × {args.window} characters, lr {args.lr:g}, "
         f"seed {args.seed}; {mode}; {total:.0f} s in all\n"
     )
-    print(markdown(results, cells, distances))
+    print(markdown(results, [variant(c, m) for c in cells for m in memories], distances))
     if args.json:
         meta = {"command": command, "torch": torch.__version__, "threads": args.threads}
         args.json.write_text(json.dumps({**meta, "results": results}, indent=1) + "\n")

@@ -37,6 +37,7 @@ DEFAULT_ITEMS, MAX_ITEMS = 10, 100_000  # `sample` on an item model without --it
 CORPORA = Path("corpora")  # built-in corpora and the token cache (corpora/cache), beside the runs
 CHECKPOINTS = Path("checkpoints")  # the run folders, unless --checkpoints says otherwise
 DEFAULT_BUDGET = 600.0  # seconds, when no --budget, --steps or --epochs is given
+MAX_MEMORY = 65_536  # --attention's longest memory: a damaged file must not ask for 10^9
 MAX_LAYERS = 64  # deeper recurrent stacks do not train; a damaged file must not ask for 10^6
 
 # What word and subword models need that a char model does not: a wide softmax costs several
@@ -120,6 +121,9 @@ class ModelConfig:
     # Adaptive softmax (Grave et al. 2017): the most frequent ids below the first cutoff get the
     # full head, rarer ones smaller clusters. None: one full softmax over the vocabulary.
     softmax_cutoffs: list[int] | None = None
+    # M: one attention head over the top layer's last M outputs, then a Boom layer (SHA-RNN,
+    # Merity 2019; model/attention.py); 0 = none. The memory is carried like the state.
+    attention: int = 0
 
     def __post_init__(self) -> None:
         _check(self.cell in CELLS, f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
@@ -144,6 +148,8 @@ class ModelConfig:
             0.0 <= self.weight_drop < 1.0,
             f"--weight-drop must be in [0, 1), got {self.weight_drop}",
         )
+        _check(0 <= self.attention <= MAX_MEMORY,
+               f"--attention must be between 0 and {MAX_MEMORY}, got {self.attention}")
         if self.softmax_cutoffs is not None:
             cuts = self.softmax_cutoffs
             _check(

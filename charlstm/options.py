@@ -117,10 +117,11 @@ def help_text(f: Field) -> str:
 FIXED_BY_RUN = ("cell", "hidden", "layers", "embed", "dropout", "weight_drop", "tie_weights",
                 "softmax", "mogrifier_rounds", "tokenizer", "vocab_size", "min_frequency",
                 "batch_size", "window", "seed", "optimizer", "val_fraction", "val_tokens",
-                "name", "items", "val_file")  # fmt: skip
+                "name", "items", "val_file", "attention")  # fmt: skip
 # What `--init-from` takes from the base: the model's shape and its tokenizer.
 FIXED_BY_BASE = ("cell", "hidden", "layers", "embed", "weight_drop", "tie_weights", "softmax",
-                 "mogrifier_rounds", "tokenizer", "vocab_size", "min_frequency")  # fmt: skip
+                 "mogrifier_rounds", "tokenizer", "vocab_size", "min_frequency",
+                 "attention")  # fmt: skip
 # Fine-tuning's own defaults (a small text, a model that already knows a language): each
 # applies unless its option is given (BENCHMARKS.md, "Fine-tuning": lr 1e-3, 2e-3 and 4e-3
 # held out within 0.01 bits/char of each other; 2e-3 best).
@@ -179,6 +180,10 @@ class TrainOptions:
     mogrifier_rounds: int | None = option(
         "--cell mogrifier: rounds in which the input and the previous output gate each other "
         "before each LSTM step (0 = a plain LSTM).", into=_M + "mogrifier_rounds")
+    attention: int | None = option(
+        "Add one attention head over the top layer's last M outputs, with a feed-forward "
+        "layer (SHA-RNN); its memory is carried like the state. 0: none.", into=_M + "attention",
+        metavar="M")
     tie_weights: bool | None = option("Share the embedding matrix with the output layer.",
                                       into=_M + "tie_weights",
                                       flags=("--tie-weights/--no-tie-weights",))

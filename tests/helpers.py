@@ -27,6 +27,7 @@ def tiny_run(
     seed: int = 0,
     cell: str = "lstm",
     dropout: float = 0.0,
+    attention: int = 0,
     **train,
 ) -> Run:
     tok = CharTokenizer.train(text)
@@ -36,7 +37,7 @@ def tiny_run(
     train_ids, val_ids = split_ids(ids, cfg.val_fraction)
     torch.manual_seed(seed)
     model_cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_layers=2, cell=cell,
-                            dropout=dropout)  # fmt: skip
+                            dropout=dropout, attention=attention)  # fmt: skip
     return Run(
         model=LanguageModel(model_cfg), model_cfg=model_cfg, train_cfg=cfg,
         tokenizer=tok.to_dict(), train_ids=train_ids, val_ids=val_ids,

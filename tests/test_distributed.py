@@ -30,7 +30,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, size: int, port: int, out: Path) -> None:
+def _rank_main(rank: int, size: int, port: int, out: Path, attention: int = 0) -> None:
     """One rank of a 2-process fit(); saves its gradients, loss curve and weights."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
@@ -39,7 +39,7 @@ def _rank_main(rank: int, size: int, port: int, out: Path) -> None:
     torch.set_num_threads(1)
     world = init_world(torch.device("cpu"))
     try:
-        run = tiny_run(PLAY, out / "run", **RUN)
+        run = tiny_run(PLAY, out / "run", attention=attention, **RUN)
         run.world = world
         fit(run)
         torch.save(
@@ -54,12 +54,14 @@ def _rank_main(rank: int, size: int, port: int, out: Path) -> None:
         shutdown(world, clean=True)
 
 
-def test_two_processes_equal_one_with_the_same_total_batch(tmp_path):
-    single = tiny_run(PLAY, tmp_path / "single", **RUN)
+@pytest.mark.parametrize("attention", [0, 5])
+def test_two_processes_equal_one_with_the_same_total_batch(tmp_path, attention):
+    """With --attention too: each rank carries its streams' memory (#30)."""
+    single = tiny_run(PLAY, tmp_path / "single", attention=attention, **RUN)
     fit(single)
     grads = {n: p.grad for n, p in single.model.named_parameters()}
 
-    mp.spawn(_rank_main, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, _free_port(), tmp_path, attention), nprocs=2, join=True)
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         # The last step's gradients: DDP's average over the ranks' halves of the batch equals
@@ -74,10 +76,11 @@ def test_two_processes_equal_one_with_the_same_total_batch(tmp_path):
             assert mine["val_loss"] == pytest.approx(theirs["val_loss"], abs=1e-6)
     # Rank 0 wrote the files, with every stream's carried state for resuming.
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
-    h, c = ckpt["resume"]["rnn_state"]
-    assert h.shape[1] == RUN["batch_size"]
-    single_h, _ = load_checkpoint(tmp_path / "single" / "last.pt")["resume"]["rnn_state"]
-    assert torch.allclose(h, single_h, atol=1e-5)
+    parts = ckpt["resume"]["rnn_state"]
+    assert len(parts) == 2 + bool(attention) and parts[-1].shape[1] == RUN["batch_size"]
+    alone = load_checkpoint(tmp_path / "single" / "last.pt")["resume"]["rnn_state"]
+    for part, single_part in zip(parts, alone, strict=True):
+        assert torch.allclose(part, single_part, atol=1e-5)
 
 
 def _dropout_rank(rank: int, size: int, port: int, out: Path) -> None:

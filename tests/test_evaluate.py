@@ -26,11 +26,14 @@ def test_evaluation_equals_one_full_forward_pass():
     assert model.training is False
 
 
-def test_warm_up_makes_parallel_streams_match_one_pass():
+@pytest.mark.parametrize("attention", [0, 24])
+def test_warm_up_makes_parallel_streams_match_one_pass(attention):
+    """With --attention the streams' warm-up fills their memory too (M ≤ the warm-up)."""
     from charlstm.evaluation.exact import loss_total
 
     torch.manual_seed(1)
-    model = LanguageModel(ModelConfig(vocab_size=9, hidden_size=32, num_layers=2)).eval()
+    cfg = ModelConfig(vocab_size=9, hidden_size=32, num_layers=2, attention=attention)
+    model = LanguageModel(cfg).eval()
     ids = np.random.default_rng(1).integers(0, 9, size=3000).astype(np.uint16)
     exact = loss_total(model, ids, streams=1)
     cold = loss_total(model, ids, streams=32, warmup=0)

@@ -35,17 +35,21 @@ def test_tiny_model_overfits_a_short_string(tmp_path):
     assert summary["last_train_loss"] < 0.1  # memorised: well under 1 nat per character
 
 
+@pytest.mark.parametrize("attention", [0, 6])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_resumed_run_continues_the_same_curve(tmp_path, precision):
-    """Bit for bit, in bf16 too (#27: a bf16 resume was reported 1e-6 off)."""
+def test_resumed_run_continues_the_same_curve(tmp_path, precision, attention):
+    """Bit for bit, in bf16 too (#27: a bf16 resume was reported 1e-6 off), and with
+    --attention, whose memory is carried in the saved state (#30)."""
     if precision == "bf16" and not cpu_has_bf16():
         pytest.skip("this CPU has no bf16")
-    whole = tiny_run(PLAY, tmp_path / "whole", steps=60, eval_every=10, seed=3, dropout=0.2)
+    whole = tiny_run(PLAY, tmp_path / "whole", steps=60, eval_every=10, seed=3, dropout=0.2,
+                     attention=attention)  # fmt: skip
     whole.precision = precision
     fit(whole)
 
     stop_after = iter(range(1000))
-    part = tiny_run(PLAY, tmp_path / "part", steps=60, eval_every=10, seed=3, dropout=0.2)
+    part = tiny_run(PLAY, tmp_path / "part", steps=60, eval_every=10, seed=3, dropout=0.2,
+                    attention=attention)  # fmt: skip
     part.precision = precision
     # Interrupt after 25 steps: last.pt holds step 20 (the last validation) ... then step 25.
     fit(part, should_stop=lambda: next(stop_after) >= 25)

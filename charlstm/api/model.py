@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # these import torch: only the calls that need it load them
     import torch
 
     from charlstm.evaluation.exact import EvalResult
+    from charlstm.evaluation.focus import Focus
     from charlstm.generate.numpy_engine import NumpyStepper
     from charlstm.model.language_model import LanguageModel
 
@@ -481,7 +482,6 @@ class Model:
     def trace(self, text: str, *, layer: int | None = None, max_chars: int = 2000) -> Trace:
         """The activations of one layer (default: the last) at each character of `text`'s
         first `max_chars` known characters (visualize.trace); char models only."""
-        import torch
 
         from charlstm.evaluation.visualize import trace
 
@@ -493,6 +493,25 @@ class Model:
         layer = n_layers - 1 if layer is None else layer
         if not 0 <= layer < n_layers:
             raise OptionError(f"{{layer}} must be between 0 and {n_layers - 1}, got {layer}")
+        body, ids = self._known(text, max_chars)
+        return Trace(body, layer, trace(self.net, ids, layer=layer))
+
+    def focus(self, text: str, *, max_chars: int = 2000) -> tuple[str, Focus]:
+        """Where --attention's head looks at each character of `text`'s first `max_chars` known
+        characters (evaluation/focus.py): the text read and its Focus; char models only."""
+        from charlstm.evaluation.focus import focus
+
+        if not self.config.attention:
+            raise OptionError("{kind} attention needs a model trained with {attention}")
+        if self.tokenizer.kind != "char":
+            raise CharlstmError(f"visualize shows characters: not a {self.tokenizer.kind} model")
+        body, ids = self._known(text, max_chars)
+        return body, focus(self.net, ids)
+
+    def _known(self, text: str, max_chars: int) -> tuple[str, Any]:
+        """`text`'s first `max_chars` characters the model knows, and their ids (a tensor)."""
+        import torch
+
         if max_chars < 1:
             raise OptionError(f"{{max_chars}} must be at least 1, got {max_chars}")
         unknown = set(self.tokenizer.unknown(text))
@@ -500,8 +519,7 @@ class Model:
         body = body[:max_chars]
         if not body:
             raise CharlstmError("nothing to visualize: the text has no characters the model knows")
-        ids = torch.from_numpy(self.tokenizer.encode(body).astype("int64"))
-        return Trace(body, layer, trace(self.net, ids, layer=layer))
+        return body, torch.from_numpy(self.tokenizer.encode(body).astype("int64"))
 
 
 def check_adapt(adapt: int, prime: str | None, prime_ids: np.ndarray) -> None:

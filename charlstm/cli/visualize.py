@@ -19,7 +19,7 @@ from charlstm.cli.options import (
 from charlstm.cli.output import _load, _note_unknown, _read_texts, _stdout_is_terminal
 from charlstm.config import CHECKPOINTS
 from charlstm.display.console import err_console
-from charlstm.display.units import show_units, unit_table
+from charlstm.display.units import show_focus, show_units, unit_table
 from charlstm.errors import UsageError
 from charlstm.options import VisualizeOptions
 
@@ -33,7 +33,8 @@ def visualize(
         str,
         typer.Option(
             help="What to colour by: hidden, cell, forget, input or output (gru: update, reset; "
-            "slstm also: normalizer, stabilizer).",
+            "slstm also: normalizer, stabilizer); or attention: for each character, the earlier "
+            "ones --attention's head looked at most.",
             autocompletion=_complete_activation,
         ),
     ] = "cell",
@@ -53,6 +54,9 @@ def visualize(
     body = _read_texts(text, o.encoding, o.errors, err)
     if net.tokenizer.kind == "char":
         _note_unknown(net.encode_text(body), err)
+    if kind == "attention":  # where the head looks, not a unit's values
+        show_focus(*net.focus(body, max_chars=o.max_chars), o.html_out, err, form)
+        return
     with err.status(f"tracing {min(len(body), o.max_chars):,} characters…"):
         traced = net.trace(body, layer=o.layer, max_chars=o.max_chars)
     acts, body = traced.activations, traced.text

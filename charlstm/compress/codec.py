@@ -134,7 +134,7 @@ class Codec:
         try:
             self.exact = ExactModel.from_model(model, start_token=start)
         except QuantizeError as e:
-            raise CompressError(str(e)) from e
+            raise CompressError(str(e), e.code) from e
         self.tokenizer, self.engine, self.device = tokenizer, engine, device
         from dataclasses import asdict
 

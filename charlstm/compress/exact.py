@@ -47,6 +47,7 @@ from charlstm.compress.exact_ops import (
     rescale,
     tables,
 )
+from charlstm.errors import EXIT_USAGE
 
 __all__ = ["EXACT_ENGINES", "ExactModel", "ExactRun", "QuantizeError"]
 
@@ -54,6 +55,8 @@ _EXACT_LIMIT = 1 << 52  # float64 integers are exact below 2^53; keep a bit in h
 _WEIGHT_LIMIT = 1 << 40  # |w_q| below this keeps int64 column sums of any real layer exact
 
 # ----------------------------------------------------------------------------------- model
+
+NO_ATTENTION = "compress does not support --attention models (no integer-exact attention)"
 
 
 def _quantise(w: np.ndarray, bits: int) -> np.ndarray:
@@ -129,6 +132,8 @@ class ExactModel:
         from charlstm.export.trace import trace
         from charlstm.model.weights import FUSED_BLOCKS, _blocks, step_weights
 
+        if model.cfg.attention:  # its softmax over the memory has no integer form here
+            raise QuantizeError(NO_ATTENTION, EXIT_USAGE)
         sw = step_weights(model)
         if sw.w_out is None:
             raise QuantizeError("compress needs a full softmax, not an adaptive one")

@@ -20,7 +20,8 @@ def info_lines(data: dict[str, Any]) -> str:
         f"format {data['format_version']})",
         f"model        {m['cell']} {m['num_layers']}×{m['hidden_size']}, embedding "
         f"{m['embed_size']}, dropout {m['dropout']}, weight-drop {m.get('weight_drop', 0.0)}, "
-        f"tied {m['tie_weights']}",
+        f"tied {m['tie_weights']}"
+        + (f", attention over {m['attention']}" if m.get("attention") else ""),
         f"parameters   {data['parameters']:,}",
         f"fingerprint  {data.get('fingerprint') or '—'}",
         f"tokenizer    {data['tokenizer']['kind']}, vocabulary {data['tokenizer']['vocab_size']:,}",

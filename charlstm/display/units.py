@@ -60,8 +60,30 @@ def show_units(
     if html_out is not None:
         title = f"charlstm · {cell} · layer {layer}"
         page = render_html(body, [r[:2] for r in rows], title, kinds=[r[2] for r in rows])
-        try:
-            html_out.write_text(page, encoding="utf-8")
-        except OSError as e:
-            raise CharlstmError(f"cannot write {html_out}: {e.strerror or e}") from None
-        err.print(f"wrote {html_out}", style="dim")
+        _write_page(html_out, page, err)
+
+
+def _write_page(html_out: Path, page: str, err: Console) -> None:
+    try:
+        html_out.write_text(page, encoding="utf-8")
+    except OSError as e:
+        raise CharlstmError(f"cannot write {html_out}: {e.strerror or e}") from None
+    err.print(f"wrote {html_out}", style="dim")
+
+
+def show_focus(body: str, found: object, html_out: Path | None, err: Console, form: str) -> None:
+    """Where --attention's head looks (evaluation/focus.py): a line per character on stdout
+    (`form` ansi, tsv or json), and with --html a page where hovering a character lights up
+    its sources."""
+    from charlstm.cli.output import _flush_pending
+    from charlstm.evaluation.focus import Focus, focus_html, focus_lines
+
+    assert isinstance(found, Focus)
+    pending: list[str] = []
+    for line in focus_lines(body, found, form):
+        pending.append(line + "\n")
+        if len(pending) >= 1000:
+            _flush_pending(pending, "")
+    _flush_pending(pending, "")
+    if html_out is not None:
+        _write_page(html_out, focus_html(body, found, "charlstm · where the head looks"), err)

@@ -6,6 +6,7 @@ How this folder works:
   is the one count of scored tokens (evaluate, dynamic evaluation and the server's /score).
 - dynamic.py keeps learning while it reads (every token scored before it is learnt from).
 - visualize.py records what the cells hold by running each cell's own step over recording
-  ops (model/ops.py), and ranks units against simple properties of the text.
+  ops (model/ops.py), and ranks units against simple properties of the text; focus.py shows
+  where --attention's head looks.
 - Imports model/, data/ and cells/; nothing here prints (cli/ decides where results go).
 """

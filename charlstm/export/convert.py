@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from charlstm.errors import CharlstmError
+from charlstm.errors import CharlstmError, UsageError
 from charlstm.files import write_atomic
 from charlstm.formats.model_file import (
     RUN_KEYS,
@@ -34,6 +34,9 @@ from charlstm.formats.model_file import (
 if TYPE_CHECKING:
     from charlstm.model.language_model import LanguageModel
 
+# The page and the ONNX graph run the recurrent step only (export/onnx_graph.py, playground.js).
+NO_ATTENTION = ("the page and the ONNX graph do not support --attention models; sample them with "
+                "charlstm sample")
 
 
 def write_model_file(
@@ -64,6 +67,8 @@ def model_from_portable(model: Portable) -> LanguageModel:
     layers = [{name.split(".", 1)[1]: v for name, v in t.items() if name.startswith(f"layer{k}.")}
               for k in range(cfg.num_layers)]  # fmt: skip
     state.update({f"rnn.{n}": v for n, v in torch_state(layers, net.rnn, cfg.cell).items()})
+    state.update({f"attend.{n[len('attention.'):]}": v for n, v in t.items()
+                  if n.startswith("attention.")})  # fmt: skip
     net.load_state_dict({k: v.contiguous() for k, v in state.items()})
     return net.eval()
 
@@ -94,6 +99,9 @@ def export(where: Path, *, html: Path | None = None, onnx: Path | None = None) -
         model = read_portable(where)
     else:
         model = portable_from_checkpoint(where)
+    if model.config.attention and (html is not None or onnx is not None):
+        raise UsageError(NO_ATTENTION)
+    if where.suffix != ".safetensors":
         target = portable_path(where)
         write_portable(target, model.weights, model.config, model.tokenizer.to_dict(), model.run)
         written.append(target)

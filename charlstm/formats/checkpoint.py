@@ -199,11 +199,12 @@ def _check_resume(state: object, config: ModelConfig, optimizer: str) -> None:
     parts = state.get("rnn_state")
     _require(isinstance(parts, list), "its carried state is no list")
     assert isinstance(parts, list)
-    _require(len(parts) in (0, STATE_PARTS[config.cell]),
-             f"its carried state has {len(parts)} parts, a {config.cell} carries "
-             f"{STATE_PARTS[config.cell]}")  # fmt: skip
-    for t in parts:
-        shape = (config.num_layers, -1, config.hidden_size)
+    want = STATE_PARTS[config.cell] + (1 if config.attention else 0)  # + the memory (M, B, H)
+    _require(len(parts) in (0, want),
+             f"its carried state has {len(parts)} parts, a {config.cell} carries {want}")
+    for i, t in enumerate(parts):
+        rows = config.attention if i == STATE_PARTS[config.cell] else config.num_layers
+        shape = (rows, -1, config.hidden_size)
         fits = isinstance(t, torch.Tensor) and t.dtype in _FLOAT_DTYPES and t.dim() == 3
         fits = fits and all(want in (-1, got) for want, got in zip(shape, t.shape, strict=True))
         _require(fits and bool(torch.isfinite(t).all()), "its carried state does not fit the model")

@@ -123,7 +123,15 @@ def parameter_count(cfg: ModelConfig) -> int:
               for k in range(cfg.num_layers)]  # fmt: skip
     layers = sum(math.prod(shape) for layer in shapes for shape in layer.values())
     layers += cfg.num_layers * gate_count(cell) * h * SUMMED_BIASES.get(cfg.cell, 0)
-    return v * e + layers + (0 if cfg.tie_weights else v * h) + v
+    return v * e + layers + (0 if cfg.tie_weights else v * h) + v + attention_parameters(cfg)
+
+
+def attention_parameters(cfg: ModelConfig) -> int:
+    """--attention's block (model/attention.py): five layer norms, W_q, three gates, the value
+    gate's Overparam (H → 2H) and the Boom (H → 4H)."""
+    h = cfg.hidden_size
+    block = 10 * h + (h * h + h) + 3 * h + (2 * h * h + 2 * h) + (4 * h * h + 4 * h)
+    return block if cfg.attention else 0
 
 
 def memory_bytes() -> int:

@@ -19,6 +19,10 @@ from its cell's parameter roles (cells/base.layer_shapes), for every cell:
     layer{k}.p     (3, H)      peephole only: p_i, p_f, p_o
     layer{k}.q     (⌈r/2⌉, H, I)  mogrifier only (r = mogrifier_rounds; absent when empty):
     layer{k}.r     (⌊r/2⌋, I, H)  the matrices of its odd and even rounds
+    attention.*    --attention only: model/attention.Attention's tensors by their names
+                   (ln_mem/ln_mid/ln_ff/ln_xff/ln_q .weight .bias (H,), q.weight (H, H),
+                   q.bias, a_q, a_k, a_v (H,), over.weight (2H, H), over.bias (2H,),
+                   up.weight (4H, H), up.bias (4H,))
     head.w         (H, V)      a copy of embed's transpose when the weights are tied
     head.b         (V,)
 
@@ -122,8 +126,21 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     for k in range(cfg.num_layers):
         layer = layer_shapes(cell, e if k == 0 else h, h, **cell_options(cfg))
         shapes.update({f"layer{k}.{name}": shape for name, shape in layer.items()})
+    if cfg.attention:
+        shapes.update({f"attention.{n}": shape for n, shape in attention_shapes(h).items()})
     shapes["head.w"] = (h, v)
     shapes["head.b"] = (v,)
+    return shapes
+
+
+def attention_shapes(h: int) -> dict[str, tuple[int, ...]]:
+    """The tensors of --attention's block (model/attention.py) by name, with their shapes."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for norm in ("ln_mem", "ln_mid", "ln_ff", "ln_xff", "ln_q"):
+        shapes.update({f"{norm}.weight": (h,), f"{norm}.bias": (h,)})
+    shapes.update({"q.weight": (h, h), "q.bias": (h,), "a_q": (h,), "a_k": (h,), "a_v": (h,),
+                   "over.weight": (2 * h, h), "over.bias": (2 * h,),
+                   "up.weight": (4 * h, h), "up.bias": (4 * h,)})  # fmt: skip
     return shapes
 
 

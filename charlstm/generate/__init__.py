@@ -14,6 +14,7 @@ How this folder works:
   it), keeping only new ones with --novel, within a bound on the candidates drawn.
 - An engine is a Stepper (loop.py): torch_engine.py and numpy_engine.py compute a layer's
   input and run the cell's traced step laid out on buffers allocated once (plan.py,
-  numpy_ops.py); neither names a cell.
+  numpy_ops.py); neither names a cell. With --attention, torch's runs the training block
+  on a window of one, numpy's its own step (numpy_attention.py), over a buffer of M slots.
 - Same seed, prime and options: the same text from every door (tests/test_generation.py).
 """

@@ -33,6 +33,7 @@ from charlstm.cells import CELLS, cell_options
 from charlstm.cells.base import bind, fact
 from charlstm.export.trace import trace
 from charlstm.formats.model_file import Portable
+from charlstm.generate.numpy_attention import NumpyAttention
 from charlstm.generate.numpy_ops import numpy_calls
 from charlstm.generate.plan import fold_recurrent, lay_out
 
@@ -86,28 +87,36 @@ class NumpyStepper:
         # The plan's input, per layer: x (B, I) for an INPUT_GATED cell, else zx (B, G·H).
         self.widths = [layer["w_x"].shape[0 if self.gated else 1] for layer in self.layers]
         self.batch = 0
+        attention = {n[len("attention."):]: a for n, a in w.items() if n.startswith("attention.")}
+        self.attend = NumpyAttention(attention, cfg.attention) if cfg.attention else None
 
     def fork(self) -> NumpyStepper:
         """A stepper over the same weights (shared, never written) with buffers of its own."""
         other = copy.copy(self)
         other.batch = 0
+        other.attend = copy.copy(self.attend)  # its memory is loaded anew at the first start
         return other
 
     def zero_state(self, batch: int) -> State:
+        past = (np.zeros((self.attend.memory, batch, self.hidden_size), np.float32),
+                ) if self.attend is not None else ()  # fmt: skip
         return tuple(np.zeros((self.num_layers, batch, self.hidden_size), np.float32)
-                     for _ in self.names)  # fmt: skip
+                     for _ in self.names) + past  # fmt: skip
 
     def start(self, state: State) -> None:
         """Take `state` (copied) as where the streams stand; its batch sets B."""
         if state[0].shape[1] != self.batch:
             self._allocate(state[0].shape[1])
-        for mine, given in zip(self.memory, state, strict=True):
+        for mine, given in zip(self.memory, state[: len(self.names)], strict=True):
             for k, row in enumerate(mine):
                 row[...] = given[k]
+        if self.attend is not None:
+            self.attend.load(state[-1])
 
     def state(self) -> State:
-        """A copy of the current state, (L, B, H) each."""
-        return tuple(np.stack(part) for part in self.memory)
+        """A copy of the current state, (L, B, H) each, then --attention's memory (M, B, H)."""
+        past = (self.attend.unload(),) if self.attend is not None else ()
+        return tuple(np.stack(part) for part in self.memory) + past
 
     # The rows of states (generate/loop.py keeps its batch with these).
     @staticmethod
@@ -133,6 +142,7 @@ class NumpyStepper:
                         and j == self.fold_part else new(batch, hid) for k in layers]
                        for j in range(len(self.names))]  # fmt: skip
         self.inputs = [new(batch, width) for width in self.widths]
+        self.top = new(batch, hid)  # --attention's output, which the head reads
         self.sp = new(batch, self.widths[0])  # s @ P, added to layer 0's table row
         self.programs = [numpy_calls(layout, {"input": self.inputs[k], **{
             f"state:{n}": part[k] for n, part in zip(self.names, self.memory, strict=True)}},
@@ -163,9 +173,18 @@ class NumpyStepper:
                 calls += [partial(np.matmul, x, layer["w_x"], out=into),
                           partial(np.add, into, layer["b"], out=into)]  # fmt: skip
             calls += self.programs[k]
-        calls += [partial(np.matmul, h[-1], self.w_out, out=self.logits),
+        top = h[-1]
+        if self.attend is not None:
+            calls.append(partial(self._attend, h[-1]))
+            top = self.top
+        calls += [partial(np.matmul, top, self.w_out, out=self.logits),
                   partial(np.add, self.logits, self.b_out, out=self.logits)]  # fmt: skip
         self.calls = calls
+
+    def _attend(self, h: np.ndarray) -> None:
+        """--attention's block over h (B, H) into self.top, the buffer shifting by one."""
+        assert self.attend is not None
+        self.top[...] = self.attend.step(h)
 
     def _folded_sum(self, k: int) -> list:
         """Calls that add s @ P to layer k's input (see __init__)."""
@@ -210,7 +229,12 @@ class NumpyStepper:
                 for call in calls:
                     call()
                 x[t] = h[0]
-        np.matmul(self.memory[0][-1], self.w_out, out=self.logits)
+        top = self.memory[0][-1]
+        if self.attend is not None:  # the block over each position of the prime, in turn
+            for t in range(len(ids)):
+                self._attend(x[t : t + 1])
+            top = self.top
+        np.matmul(top, self.w_out, out=self.logits)
         self.logits += self.b_out
         return self.logits
 

@@ -41,6 +41,7 @@ from charlstm.generate.numpy_engine import (
     table_fits,  # when layer 0 becomes a table: one rule for both engines
 )
 from charlstm.generate.plan import Layout, lay_out, viewer
+from charlstm.model.attention import Attention
 from charlstm.model.language_model import LanguageModel
 from charlstm.model.layers import State
 from charlstm.model.weights import StepWeights, step_weights
@@ -81,6 +82,7 @@ class Stepper:
             if fits and not self.gated:
                 self.table = torch.addmm(layer0["b"], w.embed, layer0["w_x"])  # (V, G·H)
         self.batch = 0
+        self.attend = attention_block(w)
 
     @property
     def num_layers(self) -> int:
@@ -92,19 +94,20 @@ class Stepper:
 
     def zero_state(self, batch: int) -> State:
         h = self.w.embed.new_zeros(self.num_layers, batch, self.hidden_size)
-        return (h, *(torch.zeros_like(h) for _ in range(self.parts - 1)))
+        past = () if self.attend is None else (h.new_zeros(self.w.memory, batch, h.shape[2]),)
+        return (h, *(torch.zeros_like(h) for _ in range(self.parts - 1)), *past)
 
     @torch.inference_mode()
     def start(self, state: State) -> None:
         """Take `state` (copied) as where the streams stand; its batch sets B."""
         if state[0].shape[1] != self.batch:
             self._allocate(state[0].shape[1])
-        for mine, given in zip(self.memory, state, strict=True):
+        for mine, given in zip(self.memory + self.past, state, strict=True):
             mine.copy_(given)
 
     def state(self) -> State:
-        """A copy of the current state, (L, B, H) each."""
-        return tuple(part.clone() for part in self.memory)
+        """A copy of the current state, (L, B, H) each, then --attention's memory (M, B, H)."""
+        return tuple(part.clone() for part in self.memory + self.past)
 
     def _allocate(self, batch: int) -> None:
         w, hid = self.w, self.hidden_size
@@ -112,6 +115,8 @@ class Stepper:
         self.batch = batch
         # The state, h first, every layer's: (L, B, H) each; a layer's plan writes its row.
         self.memory = [new(self.num_layers, batch, hid) for _ in range(self.parts)]
+        # --attention's rolling buffer of the top layer's last M outputs, oldest first.
+        self.past = [] if self.attend is None else [new(w.memory, batch, hid)]
         self.inputs = [new(batch, width) for width in self.widths]
         names = CELLS[w.cell].STATE
         self.programs = [
@@ -142,9 +147,22 @@ class Stepper:
                 torch.addmm(layer["b"], h[k - 1], layer["w_x"], out=into)
             self.programs[k]()
         top = h[-1]
+        if self.attend is not None:  # the block over a window of one: what training computes
+            y, past, _ = self.attend(top[:, None], self.past[0])
+            self.past[0].copy_(past)  # the buffer shifts by one: O(M·H), however long the text
+            top = y[:, 0]
         if self._head is not None:
             return self._head(top)
         return torch.addmm(w.b_out, top, w.w_out, out=self.logits)
+
+
+def attention_block(w: StepWeights) -> Attention | None:
+    """--attention's block (model/attention.py) with the weights of `w`, in eval mode."""
+    if w.attention is None:
+        return None
+    block = Attention(w.hidden_size, w.memory).to(w.embed.device, w.embed.dtype)
+    block.load_state_dict(w.attention)
+    return block.eval()
 
 
 class TorchStepper:

@@ -5,7 +5,9 @@ How this folder works:
   where a cell names one, our own layers (own_layers.py: a window's input in one product,
   then the recurrence) for the others, and the parallel scan (scan.py) for cells whose gates
   read only the input. Each is tested against the cell's step (cells/), the one definition.
-- language_model.py: embedding → layers → output layer; weights.py converts a model's
-  weights to the step layout every other engine reads; ops.py runs a cell's step in torch.
+- language_model.py: embedding → layers → (attention.py: --attention's SHA-RNN block over
+  the top layer's last M outputs, its memory the state's last part) → output layer;
+  weights.py converts a model's weights to the step layout every other engine reads; ops.py
+  runs a cell's step in torch.
 - A new cell needs nothing here unless it trains faster with a kernel of its own.
 """

@@ -1,6 +1,8 @@
-"""The language model: embedding → multi-layer recurrent cells → linear head over the vocabulary.
+"""The language model: embedding → multi-layer recurrent cells → (with --attention, the SHA-RNN
+block: model/attention.py) → linear head over the vocabulary.
 
-forward(ids (B, T), state) → (logits (B, T, V), state), the state a `cells.State` tuple. The
+forward(ids (B, T), state) → (logits (B, T, V), state), the state a `cells.State` tuple, with
+--attention's memory (M, B, H) as its last part. The
 recurrent layers (torch's fused LSTM/GRU/RNN, our own peephole, coupled-gate, Mogrifier and
 sLSTM cells, or the scanned minGRU and minLSTM) come from model/layers.make_recurrent; the
 one-token fast path over this model is generate/torch_engine.py.
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from charlstm.config import ModelConfig
+from charlstm.model.attention import Attention
 from charlstm.model.layers import State, make_recurrent, run_layer
 
 
@@ -29,6 +32,10 @@ class LanguageModel(nn.Module):
             rounds=cfg.mogrifier_rounds,
         )  # fmt: skip
         self.drop = nn.Dropout(cfg.dropout)
+        # SHA-RNN's head over the top layer's past; its memory is the state's last part.
+        self.attend = None
+        if cfg.attention:
+            self.attend = Attention(cfg.hidden_size, cfg.attention, cfg.dropout)
         self.head: nn.Module
         if cfg.softmax_cutoffs:
             self.head = nn.AdaptiveLogSoftmaxWithLoss(
@@ -61,6 +68,14 @@ class LanguageModel(nn.Module):
         return self.nll(out, targets), state
 
     def _recur(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        if self.attend is None:
+            return self._layers(x, state)
+        mem = None if state is None else state[-1]  # (M, B, H)
+        out, rnn_state = self._layers(x, None if state is None else state[:-1])
+        out, mem, _ = self.attend(out, mem)
+        return out, (*rnn_state, mem)
+
+    def _layers(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
         p, cell = self.cfg.weight_drop, self.cfg.cell
         if not (self.training and p > 0):
             return run_layer(cell, self.rnn, x, state)

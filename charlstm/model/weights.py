@@ -45,6 +45,9 @@ class StepWeights:
     w_out: Tensor | None  # (H, V); None when the head is an adaptive softmax
     b_out: Tensor | None  # (V,)
     options: dict[str, Any] = field(default_factory=dict)  # cells.cell_options of the config
+    # --attention's block (model/attention.Attention's state dict) and its memory length M.
+    attention: dict[str, Tensor] | None = None
+    memory: int = 0
 
     @property
     def num_layers(self) -> int:
@@ -116,7 +119,11 @@ def step_weights(model: Any) -> StepWeights:
                   for layer in step_layers(model.rnn, model.cfg.cell)]  # fmt: skip
         head = model.head
         full = isinstance(head, nn.Linear)
+        attend = getattr(model, "attend", None)
         return StepWeights(
+            attention=None if attend is None else
+            {n: t.detach().clone() for n, t in attend.state_dict().items()},
+            memory=model.cfg.attention,
             cell=model.cfg.cell,
             embed=model.embed.weight.detach().clone(),
             layers=layers,
@@ -134,5 +141,6 @@ def portable_weights(model: Any) -> dict[str, np.ndarray]:
     out = {"embed": w.embed}
     for k, layer in enumerate(w.layers):
         out.update({f"layer{k}.{name}": t for name, t in layer.items()})
+    out.update({f"attention.{name}": t for name, t in (w.attention or {}).items()})
     out.update({"head.w": w.w_out, "head.b": w.b_out})
     return {k: v.detach().float().cpu().numpy() for k, v in out.items()}
