@@ -295,3 +295,22 @@ def test_threads_where_a_probe_finds_they_pay(monkeypatch):
         assert device.set_threads(0, streams=64) == 1 and device.set_threads(2) == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_run_trains_at_the_layout_the_sizing_chose(tmp_path, play_file, monkeypatch):
+    """The batch × window the sizing returns is the one the run trains at (a change that put
+    the window given before sizing back after it trained 128 × 64 while saying 128 × 16)."""
+    from dataclasses import replace
+
+    from charlstm.training import runs
+
+    def sized(model_cfg, train_cfg, *args):
+        return model_cfg, replace(train_cfg, batch_size=8, window=24), "batch 8 × window 24"
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runs, "size_to_budget", sized)
+    r = runner.invoke(app, ["train", str(play_file), "--budget", "2s", "--threads", "1",
+                            "--hidden", "16", "--val-fraction", "0.2", "--name", "l"])  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    saved = read_checkpoint(tmp_path / "checkpoints" / "l" / "best.pt").data["train_config"]
+    assert (saved["batch_size"], saved["window"]) == (8, 24)

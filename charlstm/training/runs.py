@@ -191,7 +191,9 @@ def new_run(
                 model_cfg, measured, info["chosen"] = size_to_budget(
                     model_cfg, measured, opts, tokens, world.device, precision, report
                 )
-                train_cfg = replace(measured, window=train_cfg.window)
+                # An item model's window is its longest item, not a choice the sizing makes.
+                keep = {"window": train_cfg.window} if train_cfg.items else {}
+                train_cfg = replace(measured, **keep)
                 info["sizing_seconds"] = round(time.perf_counter() - sizing_started, 3)
         check_size(model_cfg, training=True)  # one line now, not an allocation failure later
         model = LanguageModel(model_cfg)
