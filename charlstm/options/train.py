@@ -44,7 +44,8 @@ class TrainOptions:
 
     corpus: list[str] = option(
         "Text to learn from: file(s), a folder (its text files, recursively), - for stdin, or a "
-        "built-in corpus: [bold]shakespeare[/], [bold]python[/].", factory=list, argument=True)
+        "built-in corpus: [bold]shakespeare[/], [bold]python[/].", factory=list, argument=True,
+        metavar="TEXT")
     # limits: budget in seconds, or a duration such as "2m"
     budget: float | str | None = option(
         "Wall-clock limit, e.g. 135s, 10m, 2h. The learning rate decays to its floor as the "
