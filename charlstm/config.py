@@ -2,7 +2,7 @@
 __post_init__), saved into checkpoints with asdict() and rebuilt with Cls(**d). No torch import,
 so the CLI takes its defaults and help from here at start-up.
 
-    TrainOptions (options.py)  what a user asks of `charlstm train`; None: charlstm chooses
+    TrainOptions (options/)    what a user asks of `charlstm train`; None: charlstm chooses
         │  apply_preset (word/bpe recipes), then the budget sizing (runs.py), then the defaults
         ▼
     ModelConfig, TrainConfig   what the run uses; saved in every checkpoint

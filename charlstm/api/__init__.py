@@ -20,7 +20,7 @@ Importing this package imports numpy but no torch: only the calls that need torc
 """
 
 from charlstm.api.loading import export, info, load
-from charlstm.api.model import EncodedText, Model, Trace, check_adapt, random_seed
+from charlstm.api.model import Model, check_adapt, random_seed
 from charlstm.api.runs import (
     check_coder,
     codec,
@@ -34,6 +34,7 @@ from charlstm.api.runs import (
     units_tracking,
     use_threads,
 )
+from charlstm.api.scoring import EncodedText, Trace
 from charlstm.api.session import Session
 from charlstm.api.training import log, train, train_options
 from charlstm.config import ENGINES

@@ -1,5 +1,6 @@
-"""The command line, one file per command: options (options.py, config's dataclasses), calls
-into charlstm.api, and what it shows (charlstm.display on stderr, output.py on stdout).
+"""The command line, one file per command: options (generated from charlstm.options'
+dataclasses), calls into charlstm.api, and what it shows (charlstm.display on stderr, output.py
+on stdout).
 `app` is the Typer app; `main` the console entry point (`charlstm`, `python -m charlstm`).
 A new command goes into a file of its own here, registered by its import below."""
 # isort: skip_file

@@ -3,44 +3,34 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
-
-import typer
+from typing import Any
 
 from charlstm.cli.app import _command
-from charlstm.cli.options import Checkpoints, ModelPath, Quiet, Threads, _opt
+from charlstm.cli.options import Checkpoints, ModelPath, Quiet, Threads, options_of
 from charlstm.cli.output import _load, _stream
-from charlstm.config import CHECKPOINTS, SampleConfig
+from charlstm.config import CHECKPOINTS
 from charlstm.display.console import err_console
+from charlstm.options import ChatOptions
 
 
 @_command
+@options_of(ChatOptions)
 def chat(
     model: ModelPath = None,
-    length: Annotated[int, typer.Option("--length", "-n", help="Tokens at most per reply.")] = 400,
-    stop: Annotated[
-        list[str] | None,
-        _opt("A reply ends before this text (give it again for more). Default: a blank line."),
-    ] = None,
-    temp: Annotated[
-        float | None, _opt(f"Temperature. Default: {SampleConfig.temperature}.", "--temp")
-    ] = None,
-    top_k: Annotated[int | None, _opt("Sample among the k most likely tokens.")] = None,
-    top_p: Annotated[
-        float | None, _opt("Sample among the most likely tokens whose probability sums to p.")
-    ] = None,
-    seed: Annotated[int | None, _opt("Random seed; random when absent.")] = None,
+    *,
     checkpoints: Checkpoints = CHECKPOINTS,
     threads: Threads = 0,
     quiet: Quiet = False,
+    **options: Any,
 ) -> None:
     """Talk with a model: each line you type, and each reply, continues one text, so every
     turn reads all the turns before it. Ctrl-C cuts a reply short; Ctrl-D leaves. Lines can be
     piped in too (one reply per line)."""
+    opts = ChatOptions(**options)
     err = err_console(quiet)
     net = _load(model, threads, err, checkpoints=checkpoints)
-    session = net.session(temp=temp, top_k=top_k, top_p=top_p, seed=seed)
-    stops = stop or ["\n\n"]
+    session = net.session(temp=opts.temp, top_k=opts.top_k, top_p=opts.top_p, seed=opts.seed)
+    stops = opts.stop or ["\n\n"]
     interactive = sys.stdin.isatty()
     if interactive:
         import readline  # noqa: F401 (line editing and history for input())
@@ -61,6 +51,6 @@ def chat(
             err.print(f"[yellow]note:[/] skipped characters the model never saw: "
                       f"{''.join(unknown[:20])!r}")  # fmt: skip
         try:
-            _stream(session.reply(length, stops), end_line=True)
+            _stream(session.reply(opts.length, stops), end_line=True)
         except KeyboardInterrupt:
             sys.stderr.write("(cut short)\n")

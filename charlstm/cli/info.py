@@ -4,42 +4,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
-
-import typer
+from typing import Any
 
 from charlstm.cli.app import _command
-from charlstm.cli.options import Checkpoints, Json, Quiet, _opt
+from charlstm.cli.options import Checkpoints, Quiet, options_of
 from charlstm.cli.output import _write_stdout
 from charlstm.config import CHECKPOINTS
 from charlstm.display.console import err_console
 from charlstm.display.runs import info_lines, plot_metrics
 from charlstm.errors import CharlstmError
+from charlstm.options import InfoOptions
 
 
 @_command
-def info(
-    model: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Checkpoint file or run folder. Default: the newest best.pt under --checkpoints."
-        ),
-    ] = None,
-    json_out: Json = False,
-    plot: Annotated[
-        Path | None,
-        _opt(
-            "Also draw the training and validation loss against step into this image (PNG, SVG, "
-            "PDF; needs matplotlib: pip install 'charlstm\\[plot]')."
-        ),
-    ] = None,
-    checkpoints: Checkpoints = CHECKPOINTS,
-    quiet: Quiet = False,
-) -> None:
+@options_of(InfoOptions)
+def info(*, checkpoints: Checkpoints = CHECKPOINTS, quiet: Quiet = False, **options: Any) -> None:
     """What a checkpoint holds, read without running any pickled code."""
     from charlstm.api import info as read_info
 
-    data = read_info(model, checkpoints=checkpoints)
+    opts = InfoOptions(**options)
+    data, plot = read_info(opts.model, checkpoints=checkpoints), opts.plot
     if plot is not None:
         if not data["metrics"] and data["path"].endswith(".safetensors"):
             raise CharlstmError(
@@ -48,7 +32,7 @@ def info(
             )
         plot_metrics(data["metrics"], plot, title=data["path"], curve=data["train_curve"])
         err_console(quiet).print(f"wrote {plot}", style="dim")
-    if json_out:
+    if opts.json_out:
         _write_stdout(json.dumps(data) + "\n")
     else:
         _write_stdout(info_lines(data))

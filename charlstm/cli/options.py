@@ -97,7 +97,7 @@ def _parameter(f: Field, hint: Any) -> inspect.Parameter:
     if meta["choices"]:
         kind = Literal[meta["choices"]]
     if meta["argument"]:
-        info = typer.Argument(help=help_text(f), show_default=False)
+        info = typer.Argument(help=help_text(f), show_default=False, **extra)
         kind = kind | None if default is None else kind
     elif bool in kinds:
         flags = meta["flags"] or ("--" + f.name.replace("_", "-"),)

@@ -3,54 +3,40 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Any
 
 from charlstm.cli.app import _command
-from charlstm.cli.options import Checkpoints, Quiet, _flag, _opt
+from charlstm.cli.options import Checkpoints, Quiet, options_of
 from charlstm.cli.output import _write_stdout
 from charlstm.config import CHECKPOINTS
 from charlstm.display.console import err_console, mb
 from charlstm.display.runs import runs_table
+from charlstm.options import RunsOptions
 
 
 @_command
-def runs(
-    delete: Annotated[
-        list[str] | None, _opt("Delete this run's folder (give it again for more runs).")
-    ] = None,
-    slim: Annotated[
-        list[str] | None,
-        _opt(
-            "Keep only this run's best.pt (all that sampling needs) and delete last.pt and "
-            "tokens.npy (only resuming needs them: about three quarters of a run's disk)."
-        ),
-    ] = None,
-    slim_finished: Annotated[
-        bool, _flag("--slim-finished", help="Slim every run that reached its limits.")
-    ] = False,
-    json_out: Annotated[bool, _flag("--json", help="One JSON object per run per line.")] = False,
-    checkpoints: Checkpoints = CHECKPOINTS,
-    quiet: Quiet = False,
-) -> None:
+@options_of(RunsOptions)
+def runs(*, checkpoints: Checkpoints = CHECKPOINTS, quiet: Quiet = False, **options: Any) -> None:
     """The runs under the checkpoints folder (newest first): corpus, tokenizer, model, steps,
     best validation, age and disk use; and taking away what is no longer wanted."""
     from charlstm.api import delete_run, list_runs, slim_run
 
+    opts = RunsOptions(**options)
     err = err_console(quiet)
-    names = list(slim or [])
-    if slim_finished:
+    names = list(opts.slim or [])
+    if opts.slim_finished:
         names += [r.name for r in list_runs(checkpoints) if r.finished and r.last_bytes]
-    for name in delete or []:
+    for name in opts.delete or []:
         freed = delete_run(name, checkpoints=checkpoints)
         err.print(f"deleted {checkpoints / name} ({mb(freed)})")
     for name in names:
         freed = slim_run(name, checkpoints=checkpoints)
         err.print(f"slimmed {checkpoints / name}: kept best.pt, freed {mb(freed)}; it can no "
                   "longer be resumed")  # fmt: skip
-    if delete or names:
+    if opts.delete or names:
         return
     found = list_runs(checkpoints)
-    if json_out:
+    if opts.json_out:
         _write_stdout("".join(json.dumps(r.to_dict()) + "\n" for r in found))
         return
     if not found:

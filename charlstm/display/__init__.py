@@ -3,5 +3,5 @@ units `visualize` finds, what the server reports. Only cli/ uses it; everything 
 stderr (or to an image file), never to stdout.
 
 STYLE: rendering only; no command logic and no option declarations (those are cli/ and
-options.py). A new command's look goes in the module of its noun, or a new one.
+charlstm.options). A new command's look goes in the module of its noun, or a new one.
 """

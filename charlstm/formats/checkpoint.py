@@ -274,8 +274,10 @@ def model_fingerprint(net: LanguageModel, config: dict[str, Any], tokenizer: dic
 def _torch_fingerprint(
     weights: dict[str, torch.Tensor], config: dict[str, Any], tokenizer: dict[str, Any]
 ) -> str:
+    from charlstm.formats.model_file import hashed_config
+
     h = Fingerprinter()
-    h.update(json.dumps(config, sort_keys=True))
+    h.update(json.dumps(hashed_config(config), sort_keys=True))
     h.update(json.dumps(tokenizer, sort_keys=True))
     for name in sorted(weights):
         t = weights[name].detach().cpu().contiguous()

@@ -144,13 +144,25 @@ def attention_shapes(h: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+# ModelConfig fields added after fingerprints were first written, at the value that means the
+# model has none of it: left out of the hash, so a model from before keeps its fingerprint (its
+# model file stays up to date, its .clz files still decode).
+LATER_FIELDS: dict[str, object] = {"attention": 0}
+
+
+def hashed_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as fingerprints hash it: LATER_FIELDS at their absent value left out."""
+    return {k: v for k, v in config.items()
+            if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}  # fmt: skip
+
+
 def fingerprint_of(
     weights: dict[str, np.ndarray], config: dict[str, Any], tokenizer: dict[str, Any]
 ) -> str:
     """The model's one fingerprint, 16 hex digits: its config and tokenizer (as saved) and its
     step-layout weights (float32), by name, dtype, shape and bytes."""
     f = Fingerprinter()
-    f.update(json.dumps(config, sort_keys=True))
+    f.update(json.dumps(hashed_config(config), sort_keys=True))
     f.update(json.dumps(tokenizer, sort_keys=True))
     for name in sorted(weights):
         w = np.ascontiguousarray(weights[name])

@@ -1,0 +1,89 @@
+"""The flags of `charlstm evaluate` and `charlstm visualize`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from charlstm.config import (
+    DYNAMIC_LR,
+    EVAL_PRECISIONS,
+    option,
+)
+
+_DYN = "DynamicConfig."
+
+
+@dataclass
+class EvaluateOptions:
+    """The flags of `charlstm evaluate`; the --dynamic-* ones go into DynamicConfig."""
+
+    streams: int = option(
+        "Parallel streams, each carrying its state; 1 = one sequential pass. Each stream first "
+        "reads the 256 tokens before its start, unscored, so the figure matches one pass closely "
+        "(within 1e-4 nats on a character model) at a fraction of the time.", 64)
+    encoding: str = option("Text encoding of the files.", "utf-8")
+    errors: str = option("Undecodable bytes: strict (stop), replace or ignore.", "strict")
+    json_out: bool = option("Print one JSON object.", False, flags=("--json",))
+    per_line: bool = option(
+        'One JSON object per input line: {"line": TEXT, "tokens": N, "nats": TOTAL, '
+        '"bits_per_char": BPC}. One sequential pass carries the state through the whole text; '
+        "a line's newline counts in that line; the text's first character is not predicted.",
+        False)
+    per_token: bool = option(
+        'One JSON object per token: {"token": TEXT, "logprob": NATS}, its log-probability from '
+        "one sequential pass from a zero state (the first token, which nothing predicts, has "
+        "null); the tokens' texts add up to the text read.", False)
+    precision: str = option(
+        "fp32 (exact), or bf16: about twice as fast on a GPU or a CPU with bf16 instructions, "
+        "the loss within 1e-4 of fp32's on a trained model (BENCHMARKS.md).", "fp32",
+        choices=EVAL_PRECISIONS)
+    reset_every: int = option(
+        "Score the text in blocks of this many tokens, each from a zero state, so a prediction "
+        "sees at most that much context (64: what nanoGPT's CPU recipe sees). 0 = carry the "
+        "state through the text.", 0)
+    dynamic: bool = option(
+        "Dynamic evaluation (Krause et al. 2018): read the text as one stream, and after scoring "
+        "each segment take a gradient step on it, so the model keeps learning the text as it "
+        "reads it. Every token is scored before it is learnt from; the checkpoint file is not "
+        "changed.", False)
+    dynamic_rule: str | None = option(
+        "--dynamic: rms (the paper's rule: steps scaled by the training split's gradient sizes, "
+        "decaying towards the trained weights) or sgd.", into=_DYN + "rule")
+    dynamic_lr: float | None = option(
+        "--dynamic: step size.", into=_DYN + "lr",
+        says=", ".join(f"{lr:g} ({rule})" for rule, lr in DYNAMIC_LR.items()))
+    dynamic_decay: float | None = option(
+        "--dynamic: pull towards the trained weights at each step (0 = none).",
+        into=_DYN + "decay")
+    dynamic_segment: int | None = option("--dynamic: tokens per gradient step.",
+                                         into=_DYN + "segment")
+
+    def tuned(self) -> dict[str, object]:
+        """The --dynamic-* options given, under DynamicConfig's names."""
+        return {f.metadata["into"].split(".")[1]: getattr(self, f.name) for f in fields(self)
+                if (f.metadata.get("into") or "").startswith(_DYN)
+                and getattr(self, f.name) is not None}  # fmt: skip
+
+
+@dataclass
+class VisualizeOptions:
+    """The flags of `charlstm visualize` (but --kind, whose completion knows the gate names)."""
+
+    layer: int | None = option("Layer to trace, counting from 0.", says="the last")
+    unit: int | None = option("Unit to show.", says="the best 5 with --find, else 0")
+    find: bool = option(
+        "Rank every unit and gate by correlation with simple properties of the text (in quotes, "
+        "in brackets, line position, word starts) and show the best 5.", False)
+    html_out: Path | None = option(
+        "Also write the shown units as one self-contained HTML page (hover for values).",
+        flags=("--html",))
+    max_chars: int = option(
+        "Trace only the first N characters (one step each: slow on long text).", 2000)
+    output_format: str | None = option(
+        "What stdout gets: ansi (the text coloured by each unit), tsv (a header, then one row per "
+        "character: position, the character escaped, each unit's value) or json (one object per "
+        "character).", says="ansi on a terminal, tsv otherwise", flags=("--format",),
+        choices=("ansi", "tsv", "json"))
+    encoding: str = option("Text encoding of the files.", "utf-8")
+    errors: str = option("Undecodable bytes: strict (stop), replace or ignore.", "strict")
