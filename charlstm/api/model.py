@@ -23,8 +23,8 @@ from charlstm.formats.run_folder import RunFolder
 from charlstm.generate.beam import Beam, beam_search
 from charlstm.generate.choose import seeded
 from charlstm.generate.items import Drawn, draw_items
-from charlstm.generate.logprobs import Token, scored
-from charlstm.generate.loop import Request, Rows, Stepper, generate
+from charlstm.generate.logprobs import Token
+from charlstm.generate.loop import Request, Rows, Stepper, generate, texts
 from charlstm.generate.options import SamplingOptions, check_beam, check_sampling, constraint
 
 if TYPE_CHECKING:  # these import torch: only the calls that need it load them
@@ -184,7 +184,7 @@ class Model(Scoring):
         logits = stepper.prime(req.prime_ids)
         rows = Rows(stepper, self.tokenizer)
         rows.join(req, stepper.state(), logits)
-        return (item for _, item in scored(rows) if isinstance(item, Token))
+        return (item for _, item in texts(rows, tokens=True) if isinstance(item, Token))
 
     def request(
         self,

@@ -21,16 +21,12 @@ spells it alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from charlstm.config import SampleConfig
 from charlstm.generate.choose import ModelOutputError, weights
-
-if TYPE_CHECKING:
-    from charlstm.generate.loop import Rows
 
 Top = tuple[tuple[str, float], ...]  # (piece, log-probability), most likely first
 
@@ -120,21 +116,6 @@ class TokenLog:
             out[-1] = last._replace(text=last.text[: self.sent - start])
         self.held = [] if reason else self.held[cut:]
         return out
-
-
-def scored(rows: Rows) -> Iterator[tuple[int, Token | str]]:
-    """(row, text) and (row, Token) as the rows make them (the request asked for logprobs),
-    until every row has finished; a model whose output is not numbers raises."""
-    from charlstm.generate.loop import Failed, Text
-
-    while rows.live:
-        for _, event in rows.advance():
-            if isinstance(event, Text):
-                yield event.index, event.text
-            elif isinstance(event, Token):
-                yield event.index, event
-            elif isinstance(event, Failed):
-                raise ModelOutputError(event.message)
 
 
 def openai_logprobs(tokens: list[Token], offset: int = 0) -> dict[str, list[Any]]:

@@ -373,13 +373,16 @@ def _piece_or_end(piece: Callable[[int], str], end: int, token: int) -> str:
     return "" if token == end else piece(token)
 
 
-def texts(rows: Rows) -> Iterator[tuple[int, str]]:
-    """(row, text) as the rows make it, until every row has finished; a model whose output is
-    not numbers raises ModelOutputError."""
+def texts(rows: Rows, tokens: bool = False) -> Iterator[tuple[int, Any]]:
+    """(row, text) as the rows make it, and with `tokens` (row, Token) too (a request that asked
+    for logprobs), until every row has finished; a model whose output is not numbers raises
+    ModelOutputError."""
     while rows.live:
         for _, event in rows.advance():
             if isinstance(event, Text):
                 yield event.index, event.text
+            elif tokens and isinstance(event, Token):
+                yield event.index, event
             elif isinstance(event, Failed):
                 raise ModelOutputError(event.message)
 
