@@ -13,19 +13,19 @@ import json
 import re
 from typing import Any
 
-import numpy as np
-
 # charlstm writes at most 5 levels (a tokenizer's model.merges[i]); anything deeper is not ours.
 MAX_DEPTH = 32
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_OPEN, _CLOSE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
 
 
 def depth(text: str) -> int:
     """How deeply the arrays and objects of a JSON text nest (0 for a scalar)."""
+    import numpy as np  # here: `charlstm --help` reads run folders' names, not their JSON
+
     skeleton = _STRING.sub("", text).encode("utf-8", "surrogatepass")
     b = np.frombuffer(skeleton, np.uint8)
-    steps = np.isin(b, _OPEN).astype(np.int64) - np.isin(b, _CLOSE)
+    opens, closes = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+    steps = np.isin(b, opens).astype(np.int64) - np.isin(b, closes)
     return int(np.cumsum(steps).max(initial=0))
 
 
