@@ -184,7 +184,7 @@ class NumpyStepper:
     def _attend(self, h: np.ndarray) -> None:
         """--attention's block over h (B, H) into self.top, the buffer shifting by one."""
         assert self.attend is not None
-        self.top[...] = self.attend.step(h)
+        self.attend.step(h, out=self.top)
 
     def _folded_sum(self, k: int) -> list:
         """Calls that add s @ P to layer k's input (see __init__)."""
