@@ -191,6 +191,10 @@ def test_the_cli_samples_under_a_pattern_and_says_when_it_was_cut(runs: Path) ->
     cut = _cli(run, "--regex", "[a-z]{40}", "--length", "5", "--seed", "1", "--engine", "numpy")
     assert cut.exit_code == 0 and re.fullmatch("\n?[a-z]{5}", cut.stdout), cut.output
     assert "cut at --length 5 tokens" in cut.stderr
+    scored = _cli(run, "--regex", "[a-z]{40}", "--length", "5", "--seed", "1", "-N", "2",
+                  "--json", "--logprobs", "1", "--engine", "numpy")  # fmt: skip
+    assert scored.exit_code == 0 and len(scored.stdout.splitlines()) == 2, scored.output
+    assert "samples 1, 2 were cut at --length 5 tokens" in scored.stderr
 
 
 def _refused(run: Path, *args: str) -> str:

@@ -257,7 +257,7 @@ class Model(Scoring):
 
     def samples(
         self, n: int, prime: str | None = None, **options: Unpack[SamplingOptions]
-    ) -> Samples | list[list[Token]]:
+    ) -> Samples:
         """`n` independent samples from the same prime, generated together as one batch; the
         options are generate()'s (the list's `finish_reasons` are each sample's). With
         `logprobs`, each sample is its list of Tokens."""
@@ -270,7 +270,7 @@ class Model(Scoring):
             tokens: list[list[Token]] = [[] for _ in range(n)]
             for token in self._tokens(req, net):
                 tokens[token.index].append(token)
-            return tokens
+            return Samples(tokens, req.reasons)
         rows: list[list[str]] = [[] for _ in range(n)]
         for i, text in generate(self.stepper(net), self.tokenizer, req):
             rows[i].append(text)
@@ -370,10 +370,11 @@ class Generated(Iterator[str]):
         return self.request.reasons[0]
 
 
-class Samples(list[str]):
-    """samples()'s texts, and why each ended (Generated.finish_reason's values)."""
+class Samples(list):  # type: ignore[type-arg]
+    """samples()'s texts (with `logprobs`, each sample's list of Tokens), and why each ended
+    (Generated.finish_reason's values)."""
 
-    def __init__(self, texts: list[str], finish_reasons: list[str | None]) -> None:
+    def __init__(self, texts: list[Any], finish_reasons: list[str | None]) -> None:
         super().__init__(texts)
         self.finish_reasons = finish_reasons
 
