@@ -270,3 +270,12 @@ def test_beam_search_on_an_item_model_gives_whole_items(home):
     r = runner.invoke(app, ["sample", "-m", str(home / "ck" / "names"), "--beam", "2", "--items",
                             "2"])  # fmt: skip
     assert r.exit_code == 2 and "--beam" in r.stderr and "--items" in r.stderr
+
+
+def test_the_start_line_counts_items_not_streams(home, tmp_path):
+    """An item model's batch is B items cut at T tokens (padding is no token): said so."""
+    r = runner.invoke(app, ["train", str(home / "names.txt"), "--items", "lines", "--steps", "1",
+                            "--checkpoints", str(tmp_path), "-b", "8", "-t", "16", "--hidden",
+                            "16", "--threads", "1"])  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    assert "8 items a step, each cut at 16 tokens" in r.stderr and "streams" not in r.stderr

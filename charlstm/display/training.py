@@ -71,10 +71,11 @@ class TrainDisplay:
     def _on_start(self, d: dict[str, Any]) -> None:
         limits = d["limits"]
         resumed = f" · resumed at step {d['resumed_at']:,}" if d["resumed_at"] is not None else ""
+        shape = (f"{d['streams']} items a step, each cut at {d['window']} tokens"
+                 if d.get("items") else f"{d['streams']} streams × {d['window']} steps = "
+                 f"{d['tokens_per_step']:,} tokens/step")  # fmt: skip
         self.console.print(
-            f"vocabulary {d['vocab_size']:,} · parameters {d['parameters']:,} · "
-            f"{d['streams']} streams × {d['window']} steps = "
-            f"{d['tokens_per_step']:,} tokens/step · "
+            f"vocabulary {d['vocab_size']:,} · parameters {d['parameters']:,} · {shape} · "
             f"{d['train_tokens']:,} train / {d['val_tokens']:,} validation tokens · "
             f"{' or '.join(_limits(limits))}{resumed} · {d['where']} · "
             f"ready in {self.setup_seconds:.1f}s"

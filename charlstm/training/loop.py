@@ -206,6 +206,7 @@ def _report_start(run: Run, report: Report, layout: StreamLayout, resumed_at: in
             "streams": layout.batch_size,
             "window": layout.window,
             "tokens_per_step": layout.batch_size * layout.window,
+            "items": cfg.items is not None,  # then a window is an item's longest width
             "windows_per_epoch": layout.windows_per_epoch,
             "train_tokens": len(run.train_ids),
             "val_tokens": len(run.val_ids),
