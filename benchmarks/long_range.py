@@ -46,6 +46,7 @@ RNN: at the defaults the RNN stays at chance even at d = 10, but reaches 71% the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -180,18 +181,18 @@ def train_one(
             )
             recent = []
     train_seconds = time.perf_counter() - t0
-    return [
-        {
-            "cell": cell,
-            "distance": d,
-            "trained_on": distances,
-            "parameters": model.num_parameters(),
-            "train_seconds": round(train_seconds, 2),
-            "final_train_loss": loss.item(),
-            **evaluate(model, d, args),
-        }
-        for d in distances
-    ]
+    common = {"cell": cell, "trained_on": distances, "parameters": model.num_parameters(),
+              "train_seconds": round(train_seconds, 2),
+              "final_train_loss": loss.item()}  # fmt: skip
+    results = [{**common, "distance": d, **evaluate(model, d, args)} for d in distances]
+    for d, wide in args.test_at:  # longer recalls than trained on, the same weights
+        tested = model
+        if memory:  # the head's parameters do not depend on M: widen its reach, keep them
+            tested = LanguageModel(dataclasses.replace(model_cfg, attention=wide))
+            tested.load_state_dict(model.state_dict())
+        results.append({**common, "distance": d, "memory_at_test": wide if memory else 0,
+                        **evaluate(tested, d, args)})  # fmt: skip
+    return results
 
 
 @torch.no_grad()
@@ -238,6 +239,7 @@ def evaluate(model: LanguageModel, distance: int, args: argparse.Namespace) -> d
 
 def markdown(results: list[dict[str, Any]], cells: list[str], distances: list[int]) -> str:
     by = {(r["cell"], r["distance"]): r for r in results}
+    missing = {"accuracy": math.nan, "val_loss": math.nan, "recall_loss": math.nan}
     head = "| cell | " + " | ".join(f"d={d}" for d in distances) + " |"
     rule = "|---|" + "---|" * len(distances)
 
@@ -245,7 +247,8 @@ def markdown(results: list[dict[str, Any]], cells: list[str], distances: list[in
         lines = [title, "", head, rule]
         for cell in cells:
             lines.append(
-                f"| {cell} | " + " | ".join(cellfmt(by[cell, d]) for d in distances) + " |"
+                f"| {cell} | " + " | ".join(cellfmt(by.get((cell, d), missing)) for d in distances)
+                + " |"
             )
         return [*lines, *(extra or []), ""]
 
@@ -295,6 +298,12 @@ def main() -> None:
     parser.add_argument(
         "--attention", default="0", help="comma-separated --attention memories M (0: none)"
     )
+    parser.add_argument(
+        "--test-at",
+        default="",
+        help="D:M,...: also test each trained model on records of distance D, its head's memory "
+        "widened to M (the same weights; a model without the head is tested as it is)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--json", type=Path, help="also write every result to this file")
     parser.add_argument(
@@ -304,6 +313,8 @@ def main() -> None:
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     distances = [int(d) for d in args.distances.split(",")]
     memories = [int(m) for m in args.attention.split(",")]
+    args.test_at = [tuple(int(v) for v in pair.split(":")) for pair in args.test_at.split(",")
+                    if pair]  # fmt: skip
     for cell in cells:
         if cell not in CELLS:
             parser.error(f"unknown cell {cell!r}; choose from {', '.join(CELLS)}")
@@ -339,7 +350,8 @@ def main() -> None:
             print(
                 f"{r['cell']} d={r['distance']}: accuracy {r['accuracy']:.1%}, recall loss "
                 f"{r['recall_loss']:.3f}, val loss {r['val_loss']:.4f} "
-                f"(floor {r['val_floor']:.4f}), {r['train_seconds']:.0f} s",
+                f"(floor {r['val_floor']:.4f}), {r['train_seconds']:.0f} s"
+                + (f"; tested with M = {r['memory_at_test']}" if r.get("memory_at_test") else ""),
                 file=sys.stderr,
                 flush=True,
             )
@@ -354,7 +366,11 @@ def main() -> None:
         f"{args.steps} steps of {args.batch} × {args.window} characters, lr {args.lr:g}, "
         f"seed {args.seed}; {mode}; {total:.0f} s in all\n"
     )
-    print(markdown(results, [variant(c, m) for c in cells for m in memories], distances))
+    tested = distances + [d for d, _ in args.test_at if d not in distances]
+    if args.test_at:
+        print("Tested beyond training (`--test-at`): " + ", ".join(
+            f"d = {d} with the head's memory widened to M = {m}" for d, m in args.test_at) + "\n")
+    print(markdown(results, [variant(c, m) for c in cells for m in memories], tested))
     if args.json:
         meta = {"command": command, "torch": torch.__version__, "threads": args.threads}
         args.json.write_text(json.dumps({**meta, "results": results}, indent=1) + "\n")
