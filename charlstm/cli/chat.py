@@ -6,10 +6,12 @@ import sys
 from typing import Any
 
 from charlstm.cli.app import _command
+from charlstm.cli.loading import _load
 from charlstm.cli.options import Checkpoints, ModelPath, Quiet, Threads, options_of
-from charlstm.cli.output import _load, _stream
 from charlstm.config import CHECKPOINTS
 from charlstm.display.console import err_console
+from charlstm.display.reading import skipped_note
+from charlstm.display.stdout import stream
 from charlstm.options import ChatOptions
 
 
@@ -46,11 +48,8 @@ def chat(
             if interactive:
                 sys.stderr.write("\n")
             return
-        unknown = session.feed(line + "\n")
-        if unknown:
-            err.print(f"[yellow]note:[/] skipped characters the model never saw: "
-                      f"{''.join(unknown[:20])!r}")  # fmt: skip
+        skipped_note(session.feed(line + "\n"), err)
         try:
-            _stream(session.reply(opts.length, stops), end_line=True)
+            stream(session.reply(opts.length, stops), end_line=True)
         except KeyboardInterrupt:
             sys.stderr.write("(cut short)\n")

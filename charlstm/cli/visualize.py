@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from charlstm.cli.app import _command
+from charlstm.cli.loading import _load, _read_texts
 from charlstm.cli.options import (
     Checkpoints,
     ModelPath,
@@ -16,9 +17,10 @@ from charlstm.cli.options import (
     _complete_activation,
     options_of,
 )
-from charlstm.cli.output import _load, _note_unknown, _read_texts, _stdout_is_terminal
 from charlstm.config import CHECKPOINTS
 from charlstm.display.console import err_console
+from charlstm.display.reading import unknown_notes
+from charlstm.display.stdout import stdout_is_terminal
 from charlstm.display.units import show_focus, show_units, unit_table
 from charlstm.errors import UsageError
 from charlstm.options import VisualizeOptions
@@ -48,12 +50,12 @@ def visualize(
     themselves into a pipe or a file)."""
     o = VisualizeOptions(**options)
     unit = o.unit
-    form = o.output_format or ("ansi" if _stdout_is_terminal() else "tsv")
+    form = o.output_format or ("ansi" if stdout_is_terminal() else "tsv")
     err = err_console(quiet)
     net = _load(model, threads, err, checkpoints=checkpoints)
     body = _read_texts(text, o.encoding, o.errors, err)
     if net.tokenizer.kind == "char":
-        _note_unknown(net.encode_text(body), err)
+        unknown_notes(net.encode_text(body), err)
     if kind == "attention":  # where the head looks, not a unit's values
         show_focus(*net.focus(body, max_chars=o.max_chars), o.html_out, err, form)
         return

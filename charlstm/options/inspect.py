@@ -10,6 +10,7 @@ from charlstm.config import (
     EVAL_PRECISIONS,
     option,
 )
+from charlstm.errors import OptionError
 
 _DYN = "DynamicConfig."
 
@@ -64,6 +65,19 @@ class EvaluateOptions:
         return {f.metadata["into"].split(".")[1]: getattr(self, f.name) for f in fields(self)
                 if (f.metadata.get("into") or "").startswith(_DYN)
                 and getattr(self, f.name) is not None}  # fmt: skip
+
+    def check(self) -> None:
+        """The options that cannot go together: one OptionError naming the first, before the
+        text is read or the model loads. (Each value's own range is DynamicConfig's and the
+        API's.)"""
+        if self.reset_every and (self.per_line or self.per_token):
+            raise OptionError("{per_line} and {per_token} score one pass carrying the state; "
+                              "drop {reset_every}")  # fmt: skip
+        if self.per_token and (self.per_line or self.dynamic):
+            raise OptionError("{per_token} scores each token of one plain pass; drop {per_line} "
+                              "and {dynamic}")  # fmt: skip
+        if not self.dynamic and self.tuned():
+            raise OptionError("{dynamic_rule}/-lr/-decay/-segment tune {dynamic}; add {dynamic}")
 
 
 @dataclass
