@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from charlstm.config import (
     DYNAMIC_LR,
@@ -13,6 +14,10 @@ from charlstm.config import (
 from charlstm.errors import OptionError
 
 _DYN = "DynamicConfig."
+# What visualize --kind completes to: the layers' activations and gates (which a cell has is
+# known once the model loads).
+_KINDS = ("hidden", "cell", "forget", "input", "output", "update", "reset", "normalizer",
+          "stabilizer")  # fmt: skip
 
 
 @dataclass
@@ -82,7 +87,12 @@ class EvaluateOptions:
 
 @dataclass
 class VisualizeOptions:
-    """The flags of `charlstm visualize` (but --kind, whose completion knows the gate names)."""
+    """The flags of `charlstm visualize`."""
+
+    kind: str = option(
+        "What to colour by: hidden, cell, forget, input or output (gru: update, reset; slstm "
+        "also: normalizer, stabilizer); or attention: for each character, the earlier ones "
+        "--attention's head looked at most.", "cell", completes=_KINDS)
 
     layer: int | None = option("Layer to trace, counting from 0.", says="the last")
     unit: int | None = option("Unit to show.", says="the best 5 with --find, else 0")
@@ -101,3 +111,14 @@ class VisualizeOptions:
         choices=("ansi", "tsv", "json"))
     encoding: str = option("Text encoding of the files.", "utf-8")
     errors: str = option("Undecodable bytes: strict (stop), replace or ignore.", "strict")
+
+    def check_traced(self, activations: dict[str, Any], cell: str) -> None:
+        """--kind and --unit against what the traced layer holds (`activations`: kind ->
+        (T, H) values), which only the model knows: an OptionError for one it lacks."""
+        if self.kind not in activations:
+            raise OptionError(f"{{kind}}: {OptionError.literal(cell)} layers have no "
+                              f"{OptionError.literal(repr(self.kind))}; choose one of "
+                              f"{', '.join(activations)}")  # fmt: skip
+        hidden = activations[self.kind].shape[1]
+        if self.unit is not None and not 0 <= self.unit < hidden:
+            raise OptionError(f"{{unit}} must be between 0 and {hidden - 1}, got {self.unit}")
