@@ -35,7 +35,6 @@ def _help(name: str) -> str:
 
 # Options several commands share.
 Quiet = Annotated[bool, _flag("--quiet", "-q", help="Print nothing but errors.")]
-Json = Annotated[bool, _flag("--json", help="Print one JSON object.")]
 Threads = Annotated[
     int,
     typer.Option(
@@ -65,11 +64,6 @@ Texts = Annotated[
         show_default=False,
     ),
 ]
-
-
-def _opt(help: str, *names: str) -> Any:
-    """An option whose absence (None) lets charlstm choose; `help` says what it chooses."""
-    return typer.Option(*names, help=help, show_default=False)
 
 
 # The parameters of a command, generated from an options dataclass (options.py): one Typer
