@@ -93,7 +93,6 @@ class VisualizeOptions:
         "What to colour by: hidden, cell, forget, input or output (gru: update, reset; slstm "
         "also: normalizer, stabilizer); or attention: for each character, the earlier ones "
         "--attention's head looked at most.", "cell", completes=_KINDS)
-
     layer: int | None = option("Layer to trace, counting from 0.", says="the last")
     unit: int | None = option("Unit to show.", says="the best 5 with --find, else 0")
     find: bool = option(
