@@ -63,8 +63,10 @@ def items_short(got: Any, asked: int, novel: bool) -> str:
     what = "new items" if novel else "items"
     why = ("a higher --temp strays further from the training list" if novel else
            "the others were empty or ran to --length without ending")  # fmt: skip
-    return (f"only {len(got.items):,} {what} of the {asked:,} asked for: the model gave no more "
-            f"in {got.drawn:,} candidates ({MAX_DRAWS} per item at most); {why}")
+    return (
+        f"only {len(got.items):,} {what} of the {asked:,} asked for: the model gave no more "
+        f"in {got.drawn:,} candidates ({MAX_DRAWS} per item at most); {why}"
+    )
 
 
 def adapting(err: Console, passes: int) -> None:
@@ -83,5 +85,8 @@ def cut_note(err: Console, reasons: list[str | None], constrained: bool,
         else:
             which = f"sample {cut[0]} was" if len(cut) == 1 else f"samples {', '.join(cut)} were"
         length = SampleConfig.length if length is None else length
-        err.print(f"{which} cut at --length {length} tokens before the model "
-                  "ended its match: it may be only the start of one", markup=False)
+        err.print(
+            f"{which} cut at --length {length} tokens before the model "
+            "ended its match: it may be only the start of one",
+            markup=False,
+        )
