@@ -66,15 +66,18 @@ DEFAULT_MIN_FREQUENCY = {"word": 1, "bpe": 2}
 def option(help: str, default: Any = None, *, into: str | None = None, says: str | None = None,
            flags: tuple[str, ...] = (), choices: tuple[str, ...] | None = None,
            factory: Any = None, argument: bool = False, cli: bool = True,
-           metavar: str | None = None, envvar: str | None = None) -> Any:  # fmt: skip
+           metavar: str | None = None, envvar: str | None = None,
+           completes: tuple[str, ...] = ()) -> Any:  # fmt: skip
     """A field of an options dataclass with what the CLI needs to offer it:
     help     what it does (no default: that is rendered, see help_text)
     into     "ModelConfig.hidden_size": the config field it sets (and whose default it shows)
     says     how the default reads, "{}" standing for that field's default; "" for none
     flags    its flags when not just --name (short ones too); choices: the values it takes
-    cli      False: not offered on the command line; metavar, envvar: as Typer's."""
+    cli      False: not offered on the command line; metavar, envvar: as Typer's
+    completes  the values the shell completes (where `choices` would be too strict)"""
     meta = {"help": help, "into": into, "says": says, "flags": flags, "choices": choices,
-            "argument": argument, "cli": cli, "metavar": metavar, "envvar": envvar}  # fmt: skip
+            "argument": argument, "cli": cli, "metavar": metavar, "envvar": envvar,
+            "completes": completes}  # fmt: skip
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)

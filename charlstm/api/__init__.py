@@ -27,6 +27,8 @@ from charlstm.api.runs import (
     compressed_header,
     delete_run,
     list_runs,
+    read_bytes,
+    read_prime,
     read_text,
     run_age,
     slim_run,
@@ -44,5 +46,6 @@ from charlstm.generate.options import SamplingOptions, check_beam, check_samplin
 __all__ = ["ENGINES", "EncodedText", "Model", "SamplingOptions", "Session", "Token",
            "Trace", "check_adapt", "check_beam", "check_coder", "check_sampling", "codec",
            "compressed_header", "delete_run", "export", "info", "list_runs", "load", "log",
-           "openai_logprobs", "random_seed", "read_text", "run_age", "slim_run", "torch_device",
-           "train", "train_options", "units_tracking", "use_threads"]  # fmt: skip
+           "openai_logprobs", "random_seed", "read_bytes", "read_prime", "read_text", "run_age",
+           "slim_run", "torch_device", "train", "train_options", "units_tracking",
+           "use_threads"]  # fmt: skip

@@ -1,9 +1,11 @@
-"""Thin doors for what `charlstm` does besides loading and sampling (reading texts, devices and
-threads, the run folders, the compressor, unit tracking), so that cli/ reaches the library only
-through charlstm.api. Each imports what it needs when called (--help stays light)."""
+"""Thin doors for what `charlstm` does besides loading and sampling (reading texts, a prime or
+bytes; devices and threads, the run folders, the compressor, unit tracking), so that cli/
+reaches the library only through charlstm.api. Each imports what it needs when called (--help
+stays light)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +13,7 @@ import numpy as np
 
 from charlstm.api.model import Model
 from charlstm.config import CHECKPOINTS
+from charlstm.errors import CharlstmError, OptionError
 
 if TYPE_CHECKING:  # these import torch: only the calls that need it load them
     import torch
@@ -22,6 +25,32 @@ def read_text(sources: list[str], *, encoding: str = "utf-8", errors: str = "str
     from charlstm.data.corpus import load_corpus
 
     return load_corpus(sources, cache_dir=CORPORA, encoding=encoding, errors=errors).text
+
+
+def read_prime(prime: str | None, prime_file: str | Path | None = None) -> str | None:
+    """The prime `sample` starts from: `prime` itself ("-": stdin, read whole), or the text of
+    `prime_file` (UTF-8); None without either. Given both, an OptionError."""
+    if prime is not None and prime_file is not None:
+        raise OptionError("give the prime with {prime} or with {prime_file}, not both")
+    if prime_file is not None:
+        try:
+            return Path(prime_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            why = getattr(e, "strerror", None) or str(e).splitlines()[0]
+            raise CharlstmError(f"cannot read the prime from '{prime_file}': {why}") from None
+    if prime == "-":
+        return sys.stdin.read()
+    return prime
+
+
+def read_bytes(source: str | Path) -> bytes:
+    """The bytes of a file, or of stdin for "-" (what `compress` and `decompress` read)."""
+    if source == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(source).read_bytes()
+    except OSError as e:
+        raise CharlstmError(f"cannot read '{source}': {e.strerror or e}") from None
 
 
 def torch_device(name: str = "auto") -> torch.device:

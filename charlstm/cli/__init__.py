@@ -1,6 +1,6 @@
 """The command line, one file per command: options (generated from charlstm.options'
-dataclasses), calls into charlstm.api, and what it shows (charlstm.display on stderr, output.py
-on stdout).
+dataclasses, which also check how they combine), calls into charlstm.api, and the results
+handed to charlstm.display (stderr, and stdout through display/stdout.py).
 `app` is the Typer app; `main` the console entry point (`charlstm`, `python -m charlstm`).
 A new command goes into a file of its own here, registered by its import below."""
 # isort: skip_file

@@ -109,7 +109,7 @@ def main() -> None:
         sys.stderr.write("charlstm: interrupted\n")
         code = EXIT_INTERRUPTED
     except BrokenPipeError:
-        from charlstm.cli.output import reader_gone
+        from charlstm.display.stdout import reader_gone
 
         reader_gone()
         code = 0

@@ -6,10 +6,13 @@ import sys
 from typing import Any
 
 from charlstm.cli.app import _command
+from charlstm.cli.loading import _load
 from charlstm.cli.options import Checkpoints, ModelPath, Quiet, Threads, options_of
-from charlstm.cli.output import _load, _stream
 from charlstm.config import CHECKPOINTS
+from charlstm.display.chatting import typed_lines
 from charlstm.display.console import err_console
+from charlstm.display.reading import skipped_note
+from charlstm.display.stdout import stream
 from charlstm.options import ChatOptions
 
 
@@ -31,26 +34,9 @@ def chat(
     net = _load(model, threads, err, checkpoints=checkpoints)
     session = net.session(temp=opts.temp, top_k=opts.top_k, top_p=opts.top_p, seed=opts.seed)
     stops = opts.stop or ["\n\n"]
-    interactive = sys.stdin.isatty()
-    if interactive:
-        import readline  # noqa: F401 (line editing and history for input())
-
-        err.print("type a line and press Enter; Ctrl-D leaves", style="dim")
-    while True:
-        if interactive:
-            sys.stderr.write("> ")
-            sys.stderr.flush()
+    for line in typed_lines(err):
+        skipped_note(session.feed(line + "\n"), err)
         try:
-            line = input()
-        except EOFError:
-            if interactive:
-                sys.stderr.write("\n")
-            return
-        unknown = session.feed(line + "\n")
-        if unknown:
-            err.print(f"[yellow]note:[/] skipped characters the model never saw: "
-                      f"{''.join(unknown[:20])!r}")  # fmt: skip
-        try:
-            _stream(session.reply(opts.length, stops), end_line=True)
+            stream(session.reply(opts.length, stops), end_line=True)
         except KeyboardInterrupt:
             sys.stderr.write("(cut short)\n")

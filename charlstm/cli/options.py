@@ -23,14 +23,9 @@ def _flag(*names: str, help: str) -> Any:
     return typer.Option(*names, help=help, metavar="")
 
 
-def _complete_device(incomplete: str) -> list[str]:
-    return [d for d in DEVICES if d.startswith(incomplete)]
-
-
-def _complete_activation(incomplete: str) -> list[str]:
-    kinds = ("hidden", "cell", "forget", "input", "output", "update", "reset", "normalizer",
-             "stabilizer")  # fmt: skip
-    return [k for k in kinds if k.startswith(incomplete)]
+def _completes(values: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """The shell's completion of an option among `values`."""
+    return lambda incomplete: [v for v in values if v.startswith(incomplete)]
 
 
 def _help(name: str) -> str:
@@ -40,7 +35,6 @@ def _help(name: str) -> str:
 
 # Options several commands share.
 Quiet = Annotated[bool, _flag("--quiet", "-q", help="Print nothing but errors.")]
-Json = Annotated[bool, _flag("--json", help="Print one JSON object.")]
 Threads = Annotated[
     int,
     typer.Option(
@@ -48,7 +42,7 @@ Threads = Annotated[
         "--per-line), all cores otherwise."
     ),
 ]
-Device = Annotated[str, typer.Option(help=_help("device"), autocompletion=_complete_device)]
+Device = Annotated[str, typer.Option(help=_help("device"), autocompletion=_completes(DEVICES))]
 ModelPath = Annotated[
     Path | None,
     typer.Option(
@@ -72,11 +66,6 @@ Texts = Annotated[
 ]
 
 
-def _opt(help: str, *names: str) -> Any:
-    """An option whose absence (None) lets charlstm choose; `help` says what it chooses."""
-    return typer.Option(*names, help=help, show_default=False)
-
-
 # The parameters of a command, generated from an options dataclass (options.py): one Typer
 # parameter per field, its help rendered there, so nothing is declared twice.
 SHARED = {"checkpoints": Checkpoints, "encoding": Encoding, "errors": DecodeErrors,
@@ -94,6 +83,8 @@ def _parameter(f: Field, hint: Any) -> inspect.Parameter:
     if typing.get_origin(kind) is tuple:  # repeatable: a list on the command line
         kind, default = list[str], None
     extra = {k: meta[k] for k in ("metavar", "envvar") if meta.get(k)}
+    if meta.get("completes"):
+        extra["autocompletion"] = _completes(meta["completes"])
     if meta["choices"]:
         kind = Literal[meta["choices"]]
     if meta["argument"]:

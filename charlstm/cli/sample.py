@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from charlstm.cli.app import _command
+from charlstm.cli.loading import _blas_threads, _load
 from charlstm.cli.options import Checkpoints, ModelPath, Quiet, Threads, options_of
-from charlstm.cli.output import _blas_threads, _load, _stdin_note, _stream, _write_stdout
-from charlstm.config import CHECKPOINTS, DEFAULT_ITEMS, MAX_ITEMS, SampleConfig
+from charlstm.config import CHECKPOINTS, DEFAULT_ITEMS
 from charlstm.display.console import err_console
-from charlstm.errors import CharlstmError, OptionError, UsageError
+from charlstm.display.generating import (
+    adapting,
+    cut_note,
+    items_drawn,
+    items_short,
+    write_beams,
+    write_items,
+    write_samples,
+)
+from charlstm.display.reading import stdin_note
+from charlstm.display.stdout import stream
+from charlstm.errors import CharlstmError
 from charlstm.options import SampleOptions
 
 
@@ -31,32 +40,16 @@ def sample(
     """Stream generated text to stdout, one token at a time."""
     opts = SampleOptions(**options)
     _blas_threads(threads, opts.num_samples)  # before numpy loads (charlstm.api imports it)
-    from charlstm.api import (
-        SamplingOptions,
-        check_adapt,
-        check_sampling,
-        openai_logprobs,
-        random_seed,
-    )
+    from charlstm.api import SamplingOptions, check_adapt, check_sampling, random_seed
 
     err = err_console(quiet)
     choice = {k: getattr(opts, k) for k in SamplingOptions.__annotations__}
     check_sampling(**choice)  # before loading
-    if opts.logprobs is not None and not opts.json_out:
-        raise OptionError("{logprobs} are shown in JSON: add {json}")
+    opts.check()
     if opts.beam is not None:  # the K most likely texts: no draws
         _beams(model, opts, err, checkpoints, threads)
         return
-    prime = _read_prime(opts.prime, opts.prime_file, err)
-    if (opts.items is not None or opts.novel) and prime is not None:
-        raise OptionError("{items} starts every item from the start; drop the prime")
-    if opts.items is not None and opts.num_samples != 1:  # before loading
-        raise OptionError("{items} prints items, one per line; drop {num_samples}",
-                          flags={"num_samples": "--num-samples"})  # fmt: skip
-    if opts.items is not None and not 1 <= opts.items <= MAX_ITEMS:
-        raise OptionError(f"{{items}} must be between 1 and {MAX_ITEMS:,}, got {opts.items}")
-    if opts.adapt and opts.engine == "numpy":
-        raise OptionError("{adapt} learns with torch; drop {engine=numpy}")
+    prime = _prime(opts, err)
     # Adapting learns and samples with torch: load torch's model (and say so), not numpy's.
     engine = "torch" if opts.adapt else opts.engine
     net = _load(model, threads, err, streams=opts.num_samples, checkpoints=checkpoints,
@@ -67,35 +60,29 @@ def sample(
     err.print(f"seed {seed}")
     choice.update(seed=seed, stop=opts.stop or ())
     if opts.adapt:
-        err.print(f"learning from the prime ({opts.adapt} pass{'es' if opts.adapt > 1 else ''})…")
+        adapting(err, opts.adapt)
     if opts.items is not None or opts.novel or (net.item_kind and prime is None):
-        _print_items(net, opts, choice, err)
+        _items(net, opts, choice, err)
         return
     head = (prime or "") if opts.echo_prime else ""
     if opts.num_samples == 1 and not opts.json_out:
         pieces = net.generate(prime, **choice)  # options checked before anything is written
-        _stream(pieces, head)
-        _say_cut(opts, [pieces.finish_reason], err)
+        stream(pieces, head)
+        cut_note(err, [pieces.finish_reason], opts.constrained, opts.length)
         return
     texts = net.samples(opts.num_samples, prime, **choice)
-    for i, text in enumerate(texts, start=1):
-        if opts.logprobs is not None:  # each sample is its tokens (text_offset: in "text")
-            scored = openai_logprobs(text, len(head))
-            line = {"sample": i, "seed": seed, "text": head + "".join(scored["tokens"]),
-                    "logprobs": scored}  # fmt: skip
-            _write_stdout(json.dumps(line, ensure_ascii=False) + "\n")
-        elif opts.json_out:
-            _write_stdout(json.dumps({"sample": i, "seed": seed, "text": head + text}) + "\n")
-        else:
-            _write_whole(i, f"sample {i}", head + text)
-    _say_cut(opts, getattr(texts, "finish_reasons", []), err)
+    write_samples(texts, head, seed, opts.json_out, logprobs=opts.logprobs is not None)
+    reasons = getattr(texts, "finish_reasons", [])
+    cut_note(err, reasons, opts.constrained, opts.length)
 
 
-def _write_whole(i: int, header: str, text: str) -> None:
-    """Text I (from 1) of several, printed whole under its header line, after a blank line
-    (from the second on). Its own last newline ends its line: no second one (--json is exact)."""
-    end = "" if text.endswith("\n") else "\n"
-    _write_stdout(("\n" if i > 1 else "") + f"--- {header} ---\n{text}{end}")
+def _prime(opts: SampleOptions, err: Console) -> str | None:
+    """The prime (api.read_prime), saying first when it waits for stdin on a terminal."""
+    from charlstm.api import read_prime
+
+    if opts.prime_file is None:  # given both, read_prime's error comes first, alone
+        stdin_note(opts.prime, err)
+    return read_prime(opts.prime, opts.prime_file)
 
 
 def _beams(model: Path | None, opts: SampleOptions, err: Console, checkpoints: Path,
@@ -104,62 +91,18 @@ def _beams(model: Path | None, opts: SampleOptions, err: Console, checkpoints: P
     from charlstm.api import check_beam
 
     k = check_beam(opts.beam, **vars(opts))  # before loading
-    prime = _read_prime(opts.prime, opts.prime_file, err)
+    prime = _prime(opts, err)
     net = _load(model, threads, err, streams=k, checkpoints=checkpoints, engine=opts.engine)
     beams = net.beam(prime, k, opts.length, stop=opts.stop, on_unknown=opts.on_unknown)
-    head = (prime or "") if opts.echo_prime else ""
-    for i, beam in enumerate(beams, start=1):
-        if opts.json_out:
-            _write_stdout(json.dumps({"beam": i, "logprob": beam.logprob, "tokens": beam.tokens,
-                                      "text": head + beam.text}) + "\n")  # fmt: skip
-        else:
-            _write_whole(i, f"beam {i} · log-prob {beam.logprob:.3f}", head + beam.text)
+    write_beams(beams, (prime or "") if opts.echo_prime else "", opts.json_out)
 
 
-def _print_items(net: Any, opts: SampleOptions, choice: dict[str, Any], err: Console) -> None:
+def _items(net: Any, opts: SampleOptions, choice: dict[str, Any], err: Console) -> None:
     """An item model's items, one per line (--json: one object each), and on stderr how many
     candidates they took; too few new ones is a failure (exit 1), after what was found."""
-    from charlstm.generate.items import MAX_DRAWS
-
     n = DEFAULT_ITEMS if opts.items is None else opts.items
     got = net.items(n, novel=opts.novel, **choice)
-    for i, item in enumerate(got.items, start=1):
-        line = {"item": i, "seed": choice["seed"], "text": item} if opts.json_out else None
-        _write_stdout((item if line is None else json.dumps(line)) + "\n")
-    what = "new items" if opts.novel else "items"
-    err.print(f"{len(got.items):,} {what} from {got.drawn:,} candidates", highlight=False)
+    write_items(got.items, choice["seed"], opts.json_out)
+    items_drawn(err, got, opts.novel)
     if got.short:
-        why = ("a higher --temp strays further from the training list" if opts.novel else
-               "the others were empty or ran to --length without ending")  # fmt: skip
-        raise CharlstmError(
-            f"only {len(got.items):,} {what} of the {n:,} asked for: the model gave no more in "
-            f"{got.drawn:,} candidates ({MAX_DRAWS} per item at most); {why}"
-        )
-
-
-def _say_cut(opts: SampleOptions, reasons: list[str | None], err: Console) -> None:
-    """Under a pattern, a sample that reached --length before its match ended is cut: say so."""
-    cut = [str(i) for i, reason in enumerate(reasons, start=1) if reason == "length"]
-    if cut and (opts.regex is not None or opts.json_schema is not None):
-        if len(reasons) == 1:
-            which = "the sample was"
-        else:
-            which = f"sample {cut[0]} was" if len(cut) == 1 else f"samples {', '.join(cut)} were"
-        length = SampleConfig.length if opts.length is None else opts.length
-        err.print(f"{which} cut at --length {length} tokens before the model "
-                  "ended its match: it may be only the start of one", markup=False)
-
-
-def _read_prime(prime: str | None, prime_file: Path | None, err: Console) -> str | None:
-    if prime is not None and prime_file is not None:
-        raise UsageError("give the prime with --prime or with --prime-file, not both")
-    if prime_file is not None:
-        try:
-            return prime_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            why = getattr(e, "strerror", None) or str(e).splitlines()[0]
-            raise CharlstmError(f"cannot read the prime from '{prime_file}': {why}") from None
-    if prime == "-":
-        _stdin_note("-", err)
-        return sys.stdin.read()
-    return prime
+        raise CharlstmError(items_short(got, n, opts.novel))

@@ -11,8 +11,9 @@ import typer
 
 from charlstm.cli.app import _command
 from charlstm.cli.options import Quiet, _flag, options_of
-from charlstm.cli.output import _stdin_note, _write_stdout
 from charlstm.display.console import err_console
+from charlstm.display.reading import stdin_note
+from charlstm.display.stdout import write_stdout
 from charlstm.display.training import TrainDisplay, print_summary
 from charlstm.errors import EXIT_INTERRUPTED
 from charlstm.options import TrainOptions
@@ -40,7 +41,7 @@ def train(
     started = (ctx.obj or {}).get("process_start", time.perf_counter())
     opts = TrainOptions(**{**options, "corpus": options["corpus"] or []})
     err = err_console(quiet)
-    _stdin_note(opts.corpus, err)
+    stdin_note(opts.corpus, err)
     from charlstm.api import train_options  # imports torch: after the options are checked
 
     display = TrainDisplay(err)
@@ -57,7 +58,7 @@ def train(
         summary["stop_reason"] = "interrupted"
     print_summary(err, summary)
     if json_out:
-        _write_stdout(json.dumps(summary) + "\n")
+        write_stdout(json.dumps(summary) + "\n")
     if stop.is_set():
         resume = f"charlstm train --resume {summary['run_dir']}"
         err.print(f"interrupted: last.pt saved; continue with: {resume}")

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from charlstm.cli.app import _command
-from charlstm.cli.options import (
-    Checkpoints,
-    ModelPath,
-    Quiet,
-    Texts,
-    Threads,
-    _complete_activation,
-    options_of,
-)
-from charlstm.cli.output import _load, _note_unknown, _read_texts, _stdout_is_terminal
+from charlstm.cli.loading import _load, _read_texts
+from charlstm.cli.options import Checkpoints, ModelPath, Quiet, Texts, Threads, options_of
 from charlstm.config import CHECKPOINTS
 from charlstm.display.console import err_console
+from charlstm.display.reading import unknown_notes
+from charlstm.display.stdout import stdout_is_terminal
 from charlstm.display.units import show_focus, show_units, unit_table
-from charlstm.errors import UsageError
 from charlstm.options import VisualizeOptions
 
 
@@ -29,15 +20,6 @@ from charlstm.options import VisualizeOptions
 def visualize(
     text: Texts,
     model: ModelPath = None,
-    kind: Annotated[
-        str,
-        typer.Option(
-            help="What to colour by: hidden, cell, forget, input or output (gru: update, reset; "
-            "slstm also: normalizer, stabilizer); or attention: for each character, the earlier "
-            "ones --attention's head looked at most.",
-            autocompletion=_complete_activation,
-        ),
-    ] = "cell",
     *,
     checkpoints: Checkpoints = CHECKPOINTS,
     threads: Threads = 0,
@@ -47,26 +29,20 @@ def visualize(
     """Colour a text by what a unit of the model holds at each character (the values
     themselves into a pipe or a file)."""
     o = VisualizeOptions(**options)
-    unit = o.unit
-    form = o.output_format or ("ansi" if _stdout_is_terminal() else "tsv")
+    kind, unit = o.kind, o.unit
+    form = o.output_format or ("ansi" if stdout_is_terminal() else "tsv")
     err = err_console(quiet)
     net = _load(model, threads, err, checkpoints=checkpoints)
     body = _read_texts(text, o.encoding, o.errors, err)
     if net.tokenizer.kind == "char":
-        _note_unknown(net.encode_text(body), err)
+        unknown_notes(net.encode_text(body), err)
     if kind == "attention":  # where the head looks, not a unit's values
         show_focus(*net.focus(body, max_chars=o.max_chars), o.html_out, err, form)
         return
     with err.status(f"tracing {min(len(body), o.max_chars):,} characters…"):
         traced = net.trace(body, layer=o.layer, max_chars=o.max_chars)
     acts, body = traced.activations, traced.text
-    if kind not in acts:
-        raise UsageError(
-            f"--kind: {net.config.cell} layers have no {kind!r}; choose one of {', '.join(acts)}"
-        )
-    hidden = acts[kind].shape[1]
-    if unit is not None and not 0 <= unit < hidden:
-        raise UsageError(f"--unit must be between 0 and {hidden - 1}, got {unit}")
+    o.check_traced(acts, net.config.cell)
     shown = [{"kind": kind, "unit": unit or 0}]
     if o.find:
         shown = unit_table(acts, body, traced.layer, unit, err) or shown

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -36,6 +38,16 @@ class CodingBar:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+def coded(err: Console, what: str, code: Callable[[CodingBar], bytes]) -> tuple[bytes, float]:
+    """Run `code` with a progress bar: its bytes and the seconds it took."""
+    bar = CodingBar(err, what)
+    t0 = time.perf_counter()
+    try:
+        return code(bar), time.perf_counter() - t0
+    finally:
+        bar.close()
 
 
 def compress_summary(path: Path, data: bytes, blob: bytes, seconds: float) -> str:

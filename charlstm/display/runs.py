@@ -1,4 +1,5 @@
-"""How a run looks at rest: the lines of `charlstm info`, its loss plot, the `runs` table."""
+"""How a run looks at rest: the lines of `charlstm info`, its loss plot, the `runs` table and
+what `runs` says it removed."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.markup import escape
+
 from charlstm.display.console import mb
+from charlstm.display.stdout import write_stdout
 from charlstm.errors import CharlstmError
 
 
@@ -68,6 +73,16 @@ def _files(corpus: dict[str, Any]) -> str:
     return out
 
 
+def plot_info(data: dict[str, Any], out: Path) -> None:
+    """`charlstm info --plot`: the loss curves of a checkpoint (api.info's `data`) into `out`."""
+    if not data["metrics"] and data["path"].endswith(".safetensors"):
+        raise CharlstmError(
+            f"a model file keeps no training curve to plot: plot its run's checkpoint "
+            f"(charlstm info {Path(data['path']).with_name('best.pt')} --plot {out})"
+        )
+    plot_metrics(data["metrics"], out, title=data["path"], curve=data["train_curve"])
+
+
 def plot_metrics(
     metrics: list[dict[str, Any]], out: Path, title: str, curve: list[dict[str, Any]] = ()
 ) -> None:
@@ -119,3 +134,30 @@ def runs_table(found: list[Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
                    for row in rows)  # fmt: skip
+
+
+def show_runs(found: list[Any], checkpoints: Path, err: Console) -> None:
+    """`charlstm runs`: the table on stdout; on stderr the damaged run.json files and how much
+    of the disk only resuming needs, or how to make a first run."""
+    if not found:
+        err.print(f"no runs under '{checkpoints}'; train one with: charlstm train CORPUS")
+        return
+    write_stdout(runs_table(found))
+    for r in found:
+        if r.damaged:
+            err.print(f"[yellow]note:[/] {escape(f'{r.name}: {r.damaged}')}; listed from its files")
+    total, resumable = sum(r.bytes for r in found), sum(r.last_bytes for r in found)
+    err.print(
+        f"{len(found)} runs, {mb(total)}; {mb(resumable)} of it is last.pt and tokens.npy, "
+        "which only resuming needs (charlstm runs --slim-finished frees it for finished runs)",
+        style="dim",
+    )
+
+
+def removed(err: Console, folder: Path, freed: int, slimmed: bool = False) -> None:
+    """A run deleted, or slimmed to its best.pt, and the disk it freed."""
+    if slimmed:
+        err.print(f"slimmed {folder}: kept best.pt, freed {mb(freed)}; it can no longer be "
+                  "resumed")  # fmt: skip
+    else:
+        err.print(f"deleted {folder} ({mb(freed)})")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from charlstm.display.stdout import StdoutConsole, flush_pending
 from charlstm.errors import CharlstmError
 
 
@@ -33,7 +34,6 @@ def show_units(
 ) -> None:  # fmt: skip
     """The text coloured by each shown unit on stdout (or their values, `form` tsv or json);
     and the coloured text as a page with --html."""
-    from charlstm.cli.output import _flush_pending, _StdoutConsole
     from charlstm.evaluation.visualize import render_html, render_terminal, value_lines
 
     rows = []
@@ -49,10 +49,10 @@ def show_units(
         for line in value_lines(body, columns, form):
             pending.append(line)
             if len(pending) >= 1000:
-                _flush_pending(pending, "")
-        _flush_pending(pending, "")
+                flush_pending(pending, "")
+        flush_pending(pending, "")
     # Colours also into a pipe when asked for (--format ansi); NO_COLOR still drops them.
-    out = _StdoutConsole(file=sys.stdout, highlight=False, force_terminal=form == "ansi")
+    out = StdoutConsole(file=sys.stdout, highlight=False, force_terminal=form == "ansi")
     for label, values, k in rows if form == "ansi" else ():
         out.print(label, style="bold", markup=False)
         end = "" if body.endswith("\n") else "\n"  # the text's own last newline ends it
@@ -75,7 +75,6 @@ def show_focus(body: str, found: object, html_out: Path | None, err: Console, fo
     """Where --attention's head looks (evaluation/focus.py): a line per character on stdout
     (`form` ansi, tsv or json), and with --html a page where hovering a character lights up
     its sources."""
-    from charlstm.cli.output import _flush_pending
     from charlstm.evaluation.focus import Focus, focus_html, focus_lines
 
     assert isinstance(found, Focus)
@@ -83,7 +82,7 @@ def show_focus(body: str, found: object, html_out: Path | None, err: Console, fo
     for line in focus_lines(body, found, form):
         pending.append(line + "\n")
         if len(pending) >= 1000:
-            _flush_pending(pending, "")
-    _flush_pending(pending, "")
+            flush_pending(pending, "")
+    flush_pending(pending, "")
     if html_out is not None:
         _write_page(html_out, focus_html(body, found, "charlstm · where the head looks"), err)

@@ -5,8 +5,9 @@ once, as a dataclass field with its help, its choices, its flag and the config f
 No torch.
 
 STYLE: a new option is a field of its command's dataclass (train.py, generate.py, inspect.py,
-tools.py);
-a new command's options get a dataclass here, not parameters written out in cli/.
+tools.py), and the options it cannot go with are refused by that dataclass's check() (one
+OptionError, named as flags by the CLI); a new command's options get a dataclass here, not
+parameters written out in cli/.
 """
 
 from charlstm.options.generate import ChatOptions, SampleOptions

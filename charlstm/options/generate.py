@@ -12,9 +12,11 @@ from charlstm.config import (
     ENGINES,
     ITEM_TEMPERATURE,
     MAX_BEAM,
+    MAX_ITEMS,
     SampleConfig,
     option,
 )
+from charlstm.errors import OptionError
 from charlstm.options.render import shown
 
 
@@ -104,6 +106,30 @@ class SampleOptions:
         "What generates: numpy (from the run's model.safetensors, without loading torch: the "
         "first character in a fraction of a second), torch, or auto: numpy when "
         "model.safetensors is there and up to date.", "auto", choices=ENGINES)
+
+    @property
+    def constrained(self) -> bool:
+        """Whether --regex or --json-schema constrains the text."""
+        return self.regex is not None or self.json_schema is not None
+
+    def check(self) -> None:
+        """The options that cannot go together: one OptionError naming the first, before the
+        prime is read or the model loads. Each value's own range is check_sampling's and
+        check_beam's (generate/options.py); what needs the model's tokens, api.check_adapt's."""
+        if self.logprobs is not None and not self.json_out:
+            raise OptionError("{logprobs} are shown in JSON: add {json}")
+        if self.beam is not None:  # check_beam names what beam search does not take
+            return
+        items = self.items is not None
+        if (items or self.novel) and (self.prime is not None or self.prime_file is not None):
+            raise OptionError("{items} starts every item from the start; drop the prime")
+        if items and self.num_samples != 1:
+            raise OptionError("{items} prints items, one per line; drop {num_samples}",
+                              flags={"num_samples": "--num-samples"})  # fmt: skip
+        if items and not 1 <= self.items <= MAX_ITEMS:  # type: ignore[operator]
+            raise OptionError(f"{{items}} must be between 1 and {MAX_ITEMS:,}, got {self.items}")
+        if self.adapt and self.engine == "numpy":
+            raise OptionError("{adapt} learns with torch; drop {engine=numpy}")
 
 
 @dataclass

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from charlstm.config import (
     DYNAMIC_LR,
     EVAL_PRECISIONS,
     option,
 )
+from charlstm.errors import OptionError
 
 _DYN = "DynamicConfig."
+# What visualize --kind completes to: the layers' activations and gates (which a cell has is
+# known once the model loads).
+_KINDS = ("hidden", "cell", "forget", "input", "output", "update", "reset", "normalizer",
+          "stabilizer")  # fmt: skip
 
 
 @dataclass
@@ -65,11 +71,28 @@ class EvaluateOptions:
                 if (f.metadata.get("into") or "").startswith(_DYN)
                 and getattr(self, f.name) is not None}  # fmt: skip
 
+    def check(self) -> None:
+        """The options that cannot go together: one OptionError naming the first, before the
+        text is read or the model loads. (Each value's own range is DynamicConfig's and the
+        API's.)"""
+        if self.reset_every and (self.per_line or self.per_token):
+            raise OptionError("{per_line} and {per_token} score one pass carrying the state; "
+                              "drop {reset_every}")  # fmt: skip
+        if self.per_token and (self.per_line or self.dynamic):
+            raise OptionError("{per_token} scores each token of one plain pass; drop {per_line} "
+                              "and {dynamic}")  # fmt: skip
+        if not self.dynamic and self.tuned():
+            raise OptionError("{dynamic_rule}/-lr/-decay/-segment tune {dynamic}; add {dynamic}")
+
 
 @dataclass
 class VisualizeOptions:
-    """The flags of `charlstm visualize` (but --kind, whose completion knows the gate names)."""
+    """The flags of `charlstm visualize`."""
 
+    kind: str = option(
+        "What to colour by: hidden, cell, forget, input or output (gru: update, reset; slstm "
+        "also: normalizer, stabilizer); or attention: for each character, the earlier ones "
+        "--attention's head looked at most.", "cell", completes=_KINDS)
     layer: int | None = option("Layer to trace, counting from 0.", says="the last")
     unit: int | None = option("Unit to show.", says="the best 5 with --find, else 0")
     find: bool = option(
@@ -87,3 +110,14 @@ class VisualizeOptions:
         choices=("ansi", "tsv", "json"))
     encoding: str = option("Text encoding of the files.", "utf-8")
     errors: str = option("Undecodable bytes: strict (stop), replace or ignore.", "strict")
+
+    def check_traced(self, activations: dict[str, Any], cell: str) -> None:
+        """--kind and --unit against what the traced layer holds (`activations`: kind ->
+        (T, H) values), which only the model knows: an OptionError for one it lacks."""
+        if self.kind not in activations:
+            raise OptionError(f"{{kind}}: {OptionError.literal(cell)} layers have no "
+                              f"{OptionError.literal(repr(self.kind))}; choose one of "
+                              f"{', '.join(activations)}")  # fmt: skip
+        hidden = activations[self.kind].shape[1]
+        if self.unit is not None and not 0 <= self.unit < hidden:
+            raise OptionError(f"{{unit}} must be between 0 and {hidden - 1}, got {self.unit}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from charlstm.config import option
+from charlstm.errors import OptionError
 
 _NEWEST = "the newest best.pt under --checkpoints"
 
@@ -72,6 +73,12 @@ class CompressOptions:
         0)
     engine: str = _engine()
     threads: int = _threads()
+
+    def check(self) -> None:
+        """An OptionError for a value that cannot work, before the input is read."""
+        if self.segments < 0:
+            raise OptionError(f"{{segments}} must be 0 (from the length) or more, got "
+                              f"{self.segments}")  # fmt: skip
 
 
 @dataclass
