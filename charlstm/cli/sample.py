@@ -72,7 +72,7 @@ def sample(
         return
     texts = net.samples(opts.num_samples, prime, **choice)
     write_samples(texts, head, seed, opts.json_out, logprobs=opts.logprobs is not None)
-    reasons = getattr(texts, "finish_reasons", [])
+    reasons = texts.finish_reasons
     cut_note(err, reasons, opts.constrained, opts.length)
 
 
