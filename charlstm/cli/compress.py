@@ -7,8 +7,7 @@ from typing import Any
 
 from charlstm.cli.app import _command
 from charlstm.cli.loading import _load
-from charlstm.cli.options import Checkpoints, ModelPath, Quiet, options_of
-from charlstm.config import CHECKPOINTS
+from charlstm.cli.options import options_of
 from charlstm.display.coding import coded, compress_summary, decompress_summary
 from charlstm.display.console import err_console
 from charlstm.display.stdout import stdout_is_terminal, write_stdout
@@ -16,25 +15,21 @@ from charlstm.errors import CharlstmError
 from charlstm.options import CompressOptions, DecompressOptions
 
 
-def _load_codec(
-    model: Path | None, engine: str, threads: int, checkpoints: Path
-) -> tuple[Path, Any]:
+def _load_codec(opts: CompressOptions | DecompressOptions) -> tuple[Path, Any]:
     """The checkpoint's path and the model ready to code. Quietly: a failure later must leave
     one line on stderr, so the path is said in the summary instead."""
     from charlstm.api import codec
 
-    net = _load(model, threads, err_console(quiet=True), streams=0, checkpoints=checkpoints)
-    return net.path, codec(net, engine)
+    net = _load(opts, err_console(quiet=True), streams=0)
+    return net.path, codec(net, opts.engine)
 
 
 @_command
 @options_of(CompressOptions)
-def compress(
-    *, model: ModelPath = None, checkpoints: Checkpoints = CHECKPOINTS, quiet: Quiet = False,
-    **options: Any,
-) -> None:
+def compress(**options: Any) -> None:
     """Compress a text with the model (exactly decodable on any machine) to stdout."""
-    opts, err = CompressOptions(**options), err_console(quiet)
+    opts = CompressOptions(**options)
+    err = err_console(opts.quiet)
     opts.check()
     if stdout_is_terminal():  # as gzip does: binary on a terminal helps no one
         raise CharlstmError(
@@ -44,7 +39,7 @@ def compress(
 
     check_coder()
     data = read_bytes(opts.source)
-    path, codec = _load_codec(model, opts.engine, opts.threads, checkpoints)
+    path, codec = _load_codec(opts)
     blob, seconds = coded(err, "compress", lambda bar: codec.compress(
         data, segments=opts.segments or None, progress=bar))
     write_stdout(blob)
@@ -53,19 +48,17 @@ def compress(
 
 @_command
 @options_of(DecompressOptions)
-def decompress(
-    *, model: ModelPath = None, checkpoints: Checkpoints = CHECKPOINTS, quiet: Quiet = False,
-    **options: Any,
-) -> None:
+def decompress(**options: Any) -> None:
     """Decompress a file made by `charlstm compress` with the same model, to stdout. Nothing is
     written unless the whole text matches the checksum the file carries."""
-    opts, err = DecompressOptions(**options), err_console(quiet)
+    opts = DecompressOptions(**options)
+    err = err_console(opts.quiet)
     from charlstm.api import check_coder, compressed_header, read_bytes
 
     check_coder()
     blob = read_bytes(opts.source)
     compressed_header(blob)  # a file that is no compressed file fails before the model loads
-    path, codec = _load_codec(model, opts.engine, opts.threads, checkpoints)
+    path, codec = _load_codec(opts)
     data, seconds = coded(err, "decompress", lambda bar: codec.decompress(blob, progress=bar))
     write_stdout(data)
     err.print(decompress_summary(path, blob, data, seconds), style="dim", soft_wrap=True)

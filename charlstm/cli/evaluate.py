@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from charlstm.cli.app import _command
 from charlstm.cli.loading import _load, _read_texts
-from charlstm.cli.options import Checkpoints, Device, ModelPath, Quiet, Threads, options_of
-from charlstm.config import CHECKPOINTS, DynamicConfig
+from charlstm.cli.options import options_of
+from charlstm.config import DynamicConfig
 from charlstm.display.console import err_console
 from charlstm.display.evaluation import speed, write_report, write_scores
 from charlstm.display.reading import unknown_notes
@@ -19,29 +17,17 @@ from charlstm.options import EvaluateOptions
 
 @_command
 @options_of(EvaluateOptions)
-def evaluate(
-    text: Annotated[
-        list[str],
-        typer.Argument(help="Held-out text: file(s), a folder, - for stdin, or a built-in corpus."),
-    ],
-    model: ModelPath = None,
-    *,
-    checkpoints: Checkpoints = CHECKPOINTS,
-    threads: Threads = 0,
-    device: Device = "auto",
-    quiet: Quiet = False,
-    **options: Any,
-) -> None:
+def evaluate(**options: Any) -> None:
     """Loss (nats per token), perplexity and bits per character of a held-out text."""
-    err = err_console(quiet)
     o = EvaluateOptions(**options)
+    err = err_console(o.quiet)
     o.check()
     how = DynamicConfig.build(**o.tuned()) if o.dynamic else None
     from charlstm.api import torch_device
 
-    body = _read_texts(text, o.encoding, o.errors, err)
+    body = _read_texts(o.text, o.encoding, o.errors, err)
     streams = 1 if o.per_line or o.per_token or o.dynamic else o.streams
-    net = _load(model, threads, err, torch_device(device), streams, checkpoints)
+    net = _load(o, err, torch_device(o.device), streams)
     encoded = net.encode_text(body)
     unknown_notes(encoded, err)
     t0 = time.perf_counter()

@@ -5,32 +5,25 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from charlstm.config import CHECKPOINTS
 from charlstm.display.reading import stdin_note
 
 
 def _load(
-    model: Path | None,
-    threads: int,
-    err: Console,
-    device: Any = "cpu",
-    streams: int = 1,
-    checkpoints: Path = CHECKPOINTS,
-    engine: str = "torch",
+    opts: Any, err: Console, device: Any = "cpu", streams: int = 1, engine: str = "torch"
 ) -> Any:
-    """The model, loaded through the API, on `threads` CPU threads (0: chosen for `streams`)."""
+    """The model of a command's `opts` (its --model under its --checkpoints), loaded through the
+    API, on `opts.threads` CPU threads (0: chosen for `streams`)."""
     from charlstm.api import load
 
-    net = load(model, device=device, checkpoints=checkpoints, engine=engine)
+    net = load(opts.model, device=device, checkpoints=opts.checkpoints, engine=engine)
     if net.engine == "torch":
         from charlstm.api import use_threads
 
-        use_threads(threads, streams)
+        use_threads(opts.threads, streams)
     used = f"numpy, {net.portable.path.name}" if net.engine == "numpy" else "torch"
     err.print(f"model {net.path} ({used})", style="dim")
     return net

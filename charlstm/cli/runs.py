@@ -6,8 +6,7 @@ import json
 from typing import Any
 
 from charlstm.cli.app import _command
-from charlstm.cli.options import Checkpoints, Quiet, options_of
-from charlstm.config import CHECKPOINTS
+from charlstm.cli.options import options_of
 from charlstm.display.console import err_console
 from charlstm.display.runs import removed, show_runs
 from charlstm.display.stdout import write_stdout
@@ -16,13 +15,13 @@ from charlstm.options import RunsOptions
 
 @_command
 @options_of(RunsOptions)
-def runs(*, checkpoints: Checkpoints = CHECKPOINTS, quiet: Quiet = False, **options: Any) -> None:
+def runs(**options: Any) -> None:
     """The runs under the checkpoints folder (newest first): corpus, tokenizer, model, steps,
     best validation, age and disk use; and taking away what is no longer wanted."""
     from charlstm.api import delete_run, list_runs, slim_run
 
     opts = RunsOptions(**options)
-    err = err_console(quiet)
+    err, checkpoints = err_console(opts.quiet), opts.checkpoints
     names = list(opts.slim or [])
     if opts.slim_finished:
         names += [r.name for r in list_runs(checkpoints) if r.finished and r.last_bytes]

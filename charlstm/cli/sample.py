@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from charlstm.cli.app import _command
 from charlstm.cli.loading import _blas_threads, _load
-from charlstm.cli.options import Checkpoints, ModelPath, Quiet, Threads, options_of
-from charlstm.config import CHECKPOINTS, DEFAULT_ITEMS
+from charlstm.cli.options import options_of
+from charlstm.config import DEFAULT_ITEMS
 from charlstm.display.console import err_console
 from charlstm.display.generating import (
     adapting,
@@ -29,31 +28,23 @@ from charlstm.options import SampleOptions
 
 @_command
 @options_of(SampleOptions)
-def sample(
-    model: ModelPath = None,
-    *,
-    checkpoints: Checkpoints = CHECKPOINTS,
-    threads: Threads = 0,
-    quiet: Quiet = False,
-    **options: Any,
-) -> None:
+def sample(**options: Any) -> None:
     """Stream generated text to stdout, one token at a time."""
     opts = SampleOptions(**options)
-    _blas_threads(threads, opts.num_samples)  # before numpy loads (charlstm.api imports it)
+    _blas_threads(opts.threads, opts.num_samples)  # before numpy loads (charlstm.api imports it)
     from charlstm.api import SamplingOptions, check_adapt, check_sampling, random_seed
 
-    err = err_console(quiet)
+    err = err_console(opts.quiet)
     choice = {k: getattr(opts, k) for k in SamplingOptions.__annotations__}
     check_sampling(**choice)  # before loading
     opts.check()
     if opts.beam is not None:  # the K most likely texts: no draws
-        _beams(model, opts, err, checkpoints, threads)
+        _beams(opts, err)
         return
     prime = _prime(opts, err)
     # Adapting learns and samples with torch: load torch's model (and say so), not numpy's.
     engine = "torch" if opts.adapt else opts.engine
-    net = _load(model, threads, err, streams=opts.num_samples, checkpoints=checkpoints,
-                engine=engine)  # fmt: skip
+    net = _load(opts, err, streams=opts.num_samples, engine=engine)
     ids = net.encode_prime(prime, opts.on_unknown)  # a prime it cannot read ends here
     check_adapt(opts.adapt, prime, ids)  # before the line that says it learns
     seed = random_seed() if opts.seed is None else opts.seed
@@ -85,14 +76,13 @@ def _prime(opts: SampleOptions, err: Console) -> str | None:
     return read_prime(opts.prime, opts.prime_file)
 
 
-def _beams(model: Path | None, opts: SampleOptions, err: Console, checkpoints: Path,
-           threads: int) -> None:  # fmt: skip
+def _beams(opts: SampleOptions, err: Console) -> None:
     """`--beam K`: the K most likely continuations (generate/beam.py), best first, each whole."""
     from charlstm.api import check_beam
 
     k = check_beam(opts.beam, **vars(opts))  # before loading
     prime = _prime(opts, err)
-    net = _load(model, threads, err, streams=k, checkpoints=checkpoints, engine=opts.engine)
+    net = _load(opts, err, streams=k, engine=opts.engine)
     beams = net.beam(prime, k, opts.length, stop=opts.stop, on_unknown=opts.on_unknown)
     write_beams(beams, (prime or "") if opts.echo_prime else "", opts.json_out)
 

@@ -5,31 +5,23 @@ from __future__ import annotations
 import json
 import signal
 import time
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
 from charlstm.cli.app import _command
-from charlstm.cli.options import Quiet, _flag, options_of
+from charlstm.cli.options import of, options_of
 from charlstm.display.console import err_console
 from charlstm.display.reading import stdin_note
 from charlstm.display.stdout import write_stdout
 from charlstm.display.training import TrainDisplay, print_summary
 from charlstm.errors import EXIT_INTERRUPTED
-from charlstm.options import TrainOptions
+from charlstm.options import TrainOptions, TrainOutput
 
 
 @_command
-@options_of(TrainOptions)
-def train(
-    ctx: typer.Context,
-    *,
-    quiet: Quiet = False,
-    json_out: Annotated[
-        bool, _flag("--json", help="Print the final summary as JSON on stdout.")
-    ] = False,
-    **options: Any,
-) -> None:
+@options_of(TrainOptions, TrainOutput)
+def train(ctx: typer.Context, **options: Any) -> None:
     """Train a model on CORPUS; checkpoints go to [bold]checkpoints/RUN/[/] (best.pt, last.pt,
     metrics.jsonl). Stops at --budget, --steps or --epochs, whichever comes first; Ctrl-C saves
     last.pt and stops (resume with --resume).
@@ -39,8 +31,9 @@ def train(
     # The budget is the whole run: from the process's start where this command is the process
     # (Python and the imports included: main() passes it), else from here.
     started = (ctx.obj or {}).get("process_start", time.perf_counter())
-    opts = TrainOptions(**{**options, "corpus": options["corpus"] or []})
-    err = err_console(quiet)
+    opts = TrainOptions(**{**of(TrainOptions, options), "corpus": options["corpus"] or []})
+    out = TrainOutput(**of(TrainOutput, options))
+    err = err_console(out.quiet)
     stdin_note(opts.corpus, err)
     from charlstm.api import train_options  # imports torch: after the options are checked
 
@@ -57,7 +50,7 @@ def train(
     if stop.is_set():
         summary["stop_reason"] = "interrupted"
     print_summary(err, summary)
-    if json_out:
+    if out.json_out:
         write_stdout(json.dumps(summary) + "\n")
     if stop.is_set():
         resume = f"charlstm train --resume {summary['run_dir']}"

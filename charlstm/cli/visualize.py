@@ -6,8 +6,7 @@ from typing import Any
 
 from charlstm.cli.app import _command
 from charlstm.cli.loading import _load, _read_texts
-from charlstm.cli.options import Checkpoints, ModelPath, Quiet, Texts, Threads, options_of
-from charlstm.config import CHECKPOINTS
+from charlstm.cli.options import options_of
 from charlstm.display.console import err_console
 from charlstm.display.reading import unknown_notes
 from charlstm.display.stdout import stdout_is_terminal
@@ -17,23 +16,15 @@ from charlstm.options import VisualizeOptions
 
 @_command
 @options_of(VisualizeOptions)
-def visualize(
-    text: Texts,
-    model: ModelPath = None,
-    *,
-    checkpoints: Checkpoints = CHECKPOINTS,
-    threads: Threads = 0,
-    quiet: Quiet = False,
-    **options: Any,
-) -> None:
+def visualize(**options: Any) -> None:
     """Colour a text by what a unit of the model holds at each character (the values
     themselves into a pipe or a file)."""
     o = VisualizeOptions(**options)
     kind, unit = o.kind, o.unit
     form = o.output_format or ("ansi" if stdout_is_terminal() else "tsv")
-    err = err_console(quiet)
-    net = _load(model, threads, err, checkpoints=checkpoints)
-    body = _read_texts(text, o.encoding, o.errors, err)
+    err = err_console(o.quiet)
+    net = _load(o, err)
+    body = _read_texts(o.text, o.encoding, o.errors, err)
     if net.tokenizer.kind == "char":
         unknown_notes(net.encode_text(body), err)
     if kind == "attention":  # where the head looks, not a unit's values

@@ -17,6 +17,7 @@ from charlstm.config import (
     option,
 )
 from charlstm.errors import OptionError
+from charlstm.options import common
 from charlstm.options.render import shown
 
 
@@ -47,6 +48,7 @@ class SampleOptions:
     """The flags of `charlstm sample`: the sampling options (generate/options.py's
     SamplingOptions, by the same names, checked there once) and how the text is given and shown."""
 
+    model: Path | None = common.model()
     prime: str | None = option("Text that starts the sample and warms the state; - reads stdin.")
     prime_file: Path | None = option("Read the prime from this file (UTF-8) instead.")
     length: int | None = option(
@@ -106,6 +108,9 @@ class SampleOptions:
         "What generates: numpy (from the run's model.safetensors, without loading torch: the "
         "first character in a fraction of a second), torch, or auto: numpy when "
         "model.safetensors is there and up to date.", "auto", choices=ENGINES)
+    checkpoints: Path = common.checkpoints()
+    threads: int = common.threads()
+    quiet: bool = common.quiet()
 
     @property
     def constrained(self) -> bool:
@@ -136,6 +141,7 @@ class SampleOptions:
 class ChatOptions:
     """The flags of `charlstm chat`: how long a reply runs and where it ends, and the draws."""
 
+    model: Path | None = common.model()
     length: int = option("Tokens at most per reply.", 400, flags=("--length", "-n"))
     stop: list[str] | None = option(
         "A reply ends before this text (give it again for more).", says="a blank line")
@@ -143,3 +149,6 @@ class ChatOptions:
     top_k: int | None = _top_k()
     top_p: float | None = _top_p()
     seed: int | None = _seed()
+    checkpoints: Path = common.checkpoints()
+    threads: int = common.threads()
+    quiet: bool = common.quiet()

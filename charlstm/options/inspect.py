@@ -12,6 +12,7 @@ from charlstm.config import (
     option,
 )
 from charlstm.errors import OptionError
+from charlstm.options import common
 
 _DYN = "DynamicConfig."
 # What visualize --kind completes to: the layers' activations and gates (which a cell has is
@@ -24,12 +25,14 @@ _KINDS = ("hidden", "cell", "forget", "input", "output", "update", "reset", "nor
 class EvaluateOptions:
     """The flags of `charlstm evaluate`; the --dynamic-* ones go into DynamicConfig."""
 
+    text: list[str] = common.texts("Held-out text", metavar=None)  # its usage: {text}...
+    model: Path | None = common.model()
     streams: int = option(
         "Parallel streams, each carrying its state; 1 = one sequential pass. Each stream first "
         "reads the 256 tokens before its start, unscored, so the figure matches one pass closely "
         "(within 1e-4 nats on a character model) at a fraction of the time.", 64)
-    encoding: str = option("Text encoding of the files.", "utf-8")
-    errors: str = option("Undecodable bytes: strict (stop), replace or ignore.", "strict")
+    encoding: str = common.encoding()
+    errors: str = common.errors()
     json_out: bool = option("Print one JSON object.", False, flags=("--json",))
     per_line: bool = option(
         'One JSON object per input line: {"line": TEXT, "tokens": N, "nats": TOTAL, '
@@ -64,6 +67,10 @@ class EvaluateOptions:
         into=_DYN + "decay")
     dynamic_segment: int | None = option("--dynamic: tokens per gradient step.",
                                          into=_DYN + "segment")
+    checkpoints: Path = common.checkpoints()
+    threads: int = common.threads()
+    device: str = common.device()
+    quiet: bool = common.quiet()
 
     def tuned(self) -> dict[str, object]:
         """The --dynamic-* options given, under DynamicConfig's names."""
@@ -89,6 +96,8 @@ class EvaluateOptions:
 class VisualizeOptions:
     """The flags of `charlstm visualize`."""
 
+    text: list[str] = common.texts()
+    model: Path | None = common.model()
     kind: str = option(
         "What to colour by: hidden, cell, forget, input or output (gru: update, reset; slstm "
         "also: normalizer, stabilizer); or attention: for each character, the earlier ones "
@@ -108,8 +117,11 @@ class VisualizeOptions:
         "character: position, the character escaped, each unit's value) or json (one object per "
         "character).", says="ansi on a terminal, tsv otherwise", flags=("--format",),
         choices=("ansi", "tsv", "json"))
-    encoding: str = option("Text encoding of the files.", "utf-8")
-    errors: str = option("Undecodable bytes: strict (stop), replace or ignore.", "strict")
+    encoding: str = common.encoding()
+    errors: str = common.errors()
+    checkpoints: Path = common.checkpoints()
+    threads: int = common.threads()
+    quiet: bool = common.quiet()
 
     def check_traced(self, activations: dict[str, Any], cell: str) -> None:
         """--kind and --unit against what the traced layer holds (`activations`: kind ->

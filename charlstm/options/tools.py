@@ -1,5 +1,5 @@
-"""The flags of the commands around a run: `info`, `runs`, `export`, `compress` and
-`decompress`."""
+"""The flags of the commands around a run: `info`, `runs`, `export`, `compress`, `decompress`,
+and `serve`'s own beside ServeConfig's (config.py, which the server takes)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,19 @@ from typing import Any
 
 from charlstm.config import option
 from charlstm.errors import OptionError
-
-_NEWEST = "the newest best.pt under --checkpoints"
+from charlstm.options import common
 
 
 @dataclass
 class InfoOptions:
-    model: Path | None = option("Checkpoint file or run folder.", says=_NEWEST, argument=True,
-                                metavar="MODEL")
+    model: Path | None = option("Checkpoint file or run folder.", says=common.NEWEST,
+                                argument=True, metavar="MODEL")
     json_out: bool = option("Print one JSON object.", False, flags=("--json",))
     plot: Path | None = option(
         "Also draw the training and validation loss against step into this image (PNG, SVG, "
         "PDF; needs matplotlib: pip install 'charlstm\\[plot]').")
+    checkpoints: Path = common.checkpoints()
+    quiet: bool = common.quiet()
 
 
 @dataclass
@@ -31,6 +32,8 @@ class RunsOptions:
         "tokens.npy (only resuming needs them: about three quarters of a run's disk).")
     slim_finished: bool = option("Slim every run that reached its limits.", False)
     json_out: bool = option("One JSON object per run per line.", False, flags=("--json",))
+    checkpoints: Path = common.checkpoints()
+    quiet: bool = common.quiet()
 
 
 @dataclass
@@ -45,6 +48,8 @@ class ExportOptions:
     onnx_out: Path | None = option(
         "Also write the one-step graph as ONNX (token ids and state in; logits and state "
         "out; needs pip install 'charlstm\\[onnx]').", flags=("--onnx",))
+    checkpoints: Path = common.checkpoints()
+    quiet: bool = common.quiet()
 
 
 # What compress and decompress share, each declared once.
@@ -73,6 +78,9 @@ class CompressOptions:
         0)
     engine: str = _engine()
     threads: int = _threads()
+    model: Path | None = common.model()
+    checkpoints: Path = common.checkpoints()
+    quiet: bool = common.quiet()
 
     def check(self) -> None:
         """An OptionError for a value that cannot work, before the input is read."""
@@ -86,3 +94,19 @@ class DecompressOptions:
     source: str = _source()
     engine: str = _engine()
     threads: int = _threads()
+    model: Path | None = common.model()
+    checkpoints: Path = common.checkpoints()
+    quiet: bool = common.quiet()
+
+
+@dataclass
+class ServeOptions:
+    """`charlstm serve`'s own flags, beside ServeConfig's: what it serves and where it runs."""
+
+    runs: list[Path] | None = option(
+        "Run folders or checkpoint files to serve, each under its folder's name (the request's "
+        '"model").', says="the newest run under --checkpoints", argument=True)
+    device: str = common.device()
+    checkpoints: Path = common.checkpoints()
+    threads: int = common.threads()
+    quiet: bool = common.quiet()

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from charlstm.config import (
     CELLS,
-    CHECKPOINTS,
     DEFAULT_BUDGET,
     DEFAULT_MIN_FREQUENCY,
     DEFAULT_VOCAB,
@@ -30,6 +29,7 @@ from charlstm.config import (
     option,
     parse_duration,
 )
+from charlstm.options import common
 from charlstm.options.presets import FINE_TUNE_PRESET, FIXED_BY_BASE, FIXED_BY_RUN
 from charlstm.options.render import SIZED_DROPOUT, SIZED_LR, by_kind, duration, shown
 
@@ -134,8 +134,7 @@ class TrainOptions:
     # where the run lives, and how the corpus is read
     name: str | None = option("Run name: checkpoints go to CHECKPOINTS/NAME.",
                               says="corpus-date-time")
-    checkpoints: Path = option("Folder that holds the run folders (every command looks there; "
-                               "CHARLSTM_CHECKPOINTS sets it for all).", CHECKPOINTS)
+    checkpoints: Path = common.checkpoints()
     overwrite: bool = option("Replace the run of the same --name, if there is one.", False)
     # fine-tuning: start from this run's (or checkpoint's) weights and tokenizer
     init_from: Path | None = option(
@@ -148,12 +147,11 @@ class TrainOptions:
     resume: Path | None = option(
         "Continue the run in this folder from its last.pt: exactly where it stopped, or "
         "with --steps/--budget/--epochs that much more (see the README, 'Resuming').")
-    encoding: str = option("Text encoding of the files.", "utf-8")
-    errors: str = option("Undecodable bytes: strict (stop), replace or ignore.", "strict")
+    encoding: str = common.encoding()
+    errors: str = common.errors()
     # where it runs
     threads: int = option("CPU threads; 0 = all cores (shared among torchrun's processes).", 0)
-    device: str = option("auto (a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:N "
-                         "or mps.", "auto")  # fmt: skip
+    device: str = common.device()
     precision: str = option(
         "auto (bf16 on a CPU with bf16 instructions, where it trains 1.25-1.45x faster "
         "to the same loss; fp32 elsewhere), fp32, or mixed precision: bf16, or fp16 on a GPU "
@@ -242,6 +240,15 @@ class TrainOptions:
             if target == config and getattr(self, f.name) is not None:
                 out[name] = getattr(self, f.name)
         return out
+
+
+@dataclass
+class TrainOutput:
+    """What `charlstm train` shows: the command's own flags, beside TrainOptions (the API's
+    train() prints nothing and returns the summary, so it takes neither)."""
+
+    quiet: bool = common.quiet()
+    json_out: bool = option("Print the final summary as JSON on stdout.", False, flags=("--json",))
 
 
 def apply_preset(options: TrainOptions) -> tuple[TrainOptions, dict[str, object]]:
