@@ -83,3 +83,32 @@ def test_train_help_imports_no_torch():
             "get_command(app); print('torch' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_shared_option_reads_the_same_in_every_command():
+    """--model, --checkpoints, --quiet, ... are declared once (options/common.py): every command
+    that offers one offers the same flags, help, default and envvar. (train, compress and
+    decompress declare their own --threads: there 0 means all cores.)"""
+    own_threads = {"train", "compress", "decompress"}
+    seen: dict[str, tuple] = {}
+    for name, command in get_command(app).commands.items():
+        for p in command.params:
+            if p.name not in {"model", "checkpoints", "threads", "device", "encoding", "errors",
+                              "quiet"} or (p.name == "threads" and name in own_threads):
+                continue
+            if p.name == "model" and name in ("info", "export"):  # their MODEL argument
+                continue
+            got = (tuple(p.opts), p.help, p.default, p.envvar)
+            assert seen.setdefault(p.name, got) == got, (name, p.name)
+    assert set(seen) == {"model", "checkpoints", "threads", "device", "encoding", "errors",
+                         "quiet"}  # fmt: skip
+    assert seen["checkpoints"][3] == "CHARLSTM_CHECKPOINTS"
+
+
+def test_the_commands_own_flags_stay_out_of_what_the_api_takes():
+    """train's --quiet and --json, serve's RUNS, --device, --threads and --quiet are the
+    commands' own (TrainOutput, ServeOptions): charlstm.train() and ServeConfig take none."""
+    from charlstm.config import ServeConfig
+
+    assert not {f.name for f in fields(TrainOptions)} & {"quiet", "json_out"}
+    assert not {f.name for f in fields(ServeConfig)} & {"runs", "device", "threads", "quiet"}
