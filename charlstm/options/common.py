@@ -36,10 +36,10 @@ def device() -> Any:
                   "auto", completes=DEVICES)  # fmt: skip
 
 
-def texts(what: str = "Text", metavar: str | None = "TEXT...") -> Any:
+def texts(what: str = "Text") -> Any:
     """The TEXT... to read, required (no default): a dataclass's first field."""
     return option(f"{what}: file(s), a folder, - for stdin, or a built-in corpus.", MISSING,
-                  argument=True, metavar=metavar)  # fmt: skip
+                  argument=True, metavar="TEXT...")  # fmt: skip
 
 
 def encoding() -> Any:

@@ -25,7 +25,7 @@ _KINDS = ("hidden", "cell", "forget", "input", "output", "update", "reset", "nor
 class EvaluateOptions:
     """The flags of `charlstm evaluate`; the --dynamic-* ones go into DynamicConfig."""
 
-    text: list[str] = common.texts("Held-out text", metavar=None)  # its usage: {text}...
+    text: list[str] = common.texts("Held-out text")
     model: Path | None = common.model()
     streams: int = option(
         "Parallel streams, each carrying its state; 1 = one sequential pass. Each stream first "
