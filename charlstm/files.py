@@ -83,7 +83,12 @@ class AtomicFile:
             fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except OSError as e:
             raise _write_error(self.path, e) from e
-        self.file: BinaryIO = os.fdopen(fd, "wb")
+        try:
+            self.file: BinaryIO = os.fdopen(fd, "wb")
+        except BaseException:  # a Ctrl-C here must not leave the file behind
+            os.close(fd)
+            self._tmp.unlink(missing_ok=True)
+            raise
 
     def commit(self, path: Path | str | None = None) -> Path:
         """Make the written bytes the file at `path` (default: the path given at the start)."""
@@ -103,6 +108,9 @@ class AtomicFile:
         except OSError as e:
             self.abandon()
             raise _write_error(target, e) from e
+        except BaseException:  # a second Ctrl-C during the fsync: no temporary file left
+            self.abandon()
+            raise
         return target
 
     def abandon(self) -> None:
@@ -132,7 +140,7 @@ def write_atomic(path: Path | str, content: str | bytes | Callable[[BinaryIO], N
     """Write `content` (text as UTF-8, bytes, or a function that writes to the binary file) to
     `path` through an `AtomicFile`. Raises FileWriteError (one line) when the disk refuses."""
     atomic = AtomicFile(path)
-    try:
+    try:  # every way out but success abandons the temporary file (commit abandons its own)
         if isinstance(content, str):
             atomic.file.write(content.encode("utf-8"))
         elif isinstance(content, bytes):
@@ -174,6 +182,9 @@ def link_atomic(source: Path | str, path: Path | str) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise _write_error(path, e) from e
+    except BaseException:  # Ctrl-C between the link and the rename
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{12}\.tmp")  # AtomicFile's names: .NAME.RANDOM.tmp

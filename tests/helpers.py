@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -70,3 +71,18 @@ def wait_for(path: Path, proc: Popen, timeout: float = 60.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline and not path.exists() and proc.poll() is None:
         time.sleep(0.01)
+
+
+def wait_for_cpu(proc: Popen, seconds: float, timeout: float = 120.0) -> None:
+    """Wait until `proc` has run `seconds` of CPU time more (Linux /proc): unlike a sleep, this
+    gives a process the same work done on a busy machine as on a quiet one."""
+
+    def used() -> float:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    start, deadline = used(), time.monotonic() + timeout
+    while used() - start < seconds:
+        assert proc.poll() is None, "the process ended"
+        assert time.monotonic() < deadline, f"{seconds} s of CPU time not reached in {timeout} s"
+        time.sleep(0.05)

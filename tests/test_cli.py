@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from charlstm.cli import app
 from charlstm.formats.checkpoint import load_checkpoint
 
-from .helpers import start_training, wait_for
+from .helpers import start_training, wait_for, wait_for_cpu
 
 runner = CliRunner()
 TINY = ["--hidden", "48", "--layers", "1", "-b", "4", "-t", "16", "--threads", "1", "--lr", "1e-2",
@@ -210,9 +210,10 @@ def test_ctrl_c_saves_last_and_exits_130(tmp_path, play_file):
         text=True,
     )
     # tokens.npy is written just before training starts; the first step (oneDNN set-up)
-    # took 1.3 s after it here. No validation runs, so only the Ctrl-C can write last.pt.
+    # took 1.3 s of CPU after it here. Waiting for CPU time, not wall time, keeps that true on
+    # a busy machine. No validation runs, so only the Ctrl-C can write last.pt.
     wait_for(run / "tokens.npy", proc)
-    time.sleep(4.0)
+    wait_for_cpu(proc, 4.0)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

@@ -204,3 +204,32 @@ def test_a_run_folder_names_its_files_and_resolves_best_then_last_then_the_model
         assert run.checkpoint() == path == resolve_checkpoint(run.path)
     assert run.has_checkpoint()
     assert RunFolder.of(run.last) == run and RunFolder.of(tmp_path / "r" / "x.pt") is None
+
+
+@pytest.mark.parametrize("where", ["fsync", "replace", "link"])
+def test_a_ctrl_c_while_a_file_is_committed_leaves_no_temporary_file(tmp_path, monkeypatch, where):
+    """A second Ctrl-C can land in the commit's fsync, or between a link and its rename: the
+    old file stays, whole, and no temporary file is left behind."""
+    from charlstm import files
+
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"old")
+    real = {"fsync": os.fsync, "replace": os.replace}
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    if where == "link":
+        source = tmp_path / "source"
+        source.write_bytes(b"new")
+        monkeypatch.setattr(files.os, "replace", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            files.link_atomic(source, target)
+    else:
+        monkeypatch.setattr(files.os, where, interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            files.write_atomic(target, b"new")
+    monkeypatch.setattr(files.os, "fsync", real["fsync"])
+    monkeypatch.setattr(files.os, "replace", real["replace"])
+    assert target.read_bytes() == b"old"
+    assert not list(tmp_path.glob(".*.tmp"))
