@@ -40,6 +40,15 @@ DEFAULT_BUDGET = 600.0  # seconds, when no --budget, --steps or --epochs is give
 MAX_MEMORY = 65_536  # --attention's longest memory: a damaged file must not ask for 10^9
 MAX_LAYERS = 64  # deeper recurrent stacks do not train; a damaged file must not ask for 10^6
 
+
+def check_item_count(n: object, name: str = "n") -> None:
+    """How many items to draw (`sample --items N`, Model.items(n)): 1 to MAX_ITEMS, checked in
+    one place for the CLI (before the model loads) and the API."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_ITEMS:
+        given = OptionError.literal(repr(n) if isinstance(n, str) else n)
+        raise OptionError(f"{{{name}}} must be between 1 and {MAX_ITEMS:,}, got {given}",
+                          flags={name: "--items"})  # fmt: skip
+
 # What word and subword models need that a char model does not: a wide softmax costs several
 # LSTM layers, and a few hundred thousand tokens overfit in a few epochs. Each applies unless
 # its option is given. Measured on wikitext-2 at 130 s (BENCHMARKS.md): word is PyTorch's

@@ -13,7 +13,13 @@ import numpy as np
 
 from charlstm.api.scoring import Scoring
 from charlstm.api.session import Session
-from charlstm.config import ADAPT, DEFAULT_ITEMS, ITEM_TEMPERATURE, MAX_ITEMS, DynamicConfig
+from charlstm.config import (
+    ADAPT,
+    DEFAULT_ITEMS,
+    ITEM_TEMPERATURE,
+    DynamicConfig,
+    check_item_count,
+)
 from charlstm.data.items import SEPARATORS
 from charlstm.data.split import train_length
 from charlstm.data.tokenizer import AnyTokenizer
@@ -314,9 +320,7 @@ class Model(Scoring):
         if kind is None:
             raise OptionError("{items} needs a model trained with --items (this one learnt "
                               "running text)", flags=_ITEMS)  # fmt: skip
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_ITEMS:
-            raise OptionError(f"{{n}} must be between 1 and {MAX_ITEMS:,}, got {_lit(n)}",
-                              flags=_ITEMS)  # fmt: skip
+        check_item_count(n)
         hashes = None
         if novel:
             try:

@@ -12,8 +12,8 @@ from charlstm.config import (
     ENGINES,
     ITEM_TEMPERATURE,
     MAX_BEAM,
-    MAX_ITEMS,
     SampleConfig,
+    check_item_count,
     option,
 )
 from charlstm.errors import OptionError
@@ -131,8 +131,8 @@ class SampleOptions:
         if items and self.num_samples != 1:
             raise OptionError("{items} prints items, one per line; drop {num_samples}",
                               flags={"num_samples": "--num-samples"})  # fmt: skip
-        if items and not 1 <= self.items <= MAX_ITEMS:  # type: ignore[operator]
-            raise OptionError(f"{{items}} must be between 1 and {MAX_ITEMS:,}, got {self.items}")
+        if items:
+            check_item_count(self.items, "items")
         if self.adapt and self.engine == "numpy":
             raise OptionError("{adapt} learns with torch; drop {engine=numpy}")
 
