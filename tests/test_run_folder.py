@@ -22,6 +22,7 @@ from charlstm.formats.checks import resolve_checkpoint
 from charlstm.formats.run_folder import (
     ITEMS,
     LOCK_FILE,
+    MODEL_FILE,
     RUN_FILES,
     RunBusy,
     RunFolder,
@@ -73,7 +74,11 @@ def test_a_run_in_training_is_refused_to_every_other_process_until_it_dies(tmp_p
     r = runner.invoke(app, ["train", "--resume", str(run), "--steps", "3"])
     assert r.exit_code == 0, r.stderr
     assert load_checkpoint(run / "last.pt")["step"] == step + 3
-    assert not (run / LOCK_FILE).exists() and not list(run.glob(".*.tmp"))
+    # The kill -9 may land in a write of model.safetensors: a resume deletes the temporary files
+    # of what only training writes, and leaves the model file's for an hour (an export may be
+    # writing it now: formats/run_folder.ONLY_TRAINING_WRITES).
+    left = [p for p in run.glob(".*.tmp") if not p.name.startswith(f".{MODEL_FILE}.")]
+    assert not (run / LOCK_FILE).exists() and not left
 
 
 def test_the_lock_is_one_holder_at_a_time_and_dies_with_a_killed_process(tmp_path):
