@@ -220,16 +220,21 @@ def watch_head(model: LanguageModel) -> list[torch.Tensor]:
 @torch.no_grad()
 def trace(model: LanguageModel, w: torch.Tensor, x: torch.Tensor, distances: list[int],
           label: str) -> None:  # fmt: skip
-    """--trace's line: the mean weight the head puts on the key's slot at each `=` of the
-    window (its key is d + 1 back, within the head's reach when d < M; one distance only)."""
+    """--trace's line: at the `=`s of the window, the head's mean weight on the key's slot
+    (d + 1 back, in reach when d < M; one distance only) and the offsets back that get the most
+    (0 is the `=` itself; d + 3 and d + 4 are the last record's key copy and `=`)."""
     d, m = distances[0], model.cfg.attention
-    if len(distances) != 1 or d + 1 > m:
+    at = (x == EQ).nonzero().tolist()
+    if len(distances) != 1 or d + 1 > m or not at:
         return
-    on_key = [w[b, i, m + i - (d + 1)].item() for b, i in (x == EQ).nonzero().tolist()]
+    by_offset = torch.stack([w[b, i, i : m + i + 1].flip(0) for b, i in at]).mean(0)  # (M + 1,)
+    top = by_offset.topk(3)
+    pairs = zip(top.indices.tolist(), top.values.tolist(), strict=True)
+    most = ", ".join(f"{o} back {v:.3f}" for o, v in pairs)
     gate = model.attend.value_gate().abs().mean().item()
-    mean = sum(on_key) / len(on_key) if on_key else float("nan")
-    line = f"weight on the key {mean:.4f} (uniform {1 / (m + 1):.4f}) over {len(on_key)} recalls"
-    print(f"  {label}: {line}; value gate mean |g| {gate:.3f}", file=sys.stderr, flush=True)
+    print(f"  {label}: weight on the key {by_offset[d + 1]:.4f} (uniform {1 / (m + 1):.4f}) over "
+          f"{len(at)} recalls; most: {most}; value gate mean |g| {gate:.3f}",
+          file=sys.stderr, flush=True)  # fmt: skip
 
 
 @torch.no_grad()
