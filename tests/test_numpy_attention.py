@@ -1,7 +1,8 @@
 """The numpy engine's --attention block (generate/numpy_attention.py) against the training
-block, one stream (its 1-D path) and several at once: memories full, empty and partly held,
-the ring wrapping round more than once, the memory handed back oldest first, and scores both
-inside the bound that lets the softmax skip its peak and beyond it."""
+block, one stream (its 1-D path) and several at once (a product per stream, and one for all):
+memories full, empty and partly held, the ring wrapping round more than once, the memory handed
+back oldest first, and scores both inside the bound that lets the softmax skip its peak and
+beyond it."""
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ def _block(sharp: float) -> Attention:
     return blk
 
 
-@pytest.mark.parametrize(("streams", "sharp"), [(3, 1.0), (1, 1.0), (3, 40.0), (1, 40.0)])
+@pytest.mark.parametrize(  # 1 stream: 1-D rows; 3: a product per stream; 5: one for all
+    ("streams", "sharp"), [(3, 1.0), (1, 1.0), (5, 1.0), (3, 40.0), (1, 40.0)]
+)
 def test_the_numpy_block_steps_as_the_training_block_runs_it(streams: int, sharp: float) -> None:
     blk = _block(sharp)
     mem = torch.randn(MEMORY, streams, HID)

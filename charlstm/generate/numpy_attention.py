@@ -15,21 +15,21 @@ step before, then reads all M + 1 rows at once (attention does not depend on the
                    s_j  s_j     s_t       s_j      last step, now gone); the M others are the
                                                    memory, oldest at head + 1
 
-Each row is [s | 1]: the weighted sum over the rows then brings the softmax's total with it.
 Empty slots (all zero when loaded) are kept as an additive mask, -inf where empty, 0 once
 written (added to the scores until every row has been written). So a step costs O(M·H) per
 stream, whatever the length of the text: two matrix-vector products over the ring (scores,
 then their weighted sum; per stream, so BLAS runs them), the query's H×H and the Boom's H×4H.
 
 A step is some forty numpy calls on short vectors, so what each call costs matters as much as
-the arithmetic. Every array it writes is allocated once per load and written in place; one
-stream works on 1-D rows (an elementwise call on them costs half what it costs on 2-D
-arrays); what is exact in real arithmetic is folded in once: LN_q's affine part into the
-gates, LN_xff's and GELU's -1.702 into the Boom's matrix, ε into the variance's product,
-W_q's bias as one more row and W_q centred so that LN_q needs no mean. The softmax skips
-subtracting its peak where the weights bound every score well inside exp's range. That moves
-results by float32 rounding only (tests/test_numpy_attention.py holds them to the training
-block).
+the arithmetic. Every array it writes is allocated once per load and written in place. One
+stream works on 1-D rows (an elementwise call on them costs half what it costs on 2-D arrays),
+and two or three streams take the two matrices' products a stream at a time (BLAS's gemm is
+slow for so few rows). What is exact in real arithmetic is folded in once: LN_q's affine part
+into the gates, LN_xff's and GELU's -1.702 into the Boom's matrix, ε into the variance's
+product, W_q's bias as one more row and W_q centred so that LN_q needs no mean. The softmax
+skips subtracting its peak where the weights bound every score well inside exp's range. That
+moves results by float32 rounding only (tests/test_numpy_attention.py holds them to the
+training block).
 """
 
 from __future__ import annotations
@@ -89,41 +89,41 @@ class NumpyAttention:
         """Take the memory (M, B, H) of a state (copied), oldest slot first; allocates the
         step's buffers for its B (a fork's own, since numpy_engine forks by copy.copy)."""
         m, batch, hid = past.shape
-        self.ring = np.ones((batch, m + 1, hid + 1), np.float32)  # (B, M + 1, [H | 1])
-        self.ring[:, :m, :hid] = past.transpose(1, 0, 2)
-        self.ring[:, m, :hid] = 0.0
-        self.mask = np.where(self.ring[..., :hid].any(axis=2), 0.0, -np.inf).astype(np.float32)
+        self.ring = np.zeros((batch, m + 1, hid), np.float32)  # (B, M + 1, H)
+        self.ring[:, :m] = past.transpose(1, 0, 2)
+        self.mask = np.where(self.ring.any(axis=2), 0.0, -np.inf).astype(np.float32)
         self.head = m  # the spare row: the next position's
         # Steps for which the mask still matters: every row is written within M + 1 steps.
         self.masking = m + 1 if np.isinf(self.mask[:, :m]).any() else 0
         # Without its peak subtracted, the softmax must neither overflow nor lose every term.
-        held = float(np.linalg.norm(self.ring[..., :hid], axis=2).max())
+        held = float(np.linalg.norm(self.ring, axis=2).max())
         self.shifting = self.q_norm * max(self.s_norm, held) > 80.0 - math.log(m + 1)
         # Every buffer is (B, ·); a step works on `rows` of it: for one stream its row alone.
         rows = (lambda a: a[0]) if batch == 1 else (lambda a: a)  # noqa: E731
         new = lambda *shape: np.zeros((batch, *shape), np.float32)  # noqa: E731
         self.x1 = rows(np.ones((batch, hid + 1), np.float32))  # [x | 1], W_q's input
         self.x = self.x1[..., :hid]
-        self.qk1, self.mix1 = new(hid + 1), new(hid + 1)  # [q | 0], [Σ_j e_j s_j | Σ_j e_j]
-        self.e2 = new(m + 1)  # the scores, then their exponentials
-        self.q, self.scores = rows(self.qk1)[..., :hid], rows(self.e2)
-        self.mix, self.total = rows(self.mix1)[..., :hid], rows(self.mix1)[..., hid:]
+        self.q2, self.e2, self.mix2 = new(hid), new(m + 1), new(hid)  # e: scores, then exp
+        self.q, self.scores, self.mix = rows(self.q2), rows(self.e2), rows(self.mix2)
         self.n, self.na = rows(new(hid)), rows(new(hid))
         self.sq1 = rows(np.full((batch, hid + 1), hid * EPS, np.float32))  # [d² | H·ε]
         self.sq = self.sq1[..., :hid]
-        self.mu, self.var = rows(new(1)), rows(new(1))
+        self.mu, self.var, self.total = rows(new(1)), rows(new(1)), rows(new(1))
         boom = rows(new(5 * hid))  # [z_0 … z_3 | LN_ff(a)], the Boom's before the chunk sum
         self.z, self.ff, self.t = boom[..., : 4 * hid], boom[..., 4 * hid :], rows(new(4 * hid))
         self.boom = boom.reshape(*boom.shape[:-1], 5, hid)
-        self.slots = [rows(self.ring[:, j, :hid]) for j in range(m + 1)]  # the row a step writes
-        self.streams = [(self.ring[b], self.qk1[b], self.e2[b], self.mix1[b])
+        self.slots = [rows(self.ring[:, j]) for j in range(m + 1)]  # the row a step writes
+        self.streams = [(self.ring[b], self.q2[b], self.e2[b], self.mix2[b])
                         for b in range(batch)]  # fmt: skip
         self.one, self.y2 = batch == 1, new(hid)
+        # OpenBLAS's gemm packs the whole matrix at every call: for 2 or 3 streams that costs
+        # more than a gemv per stream (2 × a 256 × 1024 product: 70 µs against 27 µs here).
+        self.per_stream = 1 < batch < 4
 
     def unload(self) -> np.ndarray:
         """The memory (M, B, H), oldest slot first (a copy)."""
-        rows = np.roll(self.ring[..., : self.hidden], -(self.head + 1), axis=1)
-        return rows[:, : self.memory].transpose(1, 0, 2).copy()
+        rows = np.roll(self.ring, -(self.head + 1), axis=1)[:, : self.memory]
+        return rows.transpose(1, 0, 2).copy()
 
     def _norm(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         """x (B?, H) to zero mean and unit variance per row into `out` (may be x): a layer norm
@@ -137,6 +137,14 @@ class NumpyAttention:
         np.matmul(self.sq1, self.mean_eps, self.var)
         np.sqrt(self.var, self.var)
         return np.divide(d, self.var, out)
+
+    def _product(self, x: np.ndarray, w: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """x @ w into `out`: one call, or one per stream where that is faster (see load)."""
+        if not self.per_stream:
+            return np.matmul(x, w, out)
+        for x_b, out_b in zip(x, out, strict=True):
+            np.matmul(x_b, w, out_b)
+        return out
 
     def _affine(self, n: np.ndarray, name: str, out: np.ndarray) -> np.ndarray:
         weight, bias = self.affine[name]
@@ -153,12 +161,12 @@ class NumpyAttention:
         n = self._norm(h, self.n)
         self._affine(n, "ln_mem", self.slots[head])  # what this position leaves in the memory
         x = self._affine(n, "ln_mid", self.x)
-        q = np.matmul(self.x1, self.w_q, self.q)  # of zero mean (W_q centred)
+        q = self._product(self.x1, self.w_q, self.q)  # of zero mean (W_q centred)
         self._scale(q, q)
         np.multiply(q, self.q_scale, q)
         np.add(q, self.q_shift, q)  # the query, gated and scaled by 1/√H
         for ring, qk_b, e_b, _ in self.streams:  # per stream: BLAS's gemv
-            np.matmul(ring, qk_b, e_b)  # ([q | 0] against [s | 1])
+            np.matmul(ring, qk_b, e_b)
         e = self.scores  # (B?, M + 1)
         if self.masking:  # empty slots: never attended
             self.mask[:, head] = 0.0  # (this row now holds s)
@@ -167,14 +175,15 @@ class NumpyAttention:
         if self.shifting:
             np.subtract(self.e2, self.e2.max(axis=1, keepdims=True), self.e2)
         np.exp(e, e)
+        np.add.reduce(e, axis=-1, keepdims=True, out=self.total)
         for ring, _, e_b, mix_b in self.streams:
-            np.matmul(e_b, ring, mix_b)  # [Σ_j e_j s_j | Σ_j e_j]
+            np.matmul(e_b, ring, mix_b)
         mix = self.mix
         np.multiply(mix, self.g_v, mix)
         np.divide(mix, self.total, mix)  # the softmax's division, on H numbers, not M + 1
         np.add(mix, x, mix)  # a = x + g ⊙ Σ_j w_j s_j
         n = self._norm(mix, self.na)
-        z = np.matmul(n, self.w_up, self.z)  # (B?, 4H), LN_xff and -1.702 folded in
+        z = self._product(n, self.w_up, self.z)  # (B?, 4H), LN_xff and -1.702 folded in
         np.add(z, self.b_up, z)
         np.exp(z, self.t)
         np.add(self.t, 1.0, self.t)
