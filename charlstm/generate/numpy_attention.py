@@ -23,13 +23,13 @@ then their weighted sum; per stream, so BLAS runs them), the query's H×H and th
 A step is some forty numpy calls on short vectors, so what each call costs matters as much as
 the arithmetic. Every array it writes is allocated once per load and written in place. One
 stream works on 1-D rows (an elementwise call on them costs half what it costs on 2-D arrays),
-and two or three streams take the two matrices' products a stream at a time (BLAS's gemm is
-slow for so few rows). What is exact in real arithmetic is folded in once: LN_q's affine part
-into the gates, LN_xff's and GELU's -1.702 into the Boom's matrix, ε into the variance's
-product, W_q's bias as one more row and W_q centred so that LN_q needs no mean. The softmax
-skips subtracting its peak where the weights bound every score well inside exp's range. That
-moves results by float32 rounding only (tests/test_numpy_attention.py holds them to the
-training block).
+and two or three streams take the two matrices' products a stream at a time (numpy_ops's
+matmul_calls: BLAS's gemm is slow for so few rows). What is exact in real arithmetic is folded
+in once: LN_q's affine part into the gates, LN_xff's and GELU's -1.702 into the Boom's matrix,
+ε into the variance's product, W_q's bias as one more row and W_q centred so that LN_q needs
+no mean. The softmax skips subtracting its peak where the weights bound every score well
+inside exp's range. That moves results by float32 rounding only
+(tests/test_numpy_attention.py holds them to the training block).
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from charlstm.generate.numpy_ops import matmul_calls
 
 EPS = 1e-5  # torch.nn.LayerNorm's
 GELU = 1.702  # SHA-RNN's GELU, x·σ(1.702x)
@@ -116,9 +118,8 @@ class NumpyAttention:
         self.streams = [(self.ring[b], self.q2[b], self.e2[b], self.mix2[b])
                         for b in range(batch)]  # fmt: skip
         self.one, self.y2 = batch == 1, new(hid)
-        # OpenBLAS's gemm packs the whole matrix at every call: for 2 or 3 streams that costs
-        # more than a gemv per stream (2 × a 256 × 1024 product: 70 µs against 27 µs here).
-        self.per_stream = 1 < batch < 4
+        self.products = (matmul_calls(self.x1, self.w_q, self.q),  # the query's
+                         matmul_calls(self.na, self.w_up, self.z))  # the Boom's  # fmt: skip
 
     def unload(self) -> np.ndarray:
         """The memory (M, B, H), oldest slot first (a copy)."""
@@ -138,14 +139,6 @@ class NumpyAttention:
         np.sqrt(self.var, self.var)
         return np.divide(d, self.var, out)
 
-    def _product(self, x: np.ndarray, w: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """x @ w into `out`: one call, or one per stream where that is faster (see load)."""
-        if not self.per_stream:
-            return np.matmul(x, w, out)
-        for x_b, out_b in zip(x, out, strict=True):
-            np.matmul(x_b, w, out_b)
-        return out
-
     def _affine(self, n: np.ndarray, name: str, out: np.ndarray) -> np.ndarray:
         weight, bias = self.affine[name]
         np.multiply(n, weight, out)
@@ -161,7 +154,9 @@ class NumpyAttention:
         n = self._norm(h, self.n)
         self._affine(n, "ln_mem", self.slots[head])  # what this position leaves in the memory
         x = self._affine(n, "ln_mid", self.x)
-        q = self._product(self.x1, self.w_q, self.q)  # of zero mean (W_q centred)
+        for call in self.products[0]:
+            call()
+        q = self.q  # of zero mean (W_q centred)
         self._scale(q, q)
         np.multiply(q, self.q_scale, q)
         np.add(q, self.q_shift, q)  # the query, gated and scaled by 1/√H
@@ -183,7 +178,9 @@ class NumpyAttention:
         np.divide(mix, self.total, mix)  # the softmax's division, on H numbers, not M + 1
         np.add(mix, x, mix)  # a = x + g ⊙ Σ_j w_j s_j
         n = self._norm(mix, self.na)
-        z = self._product(n, self.w_up, self.z)  # (B?, 4H), LN_xff and -1.702 folded in
+        for call in self.products[1]:
+            call()
+        z = self.z  # (B?, 4H), LN_xff and -1.702 folded in
         np.add(z, self.b_up, z)
         np.exp(z, self.t)
         np.add(self.t, 1.0, self.t)

@@ -34,7 +34,7 @@ from charlstm.cells.base import bind, fact
 from charlstm.export.trace import trace
 from charlstm.formats.model_file import Portable
 from charlstm.generate.numpy_attention import NumpyAttention
-from charlstm.generate.numpy_ops import numpy_calls
+from charlstm.generate.numpy_ops import matmul_calls, numpy_calls
 from charlstm.generate.plan import fold_recurrent, lay_out
 
 # Fold layer 0 into a table while it holds at most this many numbers (64 MB in fp32), or no more
@@ -160,7 +160,7 @@ class NumpyStepper:
             if xh[k] is not None:  # [x | s] @ [w_x; P] + b
                 if k > 0:
                     calls.append(partial(np.copyto, xh[k][:, :-hid], h[k - 1]))
-                calls += [partial(np.matmul, xh[k], self.w_cat[k], out=into),
+                calls += [*matmul_calls(xh[k], self.w_cat[k], into),
                           partial(np.add, into, layer["b"], out=into)]  # fmt: skip
             elif self.gated:  # x itself: layer 0's is filled by `step`
                 if k > 0:
@@ -170,14 +170,14 @@ class NumpyStepper:
                     calls += self._folded_sum(0)
             else:  # x @ w_x + b
                 x = h[k - 1] if k > 0 else self.x0
-                calls += [partial(np.matmul, x, layer["w_x"], out=into),
+                calls += [*matmul_calls(x, layer["w_x"], into),
                           partial(np.add, into, layer["b"], out=into)]  # fmt: skip
             calls += self.programs[k]
         top = h[-1]
         if self.attend is not None:
             calls.append(partial(self._attend, h[-1]))
             top = self.top
-        calls += [partial(np.matmul, top, self.w_out, out=self.logits),
+        calls += [*matmul_calls(top, self.w_out, self.logits),
                   partial(np.add, self.logits, self.b_out, out=self.logits)]  # fmt: skip
         self.calls = calls
 
@@ -191,7 +191,7 @@ class NumpyStepper:
         s, p = self.memory[self.fold_part][k], self.params[k][self.fold[1]]
         into = self.inputs[k]
         sp = self.sp if k == 0 else np.zeros_like(into)
-        return [partial(np.matmul, s, p, out=sp), partial(np.add, into, sp, out=into)]
+        return [*matmul_calls(s, p, sp), partial(np.add, into, sp, out=into)]
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         """Feed tokens (B,) to the B streams; returns the next-token logits (B, V)."""
