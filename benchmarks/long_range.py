@@ -221,11 +221,11 @@ def watch_head(model: LanguageModel) -> list[torch.Tensor]:
 def trace(model: LanguageModel, w: torch.Tensor, x: torch.Tensor, distances: list[int],
           label: str) -> None:  # fmt: skip
     """--trace's line: at the `=`s of the window, the head's mean weight on the key's slot
-    (d + 1 back, in reach when d < M; one distance only) and the offsets back that get the most
-    (0 is the `=` itself; d + 3 and d + 4 are the last record's key copy and `=`)."""
+    (d + 1 back, in reach when d < M; main allows one distance per model) and the offsets back
+    that get the most (0 is the `=` itself; d + 3 and d + 4: the last record's key copy, `=`)."""
     d, m = distances[0], model.cfg.attention
     at = (x == EQ).nonzero().tolist()
-    if len(distances) != 1 or d + 1 > m or not at:
+    if d + 1 > m or not at:  # the key out of the head's reach, or no recall in this window
         return
     by_offset = torch.stack([w[b, i, i : m + i + 1].flip(0) for b, i in at]).mean(0)  # (M + 1,)
     top = by_offset.topk(3)
@@ -355,8 +355,9 @@ def main() -> None:
         "--trace",
         type=int,
         default=0,
-        help="with --attention: every N steps, the head's weight on the key's slot at each `=` "
-        "of the window whose key lies in it, and its value gate (does the head find the key?)",
+        help="with --attention: every N steps, the head's mean weight on the key's slot at the "
+        "window's `=`s, the offsets back that get the most, and its value gate (does the head "
+        "find the key?)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--json", type=Path, help="also write every result to this file")
@@ -374,6 +375,9 @@ def main() -> None:
             parser.error(f"unknown cell {cell!r}; choose from {', '.join(CELLS)}")
     if min(distances) < 1:
         parser.error("distances must be positive")
+    if args.trace < 0 or (args.trace and (args.mix or not any(memories))):
+        parser.error("--trace N needs N ≥ 0, an --attention memory and one distance per model "
+                     "(no --mix)")  # fmt: skip
 
     torch.set_num_threads(args.threads)
     command = "python benchmarks/long_range.py " + shlex.join(sys.argv[1:])

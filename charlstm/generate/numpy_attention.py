@@ -118,8 +118,8 @@ class NumpyAttention:
         self.streams = [(self.ring[b], self.q2[b], self.e2[b], self.mix2[b])
                         for b in range(batch)]  # fmt: skip
         self.one, self.y2 = batch == 1, new(hid)
-        self.products = (matmul_calls(self.x1, self.w_q, self.q),  # the query's
-                         matmul_calls(self.na, self.w_up, self.z))  # the Boom's  # fmt: skip
+        self.query_product = matmul_calls(self.x1, self.w_q, self.q)
+        self.boom_product = matmul_calls(self.na, self.w_up, self.z)
 
     def unload(self) -> np.ndarray:
         """The memory (M, B, H), oldest slot first (a copy)."""
@@ -154,7 +154,7 @@ class NumpyAttention:
         n = self._norm(h, self.n)
         self._affine(n, "ln_mem", self.slots[head])  # what this position leaves in the memory
         x = self._affine(n, "ln_mid", self.x)
-        for call in self.products[0]:
+        for call in self.query_product:
             call()
         q = self.q  # of zero mean (W_q centred)
         self._scale(q, q)
@@ -178,7 +178,7 @@ class NumpyAttention:
         np.divide(mix, self.total, mix)  # the softmax's division, on H numbers, not M + 1
         np.add(mix, x, mix)  # a = x + g ⊙ Σ_j w_j s_j
         n = self._norm(mix, self.na)
-        for call in self.products[1]:
+        for call in self.boom_product:
             call()
         z = self.z  # (B?, 4H), LN_xff and -1.702 folded in
         np.add(z, self.b_up, z)

@@ -104,7 +104,8 @@ def numpy_calls(
 def matmul_calls(x: np.ndarray, w: np.ndarray, out: np.ndarray) -> list[Callable[[], Any]]:
     """x (B, K) @ w (K, N) into out (B, N): one call, or for 2 or 3 streams one per stream.
     OpenBLAS's gemm packs the whole matrix at every call, so for so few rows it is slower than
-    a gemv per row (two rows × a 256 × 1024 matrix: 70 µs against 27 µs; even at four)."""
+    a gemv per row (two rows × a 256 × 1024 matrix: 70 µs against 27 µs; at four rows the two
+    are even, benchmarks/numpy_streams.py)."""
     if x.ndim == 2 and w.ndim == 2 and 1 < len(x) < 4:
         return [partial(np.matmul, x[b], w, out=out[b]) for b in range(len(x))]
     return [partial(np.matmul, x, w, out=out)]
