@@ -33,6 +33,7 @@ ITEMS = ("lines",)  # --items: how a corpus is cut into items (data/items.py has
 # An item model's items are drawn from the model's own distribution (as makemore draws names):
 # a 60 s model of 30,000 surnames gave 80% new ones at 0.8, 89% at 1.0 (benchmarks/items.py).
 ITEM_TEMPERATURE = 1.0
+MAX_SAMPLES = 10_000  # sample -N, Model.samples(n): one batch
 DEFAULT_ITEMS, MAX_ITEMS = 10, 100_000  # `sample` on an item model without --items; at most
 CORPORA = Path("corpora")  # built-in corpora and the token cache (corpora/cache), beside the runs
 CHECKPOINTS = Path("checkpoints")  # the run folders, unless --checkpoints says otherwise
@@ -41,13 +42,14 @@ MAX_MEMORY = 65_536  # --attention's longest memory: a damaged file must not ask
 MAX_LAYERS = 64  # deeper recurrent stacks do not train; a damaged file must not ask for 10^6
 
 
-def check_item_count(n: object, name: str = "n") -> None:
-    """How many items to draw (`sample --items N`, Model.items(n)): 1 to MAX_ITEMS, checked in
-    one place for the CLI (before the model loads) and the API."""
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_ITEMS:
+def check_count(n: object, most: int, flag: str, name: str = "n") -> None:
+    """A count the user gives: 1 to `most`, checked in one place for the CLI (before the model
+    loads; `name`: the option's field) and the API (Model.samples(n), Model.items(n)). `flag`
+    is how the CLI spells the option (sample -N's --num-samples, sample --items)."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= most:
         given = OptionError.literal(repr(n) if isinstance(n, str) else n)
-        raise OptionError(f"{{{name}}} must be between 1 and {MAX_ITEMS:,}, got {given}",
-                          flags={name: "--items"})  # fmt: skip
+        raise OptionError(f"{{{name}}} must be between 1 and {most:,}, got {given}",
+                          flags={name: flag})  # fmt: skip
 
 # What word and subword models need that a char model does not: a wide softmax costs several
 # LSTM layers, and a few hundred thousand tokens overfit in a few epochs. Each applies unless

@@ -147,6 +147,9 @@ def test_chinese_text_samples_chinese(tmp_path):
         (["train", "play.txt", "--weight-drop", "1"], 2, "--weight-drop"),
         (["sample"], 1, "no trained model"),
         (["sample", "-m", "missing.pt"], 1, "no checkpoint"),
+        # The sample count is checked before the model loads (this one is not there).
+        (["sample", "-m", "missing.pt", "-N", "0"], 2, "--num-samples must be between 1 and"),
+        (["sample", "-m", "missing.pt", "-N", "99999999"], 2, "10,000, got 99999999"),
         (["sample", "-m", "junk.pt"], 1, "junk.pt"),
         (["evaluate", "play.txt", "-m", "junk.pt"], 1, "junk.pt"),
         (["info", "junk.pt"], 1, "junk.pt"),

@@ -17,8 +17,10 @@ from charlstm.config import (
     ADAPT,
     DEFAULT_ITEMS,
     ITEM_TEMPERATURE,
+    MAX_ITEMS,
+    MAX_SAMPLES,
     DynamicConfig,
-    check_item_count,
+    check_count,
 )
 from charlstm.data.items import SEPARATORS
 from charlstm.data.split import train_length
@@ -267,8 +269,7 @@ class Model(Scoring):
         """`n` independent samples from the same prime, generated together as one batch; the
         options are generate()'s (the list's `finish_reasons` are each sample's). With
         `logprobs`, each sample is its list of Tokens."""
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10_000:
-            raise OptionError(f"{{n}} must be between 1 and 10,000, got {_lit(n)}", flags=_N)
+        check_count(n, MAX_SAMPLES, _N["n"])
         req, net = self.request(prime, n=n, **options)
         if n > 1 and req.cfg.length * n > 100_000_000:
             raise OptionError("{length} × {n} must be at most 100,000,000 tokens", flags=_N)
@@ -320,7 +321,7 @@ class Model(Scoring):
         if kind is None:
             raise OptionError("{items} needs a model trained with --items (this one learnt "
                               "running text)", flags=_ITEMS)  # fmt: skip
-        check_item_count(n)
+        check_count(n, MAX_ITEMS, _ITEMS["n"])
         hashes = None
         if novel:
             try:

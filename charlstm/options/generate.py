@@ -12,8 +12,10 @@ from charlstm.config import (
     ENGINES,
     ITEM_TEMPERATURE,
     MAX_BEAM,
+    MAX_ITEMS,
+    MAX_SAMPLES,
     SampleConfig,
-    check_item_count,
+    check_count,
     option,
 )
 from charlstm.errors import OptionError
@@ -128,11 +130,12 @@ class SampleOptions:
         items = self.items is not None
         if (items or self.novel) and (self.prime is not None or self.prime_file is not None):
             raise OptionError("{items} starts every item from the start; drop the prime")
+        check_count(self.num_samples, MAX_SAMPLES, "--num-samples", "num_samples")
         if items and self.num_samples != 1:
             raise OptionError("{items} prints items, one per line; drop {num_samples}",
                               flags={"num_samples": "--num-samples"})  # fmt: skip
         if items:
-            check_item_count(self.items, "items")
+            check_count(self.items, MAX_ITEMS, "--items", "items")
         if self.adapt and self.engine == "numpy":
             raise OptionError("{adapt} learns with torch; drop {engine=numpy}")
 
