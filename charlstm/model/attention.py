@@ -82,12 +82,13 @@ class Attention(nn.Module):
         big = torch.cat([mem.transpose(0, 1).to(s.dtype), s], dim=1)  # (B, M + T, H)
         x = self.ln_mid(h)
         q = torch.sigmoid(self.a_q) * self.ln_q(self.q(x))  # (B, T, H)
-        k = torch.sigmoid(self.a_k) * big
-        v = self.value_gate() * big
-        scores = torch.matmul(q, k.transpose(1, 2)) / math.sqrt(hid)  # (B, T, M + T)
+        # The gates are per feature, so they go on the T queries and the T mixes instead of the
+        # M + T keys and values: q·(σ(a_k)⊙s) = (q⊙σ(a_k))·s and Σ w (g⊙s) = g⊙Σ w s.
+        scale = torch.sigmoid(self.a_k) / math.sqrt(hid)
+        scores = torch.matmul(q * scale, big.transpose(1, 2))  # (B, T, M + T)
         scores = scores.masked_fill(~self.visible(mem, t), float("-inf"))
         w = torch.softmax(scores.float(), dim=-1)
-        mix = torch.matmul(w.to(v.dtype), v)  # (B, T, H)
+        mix = self.value_gate() * torch.matmul(w.to(big.dtype), big)  # (B, T, H)
         a = x + self.drop(mix)
         boom = gelu(self.up(self.ln_xff(a)))  # (B, T, 4H)
         y = self.ln_ff(a) + self.drop(boom.view(b, t, BOOM, hid).sum(dim=2))
@@ -100,7 +101,7 @@ class Attention(nn.Module):
         i = torch.arange(t, device=mem.device).view(-1, 1)
         j = torch.arange(m + t, device=mem.device).view(1, -1)
         band = (j >= i) & (j <= i + m)  # (T, M + T)
-        filled = (mem != 0).any(dim=-1).t()  # (B, M): an all-zero slot is empty
+        filled = mem.abs().amax(dim=-1).t() > 0  # (B, M): an all-zero slot is empty
         held = torch.cat([filled, filled.new_ones(mem.shape[1], t)], dim=1)  # (B, M + T)
         return band.unsqueeze(0) & held.unsqueeze(1)
 
