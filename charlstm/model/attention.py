@@ -42,6 +42,12 @@ from torch import Tensor, nn
 BOOM = 4  # the Boom's width, in multiples of H
 
 
+def _product_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the block's products run in: autocast's where it is on, else x's."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 def gelu(x: Tensor) -> Tensor:
     """SHA-RNN's GELU: x·σ(1.702x) (Hendrycks & Gimpel's sigmoid approximation)."""
     return x * torch.sigmoid(1.702 * x)
@@ -79,20 +85,26 @@ class Attention(nn.Module):
         s = self.ln_mem(h)  # (B, T, H)
         if mem is None:
             mem = s.new_zeros(m, b, hid)
-        big = torch.cat([mem.transpose(0, 1).to(s.dtype), s], dim=1)  # (B, M + T, H)
+        # The memory is read as it lies, (B, M, H) strided, and apart from the window: it is
+        # detached, so the backward pass builds no gradient for its M rows (one [memory, window]
+        # tensor cost two (B, M + T, H) products there, and a copy of it every window).
+        past = mem.transpose(0, 1).to(_product_dtype(s)).contiguous()  # (B, M, H), cast once
         x = self.ln_mid(h)
         q = torch.sigmoid(self.a_q) * self.ln_q(self.q(x))  # (B, T, H)
         # The gates are per feature, so they go on the T queries and the T mixes instead of the
         # M + T keys and values: q·(σ(a_k)⊙s) = (q⊙σ(a_k))·s and Σ w (g⊙s) = g⊙Σ w s.
-        scale = torch.sigmoid(self.a_k) / math.sqrt(hid)
-        scores = torch.matmul(q * scale, big.transpose(1, 2))  # (B, T, M + T)
+        qs = q * (torch.sigmoid(self.a_k) / math.sqrt(hid))
+        scores = torch.cat([torch.matmul(qs, past.transpose(1, 2)),
+                            torch.matmul(qs, s.transpose(1, 2))], dim=-1)  # (B, T, M + T)
         scores = scores.masked_fill(~self.visible(mem, t), float("-inf"))
         w = torch.softmax(scores.float(), dim=-1)
-        mix = self.value_gate() * torch.matmul(w.to(big.dtype), big)  # (B, T, H)
+        w_past, w_now = w.to(past.dtype).split([m, t], dim=-1)
+        mix = self.value_gate() * (torch.matmul(w_past, past) + torch.matmul(w_now, s))
         a = x + self.drop(mix)
         boom = gelu(self.up(self.ln_xff(a)))  # (B, T, 4H)
         y = self.ln_ff(a) + self.drop(boom.view(b, t, BOOM, hid).sum(dim=2))
-        new_mem = big[:, -m:].transpose(0, 1)  # (M, B, H), the newest last
+        newest = s.transpose(0, 1)  # (T, B, H)
+        new_mem = torch.cat([mem[t:].to(s.dtype), newest]) if t < m else newest[-m:]  # (M, B, H)
         return y, new_mem, (w if weights else None)
 
     def visible(self, mem: Tensor, t: int) -> Tensor:
@@ -101,7 +113,9 @@ class Attention(nn.Module):
         i = torch.arange(t, device=mem.device).view(-1, 1)
         j = torch.arange(m + t, device=mem.device).view(1, -1)
         band = (j >= i) & (j <= i + m)  # (T, M + T)
-        filled = mem.abs().amax(dim=-1).t() > 0  # (B, M): an all-zero slot is empty
+        # (B, M): an all-zero slot is empty. Two reductions and no temporary: 1.3 ms on a
+        # 256 × 128 × 256 memory, where abs then amax took 17 ms and ≠ 0 then any 8.5 ms.
+        filled = ((mem.amax(dim=-1) != 0) | (mem.amin(dim=-1) != 0)).t()
         held = torch.cat([filled, filled.new_ones(mem.shape[1], t)], dim=1)  # (B, M + T)
         return band.unsqueeze(0) & held.unsqueeze(1)
 
