@@ -85,10 +85,10 @@ class Attention(nn.Module):
         s = self.ln_mem(h)  # (B, T, H)
         if mem is None:
             mem = s.new_zeros(m, b, hid)
-        # The memory is read as it lies, (B, M, H) strided, and apart from the window: it is
-        # detached, so the backward pass builds no gradient for its M rows (one [memory, window]
-        # tensor cost two (B, M + T, H) products there, and a copy of it every window).
-        past = mem.transpose(0, 1).to(_product_dtype(s)).contiguous()  # (B, M, H), cast once
+        # The memory is read apart from the window: it is detached, so the backward pass builds
+        # no gradient for its M rows (one [memory, window] tensor cost two (B, M + T, H)
+        # products there). One contiguous copy, in the products' dtype, serves both products.
+        past = mem.transpose(0, 1).to(_product_dtype(s)).contiguous()  # (B, M, H)
         x = self.ln_mid(h)
         q = torch.sigmoid(self.a_q) * self.ln_q(self.q(x))  # (B, T, H)
         # The gates are per feature, so they go on the T queries and the T mixes instead of the
@@ -118,4 +118,3 @@ class Attention(nn.Module):
         filled = ((mem.amax(dim=-1) != 0) | (mem.amin(dim=-1) != 0)).t()
         held = torch.cat([filled, filled.new_ones(mem.shape[1], t)], dim=1)  # (B, M + T)
         return band.unsqueeze(0) & held.unsqueeze(1)
-
