@@ -63,10 +63,12 @@ def stepper(args: argparse.Namespace, memory: int, block: type | None) -> Callab
 def load_block(path: Path) -> type:
     """The `Attention` class of another copy of model/attention.py."""
     spec = importlib.util.spec_from_file_location("other_attention", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot load {path}")
+    if not path.is_file() or spec is None or spec.loader is None:
+        raise SystemExit(f"--against: no Python file at {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    if not hasattr(module, "Attention"):
+        raise SystemExit(f"--against: {path} has no Attention class")
     return module.Attention
 
 
@@ -85,6 +87,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--against", type=Path, help="another model/attention.py to time beside")
     args = parser.parse_args()
+    for name in ("hidden", "layers", "memory", "batch", "window", "steps", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.threads < 0:
+        parser.error("--threads must be 0 (torch's own) or more")
     if args.threads:
         torch.set_num_threads(args.threads)
 
