@@ -60,3 +60,15 @@ def test_blocks_each_start_from_nothing():
             logits, _ = model(x[None, : len(y)])
             total += float(F.cross_entropy(logits[0], y, reduction="sum"))
     assert blocks.tokens == 199 and blocks.loss == pytest.approx(total / 199, rel=1e-6)
+
+
+@pytest.mark.parametrize("n_ids", [1500, 20_000])
+def test_streams_match_one_pass_with_a_memory_longer_than_the_warm_up(n_ids):
+    """An attention memory longer than the state's warm-up (M = 400 > 256) is warmed up too, and
+    a text too short for the streams' warm-ups is read in fewer streams, not with cut ones."""
+    torch.manual_seed(3)
+    cfg = ModelConfig(vocab_size=9, hidden_size=16, num_layers=1, attention=400)
+    model = LanguageModel(cfg).eval()
+    ids = np.random.default_rng(3).integers(0, 9, size=n_ids).astype(np.uint16)
+    exact = evaluate_ids(model, ids, streams=1, window=128).loss
+    assert evaluate_ids(model, ids, streams=64, window=128).loss == pytest.approx(exact, abs=1e-6)

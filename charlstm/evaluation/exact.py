@@ -3,8 +3,10 @@ once, with the recurrent state carried through the text.
 
 The text is cut into S contiguous streams run side by side (S = 1 is one sequential pass). The
 first starts from a zero state, as a single pass does; each other one first reads, unscored, the
-text just before its start, so S changes the result only by what the state remembers from
-further back than that (BENCHMARKS.md: under 1e-4 nats for a character model).
+text just before its start (and, with an attention head, M tokens more, so that its memory holds
+warmed-up states), so S changes the result only by what the state remembers from further back
+than that (BENCHMARKS.md: under 1e-4 nats for a character model). A text too short for S
+streams of that length is read in fewer.
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ _LOGITS_PER_WINDOW = 1 << 22
 # state forgets its start within a few hundred characters (see test_evaluate).
 WARMUP = 256
 
+
+def warm_up(model: LanguageModel) -> int:
+    """The unscored tokens a parallel stream reads before its start: WARMUP for the state, and
+    M more with an attention head, whose M memory slots must hold warmed-up states too."""
+    return WARMUP + model.cfg.attention
+
+
 Rows = Callable[[int], slice]  # which of the S streams to run (a rank's share), given S
 
 
@@ -63,15 +72,21 @@ def _window_losses(
     streams: int,
     window: int,
     part: Rows | None = None,
-    warmup: int = WARMUP,
+    warmup: int | None = None,
     block: int = 0,
 ) -> Iterator[torch.Tensor]:
     """The loss (nats) of every prediction, window by window over S streams carrying state:
     yields (S, T) float64 tensors, 0 at padded positions. The model is in eval mode meanwhile.
 
-    Streams after the first read the `warmup` tokens before their start unscored, so that their
-    state, like a single pass's, already holds context when scoring begins. With `block`, the
-    streams are blocks of that many predictions, each from a zero state (no warm-up)."""
+    Streams after the first read the `warmup` tokens before their start unscored (None:
+    `warm_up(model)`), so that their state, like a single pass's, already holds context when
+    scoring begins. With `block`, the streams are blocks of that many predictions, each from a
+    zero state (no warm-up)."""
+    warmup = warm_up(model) if warmup is None else warmup
+    if warmup and not block:
+        # Each stream must be long enough for the one after it to warm up on: a short text is
+        # read in fewer streams rather than with a warm-up cut short.
+        streams = min(streams, max(1, predictions(len(ids)) // warmup))
     layout = eval_layout(len(ids), streams, block)  # (S, L)
     rows = part(layout[0]) if part is not None else slice(None)
     mine = range(layout[0])[rows]
@@ -125,7 +140,7 @@ def loss_total(
     streams: int = 32,
     window: int = 256,
     part: Rows | None = None,
-    warmup: int = WARMUP,
+    warmup: int | None = None,
     block: int = 0,
 ) -> float:
     """The summed loss (nats) of the predictions in the streams `part` selects (all: None)."""

@@ -29,8 +29,9 @@ class EvaluateOptions:
     model: Path | None = common.model()
     streams: int = option(
         "Parallel streams, each carrying its state; 1 = one sequential pass. Each stream first "
-        "reads the 256 tokens before its start, unscored, so the figure matches one pass closely "
-        "(within 1e-4 nats on a character model) at a fraction of the time.", 64)
+        "reads the 256 tokens before its start (256 + M with --attention M), unscored, so the "
+        "figure matches one pass closely (within 1e-4 nats on a character model) at a fraction "
+        "of the time; a text too short for that is read in fewer streams.", 64)
     encoding: str = common.encoding()
     errors: str = common.errors()
     json_out: bool = option("Print one JSON object.", False, flags=("--json",))
