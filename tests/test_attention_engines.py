@@ -134,3 +134,33 @@ def test_visualize_shows_where_the_head_looks(run: Path, tmp_path: Path) -> None
     r = runner.invoke(app, ["visualize", "-m", str(plain / "p"), "--kind", "attention",
                             str(tmp_path / "t.txt")])  # fmt: skip
     assert r.exit_code == 2 and "--attention" in r.stderr and "Traceback" not in r.output
+    # Flags that pick a unit are refused with --kind attention, not ignored.
+    r = runner.invoke(app, ["visualize", "-m", str(run), "--kind", "attention", "--unit", "3",
+                            str(tmp_path / "t.txt")])  # fmt: skip
+    assert r.exit_code == 2 and "--unit picks a unit" in r.stderr and r.stdout == ""
+
+
+@pytest.mark.parametrize("memory", [5, 300])
+def test_focus_window_by_window_is_the_one_window_reading(memory: int) -> None:
+    """visualize reads long texts window by window (memory linear in the length, not
+    quadratic); the sources and weights are those of one window over the whole text."""
+    from charlstm.evaluation.focus import focus
+    from charlstm.model.language_model import LanguageModel, ModelConfig
+
+    torch.manual_seed(4)
+    model = LanguageModel(ModelConfig(vocab_size=9, hidden_size=16, num_layers=1,
+                                      attention=memory)).eval()  # fmt: skip
+    ids = torch.from_numpy(np.random.default_rng(4).integers(0, 9, size=700))
+    got = focus(model, ids, top=3)
+    with torch.no_grad():  # the reference: the whole text as one window, its T × T weights
+        out, _ = model._layers(model.embed(ids.view(1, -1)), None)
+        _, _, w = model.attend(out, None, weights=True)
+    seen = w[0, :, memory:].double().numpy()
+    earlier = np.tril(seen, k=-1)
+    assert np.allclose(got.itself, np.diag(seen), atol=1e-6)
+    ref = -np.sort(-earlier, axis=1)[:, :3]
+    assert np.allclose(got.weights, ref, atol=1e-6)
+    picked = np.take_along_axis(earlier, got.sources, axis=1)  # where the shown ones point
+    shown = got.weights > 1e-4
+    assert np.allclose(picked[shown], got.weights[shown], atol=1e-6)
+    assert (got.sources[shown] >= np.arange(700)[:, None].repeat(3, 1)[shown] - memory).all()

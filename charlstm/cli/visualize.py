@@ -20,6 +20,7 @@ def visualize(**options: Any) -> None:
     """Colour a text by what a unit of the model holds at each character (the values
     themselves into a pipe or a file)."""
     o = VisualizeOptions(**options)
+    o.check()
     kind, unit = o.kind, o.unit
     form = o.output_format or ("ansi" if stdout_is_terminal() else "tsv")
     err = err_console(o.quiet)

@@ -5,8 +5,8 @@ of a text, the earlier characters that received the most attention weight.
     for line in focus_lines(text, f, "ansi"): ...    # one line per character (or tsv, json)
     page = focus_html(text, f, title)  # hover a character: its sources light up
 
-The whole text is read as one window from an empty memory, so position i's sources are among
-i − M … i − 1 (M the memory), as sampling would see them.
+The text is read from an empty memory, window by window with the state and memory carried, so
+position i's sources are among i − M … i − 1 (M the memory), as sampling would see them.
 """
 
 from __future__ import annotations
@@ -31,25 +31,42 @@ class Focus:
     itself: np.ndarray  # (T,) float: the weight each position gave to itself
 
 
+# Weights kept per window, (T_w, M + T_w) doubles: about 32 MB, whatever the memory M.
+_WEIGHTS_PER_WINDOW = 1 << 22
+
+
 @torch.no_grad()
 def focus(model: LanguageModel, ids: torch.Tensor, top: int = 3) -> Focus:
-    """The attention weights of `model` (which has --attention) over ids (T,) in one pass."""
+    """The attention weights of `model` (which has --attention) over ids (T,), read window by
+    window with the state and memory carried: memory and time grow with T, not T²."""
     assert model.attend is not None, "the model has no attention"
+    m, t = model.attend.memory, ids.numel()
+    k = min(top, t)
+    window = max(1, min(256, _WEIGHTS_PER_WINDOW // (m + 256)))
+    sources, weights, itself = np.zeros((t, k), np.int64), np.zeros((t, k)), np.zeros(t)
     was = model.training
     model.eval()
+    state, mem = None, None
     try:
-        out, _ = model._layers(model.embed(ids.view(1, -1)), None)  # (1, T, H)
-        _, _, w = model.attend(out, None, weights=True)  # (1, T, M + T) over [memory, text]
+        for s in range(0, t, window):
+            chunk = ids[s : s + window].view(1, -1)
+            out, state = model._layers(model.embed(chunk), state)  # (1, T_w, H)
+            _, mem, w = model.attend(out, mem, weights=True)  # (1, T_w, M + T_w)
+            assert w is not None
+            # Column c of a row is position s − M + c of the text: memory slots, then the window.
+            seen = w[0].double().numpy()
+            tw = seen.shape[0]
+            rows = np.arange(tw)
+            itself[s : s + tw] = seen[rows, m + rows]
+            earlier = np.where(np.arange(seen.shape[1]) < (m + rows)[:, None], seen, 0.0)
+            if earlier.shape[1] < k:
+                earlier = np.pad(earlier, ((0, 0), (0, k - earlier.shape[1])))
+            best = np.argsort(-earlier, axis=1, kind="stable")[:, :k]
+            weights[s : s + tw] = np.take_along_axis(earlier, best, axis=1)
+            # An empty slot (before the text) has weight 0 and is never shown; keep it ≥ 0.
+            sources[s : s + tw] = np.maximum(best + (s - m), 0)
     finally:
         model.train(was)
-    assert w is not None
-    m, t = model.attend.memory, ids.numel()
-    seen = w[0, :, m:].double().numpy()  # (T, T): position i's weight on position j
-    itself = np.diag(seen).copy()
-    earlier = np.tril(seen, k=-1)
-    k = min(top, t)
-    sources = np.argsort(-earlier, axis=1, kind="stable")[:, :k]
-    weights = np.take_along_axis(earlier, sources, axis=1)
     return Focus(sources, weights, itself)
 
 

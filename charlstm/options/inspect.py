@@ -124,6 +124,16 @@ class VisualizeOptions:
     threads: int = common.threads()
     quiet: bool = common.quiet()
 
+    def check(self) -> None:
+        """Flags that name a unit mean nothing for --kind attention: refused, not ignored."""
+        if self.kind == "attention":
+            named = [f"{{{k}}}" for k in ("layer", "unit") if getattr(self, k) is not None]
+            named += ["{find}"] if self.find else []
+            if named:
+                listed = ", ".join(named[:-1]) + " and " + named[-1] if len(named) > 1 else named[0]
+                raise OptionError(f"{listed} pick{'' if len(named) > 1 else 's'} a unit to colour "
+                                  "by; {kind=attention} shows where the head looks instead")
+
     def check_traced(self, activations: dict[str, Any], cell: str) -> None:
         """--kind and --unit against what the traced layer holds (`activations`: kind ->
         (T, H) values), which only the model knows: an OptionError for one it lacks."""
