@@ -79,7 +79,7 @@ def test_resume_continues_the_run(run_dir: Path) -> None:
 def test_stop_request_saves_last_and_returns(tmp_path: Path, play_file: Path) -> None:
     polls = iter(range(10_000))
     summary = charlstm.train(
-        str(play_file), steps=500, name="stop", checkpoints=tmp_path,
+        str(play_file), steps=500, name="stop", checkpoints=str(tmp_path),  # a str folder too
         should_stop=lambda: next(polls) >= 12, **TINY,
     )  # fmt: skip
     assert summary["stop_reason"] == "interrupted" and summary["steps"] < 500

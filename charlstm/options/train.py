@@ -162,6 +162,9 @@ class TrainOptions:
             self.corpus = [self.corpus]
         if isinstance(self.keep_eval, str):
             self.keep_eval = [self.keep_eval]
+        for f in fields(self):  # the Python API may give a folder or file as a str
+            if "Path" in str(f.type) and isinstance(getattr(self, f.name), str):
+                setattr(self, f.name, Path(getattr(self, f.name)))
         _check(
             bool(self.corpus) or self.resume is not None,
             "train needs a CORPUS: a file, folder, - for stdin, or shakespeare/python",
