@@ -42,6 +42,14 @@ def test_several_samples_match_between_engines(run: Path) -> None:
     assert len(set(text.split("\n\n"))) > 1
 
 
+def test_runs_lists_the_head_with_the_shape(run: Path) -> None:
+    import json
+
+    rows = [json.loads(line) for line in cli("runs", "--checkpoints", str(run.parent),
+                                             "--json").splitlines()]  # fmt: skip
+    assert [r["model"] for r in rows] == [f"lstm 2×16 + attention {MEMORY}"]
+
+
 def test_the_page_onnx_and_the_compressor_refuse_in_one_line(run: Path, tmp_path: Path) -> None:
     (tmp_path / "in.txt").write_text(PLAY[:200], encoding="utf-8")
     for args, says in [

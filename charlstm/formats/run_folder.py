@@ -204,6 +204,14 @@ class RunRecord:
         return asdict(self)
 
 
+def model_shape(model: dict[str, Any]) -> str:
+    """A model's shape in a few words from its saved ModelConfig fields: "lstm 2×256", and
+    "lstm 2×256 + attention 256" with an attention head."""
+    head = model.get("attention") or 0
+    return (f"{model['cell']} {model['num_layers']}×{model['hidden_size']}"
+            + (f" + attention {head}" if head else ""))  # fmt: skip
+
+
 def list_runs(root: Path) -> list[RunRecord]:
     """The runs under `root` (folders holding best.pt or last.pt), newest first."""
     if not root.is_dir():
@@ -288,7 +296,7 @@ def _record(folder: Path) -> RunRecord:
         path=str(folder),
         corpus=first + (f" +{more}" if more > 0 else ""),
         tokenizer=str(info.get("tokenizer", "?")),
-        model=f"{model['cell']} {model['num_layers']}×{model['hidden_size']}" if model else "?",
+        model=model_shape(model) if model else "?",
         parameters=info.get("parameters"),
         steps=info.get("step"),
         best_val_loss=info.get("best_val_loss"),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from charlstm.formats.checkpoint import (
     resolve_checkpoint,
     weights_fingerprint,
 )
-from charlstm.formats.run_folder import HeldRun, RunFolder, hold_run
+from charlstm.formats.run_folder import HeldRun, RunFolder, hold_run, model_shape
 from charlstm.model.language_model import LanguageModel, with_vocabulary
 from charlstm.options import FINE_TUNE_BUDGET, TrainOptions, apply_preset
 from charlstm.training import distributed, sizing
@@ -250,7 +250,7 @@ def fine_tune(
     if cfg.num_layers > 1:
         model.rnn.dropout = dropout  # between layers: torch's and our cells read it each call
     check_size(model.cfg, training=True)
-    shape = f"{cfg.cell} {cfg.num_layers}×{cfg.hidden_size}"
+    shape = model_shape(asdict(cfg))
     said = [f"fine-tuning {base.path} ({shape}, {tok.kind}, step {base.data.get('step', 0):,}); "
             "the budget sizing does not apply"]  # fmt: skip
     added = tok.vocab_size - cfg.vocab_size
