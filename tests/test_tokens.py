@@ -260,3 +260,18 @@ def test_unchanged_files_are_found_in_the_cache_without_reading_them(tmp_path, m
     os.utime(f, ns=(1, 1))  # a new time: the signature no longer matches
     changed = run(None)
     assert not changed.cached and changed.fingerprint != first.fingerprint
+
+
+def test_numpy_engine_refuses_an_adaptive_softmax_without_sending_to_export(tmp_path, play_file):
+    """An adaptive softmax has no model file: --engine numpy says so and names the engine that
+    runs it, rather than pointing at `export`, which refuses it too."""
+    where = ["--checkpoints", str(tmp_path / "ck")]
+    result = runner.invoke(app, ["train", str(play_file), "--tokenizer", "word", "--softmax",
+                                 "adaptive", "--steps", "2", "--name", "a", "--optimizer", "adamw",
+                                 *where, *TINY])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    out = runner.invoke(app, ["sample", "-m", str(tmp_path / "ck" / "a"), "--engine", "numpy",
+                              "--length", "5", *where])  # fmt: skip
+    assert out.exit_code == 1 and out.stdout == ""
+    assert "adaptive softmax has no portable form" in out.stderr
+    assert "--engine torch" in out.stderr and "export" not in out.stderr

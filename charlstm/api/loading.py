@@ -10,7 +10,12 @@ from charlstm.api.model import Model, _lit
 from charlstm.config import CHECKPOINTS, ENGINES
 from charlstm.errors import OptionError
 from charlstm.formats.checks import CheckpointError, resolve_checkpoint
-from charlstm.formats.model_file import fresh_portable, portable_path, read_portable
+from charlstm.formats.model_file import (
+    fresh_portable,
+    no_portable_form,
+    portable_path,
+    read_portable,
+)
 from charlstm.formats.run_folder import RunFolder
 
 if TYPE_CHECKING:  # these import torch: only the calls that need it load them
@@ -48,10 +53,14 @@ def load(
         if fresh is not None:
             return Model.from_portable(read_portable(fresh), checkpoint=where)
         if engine == "numpy":
+            from charlstm.formats.checkpoint import read_checkpoint
+
+            why = no_portable_form(read_checkpoint(where).config)
             raise CheckpointError(
+                f"--engine numpy cannot run '{where}': {why}; use --engine torch" if why else
                 f"--engine numpy needs an up-to-date {portable_path(where).name} beside '{where}'; "
                 f"write it with: charlstm export {where}"
-            )
+            )  # fmt: skip
     from charlstm.formats.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(where)
