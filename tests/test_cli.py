@@ -48,6 +48,9 @@ def test_evaluate_with_short_context_and_in_bf16(trained, play_file):
     data = json.loads(short.stdout)
     assert data["tokens"] == full["tokens"] and data["reset_every"] == 8
     assert data["loss"] > full["loss"]  # eight characters of context are worse than all of them
+    # The streams reported are those run: a short text gets fewer, each warmed up in full.
+    assert full["streams"] == min(64, max(1, full["tokens"] // 256)) < 64
+    assert data["streams"] == -(-full["tokens"] // 8)  # the blocks of 8, side by side
     bf16 = runner.invoke(app, ["evaluate", str(play_file), "--json", "--precision", "bf16"])
     if cpu_has_bf16():
         assert bf16.exit_code == 0, bf16.stderr

@@ -45,7 +45,6 @@ def evaluate(**options: Any) -> None:
         err.print(speed(len(encoded.ids), time.perf_counter() - t0), style="dim")
         return
     seconds = time.perf_counter() - t0
-    settings = {"streams": 1 if how else o.streams, "reset_every": o.reset_every,
-                "precision": o.precision}  # fmt: skip
+    settings = {"reset_every": o.reset_every, "precision": o.precision}  # streams: the result's
     write_report(result, seconds, o.json_out, settings)
     err.print(speed(result.tokens, seconds), style="dim")

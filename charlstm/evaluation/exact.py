@@ -32,6 +32,7 @@ class EvalResult:
     unknown_words: int = 0  # words outside a word model's vocabulary, scored as unknown
     # How the text was scored dynamically (the model learning as it read), None: statically.
     dynamic: dict[str, Any] | None = None
+    streams: int = 1  # the streams (or --reset-every blocks) run side by side
 
     @property
     def perplexity(self) -> float:
@@ -55,6 +56,14 @@ def warm_up(model: LanguageModel) -> int:
     """The unscored tokens a parallel stream reads before its start: WARMUP for the state, and
     M more with an attention head, whose M memory slots must hold warmed-up states too."""
     return WARMUP + model.cfg.attention
+
+
+def _layout(n_ids: int, streams: int, warmup: int, block: int) -> tuple[int, int]:
+    """eval_layout's (S, L), where each stream must be long enough for the one after it to warm
+    up on: a short text is read in fewer streams rather than with a warm-up cut short."""
+    if warmup and not block:
+        streams = min(streams, max(1, predictions(n_ids) // warmup))
+    return eval_layout(n_ids, streams, block)
 
 
 Rows = Callable[[int], slice]  # which of the S streams to run (a rank's share), given S
@@ -83,11 +92,7 @@ def _window_losses(
     scoring begins. With `block`, the streams are blocks of that many predictions, each from a
     zero state (no warm-up)."""
     warmup = warm_up(model) if warmup is None else warmup
-    if warmup and not block:
-        # Each stream must be long enough for the one after it to warm up on: a short text is
-        # read in fewer streams rather than with a warm-up cut short.
-        streams = min(streams, max(1, predictions(len(ids)) // warmup))
-    layout = eval_layout(len(ids), streams, block)  # (S, L)
+    layout = _layout(len(ids), streams, warmup, block)  # (S, L)
     rows = part(layout[0]) if part is not None else slice(None)
     mine = range(layout[0])[rows]
     if len(mine) == 0:  # fewer streams than ranks: nothing for this one
@@ -130,7 +135,8 @@ def evaluate_ids(
     block of that many predictions starts from a zero state (a context of at most `block`)."""
     total = loss_total(model, ids, streams=streams, window=window, block=block)
     n = predictions(len(ids))
-    return EvalResult(loss=total / n, tokens=n, chars=n if chars is None else chars)
+    used = _layout(len(ids), streams, warm_up(model), block)[0]
+    return EvalResult(loss=total / n, tokens=n, chars=n if chars is None else chars, streams=used)
 
 
 def loss_total(

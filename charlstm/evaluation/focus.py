@@ -63,8 +63,9 @@ def focus(model: LanguageModel, ids: torch.Tensor, top: int = 3) -> Focus:
                 earlier = np.pad(earlier, ((0, 0), (0, k - earlier.shape[1])))
             best = np.argsort(-earlier, axis=1, kind="stable")[:, :k]
             weights[s : s + tw] = np.take_along_axis(earlier, best, axis=1)
-            # An empty slot (before the text) has weight 0 and is never shown; keep it ≥ 0.
-            sources[s : s + tw] = np.maximum(best + (s - m), 0)
+            # Empty slots (before the text) and padding have weight 0 and are never shown;
+            # their positions are kept inside the text all the same.
+            sources[s : s + tw] = np.clip(best + (s - m), 0, t - 1)
     finally:
         model.train(was)
     return Focus(sources, weights, itself)

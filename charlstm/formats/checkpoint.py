@@ -137,7 +137,7 @@ def _validated(path: Path, data: dict[str, Any], resume: bool) -> Checkpoint:
         numbers = ("train_loss", "val_loss", "val_bpc", "elapsed", "tokens_seen")
         _require(isinstance(m, dict) and isinstance(m.get("step"), int)
                  and all(m.get(k) is None or _number(m[k]) for k in numbers),
-                 f"a metrics record is damaged: {str(m)[:80]}")  # fmt: skip
+                 f"a metrics record is damaged: {repr(m)[:80]}")  # fmt: skip
     curve = data.get("train_curve") or []
     _require(isinstance(curve, list) and all(
         isinstance(p, dict) and isinstance(p.get("step"), int) and _number(p.get("train_loss"))
