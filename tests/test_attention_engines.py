@@ -172,3 +172,16 @@ def test_focus_window_by_window_is_the_one_window_reading(memory: int) -> None:
     shown = got.weights > 1e-4
     assert np.allclose(picked[shown], got.weights[shown], atol=1e-6)
     assert (got.sources[shown] >= np.arange(700)[:, None].repeat(3, 1)[shown] - memory).all()
+
+
+def test_focus_sources_stay_inside_the_text_when_a_window_is_narrower_than_top() -> None:
+    """M = 1 and 257 characters: the last window (one character) has two columns for three
+    sources; the padding has weight 0 and a position inside the text."""
+    from charlstm.evaluation.focus import focus
+    from charlstm.model.language_model import LanguageModel, ModelConfig
+
+    torch.manual_seed(5)
+    model = LanguageModel(ModelConfig(vocab_size=9, hidden_size=8, num_layers=1, attention=1))
+    got = focus(model.eval(), torch.randint(0, 9, (257,)), top=3)
+    assert got.sources.shape == (257, 3) and got.sources.min() >= 0 and got.sources.max() < 257
+    assert (got.weights[:, 1:] == 0).all()  # one earlier position is all a memory of 1 holds

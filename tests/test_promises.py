@@ -339,6 +339,7 @@ def test_crafted_checkpoints_from_the_issue_are_refused_in_one_line(fuzz_home, t
         "config of None": {**good, "model_config": None},
         "weight of None": _apply(good, ("model", "head.bias"), "none"),
         "step of another type": {**good, "step": "12"},
+        "a metrics record with a newline": {**good, "metrics": ["a\nb"]},
     }  # fmt: skip
     for what, ckpt in crafted.items():
         path = tmp_path / "crafted.pt"
