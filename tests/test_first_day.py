@@ -344,7 +344,8 @@ def test_logs_in_a_pipe_are_one_line_per_event(tmp_path):
     assert r.returncode == 0, r.stderr
     sized = [line for line in r.stderr.splitlines() if line.startswith("sized for the budget:")]
     assert sized and sized[0].endswith(
-        "(--hidden, --layers, --lr, --dropout, --weight-decay, --batch-size, --window)."
+        "(--hidden, --layers, --lr, --dropout, --weight-decay, --batch-size, --window, "
+        "--attention)."
     )
     assert max(len(line) for line in r.stderr.splitlines()) > 120  # not wrapped at 80
 

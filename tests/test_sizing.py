@@ -97,10 +97,13 @@ def test_the_cli_sizes_a_budgeted_run_and_flags_win(tmp_path, play_file, monkeyp
     auto = runner.invoke(app, [*common, "--name", "a"])
     assert auto.exit_code == 0, auto.stderr
     assert "sized for the budget:" in auto.stderr and "measured 1×16" in auto.stderr
+    assert "no attention head (not measured to win at any budget" in auto.stderr
     chosen = json.loads(auto.stdout)["chosen"]
     assert chosen.startswith(("1×16", "1×24"))
-    fixed = runner.invoke(app, [*common, "--name", "b", "--hidden", "20", "--lr", "3e-3"])
+    fixed = runner.invoke(app, [*common, "--name", "b", "--hidden", "20", "--lr", "3e-3",
+                                "--attention", "12"])  # fmt: skip
     assert fixed.exit_code == 0, fixed.stderr
+    assert "attention over the last 12 outputs (--attention)" in fixed.stderr
     assert json.loads(fixed.stdout)["chosen"].startswith("2×20, lr 0.003")  # flags kept
     none = runner.invoke(app, [*common, "--name", "c", "--hidden", "20", "--layers", "1",
                                "--lr", "3e-3", "--dropout", "0"])  # fmt: skip

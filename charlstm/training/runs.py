@@ -426,11 +426,16 @@ def size_to_budget(
     model_cfg = sizing.sized(model_cfg, rung, embed_size=opts.embed or 0, dropout=dropout)
     chosen = (f"{rung}, lr {lr:g}, dropout {dropout:g}, weight decay {decay:g}, batch "
               f"{train_cfg.batch_size} × window {train_cfg.window}")  # fmt: skip
+    # The attention head is never chosen: it has not been measured to win at any budget
+    # (BENCHMARKS.md, issue #30). The line says so, and how to have it anyway.
+    head = (f"attention over the last {model_cfg.attention:,} outputs (--attention)"
+            if model_cfg.attention else
+            "no attention head (not measured to win at any budget; --attention M adds one)")
     report("message", {"text": (
-        f"sized for the budget: {chosen} (~{epochs:.1f} passes over the training split); "
-        f"{choice.why}{layout_note}; {spent:.1f}s measuring, counted in the budget. Each yields "
-        "to its flag (--hidden, --layers, --lr, --dropout, --weight-decay, --batch-size, "
-        "--window).")})  # fmt: skip
+        f"sized for the budget: {chosen}, {head} (~{epochs:.1f} passes over the training "
+        f"split); {choice.why}{layout_note}; {spent:.1f}s measuring, counted in the budget. "
+        "Each yields to its flag (--hidden, --layers, --lr, --dropout, --weight-decay, "
+        "--batch-size, --window, --attention).")})  # fmt: skip
     return model_cfg, train_cfg, chosen
 
 
