@@ -41,7 +41,8 @@ head, not by gradient through the recurrence.
 `--trace N` prints, every N steps, the head's mean weight on the key's slot at each `=` (uniform
 is 1/(M + 1)): whether the head is finding the key. With the head, lr 3e-3 learnt the recall at
 d = 200 for 5 of 8 seeds against 1 of 8 at the default 1e-2, and lr 1e-3 with 3,000 steps for
-13 of 16, each of them at d = 1,000 too (BENCHMARKS.md).
+13 of 16, each of them at d = 1,000 too; trained with `--mix` on distances 150-200, 14 of 16
+(BENCHMARKS.md).
 
 One learning rate serves every cell, and lr 1e-2 suits the gated cells better than the plain
 RNN: at the defaults the RNN stays at chance even at d = 10, but reaches 71% there with
